@@ -1,1 +1,31 @@
-pub fn x(){}
+//! entk-core: the linear algebra of entk-fast, in pure Rust on faer and rayon.
+//!
+//! - [`gram`]: K = J Jᵀ (one triangle, mirrored), in-place accumulation over streamed
+//!   Jacobian chunks, and cross tiles A Bᵀ.
+//! - [`hadamard`]: the structured eNTK block of a once-used linear layer.
+//! - [`eigen`] and [`topk`]: symmetric eigendecomposition, full and top-k, descending.
+//! - [`angles`]: principal angles and subspace overlap.
+//!
+//! Every routine validates its input and returns a [`CoreError`] instead of panicking.
+//! Parallel routines take a faer [`Par`](faer::Par); [`threads::install`] runs a closure in the
+//! crate's resizable thread pool with the matching `Par`.
+
+pub mod angles;
+pub mod check;
+pub mod eigen;
+pub mod error;
+pub mod gram;
+pub mod hadamard;
+mod rng;
+pub mod scalar;
+mod symmetric;
+pub mod threads;
+pub mod topk;
+
+pub use angles::{orthonormal_basis, principal_angles, subspace_overlap};
+pub use eigen::{eigh, EigenPairs};
+pub use error::{CoreError, CoreResult};
+pub use gram::{gram, gram_accumulate, gram_cross, gram_cross_into, gram_into};
+pub use hadamard::hadamard_gram_accumulate;
+pub use scalar::Scalar;
+pub use topk::{eigh_topk, eigh_topk_with, TopkMethod, TopkParams};

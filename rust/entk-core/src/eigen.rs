@@ -1,0 +1,64 @@
+//! Full symmetric eigendecomposition with eigenvalues in descending order.
+
+use crate::check;
+use crate::error::{CoreError, CoreResult};
+use crate::scalar::Scalar;
+use faer::diag::Diag;
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::evd::{self, ComputeEigenvectors};
+use faer::{Mat, MatRef, Par};
+
+/// Eigenpairs of a symmetric matrix: `values` descending, `vectors` (n, m) with column i
+/// the unit eigenvector of `values[i]`.
+#[derive(Debug, Clone)]
+pub struct EigenPairs<T> {
+    pub values: Vec<T>,
+    pub vectors: Mat<T>,
+}
+
+/// Eigendecomposition of the lower triangle of `k`, returned ascending as faer gives it.
+pub(crate) fn self_adjoint_ascending<T: Scalar>(
+    k: MatRef<'_, T>,
+    par: Par,
+) -> CoreResult<(Diag<T>, Mat<T>)> {
+    let n = k.nrows();
+    let mut s = Diag::<T>::zeros(n);
+    let mut u = Mat::<T>::zeros(n, n);
+    let scratch =
+        evd::self_adjoint_evd_scratch::<T>(n, ComputeEigenvectors::Yes, par, Default::default());
+    let mut buf = MemBuffer::new(scratch);
+    evd::self_adjoint_evd(
+        k,
+        s.as_mut(),
+        Some(u.as_mut()),
+        par,
+        MemStack::new(&mut buf),
+        Default::default(),
+    )
+    .map_err(|_| CoreError::Solver("eigh: the symmetric eigensolver did not converge".into()))?;
+    Ok((s, u))
+}
+
+/// Fails if any eigenvalue or eigenvector entry is not finite (never return silent NaNs).
+pub(crate) fn ensure_finite<T: Scalar>(pairs: &EigenPairs<T>, what: &str) -> CoreResult<()> {
+    let values_ok = pairs.values.iter().all(|v| v.is_finite_val());
+    if !values_ok || check::finite("eigenvectors", pairs.vectors.as_ref()).is_err() {
+        return Err(CoreError::Solver(format!(
+            "{what}: the solver produced non-finite values (input too badly scaled?)"
+        )));
+    }
+    Ok(())
+}
+
+/// All eigenpairs of the symmetric `k` (n, n), eigenvalues descending.
+pub fn eigh<T: Scalar>(k: MatRef<'_, T>, par: Par) -> CoreResult<EigenPairs<T>> {
+    check::symmetric_input("K", k)?;
+    let n = k.nrows();
+    let (s, u) = self_adjoint_ascending(k, par)?;
+    let s = s.column_vector();
+    let values: Vec<T> = (0..n).map(|i| s[n - 1 - i]).collect();
+    let vectors = Mat::from_fn(n, n, |i, j| u[(i, n - 1 - j)]);
+    let pairs = EigenPairs { values, vectors };
+    ensure_finite(&pairs, "eigh")?;
+    Ok(pairs)
+}
