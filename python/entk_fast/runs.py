@@ -1,0 +1,394 @@
+"""Run directories: atomic file writes, config/history/checkpoint files, and :func:`load_run`.
+
+Layout of a run directory::
+
+    config.json                 {"format", "format_version", "kind", "config", "created_with"}
+    history.json                {"kind", "completed", "history": {column: [values per logged step]}}
+    checkpoints/step-000010.pt  torch.save of {"model", "optimizer", "generator", "step", "history"}
+    training_curve.png
+
+Every file is written atomically (temporary file in the same directory, fsync, ``os.replace``),
+so a crash or Ctrl-C leaves either the old file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import CheckpointError, InvalidArgumentError, RunDirectoryError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+    from .train import ModAddConfig, TMSConfig
+
+__all__ = [
+    "Run",
+    "atomic_open",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "load_run",
+]
+
+RUN_FORMAT = "entk-fast-run"
+CHECKPOINT_FORMAT = "entk-fast-checkpoint"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "history.json"
+CHECKPOINT_DIR = "checkpoints"
+PLOT_FILE = "training_curve.png"
+_CHECKPOINT_RE = re.compile(r"^step-(\d+)\.pt$")
+_TMP_RE = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
+
+
+# --- atomic writes ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file next to ``path``; on a clean exit, fsync it and rename it onto
+    ``path``. On an exception (Ctrl-C included) the temporary file is removed and ``path``
+    is left untouched. ``mode`` is ``"wb"`` or ``"w"`` (UTF-8 text).
+    """
+    if mode not in ("wb", "w"):
+        raise InvalidArgumentError(f"mode must be 'wb' or 'w', got {mode!r}")
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+    # os.open with 0o666 lets the umask decide the final permissions, unlike mkstemp's 0o600.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with open(fd, mode, encoding=None if mode == "wb" else "utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(target.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_open`)."""
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_open(path, "w") as f:
+        f.write(text)
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2) -> None:
+    """Write ``obj`` as JSON (plus a final newline) to ``path`` atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; directories cannot be opened this way on Windows.
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --- run directory: config and history files --------------------------------------------------
+
+
+def read_config_file(path: Path) -> tuple[str, dict[str, Any]]:
+    """``(kind, config fields)`` from ``path/config.json``; RunDirectoryError if unreadable."""
+    file = path / CONFIG_FILE
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunDirectoryError(
+            f"{path} is not an entk-fast run directory (no {CONFIG_FILE})"
+        ) from None
+    except (OSError, ValueError) as e:
+        raise RunDirectoryError(f"cannot read {file}: {e}") from e
+    if (
+        not isinstance(meta, dict)
+        or meta.get("format") != RUN_FORMAT
+        or not isinstance(meta.get("kind"), str)
+        or not isinstance(meta.get("config"), dict)
+    ):
+        raise RunDirectoryError(f"{file} is not an entk-fast run config")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise RunDirectoryError(
+            f"{file} has format_version {meta.get('format_version')!r}; this entk-fast reads "
+            f"version {FORMAT_VERSION}"
+        )
+    return meta["kind"], meta["config"]
+
+
+def prepare_run_dir(path: Path, kind: str, config: dict[str, Any], *, resume: bool) -> None:
+    """Create a fresh run directory for ``config``, or check that ``path`` holds this very run
+    when ``resume`` is set. Never modifies a directory that holds anything else.
+    """
+    if path.exists() and not path.is_dir():
+        raise RunDirectoryError(f"output path {path} exists and is not a directory")
+    if path.is_dir() and (path / CONFIG_FILE).exists():
+        saved_kind, saved = read_config_file(path)
+        diffs = _config_diff(saved_kind, saved, kind, config)
+        if diffs:
+            raise RunDirectoryError(
+                f"{path} already holds a different run ({'; '.join(diffs)}); "
+                "choose another output directory"
+            )
+        if not resume:
+            raise RunDirectoryError(
+                f"{path} already holds this run; pass resume=True (CLI: --resume) to continue "
+                "it, or choose another output directory"
+            )
+        clean_stale_tmp_files(path)
+        return
+    if path.is_dir() and any(path.iterdir()):
+        raise RunDirectoryError(
+            f"{path} is not empty and is not an entk-fast run directory; refusing to write there"
+        )
+    if resume:
+        raise RunDirectoryError(f"nothing to resume: {path} holds no run")
+    try:
+        (path / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(
+            path / CONFIG_FILE,
+            {
+                "format": RUN_FORMAT,
+                "format_version": FORMAT_VERSION,
+                "kind": kind,
+                "config": config,
+                "created_with": _versions(),
+            },
+        )
+    except OSError as e:
+        raise RunDirectoryError(f"cannot create run directory {path}: {e}") from e
+
+
+def write_history(
+    path: Path, kind: str, history: Mapping[str, list[Any]], *, completed: bool
+) -> None:
+    """Atomically (re)write ``path/history.json``."""
+    try:
+        atomic_write_json(
+            path / HISTORY_FILE,
+            {"kind": kind, "completed": completed, "history": dict(history)},
+            indent=None,
+        )
+    except OSError as e:
+        raise RunDirectoryError(f"cannot write {path / HISTORY_FILE}: {e}") from e
+
+
+def clean_stale_tmp_files(path: Path) -> None:
+    """Remove temporary files left by a writer that was killed mid-write."""
+    for directory in (path, path / CHECKPOINT_DIR):
+        if directory.is_dir():
+            for f in directory.iterdir():
+                if _TMP_RE.match(f.name):
+                    with contextlib.suppress(OSError):
+                        f.unlink()
+
+
+def _config_diff(
+    saved_kind: str, saved: dict[str, Any], kind: str, config: dict[str, Any]
+) -> list[str]:
+    if saved_kind != kind:
+        return [f"it is a {saved_kind!r} run, not {kind!r}"]
+    requested = json.loads(json.dumps(config))  # same normalisation as the saved file
+    keys = sorted(set(saved) | set(requested))
+    return [
+        f"{k}: saved {saved.get(k, '<missing>')!r}, requested {requested.get(k, '<missing>')!r}"
+        for k in keys
+        if saved.get(k) != requested.get(k)
+    ]
+
+
+def _versions() -> dict[str, str]:
+    import platform
+
+    import torch
+
+    from . import __version__
+
+    return {
+        "entk_fast": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+
+def checkpoint_path(path: Path, step: int) -> Path:
+    return path / CHECKPOINT_DIR / f"step-{step:06d}.pt"
+
+
+def checkpoint_steps(path: Path) -> list[int]:
+    """Steps of the checkpoint files in ``path/checkpoints``, ascending."""
+    directory = path / CHECKPOINT_DIR
+    if not directory.is_dir():
+        return []
+    steps = (_CHECKPOINT_RE.match(f.name) for f in directory.iterdir())
+    return sorted(int(m.group(1)) for m in steps if m)
+
+
+def save_checkpoint(path: Path, step: int, payload: dict[str, Any]) -> None:
+    """Atomically write ``payload`` (plus format tags) as the checkpoint of ``step``."""
+    import torch
+
+    full = {"format": CHECKPOINT_FORMAT, "format_version": FORMAT_VERSION, "step": step, **payload}
+    file = checkpoint_path(path, step)
+    try:
+        with atomic_open(file, "wb") as f:
+            torch.save(full, f)
+    except OSError as e:
+        raise RunDirectoryError(f"cannot write checkpoint {file}: {e}") from e
+
+
+def read_checkpoint(path: Path, step: int, *, kind: str) -> dict[str, Any]:
+    """Load and check the checkpoint of ``step``; CheckpointError if missing or corrupt.
+
+    Loading uses ``weights_only=True``: a checkpoint can hold tensors and plain containers
+    only, so opening a run from elsewhere cannot execute code.
+    """
+    import torch
+
+    file = checkpoint_path(path, step)
+    if not file.is_file():
+        available = checkpoint_steps(path)
+        raise CheckpointError(
+            f"no checkpoint for step {step} in {path} (available steps: {_short_list(available)})"
+        )
+    try:
+        payload = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for truncated or garbled files
+        raise CheckpointError(f"checkpoint {file} is corrupt or truncated: {e}") from e
+    required = {"model": dict, "optimizer": dict, "history": dict, "step": int, "kind": str}
+    if (
+        not isinstance(payload, dict)
+        or payload.get("format") != CHECKPOINT_FORMAT
+        or any(not isinstance(payload.get(k), t) for k, t in required.items())
+    ):
+        raise CheckpointError(f"{file} is not an entk-fast checkpoint")
+    if payload["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{file} has format_version {payload['format_version']!r}; this entk-fast reads "
+            f"version {FORMAT_VERSION}"
+        )
+    if payload["kind"] != kind or payload["step"] != step:
+        raise CheckpointError(
+            f"{file} holds step {payload['step']} of a {payload['kind']!r} run, expected step "
+            f"{step} of a {kind!r} run"
+        )
+    return payload
+
+
+def _short_list(values: list[int]) -> str:
+    if not values:
+        return "none"
+    if len(values) <= 8:
+        return ", ".join(map(str, values))
+    return f"{', '.join(map(str, values[:3]))}, ..., {', '.join(map(str, values[-3:]))}"
+
+
+# --- reading a run ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Run:
+    """A training run on disk, as returned by :func:`load_run`.
+
+    Attributes:
+        path: the run directory.
+        kind: ``"tms"`` or ``"modadd"``.
+        config: the run's :class:`~entk_fast.TMSConfig` or :class:`~entk_fast.ModAddConfig`.
+        history: column name -> values per logged step (``"step"`` is int64, the rest float64);
+            for ``"modadd"`` one step is one full-batch epoch.
+        completed: whether training reached its last step.
+    """
+
+    path: Path
+    kind: str
+    config: TMSConfig | ModAddConfig
+    history: dict[str, np.ndarray]
+    completed: bool
+
+    @property
+    def checkpoint_steps(self) -> list[int]:
+        """Steps that have a checkpoint, ascending (read from disk on each access)."""
+        return checkpoint_steps(self.path)
+
+    def load_checkpoint(self, step: int | None = None) -> nn.Module:
+        """The model at ``step`` (default: the latest checkpoint), on CPU, in eval mode."""
+        from .train import build_model
+
+        if step is None:
+            steps = self.checkpoint_steps
+            if not steps:
+                raise CheckpointError(f"{self.path} has no checkpoints")
+            step = steps[-1]
+        payload = read_checkpoint(self.path, step, kind=self.kind)
+        model = build_model(self.config)
+        try:
+            model.load_state_dict(payload["model"])
+        except RuntimeError as e:
+            raise CheckpointError(
+                f"checkpoint {checkpoint_path(self.path, step)} does not fit the run's model: {e}"
+            ) from e
+        return model.eval()
+
+    def iter_checkpoints(self, steps: list[int] | None = None) -> Iterator[tuple[int, nn.Module]]:
+        """Yield ``(step, model)`` for each checkpoint (or each of ``steps``), ascending."""
+        for step in self.checkpoint_steps if steps is None else steps:
+            yield step, self.load_checkpoint(step)
+
+    def dataset(self) -> Any:
+        """The run's data, regenerated from its config (see ``config.dataset()``)."""
+        return self.config.dataset()
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, kind={self.kind!r}, completed={self.completed})"
+
+
+def load_run(path: str | os.PathLike[str]) -> Run:
+    """Open the run directory ``path`` written by ``train_tms``/``train_modadd`` or the CLI."""
+    from .train import config_from_dict
+
+    run_path = Path(path)
+    if not run_path.is_dir():
+        raise RunDirectoryError(f"run directory {run_path} does not exist")
+    kind, fields = read_config_file(run_path)
+    try:
+        config = config_from_dict(kind, fields)
+    except (ValueError, TypeError) as e:
+        raise RunDirectoryError(f"{run_path / CONFIG_FILE} holds an invalid config: {e}") from e
+    file = run_path / HISTORY_FILE
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+        history = {k: np.asarray(v) for k, v in meta["history"].items()}
+        completed = bool(meta["completed"])
+    except FileNotFoundError:
+        raise RunDirectoryError(
+            f"{run_path} has no {HISTORY_FILE} (training never started)"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise RunDirectoryError(f"cannot read {file}: {e}") from e
+    return Run(path=run_path, kind=kind, config=config, history=history, completed=completed)
