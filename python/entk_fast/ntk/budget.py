@@ -1,0 +1,244 @@
+"""Memory planning: how big the outputs are, and how to chunk the work to fit a budget.
+
+Sizes are estimates from the probe pass (per-sample activation count, parameter sizes) with
+generous factors for autograd's intermediates; they decide chunk sizes and refuse, before any
+work, requests that cannot fit.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from ..errors import InvalidArgumentError, InvalidTypeError, MemoryBudgetError
+from .prepare import Problem
+
+__all__ = [
+    "Pack",
+    "StructuredPass",
+    "format_bytes",
+    "parse_memory",
+    "plan_general",
+    "plan_structured",
+    "work_budget",
+]
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "t": 10**12,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+
+# Fraction of the work budget a pack's full-N Jacobian may take (the rest is for vmap chunks).
+_PACK_FRACTION = 0.5
+# Default working budget: this fraction of the memory left once the outputs are allocated.
+_DEFAULT_FRACTION = 0.5
+_MIN_DEFAULT = 64 * 2**20
+
+
+def format_bytes(n: float) -> str:
+    """Human-readable size, e.g. ``'2.5 GB'``."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{int(n)} B"
+
+
+def parse_memory(value: Any) -> int | None:
+    """Bytes from an int / float (bytes) or a string like ``'4GB'``, ``'512 MiB'``; None stays."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise InvalidTypeError("max_memory must be a number of bytes or a string like '4GB'")
+    if isinstance(value, int | float):
+        if not value > 0 or value != value:
+            raise InvalidArgumentError(f"max_memory must be positive, got {value!r}")
+        return int(value)
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", value)
+        if match is None or match.group(2).lower() not in _UNITS:
+            raise InvalidArgumentError(
+                f"max_memory {value!r} is not a size; use bytes or e.g. '512MB', '4GB', '2GiB'"
+            )
+        size = float(match.group(1)) * _UNITS[match.group(2).lower()]
+        if size <= 0:
+            raise InvalidArgumentError(f"max_memory must be positive, got {value!r}")
+        return int(size)
+    raise InvalidTypeError(
+        f"max_memory must be a number of bytes or a string like '4GB', got {type(value).__name__}"
+    )
+
+
+def work_budget(max_memory: Any, output_bytes: int, what: str) -> int:
+    """Bytes of working memory, beyond the outputs; refuses outputs that cannot fit in RAM.
+
+    ``what`` describes the outputs for the error message (e.g. "the (N·C)² kernel").
+    """
+    explicit = parse_memory(max_memory)
+    available = int(psutil.virtual_memory().available)
+    if output_bytes > 0.9 * available:
+        raise MemoryBudgetError(
+            f"{what} needs {format_bytes(output_bytes)} but only {format_bytes(available)} of "
+            "memory is available; use reduction='trace' or 'mean_pairs' (an N×N kernel), fewer "
+            "samples or outputs, or entk_topk(...), which finds the top eigenpairs without "
+            "forming the kernel"
+        )
+    if explicit is not None:
+        return explicit
+    return max(int(_DEFAULT_FRACTION * (available - output_bytes)), _MIN_DEFAULT)
+
+
+@dataclass(frozen=True)
+class Pack:
+    """Parameters whose Jacobian is computed together (general path)."""
+
+    names: tuple[str, ...]
+    numel: int
+    target: str | None
+    """Layer-kernel key it accumulates into (None: the full kernel)."""
+    tile: int
+    """Samples per tile; ≥ N means the pack's whole Jacobian is held at once."""
+    chunk: int
+    """Samples per vmap call."""
+
+
+def _jacobian_transient(problem: Problem, numel: int) -> int:
+    """Bytes per sample inside one vmap(jacrev) call: outputs, copies and backward values."""
+    rows = problem.rows_per_sample
+    act = problem.probe.activation_numel
+    return problem.itemsize * (2 * rows * numel + (rows + 2) * act)
+
+
+def _too_small(problem: Problem, budget: int, need: int, what: str) -> MemoryBudgetError:
+    return MemoryBudgetError(
+        f"max_memory = {format_bytes(budget)} is too small: {what} needs about "
+        f"{format_bytes(need)} of working memory for a single sample (dtype {problem.dtype}); "
+        "raise max_memory, or use a smaller reduction (trace / mean_pairs)"
+    )
+
+
+def _make_pack(problem: Problem, names: list[str], target: str | None, budget: int) -> Pack:
+    n = problem.n_samples
+    it = problem.itemsize
+    rows = problem.rows_per_sample
+    per_kernel_row = problem.kernel_rows_per_sample
+    numel = problem.numel(names)
+    per = _jacobian_transient(problem, numel)
+    full = n * rows * numel * it
+    if full + per <= budget:
+        chunk = int(min(n, max(1, (budget - full) // per)))
+        return Pack(tuple(names), numel, target, n, chunk)
+
+    def need(t: int) -> int:
+        return 2 * t * rows * numel * it + (t * per_kernel_row) ** 2 * it + per
+
+    if need(1) > budget:
+        label = f"the Jacobian of {names[0]!r} ({numel} values × {rows} rows)"
+        raise _too_small(problem, budget, need(1), label)
+    lo, hi = 1, n
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if need(mid) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    tile = lo
+    spare = budget - 2 * tile * rows * numel * it - (tile * per_kernel_row) ** 2 * it
+    chunk = int(min(tile, max(1, spare // per)))
+    return Pack(tuple(names), numel, target, tile, chunk)
+
+
+def plan_general(
+    problem: Problem, targets: Sequence[tuple[str | None, Sequence[str]]], budget: int
+) -> list[Pack]:
+    """Split each target's parameters into packs whose full-N Jacobian fits the budget.
+
+    Parameters of one target are packed greedily in model order; a single parameter whose
+    Jacobian alone does not fit is computed in sample tiles.
+    """
+    n = problem.n_samples
+    it = problem.itemsize
+    rows = problem.rows_per_sample
+    packs: list[Pack] = []
+    for target, names in targets:
+        current: list[str] = []
+        size = 0
+        for name in names:
+            numel = problem.index.infos[name].numel
+            grown = n * rows * (size + numel) * it + _jacobian_transient(problem, size + numel)
+            if current and grown > _PACK_FRACTION * budget:
+                packs.append(_make_pack(problem, current, target, budget))
+                current, size = [], 0
+            current.append(name)
+            size += numel
+        if current:
+            packs.append(_make_pack(problem, current, target, budget))
+    return packs
+
+
+@dataclass(frozen=True)
+class StructuredPass:
+    """Layers whose activations and output cotangents are gathered in one sweep."""
+
+    layers: tuple[Any, ...]
+    chunk: int
+
+
+def plan_structured(
+    problem: Problem, layers: Sequence[Any], budget: int
+) -> tuple[list[StructuredPass], list[Any]]:
+    """Group structured layers into sweeps that fit; layers that cannot fit are returned apart.
+
+    A layer stores its input (N, d_in) and cotangents (N, C_r, d_out); assembling it needs two
+    N×N matrices (the activation Gram and the Hadamard weight).
+    """
+    n = problem.n_samples
+    it = problem.itemsize
+    rows = problem.rows_per_sample
+    act = problem.probe.activation_numel
+    assemble = 2 * n * n * it
+
+    def storage(layer: Any) -> int:
+        return n * (layer.in_features + rows * layer.out_features) * it
+
+    def transient(group: Sequence[Any]) -> int:
+        return it * ((rows + 2) * act + 2 * rows * sum(layer.out_features for layer in group))
+
+    passes: list[StructuredPass] = []
+    rejected: list[Any] = []
+    current: list[Any] = []
+    for layer in layers:
+        if storage(layer) + assemble + transient([layer]) > budget:
+            rejected.append(layer)
+            continue
+        trial = [*current, layer]
+        if current and sum(map(storage, trial)) + assemble + transient(trial) > budget:
+            passes.append(_structured_pass(current, budget, storage, transient, assemble, n))
+            trial = [layer]
+        current = trial
+    if current:
+        passes.append(_structured_pass(current, budget, storage, transient, assemble, n))
+    return passes, rejected
+
+
+def _structured_pass(
+    layers: list[Any], budget: int, storage: Any, transient: Any, assemble: int, n: int
+) -> StructuredPass:
+    spare = budget - sum(map(storage, layers)) - assemble
+    chunk = int(min(n, max(1, spare // max(1, transient(layers)))))
+    return StructuredPass(tuple(layers), chunk)

@@ -1,0 +1,90 @@
+"""Kernel-vector products K v = alpha · M (Mᵀ v) without forming K or J (one VJP, one JVP).
+
+Mᵀ v is the gradient of Σ_n ⟨v_n, R f(x_n)⟩ (one backward over a batch of samples), and M w is
+a forward-mode derivative along the parameter direction w. For ``trace`` the products run
+once per output (vmapped): K v = (1/C) Σ_c J_c (J_cᵀ v).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.func import jvp, vjp, vmap
+
+from .jacobian import sample_function
+from .prepare import Problem
+
+__all__ = ["KernelOperator"]
+
+Params = dict[str, Tensor]
+
+
+class KernelOperator:
+    """K v for a prepared problem, ``chunk`` samples at a time; counts its products."""
+
+    def __init__(self, problem: Problem, chunk: int) -> None:
+        self.problem = problem
+        self.chunk = max(1, int(chunk))
+        f = sample_function(problem)
+        self._batched = vmap(f, in_dims=(None, *([0] * len(problem.inputs))))
+        self.pack: Params = {name: problem.params[name] for name in problem.selected}
+        self.n_matvec = 0
+
+    @property
+    def size(self) -> int:
+        return self.problem.kernel_size
+
+    def _slices(self) -> list[tuple[int, int]]:
+        n = self.problem.n_samples
+        return [(s, min(s + self.chunk, n)) for s in range(0, n, self.chunk)]
+
+    def _fn(self, start: int, stop: int) -> Callable[[Params], Tensor]:
+        xs = tuple(x[start:stop] for x in self.problem.inputs)
+        return lambda pack: self._batched(pack, *xs)
+
+    def _pullback(self, cot: Tensor, batched: bool) -> Params:
+        """Mᵀ v: Σ over samples of J_nᵀ v_n; ``cot`` (N, C_r), or (B, N, C_r) when batched."""
+        total: Params | None = None
+        for start, stop in self._slices():
+            _, pull = vjp(self._fn(start, stop), self.pack)
+            part = cot[..., start:stop, :]
+            (grads,) = vmap(pull)(part) if batched else pull(part)
+            if total is None:
+                total = dict(grads)
+            else:
+                for key, value in grads.items():
+                    total[key] += value
+            del pull, grads
+        assert total is not None
+        return total
+
+    def _push(self, tangent: Params, batched: bool) -> Tensor:
+        """M w: (N, C_r) outputs along ``tangent``, or (B, N, C_r) when batched."""
+        parts = []
+        for start, stop in self._slices():
+            fn = self._fn(start, stop)
+
+            def forward(t: Params, fn: Callable[[Params], Tensor] = fn) -> Tensor:
+                return jvp(fn, (self.pack,), (t,))[1]
+
+            parts.append(vmap(forward)(tangent) if batched else forward(tangent))
+        return torch.cat(parts, dim=-2)
+
+    def matvec(self, v: np.ndarray) -> np.ndarray:
+        """K v for v (R,) (any float dtype); returns float64 (R,)."""
+        problem = self.problem
+        n, rows = problem.n_samples, problem.rows_per_sample
+        vec = torch.as_tensor(np.asarray(v).reshape(-1), device=problem.device).to(problem.dtype)
+        with torch.no_grad():
+            if problem.mode == "rows":
+                out = self._push(self._pullback(vec.reshape(n, rows), False), False).reshape(-1)
+            else:
+                eye = torch.eye(rows, dtype=problem.dtype, device=problem.device)
+                cot = vec[None, :, None] * eye[:, None, :]  # (C_r, N, C_r): output c carries v
+                pushed = self._push(self._pullback(cot, True), True)  # (C_r, N, C_r)
+                out = torch.diagonal(pushed, dim1=0, dim2=2).sum(dim=1) * problem.alpha
+        self.n_matvec += 1
+        return out.detach().cpu().numpy().astype(np.float64)

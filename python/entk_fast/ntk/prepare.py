@@ -1,0 +1,380 @@
+"""Validate and normalise the arguments shared by the eNTK entry points into a ``Problem``.
+
+Everything a user can get wrong is checked here, before any expensive work: the model's
+type, the inputs (type, shape, emptiness, NaN), the parameters (NaN, selection, groups), the
+reduction, the output metric (size, symmetry, PSD) and the dtype.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .. import linalg
+from ..errors import InvalidArgumentError, InvalidTypeError
+from .groups import ParameterIndex, resolve_groups, resolve_selection
+from .probe import ProbeResult, forward_batch, run_probe
+
+__all__ = ["REDUCTIONS", "OutputMap", "Problem", "evaluation_mode", "prepare"]
+
+REDUCTIONS = ("flattened", "trace", "mean_pairs")
+Reduction = Literal["flattened", "trace", "mean_pairs"]
+
+# Modules whose training-mode output depends on the batch or on random draws.
+_TRAIN_DEPENDENT = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.dropout._DropoutNd,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
+
+
+@dataclass(frozen=True)
+class OutputMap:
+    """Maps a sample's flattened output y (C,) to the rows the kernel contracts, R y (C_r,).
+
+    ``kind`` is ``"identity"`` (C_r = C), ``"diag"`` (``weights`` (C,), R = diag(weights)) or
+    ``"matrix"`` (``weights`` (C_r, C)). It folds the output metric S^½ and, for
+    ``mean_pairs``, the mean over outputs into the model's output.
+    """
+
+    kind: Literal["identity", "diag", "matrix"]
+    weights: Tensor | None
+    n_rows: int
+
+    def apply(self, y: Tensor) -> Tensor:
+        """(..., C) -> (..., C_r)."""
+        if self.kind == "identity":
+            return y
+        assert self.weights is not None
+        if self.kind == "diag":
+            return y * self.weights
+        return y @ self.weights.T
+
+
+@dataclass
+class Problem:
+    """A validated eNTK request: model state, inputs, and how outputs are reduced."""
+
+    model: nn.Module
+    inputs: tuple[Tensor, ...]
+    """Each (N, ...), on the parameters' device; floating ones cast to ``dtype``."""
+    params: dict[str, Tensor]
+    """Every parameter (canonical name), detached, cast to ``dtype``."""
+    buffers: dict[str, Tensor]
+    selected: list[str]
+    """Canonical names of the parameters the kernel contracts over, in model order."""
+    groups: dict[str, tuple[str, ...]]
+    index: ParameterIndex
+    probe: ProbeResult
+    reduction: Reduction
+    metric: np.ndarray | None
+    """The output metric S as a (C, C) matrix, or None."""
+    out_map: OutputMap
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.inputs[0].shape[0])
+
+    @property
+    def n_outputs(self) -> int:
+        """C, the number of model outputs per sample."""
+        return self.probe.n_outputs
+
+    @property
+    def rows_per_sample(self) -> int:
+        """C_r, the rows of a sample's (reduced, metric-weighted) Jacobian."""
+        return self.out_map.n_rows
+
+    @property
+    def mode(self) -> Literal["rows", "sum"]:
+        """``rows``: each Jacobian row is a kernel row (flattened, mean_pairs);
+        ``sum``: a sample's rows are concatenated into one kernel row (trace)."""
+        return "sum" if self.reduction == "trace" else "rows"
+
+    @property
+    def alpha(self) -> float:
+        """K = alpha · M Mᵀ, with M the Jacobian arranged as ``mode`` says."""
+        return 1.0 / self.n_outputs if self.mode == "sum" else 1.0
+
+    @property
+    def kernel_rows_per_sample(self) -> int:
+        return self.rows_per_sample if self.mode == "rows" else 1
+
+    @property
+    def kernel_size(self) -> int:
+        """Side of the kernel matrix: N·C (flattened), N (trace, mean_pairs)."""
+        return self.n_samples * self.kernel_rows_per_sample
+
+    @property
+    def itemsize(self) -> int:
+        return torch.empty((), dtype=self.dtype).element_size()
+
+    @property
+    def numpy_dtype(self) -> np.dtype[Any]:
+        return np.dtype(np.float64 if self.dtype == torch.float64 else np.float32)
+
+    def numel(self, names: Iterable[str]) -> int:
+        return sum(self.index.infos[name].numel for name in names)
+
+    def forward(
+        self, inputs: tuple[Tensor, ...], params: Mapping[str, Tensor] | None = None
+    ) -> Tensor:
+        """Batched model output (n, C) with this problem's parameters (or ``params``)."""
+        out = forward_batch(self.model, params or self.params, self.buffers, inputs)
+        return out.reshape(out.shape[0], -1)
+
+
+@contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[None]:
+    """Run the model in eval mode, restoring every module's mode afterwards.
+
+    Warns when that changes the function (BatchNorm or dropout in train mode): the eNTK is
+    defined for the deterministic, per-sample function.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    offending = sorted(
+        {
+            type(module).__name__
+            for module in model.modules()
+            if module.training and isinstance(module, _TRAIN_DEPENDENT)
+        }
+    )
+    if offending:
+        warnings.warn(
+            f"the model is in train mode and has {', '.join(offending)} layers, whose "
+            "train-mode output depends on the batch or on random draws; the eNTK is computed "
+            "in eval mode (call model.eval() to silence this warning)",
+            UserWarning,
+            stacklevel=4,
+        )
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def resolve_dtype(dtype: Any, model: nn.Module) -> torch.dtype:
+    """float32 or float64; ``None`` follows the model (half precision is promoted to float32)."""
+    if dtype is None:
+        floats = [p.dtype for p in model.parameters() if p.is_floating_point()]
+        return torch.float64 if torch.float64 in floats else torch.float32
+    lookup: dict[Any, torch.dtype] = {
+        torch.float32: torch.float32,
+        torch.float64: torch.float64,
+        "float32": torch.float32,
+        "float64": torch.float64,
+        np.float32: torch.float32,
+        np.float64: torch.float64,
+    }
+    try:
+        key = np.dtype(dtype).type if isinstance(dtype, np.dtype) else dtype
+        result = lookup.get(key)
+    except TypeError:
+        result = None
+    if result is None:
+        if isinstance(dtype, torch.dtype | np.dtype | str | type):
+            raise InvalidArgumentError(
+                f"dtype must be float32 or float64 (or None to follow the model), got {dtype!r}"
+            )
+        raise InvalidTypeError(f"dtype must be a torch dtype or None, got {type(dtype).__name__}")
+    return result
+
+
+def normalise_inputs(inputs: Any, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, ...]:
+    """The model's positional inputs as tensors sharing the sample dimension N ≥ 1 (dim 0)."""
+    if isinstance(inputs, Tensor | np.ndarray):
+        raw: tuple[Any, ...] = (inputs,)
+    elif isinstance(inputs, tuple | list):
+        raw = tuple(inputs)
+        if not raw:
+            raise InvalidArgumentError("inputs is an empty sequence: give at least one tensor")
+    else:
+        raise InvalidTypeError(
+            "inputs must be a tensor (N, ...) or a tuple of tensors that share dim 0 (one per "
+            f"positional argument of the model), got {type(inputs).__name__}"
+        )
+    out: list[Tensor] = []
+    for i, value in enumerate(raw):
+        where = (
+            "inputs" if len(raw) == 1 and not isinstance(inputs, tuple | list) else f"inputs[{i}]"
+        )
+        if isinstance(value, np.ndarray):
+            if value.dtype.kind not in "biuf":
+                raise InvalidTypeError(f"{where} must be numeric, got numpy dtype {value.dtype}")
+            value = torch.from_numpy(np.ascontiguousarray(value))
+        if not isinstance(value, Tensor):
+            raise InvalidTypeError(f"{where} must be a tensor, got {type(value).__name__}")
+        if value.is_complex():
+            raise InvalidTypeError(f"{where} is complex; only real inputs are supported")
+        if value.dim() == 0:
+            raise InvalidArgumentError(
+                f"{where} is a 0-d tensor; inputs need a leading sample dimension (N, ...)"
+            )
+        if value.shape[0] == 0:
+            raise InvalidArgumentError(f"{where} is empty (N = 0): give at least one sample")
+        if out and value.shape[0] != out[0].shape[0]:
+            raise InvalidArgumentError(
+                f"all inputs must share the sample dimension: inputs[0] has N = "
+                f"{out[0].shape[0]} but {where} has {value.shape[0]}"
+            )
+        value = value.detach().to(device)
+        if value.is_floating_point():
+            value = value.to(dtype)
+            finite = torch.isfinite(value.reshape(value.shape[0], -1)).all(dim=1)
+            if not bool(finite.all()):
+                bad = int((~finite).nonzero()[0, 0])
+                raise InvalidArgumentError(
+                    f"{where} contains NaN or infinite values (first at sample {bad})"
+                )
+        out.append(value)
+    return tuple(out)
+
+
+def normalise_metric(metric: Any, n_outputs: int) -> tuple[np.ndarray, np.ndarray, bool] | None:
+    """(S (C, C), S^½ as (C,) diagonal or (C, C), is_diagonal), or None."""
+    if metric is None:
+        return None
+    if isinstance(metric, Tensor):
+        metric = metric.detach().cpu().numpy()
+    try:
+        arr = np.asarray(metric)
+    except (TypeError, ValueError) as exc:
+        raise InvalidTypeError(
+            f"output_metric must be array-like, got {type(metric).__name__}"
+        ) from exc
+    if arr.dtype.kind not in "biuf":
+        raise InvalidTypeError(f"output_metric must be real numbers, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64)
+    c = n_outputs
+    if arr.ndim == 1:
+        if arr.shape != (c,):
+            raise InvalidArgumentError(
+                f"output_metric as a weight vector must have shape ({c},) (one weight per "
+                f"model output), got {arr.shape}"
+            )
+        if not np.isfinite(arr).all():
+            raise InvalidArgumentError("output_metric contains NaN or infinite values")
+        if (arr < 0).any():
+            raise InvalidArgumentError(
+                f"output_metric weights must be ≥ 0 (a PSD metric), got min {arr.min():g}"
+            )
+        return np.diag(arr), np.sqrt(arr), True
+    if arr.shape != (c, c):
+        raise InvalidArgumentError(
+            f"output_metric must be a weight vector ({c},) or a PSD matrix ({c}, {c}), "
+            f"got shape {arr.shape}"
+        )
+    if not np.isfinite(arr).all():
+        raise InvalidArgumentError("output_metric contains NaN or infinite values")
+    scale = float(np.abs(arr).max()) or 1.0
+    if not np.allclose(arr, arr.T, rtol=0.0, atol=1e-10 * scale):
+        raise InvalidArgumentError("output_metric must be symmetric")
+    sym = np.ascontiguousarray(0.5 * (arr + arr.T))
+    w, v = linalg.eigh(sym)
+    if w.min() < -1e-10 * scale * c:
+        raise InvalidArgumentError(
+            f"output_metric must be positive semi-definite; its smallest eigenvalue is {w.min():g}"
+        )
+    # Eigenvalues under the round-off floor are zero: a rank-deficient S keeps its null space.
+    w = np.where(w > c * np.finfo(np.float64).eps * max(float(w.max()), 0.0), w, 0.0)
+    root = (v * np.sqrt(w)) @ v.T
+    return sym, root, False
+
+
+def build_output_map(
+    reduction: str,
+    root: tuple[np.ndarray, np.ndarray, bool] | None,
+    n_outputs: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> OutputMap:
+    """The row map R: S^½ (flattened, trace) or 1ᵀ S^½ / C (mean_pairs)."""
+    c = n_outputs
+
+    def tensor(a: np.ndarray) -> Tensor:
+        return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)
+
+    if reduction == "mean_pairs":
+        row = np.ones(c) if root is None else (root[1] if root[2] else root[1].sum(axis=0))
+        return OutputMap("matrix", tensor(row[None, :] / c), 1)
+    if root is None:
+        return OutputMap("identity", None, c)
+    if root[2]:
+        return OutputMap("diag", tensor(root[1]), c)
+    return OutputMap("matrix", tensor(root[1]), c)
+
+
+def check_reduction(reduction: Any) -> Reduction:
+    if not isinstance(reduction, str):
+        raise InvalidTypeError(f"reduction must be a string, got {type(reduction).__name__}")
+    if reduction not in REDUCTIONS:
+        raise InvalidArgumentError(
+            f"unknown reduction {reduction!r}; choose one of {', '.join(map(repr, REDUCTIONS))}"
+        )
+    return reduction  # type: ignore[return-value]
+
+
+def prepare(
+    model: Any,
+    inputs: Any,
+    *,
+    reduction: Any = "flattened",
+    output_metric: Any = None,
+    params: Iterable[str] | str | None = None,
+    groups: Mapping[str, Iterable[str] | str] | None = None,
+    dtype: Any = None,
+) -> Problem:
+    """Validate everything and probe the model once. Call inside :func:`evaluation_mode`."""
+    if not isinstance(model, nn.Module):
+        raise InvalidTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    red = check_reduction(reduction)
+    torch_dtype = resolve_dtype(dtype, model)
+    index = ParameterIndex(model)
+    selected = resolve_selection(index, params)
+    partition = resolve_groups(index, selected, groups)
+    first = next(iter(model.parameters()))
+    device = first.device
+    tensors: dict[str, Tensor] = {}
+    named = dict(model.named_parameters())
+    for name in index.infos:
+        value = named[name].detach()
+        if value.is_floating_point():
+            if not bool(torch.isfinite(value).all()):
+                raise InvalidArgumentError(f"parameter {name!r} contains NaN or infinite values")
+            value = value.to(torch_dtype)
+        tensors[name] = value
+    buffers = {
+        name: (b.detach().to(torch_dtype) if b.is_floating_point() else b.detach())
+        for name, b in model.named_buffers()
+    }
+    xs = normalise_inputs(inputs, torch_dtype, device)
+    probe = run_probe(model, tensors, buffers, xs)
+    root = normalise_metric(output_metric, probe.n_outputs)
+    out_map = build_output_map(red, root, probe.n_outputs, torch_dtype, device)
+    return Problem(
+        model=model,
+        inputs=xs,
+        params=tensors,
+        buffers=buffers,
+        selected=selected,
+        groups=partition,
+        index=index,
+        probe=probe,
+        reduction=red,
+        metric=None if root is None else root[0],
+        out_map=out_map,
+        dtype=torch_dtype,
+        device=device,
+    )

@@ -1,0 +1,189 @@
+"""One cheap forward pass on the first samples, to learn what the model does.
+
+It finds the output size C, how often each module runs and each parameter is touched
+(reuse detection for the structured path), the shapes seen by ``nn.Linear`` / ``nn.Embedding``
+layers, a per-sample activation size for memory planning, and whether samples interact
+inside a batch.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.overrides import TorchFunctionMode
+from torch.utils import _pytree as pytree
+
+from ..errors import InvalidArgumentError
+
+__all__ = ["ProbeResult", "forward_batch", "run_probe"]
+
+
+@dataclass
+class ProbeResult:
+    """What one forward pass on ``batch`` samples revealed."""
+
+    batch: int
+    output_shape: tuple[int, ...]
+    """Per-sample output shape; ``n_outputs`` is its product (C)."""
+    n_outputs: int
+    activation_numel: int
+    """Conservative count of intermediate values per sample (for memory planning)."""
+    calls: Counter[str] = field(default_factory=Counter)
+    """Module path -> number of forward calls."""
+    io_shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
+    """``nn.Linear`` / ``nn.Embedding`` path -> (input shape, output shape) at its first call."""
+    usage: Counter[str] = field(default_factory=Counter)
+    """Canonical parameter name -> number of torch operations that take it as an argument."""
+    batch_independent: bool = True
+    """Whether a sample's output is the same alone and inside a batch."""
+
+
+class _UsageCounter(TorchFunctionMode):
+    """Counts the torch operations that receive each parameter tensor as an argument."""
+
+    def __init__(self, names_by_id: Mapping[int, str]) -> None:
+        super().__init__()
+        self.names_by_id = names_by_id
+        self.counts: Counter[str] = Counter()
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        for leaf in pytree.tree_leaves((args, kwargs)):
+            if isinstance(leaf, Tensor):
+                name = self.names_by_id.get(id(leaf))
+                if name is not None:
+                    self.counts[name] += 1
+        return func(*args, **kwargs)
+
+
+def forward_batch(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    buffers: Mapping[str, Tensor],
+    inputs: tuple[Tensor, ...],
+) -> Tensor:
+    """The model's output on a batch, with ``params`` and ``buffers`` substituted."""
+    return functional_call(model, (dict(params), dict(buffers)), inputs)
+
+
+def _numel(value: Any) -> int:
+    return sum(leaf.numel() for leaf in pytree.tree_leaves(value) if isinstance(leaf, Tensor))
+
+
+def _check_output(out: Any, batch: int) -> Tensor:
+    if not isinstance(out, Tensor):
+        raise InvalidArgumentError(
+            f"the model must return a single tensor, got {type(out).__name__}; wrap it so "
+            "that forward returns the outputs whose eNTK you want"
+        )
+    if not (out.is_floating_point() or out.is_complex()):
+        raise InvalidArgumentError(f"the model's output must be floating point, got {out.dtype}")
+    if out.is_complex():
+        raise InvalidArgumentError("complex model outputs are not supported")
+    if out.dim() == 0 or out.shape[0] != batch:
+        raise InvalidArgumentError(
+            f"the model's output must have the samples along dim 0: on {batch} sample(s) it "
+            f"returned shape {tuple(out.shape)}"
+        )
+    if out[0].numel() == 0:
+        raise InvalidArgumentError("the model's output is empty (C = 0)")
+    return out
+
+
+def run_probe(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    buffers: Mapping[str, Tensor],
+    inputs: tuple[Tensor, ...],
+) -> ProbeResult:
+    """Run the model on the first ``min(N, 2)`` samples and record what it does."""
+    n_samples = inputs[0].shape[0]
+    batch = min(n_samples, 2)
+    head = tuple(x[:batch] for x in inputs)
+    names_by_id = {id(t): name for name, t in params.items()}
+    calls: Counter[str] = Counter()
+    io_shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+    act = [0]
+
+    def make_hook(path: str, module: nn.Module) -> Callable[..., None]:
+        def hook(_mod: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            calls[path] += 1
+            act[0] += _numel(output)
+            if isinstance(module, nn.Linear | nn.Embedding) and path not in io_shapes:
+                first = args[0] if args else None
+                if isinstance(first, Tensor) and isinstance(output, Tensor):
+                    io_shapes[path] = (tuple(first.shape), tuple(output.shape))
+
+        return hook
+
+    handles = [
+        module.register_forward_hook(make_hook(path, module))
+        for path, module in model.named_modules()
+    ]
+    counter = _UsageCounter(names_by_id)
+    try:
+        with torch.no_grad(), counter:
+            out = _checked_forward(model, params, buffers, head, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    out = _check_output(out, batch)
+    if not torch.isfinite(out).all():
+        raise InvalidArgumentError(
+            "the model's output contains NaN or infinite values on the first samples; the "
+            "eNTK would be meaningless"
+        )
+    output_shape = tuple(out.shape[1:])
+    n_outputs = int(out[0].numel())
+    per_sample_io = (_numel(head) + out.numel()) // batch
+    activation = max(act[0] // batch, per_sample_io) * 2
+    independent = True
+    if batch > 1:
+        with torch.no_grad():
+            alone = [
+                _checked_forward(model, params, buffers, tuple(x[i : i + 1] for x in head), 1)
+                for i in range(batch)
+            ]
+        single = torch.cat([_check_output(a, 1) for a in alone])
+        scale = float(out.abs().max()) or 1.0
+        rtol = 1e-4 if out.dtype == torch.float32 else 1e-9
+        independent = bool(torch.allclose(single, out, rtol=rtol, atol=rtol * scale))
+    return ProbeResult(
+        batch=batch,
+        output_shape=output_shape,
+        n_outputs=n_outputs,
+        activation_numel=activation,
+        calls=calls,
+        io_shapes=io_shapes,
+        usage=counter.counts,
+        batch_independent=independent,
+    )
+
+
+def _checked_forward(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    buffers: Mapping[str, Tensor],
+    inputs: tuple[Tensor, ...],
+    batch: int,
+) -> Any:
+    try:
+        return forward_batch(model, params, buffers, inputs)
+    except Exception as exc:
+        shapes = ", ".join(f"{tuple(x.shape)} {x.dtype}" for x in inputs)
+        raise InvalidArgumentError(
+            f"the model's forward failed on the first {batch} sample(s) of inputs "
+            f"(shapes {shapes}): {type(exc).__name__}: {exc}"
+        ) from exc

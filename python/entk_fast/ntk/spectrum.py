@@ -1,0 +1,448 @@
+"""Eigen-analysis of an eNTK: ``entk_spectrum`` (dense, dual or matrix-free) and ``entk_topk``.
+
+* dense: form K (with the structured fast paths) and diagonalise it.
+* dual: when the Jacobian M (R × Q, K = alpha·M Mᵀ) has fewer columns than rows, diagonalise
+  the Q × Q Gram alpha·Mᵀ M instead; eigenvectors map back by u = √alpha · M v / √λ.
+* matrix_free: Lanczos (``scipy.sparse.linalg.eigsh``) on K v = alpha·M (Mᵀ v), never forming
+  K or M; for kernels too large to store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import psutil
+from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+from torch import nn
+
+from .. import linalg
+from ..errors import InvalidArgumentError, InvalidTypeError, LinAlgError, MemoryBudgetError
+from .budget import format_bytes, work_budget
+from .empirical import EmpiricalNTK, check_model, compute_kernel, describe_kernel
+from .jacobian import as_kernel_rows, jacobian_block
+from .layout import flatten_outputs, unflatten_outputs
+from .matfree import KernelOperator
+from .prepare import Problem, evaluation_mode, prepare
+from .progress import progress_bar
+
+__all__ = ["NTKSpectrum", "entk_spectrum", "entk_topk", "spectrum_of_kernel"]
+
+METHODS = ("auto", "dense", "dual", "matrix_free")
+
+
+@dataclass(frozen=True, eq=False)
+class NTKSpectrum:
+    """Top eigenpairs of a (reduced, metric-weighted) eNTK, eigenvalues descending.
+
+    ``eigenvectors`` is (R, k) with R = N·C (flattened, row = n·C + c) or N; column i belongs
+    to ``eigenvalues[i]``. ``method`` says how they were found.
+    """
+
+    eigenvalues: np.ndarray
+    eigenvectors: np.ndarray
+    method: str
+    """``"dense"``, ``"dual"`` or ``"matrix_free"``."""
+    n_samples: int
+    n_outputs: int
+    reduction: str
+    ridge: float = 0.0
+    """Absolute ridge ε·mean(diag K) added to K's diagonal (and so to every eigenvalue)."""
+    n_parameters: int = 0
+    output_metric: np.ndarray | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    """Solver details: e.g. ``n_matvec``, ``tol``, ``rank``, ``solver``."""
+
+    def __len__(self) -> int:
+        return int(self.eigenvalues.shape[0])
+
+    def unflatten(self, v: Any) -> np.ndarray:
+        """Eigenvector(s) of a flattened kernel as (N, C) or (N, C, k); [n, c] = row n·C + c."""
+        return unflatten_outputs(v, self.n_samples, self.n_outputs, self.reduction)
+
+    def flatten(self, u: Any) -> np.ndarray:
+        """(N, C[, k]) -> (N·C[, k]), the inverse of :meth:`unflatten`."""
+        return flatten_outputs(u, self.n_samples, self.n_outputs, self.reduction)
+
+    def gaps(self, top: int = 5) -> list[tuple[int, float]]:
+        """The ``top`` largest spectral cliffs: (k, λ_k / λ_{k+1}) with k counted from 1.
+
+        A ratio is ``inf`` where λ_{k+1} ≤ 0. Sorted by ratio, largest first.
+        """
+        w = self.eigenvalues
+        ratios = []
+        for i in range(len(w) - 1):
+            below = w[i + 1]
+            ratios.append((i + 1, float(w[i] / below) if below > 0 else float("inf")))
+        ratios.sort(key=lambda item: -item[1])
+        return ratios[: max(0, int(top))]
+
+
+def _check_k(k: Any, size: int, *, required: bool) -> int | None:
+    if k is None:
+        if required:
+            raise InvalidArgumentError("k is required: give the number of eigenpairs to compute")
+        return None
+    if isinstance(k, bool) or not isinstance(k, int | np.integer):
+        raise InvalidTypeError(f"k must be an integer, got {type(k).__name__}")
+    if not 1 <= int(k) <= size:
+        raise InvalidArgumentError(f"k must be in [1, {size}] (the kernel's order), got {k}")
+    return int(k)
+
+
+def _check_ridge(ridge: Any) -> float:
+    if isinstance(ridge, bool) or not isinstance(ridge, int | float):
+        raise InvalidTypeError(f"ridge must be a number, got {type(ridge).__name__}")
+    if not np.isfinite(ridge) or ridge < 0:
+        raise InvalidArgumentError(f"ridge must be a finite number ≥ 0, got {ridge}")
+    return float(ridge)
+
+
+def spectrum_of_kernel(
+    ntk: EmpiricalNTK,
+    k: int | None,
+    *,
+    ridge: float = 0.0,
+    tol: float | None = None,
+    in_place: bool = False,
+) -> NTKSpectrum:
+    """Eigenpairs of a dense kernel: all (``k=None``, ``linalg.eigh``) or the top k."""
+    size = ntk.kernel.shape[0]
+    kk = _check_k(k, size, required=False)
+    eps = _check_ridge(ridge)
+    kernel = ntk.kernel
+    shift = 0.0
+    if eps > 0:
+        shift = eps * float(np.trace(kernel)) / size
+        if not in_place:
+            kernel = kernel.copy()
+        kernel[np.diag_indices(size)] += shift
+    info: dict[str, Any] = {"ridge_relative": eps}
+    if kk is None or kk == size:
+        values, vectors = linalg.eigh(kernel)
+        info["solver"] = "eigh"
+    else:
+        values, vectors, how = linalg.eigh_topk(kernel, kk, tol=tol, return_method=True)
+        info["solver"] = f"eigh_topk:{how}"
+    return NTKSpectrum(
+        eigenvalues=values,
+        eigenvectors=vectors,
+        method="dense",
+        n_samples=ntk.n_samples,
+        n_outputs=ntk.n_outputs,
+        reduction=ntk.reduction,
+        ridge=shift,
+        n_parameters=ntk.n_parameters,
+        output_metric=ntk.output_metric,
+        info=info,
+    )
+
+
+def _dual_columns(problem: Problem) -> int:
+    """Q, the columns of M: P (flattened, mean_pairs) or C·P (trace)."""
+    numel = problem.numel(problem.selected)
+    return numel if problem.mode == "rows" else problem.rows_per_sample * numel
+
+
+def _dual(
+    problem: Problem, k: int | None, ridge: float, max_memory: Any, progress: bool
+) -> NTKSpectrum:
+    """Spectrum from the Q × Q Gram alpha·Mᵀ M, mapped back to kernel eigenvectors."""
+    n = problem.n_samples
+    size = problem.kernel_size
+    q = _dual_columns(problem)
+    it = problem.itemsize
+    numel = problem.numel(problem.selected)
+    rows = problem.rows_per_sample
+    out_cols = min(q, size) if k is None else k
+    budget = work_budget(
+        max_memory,
+        (q * q + size * out_cols) * it,
+        f"the dual {q}×{q} Gram Mᵀ M and the eigenvectors",
+    )
+    per_sample = it * (3 * rows * numel + (rows + 2) * problem.probe.activation_numel)
+    if per_sample > budget:
+        raise MemoryBudgetError(
+            f"max_memory = {format_bytes(budget)} is too small: one sample's Jacobian needs "
+            f"about {format_bytes(per_sample)}"
+        )
+    keep_all = size * q * it <= budget // 2
+    spare = budget - (size * q * it if keep_all else 0)
+    chunk = int(min(n, max(1, spare // per_sample)))
+    slices = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
+    dtype = problem.numpy_dtype
+    stored: list[np.ndarray] = []
+    gram_dual = np.zeros((q, q), dtype=dtype)
+    with progress_bar(progress, 2 * len(slices), "eNTK dual", unit="block") as bar:
+        for start, stop in slices:
+            block = as_kernel_rows(
+                problem, jacobian_block(problem, problem.selected, start, stop, chunk)
+            )
+            linalg.gram_accumulate(gram_dual, np.ascontiguousarray(block.T), alpha=problem.alpha)
+            if keep_all:
+                stored.append(block)
+            bar.update(1)
+        values, vectors = linalg.eigh(gram_dual)
+        del gram_dual
+        eps = np.finfo(dtype).eps
+        cutoff = max(float(values[0]), 0.0) * 100 * eps * max(q, 1)
+        rank = int((values > cutoff).sum())
+        count = rank if k is None else min(k, rank)
+        values = np.ascontiguousarray(values[:count])
+        basis = np.ascontiguousarray(vectors[:, :count].T)  # (count, Q)
+        del vectors
+        scale = (np.sqrt(problem.alpha) / np.sqrt(values)).astype(dtype)
+        eigvecs = np.empty((size, count), dtype=dtype)
+        per = problem.kernel_rows_per_sample
+        for i, (start, stop) in enumerate(slices):
+            if keep_all:
+                block = stored[i]
+            else:
+                block = as_kernel_rows(
+                    problem, jacobian_block(problem, problem.selected, start, stop, chunk)
+                )
+            eigvecs[start * per : stop * per] = linalg.gram_cross(block, basis) * scale
+            bar.update(1)
+    shift = 0.0
+    if ridge > 0:
+        # trace(K) = trace(alpha Mᵀ M) = Σ of all its eigenvalues.
+        shift = ridge * float(np.clip(values, 0, None).sum()) / size if count == rank else 0.0
+        values = values + shift
+    return NTKSpectrum(
+        eigenvalues=values,
+        eigenvectors=eigvecs,
+        method="dual",
+        n_samples=n,
+        n_outputs=problem.n_outputs,
+        reduction=problem.reduction,
+        ridge=shift,
+        n_parameters=numel,
+        output_metric=problem.metric,
+        info={
+            "dual_size": q,
+            "rank": rank,
+            "n_dropped": (size if k is None else k) - count,
+            "ridge_relative": ridge,
+        },
+    )
+
+
+def _matrix_free(
+    problem: Problem,
+    k: int,
+    *,
+    max_memory: Any,
+    tol: float | None,
+    maxiter: int | None,
+    ncv: int | None,
+    seed: int,
+    progress: bool,
+) -> NTKSpectrum:
+    size = problem.kernel_size
+    if k >= size:
+        raise InvalidArgumentError(
+            f"k = {k} must be smaller than the kernel's order {size} for the matrix-free "
+            "solver; use entk_spectrum(..., method='dense') for the full spectrum"
+        )
+    lanczos = min(size, max(2 * k + 1, 20)) if ncv is None else int(ncv)
+    if not k < lanczos <= size:
+        raise InvalidArgumentError(f"ncv must be in ({k}, {size}], got {ncv}")
+    it = problem.itemsize
+    numel = problem.numel(problem.selected)
+    rows = problem.rows_per_sample
+    copies = rows if problem.mode == "sum" else 1
+    fixed = (lanczos + 2) * size * 8 + 3 * copies * numel * it
+    budget = work_budget(max_memory, size * k * 8, f"the {size}×{k} eigenvector block")
+    per_sample = it * (copies + 3) * (problem.probe.activation_numel + rows)
+    if fixed + per_sample > budget:
+        raise MemoryBudgetError(
+            f"max_memory = {format_bytes(budget)} is too small for the matrix-free solver: "
+            f"the Lanczos basis and parameter-sized vectors need {format_bytes(fixed)} and a "
+            f"sample {format_bytes(per_sample)}"
+        )
+    chunk = int(min(problem.n_samples, max(1, (budget - fixed) // per_sample)))
+    op = KernelOperator(problem, chunk)
+    if tol is None:
+        tol = 1e-10 if problem.dtype.itemsize == 8 else 1e-5
+    with progress_bar(progress, None, "eNTK top-k", unit="matvec") as bar:
+
+        def matvec(v: np.ndarray) -> np.ndarray:
+            out = op.matvec(v)
+            bar.update(1)
+            return out
+
+        operator = LinearOperator((size, size), matvec=matvec, dtype=np.float64)
+        v0 = np.random.default_rng(seed).standard_normal(size)
+        try:
+            values, vectors = eigsh(
+                operator, k=k, which="LA", tol=tol, v0=v0, ncv=lanczos, maxiter=maxiter
+            )
+        except ArpackNoConvergence as exc:
+            raise LinAlgError(
+                f"the Lanczos solver did not converge to tol={tol:g} for k={k} after "
+                f"{op.n_matvec} kernel-vector products; raise maxiter or ncv, or loosen tol"
+            ) from exc
+    order = np.argsort(values)[::-1]
+    dtype = problem.numpy_dtype
+    return NTKSpectrum(
+        eigenvalues=np.ascontiguousarray(values[order]).astype(dtype),
+        eigenvectors=np.ascontiguousarray(vectors[:, order]).astype(dtype),
+        method="matrix_free",
+        n_samples=problem.n_samples,
+        n_outputs=problem.n_outputs,
+        reduction=problem.reduction,
+        n_parameters=numel,
+        output_metric=problem.metric,
+        info={"n_matvec": op.n_matvec, "tol": tol, "ncv": lanczos, "solver": "scipy.eigsh"},
+    )
+
+
+def _choose(problem: Problem, k: int | None, method: str) -> str:
+    size = problem.kernel_size
+    q = _dual_columns(problem)
+    available = psutil.virtual_memory().available
+    it = problem.itemsize
+    dual_ok = q < size and (k is None or k <= q) and q * q * it <= 0.5 * available
+    if method == "dual" and not (q < size and (k is None or k <= q)):
+        raise InvalidArgumentError(
+            f"method='dual' needs fewer Jacobian columns than kernel rows and k ≤ {q}: here "
+            f"the dual Gram is {q}×{q} and the kernel {size}×{size}"
+        )
+    if method != "auto":
+        return method
+    if dual_ok:
+        return "dual"
+    if size * size * it <= 0.5 * available:
+        return "dense"
+    if k is None:
+        raise MemoryBudgetError(
+            f"{describe_kernel(problem)} needs {format_bytes(size * size * it)} and the dual "
+            f"Gram has {q} columns; neither fits in memory. Pass k to find the top k "
+            "eigenpairs matrix-free"
+        )
+    return "matrix_free"
+
+
+def entk_spectrum(
+    model: nn.Module,
+    inputs: Any,
+    k: int | None = None,
+    *,
+    reduction: str = "flattened",
+    output_metric: Any = None,
+    params: Iterable[str] | str | None = None,
+    dtype: Any = None,
+    method: str = "auto",
+    ridge: float = 0.0,
+    tol: float | None = None,
+    max_memory: int | float | str | None = None,
+    structured: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+) -> NTKSpectrum:
+    """Eigenvalues (descending) and eigenvectors of the reduced, metric-weighted eNTK.
+
+    Arguments are those of :func:`entk_fast.empirical_ntk`, plus:
+
+    Args:
+        k: how many eigenpairs (``None``: all, or all non-zero ones on the dual path).
+        method: ``"auto"`` picks ``"dual"`` when the Jacobian has fewer columns Q (P, or C·P
+            for trace) than the kernel has rows, else ``"dense"`` when the kernel fits in
+            memory, else ``"matrix_free"`` (needs ``k``). The choice is in ``.method``.
+            The dual path returns only eigenpairs above its round-off floor
+            (``info["rank"]``); the rest of the spectrum is zero.
+        ridge: ε ≥ 0; adds ε·mean(diag K) to K's diagonal (reported as ``.ridge``). Not
+            available matrix-free.
+        tol: solver tolerance (top-k dense and matrix-free solvers).
+        seed: start vector of the matrix-free solver.
+    """
+    check_model(model)
+    if method not in METHODS:
+        raise InvalidArgumentError(f"unknown method {method!r}; choose one of {METHODS}")
+    eps = _check_ridge(ridge)
+    with evaluation_mode(model):
+        problem = prepare(
+            model,
+            inputs,
+            reduction=reduction,
+            output_metric=output_metric,
+            params=params,
+            dtype=dtype,
+        )
+        kk = _check_k(k, problem.kernel_size, required=method == "matrix_free")
+        chosen = _choose(problem, kk, method)
+        if chosen == "dual":
+            return _dual(problem, kk, eps, max_memory, progress)
+        if chosen == "dense":
+            ntk = compute_kernel(
+                problem,
+                layerwise=False,
+                max_memory=max_memory,
+                structured=structured,
+                progress=progress,
+            )
+            return spectrum_of_kernel(ntk, kk, ridge=eps, tol=tol, in_place=True)
+        if eps > 0:
+            raise InvalidArgumentError("ridge is not available on the matrix-free path")
+        assert kk is not None
+        return _matrix_free(
+            problem,
+            kk,
+            max_memory=max_memory,
+            tol=tol,
+            maxiter=None,
+            ncv=None,
+            seed=seed,
+            progress=progress,
+        )
+
+
+def entk_topk(
+    model: nn.Module,
+    inputs: Any,
+    k: int,
+    *,
+    reduction: str = "flattened",
+    output_metric: Any = None,
+    params: Iterable[str] | str | None = None,
+    dtype: Any = None,
+    tol: float | None = None,
+    maxiter: int | None = None,
+    ncv: int | None = None,
+    seed: int = 0,
+    max_memory: int | float | str | None = None,
+    progress: bool = True,
+) -> NTKSpectrum:
+    """The top-k eigenpairs of the reduced, metric-weighted eNTK without forming it.
+
+    Lanczos (ARPACK via ``scipy.sparse.linalg.eigsh``) on K v = J (Jᵀ v): each product is a
+    VJP and a JVP over the samples (C of each for ``trace``), in chunks, so memory stays at
+    the Lanczos basis (``ncv`` vectors of N·C) plus parameter-sized vectors. Arguments as in
+    :func:`entk_fast.empirical_ntk`; ``tol`` is ARPACK's relative accuracy (default 1e-10 in
+    float64, 1e-5 in float32), ``seed`` fixes the start vector. ``info["n_matvec"]`` counts
+    the products.
+    """
+    check_model(model)
+    with evaluation_mode(model):
+        problem = prepare(
+            model,
+            inputs,
+            reduction=reduction,
+            output_metric=output_metric,
+            params=params,
+            dtype=dtype,
+        )
+        kk = _check_k(k, problem.kernel_size, required=True)
+        assert kk is not None
+        return _matrix_free(
+            problem,
+            kk,
+            max_memory=max_memory,
+            tol=tol,
+            maxiter=maxiter,
+            ncv=ncv,
+            seed=seed,
+            progress=progress,
+        )
