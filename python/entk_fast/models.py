@@ -14,6 +14,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn.utils import skip_init
 
 from .data import _check_float, _check_int
 from .errors import InvalidArgumentError
@@ -74,8 +75,9 @@ class ModAddMLP(nn.Module):
         self.hidden = _check_int("hidden", hidden, minimum=1)
         self.input_scale = 1.0 / math.sqrt(2 * p)
         self.output_scale = 1.0 / hidden
-        self.W1 = nn.Linear(2 * p, hidden, bias=False)
-        self.W2 = nn.Linear(hidden, p, bias=False)
+        # skip_init: nn.Linear's own init would draw from the global RNG before we overwrite it
+        self.W1 = skip_init(nn.Linear, 2 * p, hidden, bias=False)
+        self.W2 = skip_init(nn.Linear, hidden, p, bias=False)
         for layer in (self.W1, self.W2):
             nn.init.normal_(layer.weight, mean=0.0, std=1.0, generator=generator)
 
