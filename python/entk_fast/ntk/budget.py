@@ -18,6 +18,7 @@ from ..errors import InvalidArgumentError, InvalidTypeError, MemoryBudgetError
 from .prepare import Problem
 
 __all__ = [
+    "Budget",
     "Pack",
     "StructuredPass",
     "format_bytes",
@@ -84,7 +85,23 @@ def parse_memory(value: Any) -> int | None:
     )
 
 
-def work_budget(max_memory: Any, output_bytes: int, what: str) -> int:
+class Budget(int):
+    """Bytes of working memory, remembering whether the user set them."""
+
+    explicit: bool
+
+    def __new__(cls, value: int, explicit: bool) -> Budget:
+        obj = super().__new__(cls, value)
+        obj.explicit = explicit
+        return obj
+
+    def describe(self) -> str:
+        if self.explicit:
+            return f"max_memory = {format_bytes(self)}"
+        return f"the default working memory ({format_bytes(self)}, half of the free RAM)"
+
+
+def work_budget(max_memory: Any, output_bytes: int, what: str) -> Budget:
     """Bytes of working memory, beyond the outputs; refuses outputs that cannot fit in RAM.
 
     ``what`` describes the outputs for the error message (e.g. "the (N·C)² kernel").
@@ -99,8 +116,8 @@ def work_budget(max_memory: Any, output_bytes: int, what: str) -> int:
             "forming the kernel"
         )
     if explicit is not None:
-        return explicit
-    return max(int(_DEFAULT_FRACTION * (available - output_bytes)), _MIN_DEFAULT)
+        return Budget(explicit, True)
+    return Budget(max(int(_DEFAULT_FRACTION * (available - output_bytes)), _MIN_DEFAULT), False)
 
 
 @dataclass(frozen=True)
@@ -125,8 +142,9 @@ def _jacobian_transient(problem: Problem, numel: int) -> int:
 
 
 def _too_small(problem: Problem, budget: int, need: int, what: str) -> MemoryBudgetError:
+    where = budget.describe() if isinstance(budget, Budget) else format_bytes(budget)
     return MemoryBudgetError(
-        f"max_memory = {format_bytes(budget)} is too small: {what} needs about "
+        f"{where} is too small: {what} needs about "
         f"{format_bytes(need)} of working memory for a single sample (dtype {problem.dtype}); "
         "raise max_memory, or use a smaller reduction (trace / mean_pairs)"
     )

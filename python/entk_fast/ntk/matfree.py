@@ -7,6 +7,7 @@ once per output (vmapped): K v = (1/C) Σ_c J_c (J_cᵀ v).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -22,6 +23,20 @@ __all__ = ["KernelOperator"]
 Params = dict[str, Tensor]
 
 
+def _load_forward_ad() -> None:
+    """Import torch's forward-AD decompositions once, quietly.
+
+    torch scripts them with ``torch.jit.script`` on first use of forward AD, which itself
+    emits a FutureWarning about torch's internals (not the user's code).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit\.script")
+        try:
+            from torch._decomp import decompositions_for_jvp  # noqa: F401
+        except ImportError:  # pragma: no cover - layout of a future torch
+            pass
+
+
 class KernelOperator:
     """K v for a prepared problem, ``chunk`` samples at a time; counts its products."""
 
@@ -32,6 +47,7 @@ class KernelOperator:
         self._batched = vmap(f, in_dims=(None, *([0] * len(problem.inputs))))
         self.pack: Params = {name: problem.params[name] for name in problem.selected}
         self.n_matvec = 0
+        _load_forward_ad()
 
     @property
     def size(self) -> int:

@@ -182,8 +182,8 @@ def _checked_forward(
     try:
         return forward_batch(model, params, buffers, inputs)
     except Exception as exc:
-        shapes = ", ".join(f"{tuple(x.shape)} {x.dtype}" for x in inputs)
+        shapes = ", ".join(f"{tuple(x.shape[1:])} {x.dtype}" for x in inputs)
         raise InvalidArgumentError(
-            f"the model's forward failed on the first {batch} sample(s) of inputs "
-            f"(shapes {shapes}): {type(exc).__name__}: {exc}"
+            f"the model's forward failed on the first {batch} sample(s) of inputs (per-sample "
+            f"shapes {shapes}; samples along dim 0): {type(exc).__name__}: {exc}"
         ) from exc

@@ -165,8 +165,8 @@ def _dual(
     per_sample = it * (3 * rows * numel + (rows + 2) * problem.probe.activation_numel)
     if per_sample > budget:
         raise MemoryBudgetError(
-            f"max_memory = {format_bytes(budget)} is too small: one sample's Jacobian needs "
-            f"about {format_bytes(per_sample)}"
+            f"{budget.describe()} is too small for the dual path: one sample's Jacobian "
+            f"needs about {format_bytes(per_sample)}"
         )
     keep_all = size * q * it <= budget // 2
     spare = budget - (size * q * it if keep_all else 0)
@@ -225,6 +225,8 @@ def _dual(
             "rank": rank,
             "n_dropped": (size if k is None else k) - count,
             "ridge_relative": ridge,
+            "jacobian_kept": keep_all,
+            "chunk": chunk,
         },
     )
 
@@ -258,7 +260,7 @@ def _matrix_free(
     per_sample = it * (copies + 3) * (problem.probe.activation_numel + rows)
     if fixed + per_sample > budget:
         raise MemoryBudgetError(
-            f"max_memory = {format_bytes(budget)} is too small for the matrix-free solver: "
+            f"{budget.describe()} is too small for the matrix-free solver: "
             f"the Lanczos basis and parameter-sized vectors need {format_bytes(fixed)} and a "
             f"sample {format_bytes(per_sample)}"
         )
@@ -295,7 +297,13 @@ def _matrix_free(
         reduction=problem.reduction,
         n_parameters=numel,
         output_metric=problem.metric,
-        info={"n_matvec": op.n_matvec, "tol": tol, "ncv": lanczos, "solver": "scipy.eigsh"},
+        info={
+            "n_matvec": op.n_matvec,
+            "tol": tol,
+            "ncv": lanczos,
+            "chunk": chunk,
+            "solver": "scipy.eigsh",
+        },
     )
 
 

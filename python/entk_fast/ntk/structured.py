@@ -80,11 +80,10 @@ def find_layers(problem: Problem) -> list[StructuredLayer]:
             continue
         weight = _param_name(problem, path, "weight")
         bias = _param_name(problem, path, "bias") if kind == "linear" else None
-        weight = weight if weight in selected else None
-        bias = bias if bias in selected else None
+        # A parameter qualifies on its own: a reused weight does not stop its bias.
+        weight = weight if weight in selected and probe.usage.get(weight, 0) == 1 else None
+        bias = bias if bias in selected and probe.usage.get(bias, 0) == 1 else None
         if weight is None and bias is None:
-            continue
-        if any(probe.usage.get(name, 0) != 1 for name in (weight, bias) if name is not None):
             continue
         in_shape, out_shape = probe.io_shapes[path]
         if in_shape[:1] != (batch,) or out_shape[:1] != (batch,):
