@@ -16,6 +16,7 @@ from entk_fast.runs import (
     atomic_write_json,
     atomic_write_text,
     load_run,
+    run_lock,
 )
 from entk_fast.train import ModAddConfig, TMSConfig, build_model, train_modadd, train_tms
 
@@ -252,3 +253,15 @@ def test_foreign_or_invalid_output_paths_are_refused(tmp_path: Path) -> None:
     # an empty directory is fine
     (tmp_path / "empty").mkdir()
     train_tms(TMSConfig(steps=2), tmp_path / "empty", plot=False)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="flock")
+def test_a_run_in_use_by_another_process_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train_modadd(SMALL, out, progress=_interrupt_at(15))
+    with run_lock(out):  # as if another process were training this run
+        with pytest.raises(RunDirectoryError, match="in use by another training process"):
+            train_modadd(SMALL, out, resume=True)
+    assert load_run(out).checkpoint_steps == [0, 10]
+    train_modadd(SMALL, out, resume=True)  # the lock is released again

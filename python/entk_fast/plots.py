@@ -32,6 +32,7 @@ def plot_training_curve(
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     if kind not in ("tms", "modadd"):
         raise InvalidArgumentError(f"kind must be 'tms' or 'modadd', got {kind!r}")
@@ -43,6 +44,7 @@ def plot_training_curve(
         ax_loss.plot(steps, history["loss"], label="train")
         ax_right.plot(steps, history["n_reconstructed"], color="C2")
         ax_right.set_ylabel(r"features with $(W^\top W)_{ii} \geq 0.75$")
+        ax_right.yaxis.set_major_locator(MaxNLocator(integer=True))
         xlabel = "step"
     else:
         for split, color in (("train", "C0"), ("test", "C1")):

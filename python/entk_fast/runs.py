@@ -6,6 +6,7 @@ Layout of a run directory::
     history.json                {"kind", "completed", "history": {column: [values per logged step]}}
     checkpoints/step-000010.pt  torch.save of {"model", "optimizer", "generator", "step", "history"}
     training_curve.png
+    .lock                       held (flock) by the process that is training
 
 Every file is written atomically (temporary file in the same directory, fsync, ``os.replace``),
 so a crash or Ctrl-C leaves either the old file or the new one, never a torn one.
@@ -48,6 +49,7 @@ CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
 CHECKPOINT_DIR = "checkpoints"
 PLOT_FILE = "training_curve.png"
+LOCK_FILE = ".lock"
 _CHECKPOINT_RE = re.compile(r"^step-(\d+)\.pt$")
 _TMP_RE = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
 
@@ -194,6 +196,31 @@ def write_history(
         )
     except OSError as e:
         raise RunDirectoryError(f"cannot write {path / HISTORY_FILE}: {e}") from e
+
+
+@contextlib.contextmanager
+def run_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run directory while training writes to it, so two
+    processes never write one run. The OS releases it when the process dies (POSIX flock;
+    elsewhere this is a no-op).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    try:
+        fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise RunDirectoryError(f"cannot lock run directory {path}: {e}") from e
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirectoryError(f"{path} is in use by another training process") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def clean_stale_tmp_files(path: Path) -> None:

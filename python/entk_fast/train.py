@@ -274,8 +274,11 @@ def _postfix(metrics: Mapping[str, float]) -> dict[str, str]:
 
 
 class _Task(Protocol):
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
+    @property
+    def model(self) -> nn.Module: ...
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer: ...
 
     def step(self) -> None: ...
 
@@ -401,16 +404,32 @@ def _train(
     progress: ProgressFn | bool | None,
     plot: bool,
 ) -> TrainResult:
-    kind, total = config.kind, config.total_steps
+    kind = config.kind
     run_dir = None if out is None else Path(out)
     if run_dir is None and resume:
         raise InvalidArgumentError("resume=True needs the run directory `out`")
     report = _progress_fn(progress, kind)
     generator = torch.Generator().manual_seed(_stream_seed(config.seed, "train"))
     history: dict[str, list[Any]] = {c: [] for c in columns}
+    if run_dir is None:
+        return _loop(config, task, history, None, generator, report, plot)
+    runs.prepare_run_dir(run_dir, kind, dataclasses.asdict(config), resume=resume)
+    with runs.run_lock(run_dir):
+        return _loop(config, task, history, run_dir, generator, report, plot)
+
+
+def _loop(
+    config: Config,
+    task: _Task,
+    history: dict[str, list[Any]],
+    run_dir: Path | None,
+    generator: torch.Generator,
+    report: ProgressFn,
+    plot: bool,
+) -> TrainResult:
+    kind, total = config.kind, config.total_steps
     start = 0
     if run_dir is not None:
-        runs.prepare_run_dir(run_dir, kind, dataclasses.asdict(config), resume=resume)
         steps = runs.checkpoint_steps(run_dir)
         if steps:
             start = steps[-1]
