@@ -19,6 +19,7 @@ use faer::{Accum, Mat, MatMut, MatRef, Par};
 #[derive(Debug, Clone, Copy)]
 pub struct TopkParams {
     /// Extra block columns beyond k (guards against degenerate eigenvalues at the cut).
+    /// Block size = k + oversample.
     pub oversample: usize,
     /// Krylov basis width as a multiple of the block size.
     pub basis_blocks: usize,
@@ -35,7 +36,7 @@ impl Default for TopkParams {
     fn default() -> Self {
         Self {
             oversample: 8,
-            basis_blocks: 6,
+            basis_blocks: 10,
             tolerance: None,
             max_cycles: 200,
             seed: 0x5EED_E47C,
@@ -75,7 +76,7 @@ pub fn eigh_topk_with<T: Scalar>(
             got: k.to_string(),
         });
     }
-    let block = (k + params.oversample.max(k / 4)).min(n);
+    let block = (k + params.oversample).min(n);
     let width = block * params.basis_blocks.max(3);
     // The full solve wins when the Krylov basis would be a sizeable part of the space.
     if 2 * width >= n {
@@ -196,11 +197,12 @@ impl<'a, T: Scalar> BlockKrylov<'a, T> {
         let (theta, s) = self_adjoint_ascending(t.as_ref(), self.par)?;
         let theta = theta.column_vector();
         // descending order
-        let order: Vec<usize> = (0..m).rev().collect();
-        let s_desc = Mat::from_fn(m, m, |i, j| s[(i, order[j])]);
-        let values: Vec<T> = order.iter().map(|&i| theta[i]).collect();
-        let mut vectors = Mat::<T>::zeros(n, m);
-        let mut images = Mat::<T>::zeros(n, m);
+        let values: Vec<T> = (0..m).rev().map(|i| theta[i]).collect();
+        // Only the Ritz vectors a restart keeps (and the k reported) are formed: n·m·need work.
+        let need = self.restart_width().max(k).min(m);
+        let s_desc = Mat::from_fn(m, need, |i, j| s[(i, m - 1 - j)]);
+        let mut vectors = Mat::<T>::zeros(n, need);
+        let mut images = Mat::<T>::zeros(n, need);
         matmul(
             vectors.as_mut(),
             Accum::Replace,
@@ -221,15 +223,19 @@ impl<'a, T: Scalar> BlockKrylov<'a, T> {
             .iter()
             .fold(0.0f64, |acc, v| acc.max(v.to_f64().abs()))
             .max(f64::MIN_POSITIVE);
-        let mut worst = 0.0f64;
-        for j in 0..k {
-            let mut r2 = 0.0f64;
-            for i in 0..n {
-                let r = (images[(i, j)] - values[j] * vectors[(i, j)]).to_f64();
-                r2 += r * r;
-            }
-            worst = worst.max(r2.sqrt() / scale);
-        }
+        let mut residual = images.as_ref().subcols(0, k).to_owned();
+        let theta_k = Mat::from_fn(k, k, |i, j| if i == j { values[i] } else { T::ZERO });
+        matmul(
+            residual.as_mut(),
+            Accum::Add,
+            vectors.as_ref().subcols(0, k),
+            theta_k.as_ref(),
+            -T::ONE,
+            self.par,
+        );
+        let worst = (0..k)
+            .map(|j| residual.col(j).norm_l2().to_f64() / scale)
+            .fold(0.0f64, f64::max);
         if !worst.is_finite() {
             return Err(CoreError::Solver(
                 "eigh_topk: non-finite residual in the Krylov iteration".into(),
@@ -248,11 +254,15 @@ impl<'a, T: Scalar> BlockKrylov<'a, T> {
         })
     }
 
+    /// Ritz vectors kept across a restart: two blocks, leaving room for at least one new block.
+    fn restart_width(&self) -> usize {
+        (2 * self.block).min(self.q.ncols() - self.block)
+    }
+
     /// Thick restart: keep the leading Ritz vectors, continue from their residual block.
     fn restart(&mut self, ritz: &Ritz<T>) {
         let b = self.block;
-        let width = self.q.ncols();
-        let keep = (2 * b).min(width - b).min(ritz.vectors.ncols());
+        let keep = self.restart_width().min(ritz.vectors.ncols());
         self.q
             .as_mut()
             .subcols_mut(0, keep)
@@ -270,70 +280,55 @@ impl<'a, T: Scalar> BlockKrylov<'a, T> {
 }
 
 /// Makes the columns of `z` orthonormal and orthogonal to the orthonormal `basis`.
-/// Columns that lie (numerically) in the span already are replaced by random directions.
+///
+/// Block Gram–Schmidt against the basis, then a Householder QR of the block, twice ("twice is
+/// enough"). Columns that lie numerically in the span already are replaced by random
+/// directions, so the Krylov basis keeps its full width when K has low rank.
 fn orthonormalize_against<T: Scalar>(
     basis: MatRef<'_, T>,
     mut z: MatMut<'_, T>,
     rng: &mut SplitMix64,
     par: Par,
 ) {
-    let (n, b) = (z.nrows(), z.ncols());
+    let b = z.ncols();
     let project = |mut z: MatMut<'_, T>| {
         if basis.ncols() == 0 {
             return;
         }
         let mut c = Mat::<T>::zeros(basis.ncols(), z.ncols());
-        for _ in 0..2 {
-            matmul(
-                c.as_mut(),
-                Accum::Replace,
-                basis.transpose(),
-                z.rb(),
-                T::ONE,
-                par,
-            );
-            matmul(z.rb_mut(), Accum::Add, basis, c.as_ref(), -T::ONE, par);
+        matmul(
+            c.as_mut(),
+            Accum::Replace,
+            basis.transpose(),
+            z.rb(),
+            T::ONE,
+            par,
+        );
+        matmul(z.rb_mut(), Accum::Add, basis, c.as_ref(), -T::ONE, par);
+    };
+    let mut reference: Vec<f64> = (0..b).map(|j| z.rb().col(j).norm_l2().to_f64()).collect();
+    for attempt in 0..4 {
+        project(z.rb_mut());
+        project(z.rb_mut());
+        let qr = z.rb().qr();
+        let r = qr.thin_R();
+        let deficient: Vec<usize> = (0..b)
+            .filter(|&j| {
+                r[(j, j)].abs_val().to_f64() <= 1e-10 * reference[j].max(f64::MIN_POSITIVE)
+            })
+            .collect();
+        if deficient.is_empty() || attempt == 3 {
+            z.copy_from(qr.compute_thin_Q());
+            project(z.rb_mut());
+            let qr = z.rb().qr();
+            z.copy_from(qr.compute_thin_Q());
+            return;
         }
-    };
-    let norm = |z: MatRef<'_, T>, j: usize| -> f64 {
-        (0..n)
-            .map(|i| z[(i, j)].to_f64().powi(2))
-            .sum::<f64>()
-            .sqrt()
-    };
-    let original: Vec<f64> = (0..b).map(|j| norm(z.rb(), j)).collect();
-    project(z.rb_mut());
-    for j in 0..b {
-        let mut reference = original[j];
-        let mut attempts = 0;
-        loop {
-            for _ in 0..2 {
-                for i in 0..j {
-                    let mut dot = T::ZERO;
-                    for r in 0..n {
-                        dot += z[(r, i)] * z[(r, j)];
-                    }
-                    for r in 0..n {
-                        let zi = z[(r, i)];
-                        z[(r, j)] -= dot * zi;
-                    }
-                }
+        for &j in &deficient {
+            for i in 0..z.nrows() {
+                z[(i, j)] = T::from_f64(rng.symmetric_unit());
             }
-            let nrm = norm(z.rb(), j);
-            if nrm > 1e-10 * reference.max(f64::MIN_POSITIVE) || attempts >= 3 {
-                let inv = T::from_f64(1.0 / nrm.max(f64::MIN_POSITIVE));
-                for r in 0..n {
-                    z[(r, j)] *= inv;
-                }
-                break;
-            }
-            // A dependent column: restart it from a random direction orthogonal to the basis.
-            attempts += 1;
-            for r in 0..n {
-                z[(r, j)] = T::from_f64(rng.symmetric_unit());
-            }
-            project(z.rb_mut().subcols_mut(j, 1));
-            reference = norm(z.rb(), j);
+            reference[j] = z.rb().col(j).norm_l2().to_f64();
         }
     }
 }

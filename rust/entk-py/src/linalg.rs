@@ -179,23 +179,27 @@ fn topk_impl<'py, T: Element + Scalar>(
     ))
 }
 
-/// eigh_topk(K, k, tolerance=None, seed=...) -> (values (k,), vectors (n, k), method).
+/// eigh_topk(K, k, tolerance=None, seed=None, oversample=None, basis_blocks=None)
+/// -> (values (k,), vectors (n, k), method).
 #[pyfunction]
-#[pyo3(signature = (k_matrix, k, tolerance = None, seed = None))]
+#[pyo3(signature = (k_matrix, k, tolerance = None, seed = None, oversample = None, basis_blocks = None))]
 pub fn eigh_topk<'py>(
     py: Python<'py>,
     k_matrix: Matrix<'py>,
     k: usize,
     tolerance: Option<f64>,
     seed: Option<u64>,
+    oversample: Option<usize>,
+    basis_blocks: Option<usize>,
 ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>, String)> {
-    let mut params = TopkParams {
+    let defaults = TopkParams::default();
+    let params = TopkParams {
         tolerance,
-        ..TopkParams::default()
+        seed: seed.unwrap_or(defaults.seed),
+        oversample: oversample.unwrap_or(defaults.oversample),
+        basis_blocks: basis_blocks.unwrap_or(defaults.basis_blocks),
+        ..defaults
     };
-    if let Some(seed) = seed {
-        params.seed = seed;
-    }
     match k_matrix {
         Matrix::F64(m) => topk_impl(py, &m, k, params),
         Matrix::F32(m) => topk_impl(py, &m, k, params),
