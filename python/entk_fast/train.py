@@ -246,7 +246,8 @@ def tqdm_progress(desc: str, **tqdm_kwargs: Any) -> ProgressFn:
     def update(step: int, total: int, metrics: Mapping[str, float]) -> None:
         nonlocal bar
         if bar is None:
-            kwargs = {"file": sys.stderr, "dynamic_ncols": True, **tqdm_kwargs}
+            # disable=None: tqdm draws only when stderr is a terminal (quiet in logs and CI).
+            kwargs = {"file": sys.stderr, "dynamic_ncols": True, "disable": None, **tqdm_kwargs}
             bar = tqdm(total=total, initial=step, desc=desc, unit="step", **kwargs)
         else:
             bar.update(step - bar.n)
