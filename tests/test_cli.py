@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from entk_fast.cli import build_parser, main
 from entk_fast.runs import load_run
 from entk_fast.train import ModAddConfig, train_modadd

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from entk_fast.data import modadd_dataset, modadd_onehot_targets, tms_dataset, tms_importance
 from entk_fast.errors import InvalidArgumentError, InvalidTypeError
 

@@ -133,9 +133,9 @@ def test_eigh_matches_numpy(n, dtype):
     assert rel_err(values, ref) < EIG_RTOL[dtype]
     v = vectors.astype(np.float64)
     assert rel_err(v.T @ v, np.eye(n)) < EIG_RTOL[dtype] * 10
-    assert rel_err((v * values.astype(np.float64)) @ v.T, k.astype(np.float64)) < EIG_RTOL[
-        dtype
-    ] * 10
+    assert (
+        rel_err((v * values.astype(np.float64)) @ v.T, k.astype(np.float64)) < EIG_RTOL[dtype] * 10
+    )
 
 
 def test_eigh_large_matches_numpy_projectors():
@@ -230,7 +230,9 @@ def test_principal_angles_match_scipy(n, d, m, dtype):
     assert got.dtype == np.float64 and got.shape == want.shape
     assert np.max(np.abs(got - want)) < (1e-12 if dtype == np.float64 else 5e-4)
     overlap = linalg.subspace_overlap(a, b)
-    assert overlap == pytest.approx(np.sum(np.cos(want) ** 2), abs=1e-10 if dtype == np.float64 else 1e-4)
+    assert overlap == pytest.approx(
+        np.sum(np.cos(want) ** 2), abs=1e-10 if dtype == np.float64 else 1e-4
+    )
 
 
 def test_principal_angles_small_angles_are_accurate():
@@ -267,7 +269,11 @@ def test_principal_angles_rank_deficient_input_uses_column_space():
 finite_floats = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, width=64)
 
 
-@given(hnp.arrays(np.float64, hnp.array_shapes(min_dims=2, max_dims=2, max_side=40), elements=finite_floats))
+@given(
+    hnp.arrays(
+        np.float64, hnp.array_shapes(min_dims=2, max_dims=2, max_side=40), elements=finite_floats
+    )
+)
 def test_property_gram_is_symmetric_psd_and_matches_numpy(j):
     k = linalg.gram(j)
     ref = j @ j.T
@@ -277,9 +283,7 @@ def test_property_gram_is_symmetric_psd_and_matches_numpy(j):
         assert np.linalg.eigvalsh(k).min() >= -1e-9 * np.max(np.abs(k))
 
 
-@given(
-    st.integers(1, 30), st.integers(1, 40), st.integers(1, 5), st.integers(0, 2**32 - 1)
-)
+@given(st.integers(1, 30), st.integers(1, 40), st.integers(1, 5), st.integers(0, 2**32 - 1))
 def test_property_accumulate_is_split_invariant(rows, cols, pieces, seed):
     rng = np.random.default_rng(seed)
     j = rng.standard_normal((rows, cols))
@@ -318,39 +322,165 @@ def test_property_eigh_reconstructs(n, seed):
 
 # ---------------------------------------------------------------- bad input
 BAD_CALLS = [
-    (lambda: linalg.gram(np.ones(3)), ef.InvalidArgumentError, r"J: expected a 2-D array, got shape \(3,\)"),
+    (
+        lambda: linalg.gram(np.ones(3)),
+        ef.InvalidArgumentError,
+        r"J: expected a 2-D array, got shape \(3,\)",
+    ),
     (lambda: linalg.gram(np.ones((2, 2, 2))), ef.InvalidArgumentError, "J: expected a 2-D array"),
-    (lambda: linalg.gram(np.ones((3, 4), dtype=np.int64)), ef.InvalidTypeError, "J: expected dtype float32 or float64, got int64"),
-    (lambda: linalg.gram(np.ones((3, 4), dtype=bool)), ef.InvalidTypeError, "J: expected dtype float32"),
-    (lambda: linalg.gram(np.ones((0, 4))), ef.InvalidArgumentError, "J: expected a non-empty array"),
-    (lambda: linalg.gram(np.ones((4, 0))), ef.InvalidArgumentError, "J: expected a non-empty array"),
-    (lambda: linalg.gram(np.array([[1.0, np.nan]])), ef.InvalidArgumentError, r"J: expected only finite values, found NaN or inf at index \(0, 1\)"),
+    (
+        lambda: linalg.gram(np.ones((3, 4), dtype=np.int64)),
+        ef.InvalidTypeError,
+        "J: expected dtype float32 or float64, got int64",
+    ),
+    (
+        lambda: linalg.gram(np.ones((3, 4), dtype=bool)),
+        ef.InvalidTypeError,
+        "J: expected dtype float32",
+    ),
+    (
+        lambda: linalg.gram(np.ones((0, 4))),
+        ef.InvalidArgumentError,
+        "J: expected a non-empty array",
+    ),
+    (
+        lambda: linalg.gram(np.ones((4, 0))),
+        ef.InvalidArgumentError,
+        "J: expected a non-empty array",
+    ),
+    (
+        lambda: linalg.gram(np.array([[1.0, np.nan]])),
+        ef.InvalidArgumentError,
+        r"J: expected only finite values, found NaN or inf at index \(0, 1\)",
+    ),
     (lambda: linalg.gram(np.array([[np.inf]])), ef.InvalidArgumentError, "J: expected only finite"),
     (lambda: linalg.gram("abc"), ef.InvalidTypeError, "J: expected dtype float32 or float64"),
-    (lambda: linalg.gram(object()), ef.InvalidTypeError, "J: expected a numpy array or a torch tensor"),
-    (lambda: linalg.gram_cross(np.ones((3, 4)), np.ones((3, 5))), ef.InvalidArgumentError, "B: expected 4 columns"),
-    (lambda: linalg.gram_cross(np.ones((3, 4)), np.ones((3, 4), np.float32)), ef.InvalidTypeError, "expected one dtype"),
-    (lambda: linalg.gram_accumulate(np.zeros((3, 3)), np.ones((4, 2))), ef.InvalidArgumentError, "K: expected 4 rows"),
-    (lambda: linalg.gram_accumulate(np.zeros((3, 4)), np.ones((3, 2))), ef.InvalidArgumentError, r"K: expected a square matrix"),
-    (lambda: linalg.gram_accumulate(np.array([[0.0, 1.0], [0.0, 0.0]]), np.ones((2, 2))), ef.InvalidArgumentError, "K: expected a symmetric matrix"),
-    (lambda: linalg.gram_accumulate(np.zeros((2, 2)), np.ones((2, 2)), alpha=np.nan), ef.InvalidArgumentError, "alpha: expected a finite number"),
-    (lambda: linalg.gram_accumulate(np.zeros((2, 2)), np.ones((2, 2)), alpha="x"), ef.InvalidTypeError, "alpha: expected a real number"),
-    (lambda: linalg.gram_accumulate(np.zeros((2, 2), np.float32), np.ones((2, 2))), ef.InvalidTypeError, "expected one dtype"),
-    (lambda: linalg.hadamard_gram_accumulate(np.zeros((6, 6)), np.ones((6, 2)), np.eye(2), block=4), ef.InvalidArgumentError, "block: expected a positive divisor of the 6 rows of G"),
-    (lambda: linalg.hadamard_gram_accumulate(np.zeros((6, 6)), np.ones((6, 2)), np.eye(3), block=3), ef.InvalidArgumentError, "S: expected 2 rows"),
-    (lambda: linalg.hadamard_gram_accumulate(np.zeros((6, 6)), np.ones((6, 2)), np.eye(6), block=0), ef.InvalidArgumentError, r"block: expected an integer ≥ 1"),
-    (lambda: linalg.eigh(np.ones((3, 4))), ef.InvalidArgumentError, r"K: expected a square matrix \(n, n\), got shape \(3, 4\)"),
-    (lambda: linalg.eigh(np.array([[1.0, 2.0], [0.0, 1.0]])), ef.InvalidArgumentError, "K: expected a symmetric matrix"),
-    (lambda: linalg.eigh(np.full((2, 2), np.nan)), ef.InvalidArgumentError, "K: expected only finite values"),
-    (lambda: linalg.eigh(np.zeros((0, 0))), ef.InvalidArgumentError, "K: expected a non-empty array"),
-    (lambda: linalg.eigh_topk(np.eye(4), 0), ef.InvalidArgumentError, r"k: expected an integer ≥ 1, got 0"),
-    (lambda: linalg.eigh_topk(np.eye(4), 5), ef.InvalidArgumentError, r"k: expected an integer in \[1, 4\]"),
-    (lambda: linalg.eigh_topk(np.eye(4), 2.0), ef.InvalidTypeError, "k: expected an integer, got float"),
-    (lambda: linalg.eigh_topk(np.eye(4), True), ef.InvalidTypeError, "k: expected an integer, got bool"),
-    (lambda: linalg.eigh_topk(np.eye(4), 2, tol=-1.0), ef.InvalidArgumentError, "tol: expected a positive number"),
-    (lambda: linalg.principal_angles(np.ones((3, 2)), np.ones((4, 2))), ef.InvalidArgumentError, "B: expected 3 rows"),
-    (lambda: linalg.principal_angles(np.zeros((3, 2)), np.ones((3, 2))), ef.InvalidArgumentError, r"A: expected columns spanning a subspace of dimension ≥ 1, got an all-zero matrix"),
-    (lambda: linalg.subspace_overlap(np.ones((3, 2)), np.full((3, 1), np.inf)), ef.InvalidArgumentError, "B: expected only finite values"),
+    (
+        lambda: linalg.gram(object()),
+        ef.InvalidTypeError,
+        "J: expected a numpy array or a torch tensor",
+    ),
+    (
+        lambda: linalg.gram_cross(np.ones((3, 4)), np.ones((3, 5))),
+        ef.InvalidArgumentError,
+        "B: expected 4 columns",
+    ),
+    (
+        lambda: linalg.gram_cross(np.ones((3, 4)), np.ones((3, 4), np.float32)),
+        ef.InvalidTypeError,
+        "expected one dtype",
+    ),
+    (
+        lambda: linalg.gram_accumulate(np.zeros((3, 3)), np.ones((4, 2))),
+        ef.InvalidArgumentError,
+        "K: expected 4 rows",
+    ),
+    (
+        lambda: linalg.gram_accumulate(np.zeros((3, 4)), np.ones((3, 2))),
+        ef.InvalidArgumentError,
+        r"K: expected a square matrix",
+    ),
+    (
+        lambda: linalg.gram_accumulate(np.array([[0.0, 1.0], [0.0, 0.0]]), np.ones((2, 2))),
+        ef.InvalidArgumentError,
+        "K: expected a symmetric matrix",
+    ),
+    (
+        lambda: linalg.gram_accumulate(np.zeros((2, 2)), np.ones((2, 2)), alpha=np.nan),
+        ef.InvalidArgumentError,
+        "alpha: expected a finite number",
+    ),
+    (
+        lambda: linalg.gram_accumulate(np.zeros((2, 2)), np.ones((2, 2)), alpha="x"),
+        ef.InvalidTypeError,
+        "alpha: expected a real number",
+    ),
+    (
+        lambda: linalg.gram_accumulate(np.zeros((2, 2), np.float32), np.ones((2, 2))),
+        ef.InvalidTypeError,
+        "expected one dtype",
+    ),
+    (
+        lambda: linalg.hadamard_gram_accumulate(
+            np.zeros((6, 6)), np.ones((6, 2)), np.eye(2), block=4
+        ),
+        ef.InvalidArgumentError,
+        "block: expected a positive divisor of the 6 rows of G",
+    ),
+    (
+        lambda: linalg.hadamard_gram_accumulate(
+            np.zeros((6, 6)), np.ones((6, 2)), np.eye(3), block=3
+        ),
+        ef.InvalidArgumentError,
+        "S: expected 2 rows",
+    ),
+    (
+        lambda: linalg.hadamard_gram_accumulate(
+            np.zeros((6, 6)), np.ones((6, 2)), np.eye(6), block=0
+        ),
+        ef.InvalidArgumentError,
+        r"block: expected an integer ≥ 1",
+    ),
+    (
+        lambda: linalg.eigh(np.ones((3, 4))),
+        ef.InvalidArgumentError,
+        r"K: expected a square matrix \(n, n\), got shape \(3, 4\)",
+    ),
+    (
+        lambda: linalg.eigh(np.array([[1.0, 2.0], [0.0, 1.0]])),
+        ef.InvalidArgumentError,
+        "K: expected a symmetric matrix",
+    ),
+    (
+        lambda: linalg.eigh(np.full((2, 2), np.nan)),
+        ef.InvalidArgumentError,
+        "K: expected only finite values",
+    ),
+    (
+        lambda: linalg.eigh(np.zeros((0, 0))),
+        ef.InvalidArgumentError,
+        "K: expected a non-empty array",
+    ),
+    (
+        lambda: linalg.eigh_topk(np.eye(4), 0),
+        ef.InvalidArgumentError,
+        r"k: expected an integer ≥ 1, got 0",
+    ),
+    (
+        lambda: linalg.eigh_topk(np.eye(4), 5),
+        ef.InvalidArgumentError,
+        r"k: expected an integer in \[1, 4\]",
+    ),
+    (
+        lambda: linalg.eigh_topk(np.eye(4), 2.0),
+        ef.InvalidTypeError,
+        "k: expected an integer, got float",
+    ),
+    (
+        lambda: linalg.eigh_topk(np.eye(4), True),
+        ef.InvalidTypeError,
+        "k: expected an integer, got bool",
+    ),
+    (
+        lambda: linalg.eigh_topk(np.eye(4), 2, tol=-1.0),
+        ef.InvalidArgumentError,
+        "tol: expected a positive number",
+    ),
+    (
+        lambda: linalg.principal_angles(np.ones((3, 2)), np.ones((4, 2))),
+        ef.InvalidArgumentError,
+        "B: expected 3 rows",
+    ),
+    (
+        lambda: linalg.principal_angles(np.zeros((3, 2)), np.ones((3, 2))),
+        ef.InvalidArgumentError,
+        r"A: expected columns spanning a subspace of dimension ≥ 1, got an all-zero matrix",
+    ),
+    (
+        lambda: linalg.subspace_overlap(np.ones((3, 2)), np.full((3, 1), np.inf)),
+        ef.InvalidArgumentError,
+        "B: expected only finite values",
+    ),
     (lambda: linalg.set_num_threads(0), ef.InvalidArgumentError, r"n: expected an integer ≥ 1"),
 ]
 

@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from entk_fast.errors import InvalidArgumentError, InvalidTypeError
 from entk_fast.models import TMS, ModAddMLP
-from torch import nn
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

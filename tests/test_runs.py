@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from entk_fast.errors import CheckpointError, InvalidArgumentError, RunDirectoryError
 from entk_fast.runs import (
     atomic_open,

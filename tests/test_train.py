@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+
 from entk_fast.errors import InvalidArgumentError, InvalidTypeError
 from entk_fast.train import (
     ModAddConfig,

@@ -8,6 +8,20 @@ from numpy.typing import NDArray
 _F: TypeAlias = NDArray[np.float32] | NDArray[np.float64]
 
 __version__: str
+__all__ = [
+    "__version__",
+    "_after_fork_in_child",
+    "eigh",
+    "eigh_topk",
+    "get_num_threads",
+    "gram",
+    "gram_accumulate",
+    "gram_cross",
+    "hadamard_gram_accumulate",
+    "principal_angles",
+    "set_num_threads",
+    "subspace_overlap",
+]
 
 def gram(j: _F) -> _F: ...
 def gram_accumulate(k: _F, j: _F, alpha: float = 1.0) -> None: ...
@@ -17,7 +31,12 @@ def hadamard_gram_accumulate(
 ) -> None: ...
 def eigh(k: _F) -> tuple[_F, _F]: ...
 def eigh_topk(
-    k_matrix: _F, k: int, tolerance: float | None = None, seed: int | None = None
+    k_matrix: _F,
+    k: int,
+    tolerance: float | None = None,
+    seed: int | None = None,
+    oversample: int | None = None,
+    basis_blocks: int | None = None,
 ) -> tuple[_F, _F, str]: ...
 def principal_angles(a: _F, b: _F) -> NDArray[np.float64]: ...
 def subspace_overlap(a: _F, b: _F) -> float: ...

@@ -54,6 +54,8 @@ def spectral_cliffs(
     ratios = clipped[:-1] / clipped[1:]
     order = np.argsort(-ratios, kind="stable")[:top]
     return [
-        SpectralCliff(index=int(i) + 1, ratio=float(ratios[i]), before=float(v[i]), after=float(v[i + 1]))
+        SpectralCliff(
+            index=int(i) + 1, ratio=float(ratios[i]), before=float(v[i]), after=float(v[i + 1])
+        )
         for i in order
     ]

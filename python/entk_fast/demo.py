@@ -62,7 +62,9 @@ def _print_cliffs(values: np.ndarray, label: str) -> list[dict[str, float]]:
     cliffs = spectral_cliffs(values, top=3)
     print(f"  largest spectral cliffs of {label} (λ_k / λ_k+1):")
     for c in cliffs:
-        print(f"    after k = {c.index:4d}: ratio {c.ratio:10.3g}  ({c.before:.4g} → {c.after:.4g})")
+        print(
+            f"    after k = {c.index:4d}: ratio {c.ratio:10.3g}  ({c.before:.4g} → {c.after:.4g})"
+        )
     return [{"index": c.index, "ratio": c.ratio} for c in cliffs]
 
 
@@ -85,11 +87,17 @@ def run_modadd_demo(
     print(f"[2/3] traced eNTK on all {p * p} inputs, per layer (float64)")
     start = time.perf_counter()
     ntk = empirical_ntk(
-        result.model, data.inputs, reduction="trace", layerwise=True, dtype="float64",
+        result.model,
+        data.inputs,
+        reduction="trace",
+        layerwise=True,
+        dtype="float64",
         progress=progress,
     )
     seconds = time.perf_counter() - start
-    print(f"      kernel {ntk.kernel.shape} in {seconds:.2f} s (paths: {sorted(set(ntk.paths.values()))})")
+    print(
+        f"      kernel {ntk.kernel.shape} in {seconds:.2f} s (paths: {sorted(set(ntk.paths.values()))})"
+    )
 
     print("[3/3] spectrum and Fourier features")
     values, vectors = linalg.eigh(ntk.kernel)
@@ -130,14 +138,18 @@ def _final_accuracies(history: Any) -> str:
         return "accuracy unavailable"
 
 
-def run_synthetic_demo(*, seed: int = 0, rows: int = 600, params: int = 2000, rank: int = 12) -> dict[str, Any]:
+def run_synthetic_demo(
+    *, seed: int = 0, rows: int = 600, params: int = 2000, rank: int = 12
+) -> dict[str, Any]:
     """Planted Jacobian J = A Bᵀ + noise: the Gram spectrum has a cliff at ``rank`` and its top
     eigenvectors span col(A). Torch-free; exercises gram, eigh, eigh_topk and the angles."""
     rng = np.random.default_rng(seed)
     a = rng.standard_normal((rows, rank))
     b = rng.standard_normal((params, rank)) * np.geomspace(3, 1, rank)
     j = a @ b.T + 0.5 * rng.standard_normal((rows, params))
-    print(f"planted Jacobian J: {rows} rows × {params} parameters, {rank} feature directions + noise")
+    print(
+        f"planted Jacobian J: {rows} rows × {params} parameters, {rank} feature directions + noise"
+    )
     start = time.perf_counter()
     k = linalg.gram(j)
     t_gram = time.perf_counter() - start
@@ -145,13 +157,17 @@ def run_synthetic_demo(*, seed: int = 0, rows: int = 600, params: int = 2000, ra
     values, vectors = linalg.eigh(k)
     t_eigh = time.perf_counter() - start
     top_values, top_vectors = linalg.eigh_topk(k, rank)
-    print(f"gram {t_gram * 1e3:.1f} ms, eigh {t_eigh * 1e3:.1f} ms ({linalg.get_num_threads()} threads)")
+    print(
+        f"gram {t_gram * 1e3:.1f} ms, eigh {t_eigh * 1e3:.1f} ms ({linalg.get_num_threads()} threads)"
+    )
     print("top eigenvalues:", np.array2string(values[: rank + 3], precision=4))
     cliffs = _print_cliffs(values, "J Jᵀ")
     angles = linalg.principal_angles(vectors[:, :rank], a)
     overlap = linalg.subspace_overlap(vectors[:, :rank], a)
     agree = float(np.max(np.abs(top_values - values[:rank]) / values[0]))
-    print(f"principal angles (deg) to the planted span: {np.array2string(np.degrees(angles), precision=2)}")
+    print(
+        f"principal angles (deg) to the planted span: {np.array2string(np.degrees(angles), precision=2)}"
+    )
     print(f"subspace overlap {overlap:.4f} / {rank}; eigh_topk vs eigh: max rel diff {agree:.1e}")
     return {
         "rows": rows,
@@ -163,4 +179,3 @@ def run_synthetic_demo(*, seed: int = 0, rows: int = 600, params: int = 2000, ra
         "topk_max_rel_diff": agree,
         "top_vectors_shape": list(top_vectors.shape),
     }
-

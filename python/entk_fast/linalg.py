@@ -133,9 +133,7 @@ def gram_cross(A: Any, B: Any) -> FloatArray:
     return _core.gram_cross(a, b)
 
 
-def hadamard_gram_accumulate(
-    K: Any, G: Any, S: Any, *, block: int = 1, alpha: float = 1.0
-) -> None:
+def hadamard_gram_accumulate(K: Any, G: Any, S: Any, *, block: int = 1, alpha: float = 1.0) -> None:
     """In place ``K[i, j] += alpha · S[i // block, j // block] · ⟨G[i], G[j]⟩``.
 
     The exact eNTK block of a linear layer used once: S = A Aᵀ is the Gram of its input
@@ -152,7 +150,9 @@ def hadamard_gram_accumulate(
     g = as_float_matrix(G, "G")
     s = as_float_matrix(S, "S")
     _same_dtype("hadamard_gram_accumulate(K, G, S)", k, g, s)
-    _core.hadamard_gram_accumulate(k, g, s, _as_index(block, "block", low=1), _as_float(alpha, "alpha"))
+    _core.hadamard_gram_accumulate(
+        k, g, s, _as_index(block, "block", low=1), _as_float(alpha, "alpha")
+    )
 
 
 def eigh(K: Any) -> tuple[FloatArray, FloatArray]:
@@ -168,12 +168,24 @@ def eigh(K: Any) -> tuple[FloatArray, FloatArray]:
 
 @overload
 def eigh_topk(
-    K: Any, k: int, *, tol: float | None = ..., seed: int | None = ...,
+    K: Any,
+    k: int,
+    *,
+    tol: float | None = ...,
+    seed: int | None = ...,
+    oversample: int | None = ...,
+    basis_blocks: int | None = ...,
     return_method: Literal[False] = ...,
 ) -> tuple[FloatArray, FloatArray]: ...
 @overload
 def eigh_topk(
-    K: Any, k: int, *, tol: float | None = ..., seed: int | None = ...,
+    K: Any,
+    k: int,
+    *,
+    tol: float | None = ...,
+    seed: int | None = ...,
+    oversample: int | None = ...,
+    basis_blocks: int | None = ...,
     return_method: Literal[True],
 ) -> tuple[FloatArray, FloatArray, str]: ...
 def eigh_topk(
@@ -182,6 +194,8 @@ def eigh_topk(
     *,
     tol: float | None = None,
     seed: int | None = None,
+    oversample: int | None = None,
+    basis_blocks: int | None = None,
     return_method: bool = False,
 ) -> tuple[FloatArray, FloatArray] | tuple[FloatArray, FloatArray, str]:
     """The k largest eigenpairs of the dense symmetric K (n, n).
@@ -190,6 +204,10 @@ def eigh_topk(
     eigenvalues at the cut are resolved) converged to a relative residual
     ``‖K u − λ u‖ / |λ_max| ≤ tol`` (default 1e-11 in float64, 1e-4 in float32). Small
     problems, where the full solve is cheaper, use it directly.
+
+    Tuning: ``oversample`` extra block columns (default 8; raise it when more than 8
+    eigenvalues may tie at the cut) and ``basis_blocks`` blocks in the Krylov basis
+    (default 10); ``seed`` fixes the random start block (results are deterministic).
 
     Returns:
         ``(values, vectors)``: values (k,) descending, vectors (n, k) as columns; with
@@ -205,7 +223,9 @@ def eigh_topk(
     if t is not None and not t > 0:
         raise InvalidArgumentError(f"tol: expected a positive number, got {tol}")
     s = None if seed is None else _as_index(seed, "seed", low=0)
-    values, vectors, method = _core.eigh_topk(m, kk, t, s)
+    over = None if oversample is None else _as_index(oversample, "oversample", low=0)
+    blocks = None if basis_blocks is None else _as_index(basis_blocks, "basis_blocks", low=3)
+    values, vectors, method = _core.eigh_topk(m, kk, t, s, over, blocks)
     return (values, vectors, method) if return_method else (values, vectors)
 
 
