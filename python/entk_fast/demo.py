@@ -96,7 +96,8 @@ def run_modadd_demo(
     )
     seconds = time.perf_counter() - start
     print(
-        f"      kernel {ntk.kernel.shape} in {seconds:.2f} s (paths: {sorted(set(ntk.paths.values()))})"
+        f"      kernel {ntk.kernel.shape} in {seconds:.2f} s "
+        f"(paths: {sorted(set(ntk.paths.values()))})"
     )
 
     print("[3/3] spectrum and Fourier features")
@@ -158,7 +159,8 @@ def run_synthetic_demo(
     t_eigh = time.perf_counter() - start
     top_values, top_vectors = linalg.eigh_topk(k, rank)
     print(
-        f"gram {t_gram * 1e3:.1f} ms, eigh {t_eigh * 1e3:.1f} ms ({linalg.get_num_threads()} threads)"
+        f"gram {t_gram * 1e3:.1f} ms, eigh {t_eigh * 1e3:.1f} ms "
+        f"({linalg.get_num_threads()} threads)"
     )
     print("top eigenvalues:", np.array2string(values[: rank + 3], precision=4))
     cliffs = _print_cliffs(values, "J Jᵀ")
@@ -166,7 +168,8 @@ def run_synthetic_demo(
     overlap = linalg.subspace_overlap(vectors[:, :rank], a)
     agree = float(np.max(np.abs(top_values - values[:rank]) / values[0]))
     print(
-        f"principal angles (deg) to the planted span: {np.array2string(np.degrees(angles), precision=2)}"
+        "principal angles (deg) to the planted span: "
+        f"{np.array2string(np.degrees(angles), precision=2)}"
     )
     print(f"subspace overlap {overlap:.4f} / {rank}; eigh_topk vs eigh: max rel diff {agree:.1e}")
     return {
