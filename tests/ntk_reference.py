@@ -12,8 +12,9 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.linalg
 import torch
-from entk_fast.models import TMS, ModAddMLP
 from torch import nn
+
+from entk_fast.models import TMS, ModAddMLP
 
 __all__ = [
     "MLP",

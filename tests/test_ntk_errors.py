@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from ntk_reference import MLP, make_case, relative_error
+from torch import nn
+
 from entk_fast import (
     InvalidArgumentError,
     InvalidTypeError,
@@ -13,8 +16,6 @@ from entk_fast import (
     entk_spectrum,
     entk_topk,
 )
-from ntk_reference import MLP, make_case, relative_error
-from torch import nn
 
 
 @pytest.fixture

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from ntk_reference import MLP, make_case, relative_error
+
 from entk_fast import MemoryBudgetError, empirical_ntk, entk_spectrum, entk_topk
 from entk_fast.ntk.budget import format_bytes, parse_memory, plan_general, plan_structured
 from entk_fast.ntk.prepare import evaluation_mode, prepare
 from entk_fast.ntk.structured import find_layers
-from ntk_reference import MLP, make_case, relative_error
 
 BUDGETS = [int(1.25**i) for i in range(30, 80)]  # 800 B ... 50 MB
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from entk_fast import empirical_ntk
 from ntk_reference import make_case, reference_jacobian, reference_kernel, relative_error
+
+from entk_fast import empirical_ntk
 
 CASES = ["mlp", "tms", "modadd", "tokens", "bag", "conv", "two_inputs"]
 REDUCTIONS = ["flattened", "trace", "mean_pairs"]

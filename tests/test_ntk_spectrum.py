@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from entk_fast import empirical_ntk, entk_spectrum, entk_topk, linalg
 from ntk_reference import MLP, make_case, relative_error
+
+from entk_fast import empirical_ntk, entk_spectrum, entk_topk, linalg
 
 
 def _gap_k(values: np.ndarray, lo: int = 2, hi: int = 6) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from entk_fast import empirical_ntk
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from ntk_reference import (
@@ -17,6 +16,8 @@ from ntk_reference import (
     relative_error,
 )
 from torch import nn
+
+from entk_fast import empirical_ntk
 
 TOL = 1e-10
 

@@ -50,6 +50,16 @@ _PACK_FRACTION = 0.5
 # Default working budget: this fraction of the memory left once the outputs are allocated.
 _DEFAULT_FRACTION = 0.5
 _MIN_DEFAULT = 64 * 2**20
+# Per-chunk transients (autograd intermediates) are capped at this fraction of what the
+# sweep keeps anyway (its Jacobian buffer or cotangents), but allowed at least the floor:
+# peak memory stays near "outputs + one buffer" at the cost of a few more, smaller passes.
+_TRANSIENT_FRACTION = 0.25
+_TRANSIENT_FLOOR = 8 * 2**20
+
+
+def _cap_chunk(chunk: int, per_sample: int, kept: int) -> int:
+    limit = max(_TRANSIENT_FRACTION * kept, _TRANSIENT_FLOOR)
+    return int(max(1, min(chunk, limit // max(1, per_sample))))
 
 
 def format_bytes(n: float) -> str:
@@ -159,7 +169,7 @@ def _make_pack(problem: Problem, names: list[str], target: str | None, budget: i
     per = _jacobian_transient(problem, numel)
     full = n * rows * numel * it
     if full + per <= budget:
-        chunk = int(min(n, max(1, (budget - full) // per)))
+        chunk = _cap_chunk(int(min(n, max(1, (budget - full) // per))), per, full)
         return Pack(tuple(names), numel, target, n, chunk)
 
     def need(t: int) -> int:
@@ -177,7 +187,7 @@ def _make_pack(problem: Problem, names: list[str], target: str | None, budget: i
             hi = mid - 1
     tile = lo
     spare = budget - 2 * tile * rows * numel * it - (tile * per_kernel_row) ** 2 * it
-    chunk = int(min(tile, max(1, spare // per)))
+    chunk = _cap_chunk(int(min(tile, max(1, spare // per))), per, 2 * tile * rows * numel * it)
     return Pack(tuple(names), numel, target, tile, chunk)
 
 
@@ -257,6 +267,7 @@ def plan_structured(
 def _structured_pass(
     layers: list[Any], budget: int, storage: Any, transient: Any, assemble: int, n: int
 ) -> StructuredPass:
-    spare = budget - sum(map(storage, layers)) - assemble
-    chunk = int(min(n, max(1, spare // max(1, transient(layers)))))
+    kept = sum(map(storage, layers))
+    per = max(1, transient(layers))
+    chunk = _cap_chunk(int(min(n, max(1, (budget - kept - assemble) // per))), per, kept)
     return StructuredPass(tuple(layers), chunk)

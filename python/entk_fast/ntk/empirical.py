@@ -97,9 +97,10 @@ def compute_kernel(
     budget = work_budget(max_memory, output_bytes, describe_kernel(problem, count))
 
     layers = verify_layers(problem, find_layers(problem)) if structured else []
-    sweeps, rejected = plan_structured(problem, layers, budget)
+    sweeps, _rejected = plan_structured(problem, layers, budget)  # rejected: general path
     fast = {name for sweep in sweeps for layer in sweep.layers for name in layer.names}
     group_of = {name: key for key, names in problem.groups.items() for name in names}
+    targets: list[tuple[str | None, list[str]]]
     if layerwise:
         targets = [
             (key, [name for name in names if name not in fast])
@@ -108,7 +109,6 @@ def compute_kernel(
     else:
         targets = [(None, [name for name in problem.selected if name not in fast])]
     packs = plan_general(problem, [(key, names) for key, names in targets if names], budget)
-    del rejected  # their parameters are simply not in ``fast``
 
     dtype = problem.numpy_dtype
     kernel = np.zeros((size, size), dtype=dtype)

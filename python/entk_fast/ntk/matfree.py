@@ -65,9 +65,9 @@ class KernelOperator:
         """Mᵀ v: Σ over samples of J_nᵀ v_n; ``cot`` (N, C_r), or (B, N, C_r) when batched."""
         total: Params | None = None
         for start, stop in self._slices():
-            _, pull = vjp(self._fn(start, stop), self.pack)
+            pull = vjp(self._fn(start, stop), self.pack)[1]
             part = cot[..., start:stop, :]
-            (grads,) = vmap(pull)(part) if batched else pull(part)
+            grads = (vmap(pull)(part) if batched else pull(part))[0]
             if total is None:
                 total = dict(grads)
             else:

@@ -163,6 +163,7 @@ def _predicted_grads(
         if layer.kind == "linear":
             out[layer.weight] = g.T @ act.reshape(n, layer.in_features)
         else:
+            assert weight_shape is not None
             idx = act.reshape(n).long()
             pred = torch.zeros(weight_shape, dtype=g.dtype, device=g.device).index_add_(0, idx, g)
             if layer.padding_idx is not None:

@@ -1,0 +1,256 @@
+"""``empirical_ntk`` against the torch.func tutorial recipe: time and peak memory, same inputs.
+
+The recipe is the "Jacobian contraction" method of the torch.func NTK tutorial:
+``vmap(jacrev(f))`` over the samples, then one ``einsum`` per parameter tensor
+(``'Naf,Mbf->NMab'`` for the flattened kernel, ``'Naf,Maf->NM'`` for the trace, divided by C
+here to give the mean). The Jacobian is computed once and contracted with itself.
+
+Cases:
+
+* ``a``: the paper's modular-addition MLP (p = 29, H = 512, all 841 inputs), ``trace``.
+* ``b``: a 3-layer ReLU MLP of width 512 (32 → 512 → 512 → 8, biases), N = 512 so
+  N·C = 4096, ``flattened``.
+
+Each (case, method) runs in its own subprocess: build model and inputs (seeded), warm up on
+2 samples, read the RSS baseline, then time the full computation while a thread samples the
+RSS every millisecond; peak memory is the largest RSS above the baseline. ``empirical_ntk``
+is timed ``--repeat`` times (median reported), the recipe once by default (it takes tens of
+seconds). Both kernels are compared (max relative difference).
+
+Usage: ``PYTHONPATH=python python benches/bench_entk.py [--cases a b] [--repeat 3]``
+Writes ``benches/results/bench_entk_<UTC time>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CASES = {
+    "a": "modular-addition MLP p=29 H=512, N=841, trace",
+    "b": "3-layer MLP 32-512-512-8, N=512 (N·C=4096), flattened",
+}
+METHODS = ("entk_fast", "recipe")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+def _build(case: str) -> tuple[Any, Any, str]:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    torch.manual_seed(0)
+    if case == "a":
+        from entk_fast.models import ModAddMLP
+
+        p = 29
+        model = ModAddMLP(p, 512).eval()
+        a = torch.arange(p).repeat_interleave(p)
+        b = torch.arange(p).repeat(p)
+        x = torch.cat([F.one_hot(a, p), F.one_hot(b, p)], dim=1).float()
+        return model, x, "trace"
+    model = nn.Sequential(
+        nn.Linear(32, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 8)
+    ).eval()
+    return model, torch.randn(512, 32), "flattened"
+
+
+def _recipe(model: Any, x: Any, reduction: str) -> np.ndarray:
+    import torch
+    from torch.func import functional_call, jacrev, vmap
+
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def fnet_single(params: dict[str, Any], x: Any) -> Any:
+        return functional_call(model, params, (x.unsqueeze(0),)).squeeze(0)
+
+    jac = vmap(jacrev(fnet_single), (None, 0))(params, x)
+    jac = [j.flatten(2) for j in jac.values()]
+    expr = "Naf,Maf->NM" if reduction == "trace" else "Naf,Mbf->NMab"
+    result = torch.stack([torch.einsum(expr, j, j) for j in jac]).sum(0)
+    n, c = jac[0].shape[:2]
+    if reduction == "trace":
+        return (result / c).numpy()
+    return result.permute(0, 2, 1, 3).reshape(n * c, n * c).numpy()
+
+
+def _run(method: str, model: Any, x: Any, reduction: str) -> np.ndarray:
+    if method == "recipe":
+        return _recipe(model, x, reduction)
+    from entk_fast import empirical_ntk
+
+    return empirical_ntk(model, x, reduction=reduction, progress=False).kernel
+
+
+def _worker(case: str, method: str, repeat: int, kernel_path: str) -> None:
+    import psutil
+    import torch
+
+    from entk_fast import linalg
+
+    model, x, reduction = _build(case)
+    _run(method, model, x[:2], reduction)  # warm-up: code paths, thread pools
+    proc = psutil.Process()
+    times: list[float] = []
+    peaks: list[int] = []
+    kernel = None
+    for _ in range(repeat):
+        kernel = None
+        baseline = proc.memory_info().rss
+        peak = [baseline]
+        done = threading.Event()
+
+        def sample(peak: list[int] = peak, done: threading.Event = done) -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], proc.memory_info().rss)
+                time.sleep(0.001)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        start = time.perf_counter()
+        kernel = _run(method, model, x, reduction)
+        elapsed = time.perf_counter() - start
+        done.set()
+        sampler.join()
+        peak[0] = max(peak[0], proc.memory_info().rss)
+        times.append(elapsed)
+        peaks.append(peak[0] - baseline)
+    assert kernel is not None
+    np.save(kernel_path, kernel)
+    print(
+        json.dumps(
+            {
+                "times_s": times,
+                "peak_bytes": peaks,
+                "kernel_shape": list(kernel.shape),
+                "kernel_bytes": int(kernel.nbytes),
+                "torch_threads": torch.get_num_threads(),
+                "rust_threads": linalg.get_num_threads(),
+            }
+        )
+    )
+
+
+# --------------------------------------------------------------------------- driver side
+
+
+def _chunk_bytes(case: str) -> int:
+    """The largest buffer empirical_ntk keeps besides the kernel: one layer's cotangents."""
+    if case == "a":
+        return 841 * 29 * 512 * 4  # W1's cotangents (N, C·H), float32
+    return 512 * 8 * 512 * 4  # a width-512 layer's cotangents (N·C, 512)
+
+
+def _spawn(case: str, method: str, repeat: int, kernel_path: str) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--worker", case, method, str(repeat), kernel_path]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ.copy())
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _fmt_mb(n: float) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs of empirical_ntk")
+    parser.add_argument("--recipe-repeat", type=int, default=1, help="timed runs of the recipe")
+    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        case, method, repeat, path = args.worker
+        _worker(case, method, int(repeat), path)
+        return 0
+
+    coretype = os.environ.get("OPENBLAS_CORETYPE")
+    env = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "OPENBLAS_CORETYPE": coretype,
+        "OPENBLAS_CORETYPE_set": coretype is not None,
+        "load_average_start": os.getloadavg(),
+    }
+    try:
+        import torch
+
+        env["torch"] = torch.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    print(f"OPENBLAS_CORETYPE {'= ' + coretype if coretype else 'not set'}; env {env}")
+    report: dict[str, Any] = {
+        "date": datetime.now(timezone.utc).isoformat(),
+        "env": env,
+        "cases": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in args.cases:
+            rows: dict[str, Any] = {}
+            kernels = {}
+            for method in METHODS:
+                repeat = args.repeat if method == "entk_fast" else args.recipe_repeat
+                path = str(Path(tmp) / f"{case}_{method}.npy")
+                row = _spawn(case, method, repeat, path)
+                row["time_s"] = statistics.median(row["times_s"])
+                row["peak_increment_bytes"] = int(max(row["peak_bytes"]))
+                rows[method] = row
+                kernels[method] = np.load(path)
+                print(
+                    f"[{case}] {method:9s} time {row['time_s']:8.3f} s  "
+                    f"peak +{_fmt_mb(row['peak_increment_bytes'])}  (runs {row['times_s']})",
+                    flush=True,
+                )
+            fast, recipe = rows["entk_fast"], rows["recipe"]
+            ref = kernels["recipe"].astype(np.float64)
+            diff = float(np.abs(kernels["entk_fast"] - ref).max() / np.abs(ref).max())
+            kernel_bytes = fast["kernel_bytes"]
+            chunk = _chunk_bytes(case)
+            summary = {
+                "description": CASES[case],
+                "methods": rows,
+                "speedup_vs_recipe": recipe["time_s"] / fast["time_s"],
+                "memory_ratio_recipe_over_entk_fast": recipe["peak_increment_bytes"]
+                / max(1, fast["peak_increment_bytes"]),
+                "kernel_bytes": kernel_bytes,
+                "chunk_bytes": chunk,
+                "memory_target_bytes": int(1.5 * kernel_bytes + chunk),
+                "peak_within_target": fast["peak_increment_bytes"] <= 1.5 * kernel_bytes + chunk,
+                "max_relative_difference": diff,
+            }
+            report["cases"][case] = summary
+            print(
+                f"[{case}] speed-up ×{summary['speedup_vs_recipe']:.1f}, memory ÷"
+                f"{summary['memory_ratio_recipe_over_entk_fast']:.1f}; kernel "
+                f"{_fmt_mb(kernel_bytes)}, target 1.5·kernel + chunk = "
+                f"{_fmt_mb(summary['memory_target_bytes'])}, within: "
+                f"{summary['peak_within_target']}; max rel. diff {diff:.2e}",
+                flush=True,
+            )
+    env["load_average_end"] = os.getloadavg()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = RESULTS / f"bench_entk_{stamp}.json"
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
