@@ -36,4 +36,4 @@ def test_modadd_demo_finds_the_fourier_cliffs():
 
 def test_demo_rejects_bad_modulus(capsys):
     assert main(["demo", "--p", "1", "--epochs", "1"]) == 2
-    assert "entk-fast: error: p: expected" in capsys.readouterr().err
+    assert "entk-fast: error: p must be an integer >= 2, got 1" in capsys.readouterr().err
