@@ -559,3 +559,10 @@ def test_gil_is_released_during_long_calls():
 def test_top_level_reexports():
     assert ef.gram is linalg.gram and ef.eigh_topk is linalg.eigh_topk
     assert set(linalg.__all__) - {"as_float_matrix"} <= set(ef.__all__)
+
+
+def test_linalg_does_not_import_torch():
+    import subprocess
+
+    code = "import sys, entk_fast, entk_fast.linalg; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
