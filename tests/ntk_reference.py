@@ -22,6 +22,7 @@ __all__ = [
     "ConvNet",
     "ModAddMLP",
     "TMS",
+    "TinyAttention",
     "TokenMLP",
     "TwoInputs",
     "make_case",
@@ -105,6 +106,24 @@ class TwoInputs(nn.Module):
         return (torch.tanh(self.a(x)) * self.b(z) + self.offset).reshape(-1, 2, 2)
 
 
+class TinyAttention(nn.Module):
+    """Token + position embeddings, causal multi-head attention, LayerNorm, last-position head."""
+
+    def __init__(self, vocab: int = 6, dim: int = 8, d_out: int = 5, length: int = 3) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+        self.pos = nn.Parameter(torch.randn(length, dim))
+        self.attn = nn.MultiheadAttention(dim, 2, batch_first=True, bias=False)
+        self.norm = nn.LayerNorm(dim)
+        self.out = nn.Linear(dim, d_out, bias=False)
+        self.register_buffer("mask", torch.triu(torch.ones(length, length, dtype=torch.bool), 1))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.emb(tokens) + self.pos
+        a, _ = self.attn(h, h, h, attn_mask=self.mask, need_weights=False)
+        return self.out(self.norm(h + a)[:, -1])
+
+
 def make_case(name: str, n: int = 5, seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     """A float64 model in eval mode and its inputs."""
     gen = torch.Generator().manual_seed(seed)
@@ -133,6 +152,8 @@ def make_case(name: str, n: int = 5, seed: int = 0) -> tuple[nn.Module, tuple[to
     elif name == "two_inputs":
         model = TwoInputs()
         inputs = (torch.randn(n, 3, generator=gen), torch.randn(n, 2, generator=gen))
+    elif name == "attention":
+        model, inputs = TinyAttention(), (torch.randint(0, 6, (n, 3), generator=gen),)
     else:
         raise KeyError(name)
     model = model.double().eval()

@@ -14,7 +14,7 @@ from ntk_reference import make_case, reference_jacobian, reference_kernel, relat
 
 from entk_fast import empirical_ntk
 
-CASES = ["mlp", "tms", "modadd", "tokens", "bag", "conv", "two_inputs"]
+CASES = ["mlp", "tms", "modadd", "tokens", "bag", "conv", "two_inputs", "attention"]
 REDUCTIONS = ["flattened", "trace", "mean_pairs"]
 TOL = 1e-10
 

@@ -19,6 +19,7 @@ from .. import linalg
 from .budget import Pack
 from .prepare import Problem
 from .probe import forward_batch
+from .quiet import quiet_batching_fallback
 
 __all__ = ["accumulate_pack", "as_kernel_rows", "jacobian_block", "sample_function"]
 
@@ -55,7 +56,8 @@ def jacobian_block(
     out = torch.empty((stop - start, rows, sum(sizes)), dtype=problem.dtype, device=problem.device)
     for s in range(start, stop, max(1, chunk)):
         e = min(s + max(1, chunk), stop)
-        jac = jac_fn(pack, *(x[s:e] for x in problem.inputs))
+        with quiet_batching_fallback():
+            jac = jac_fn(pack, *(x[s:e] for x in problem.inputs))
         offset = 0
         for name, size in zip(names, sizes, strict=True):
             out[s - start : e - start, :, offset : offset + size] = jac[name].reshape(

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from .. import linalg
 from .budget import StructuredPass
 from .prepare import Problem
+from .quiet import quiet_batching_fallback
 
 __all__ = ["StructuredLayer", "accumulate_pass", "find_layers", "gather", "verify_layers"]
 
@@ -240,9 +241,10 @@ def gather(
         inputs = tuple(x[start:stop] for x in problem.inputs)
         y, probes, seen = _forward_with_probes(problem, layers, inputs, problem.params)
         basis = torch.eye(rows, dtype=y.dtype, device=y.device).unsqueeze(1).expand(rows, n, rows)
-        grads = torch.autograd.grad(
-            y, probes, grad_outputs=basis, is_grads_batched=True, allow_unused=True
-        )
+        with quiet_batching_fallback():
+            grads = torch.autograd.grad(
+                y, probes, grad_outputs=basis, is_grads_batched=True, allow_unused=True
+            )
         for layer, grad in zip(layers, grads, strict=True):
             if grad is None:
                 cots[layer.path][start:stop] = 0
