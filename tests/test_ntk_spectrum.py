@@ -126,6 +126,30 @@ def test_ridge_is_reported_and_added() -> None:
     np.testing.assert_allclose(ridged.eigenvalues, plain.eigenvalues + expected, rtol=1e-9)
 
 
+def test_ridge_on_the_dual_path() -> None:
+    model, inputs = make_case("tms", n=10)
+    kernel = empirical_ntk(model, inputs, progress=False).kernel
+    plain = entk_spectrum(model, inputs, 4, progress=False)
+    ridged = entk_spectrum(model, inputs, 4, ridge=1e-6, progress=False)
+    assert ridged.method == "dual"
+    expected = 1e-6 * np.trace(kernel) / kernel.shape[0]
+    assert ridged.ridge == pytest.approx(expected, rel=1e-10)
+    np.testing.assert_allclose(ridged.eigenvalues, plain.eigenvalues + expected, rtol=1e-10)
+
+
+def test_dual_in_float32_keeps_small_eigenvalues() -> None:
+    model, inputs = make_case("tms", n=40)
+    model = model.float()
+    x = inputs[0].float()
+    reference = linalg.eigh(empirical_ntk(model, x, dtype=torch.float64, progress=False).kernel)[0]
+    spec = entk_spectrum(model, x, progress=False)
+    assert spec.method == "dual" and spec.eigenvalues.dtype == np.float32
+    # Everything above ~1e-4 of the top eigenvalue survives, and is accurate.
+    assert len(spec) >= int((reference > 1e-4 * reference[0]).sum())
+    top = reference[: len(spec)]
+    assert np.abs(spec.eigenvalues - top).max() < 1e-5 * reference[0]
+
+
 def test_kernel_spectrum_method_and_gaps() -> None:
     model, x = _wide_mlp()
     kernel = empirical_ntk(model, x, progress=False)

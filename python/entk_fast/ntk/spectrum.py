@@ -162,7 +162,8 @@ def _dual(
         (q * q + size * out_cols) * it,
         f"the dual {q}×{q} Gram Mᵀ M and the eigenvectors",
     )
-    per_sample = it * (3 * rows * numel + (rows + 2) * problem.probe.activation_numel)
+    # The Jacobian block, its float64 copy and transpose, and vmap(jacrev)'s intermediates.
+    per_sample = (it + 16) * rows * numel + it * (rows + 2) * problem.probe.activation_numel
     if per_sample > budget:
         raise MemoryBudgetError(
             f"{budget.describe()} is too small for the dual path: one sample's Jacobian "
@@ -174,26 +175,32 @@ def _dual(
     slices = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
     dtype = problem.numpy_dtype
     stored: list[np.ndarray] = []
-    gram_dual = np.zeros((q, q), dtype=dtype)
+    # Q×Q is small: accumulate and diagonalise it in float64 whatever the model's dtype, so
+    # the small eigenvalues keep the accuracy the Jacobian itself has.
+    gram_dual = np.zeros((q, q), dtype=np.float64)
     with progress_bar(progress, 2 * len(slices), "eNTK dual", unit="block") as bar:
         for start, stop in slices:
             block = as_kernel_rows(
                 problem, jacobian_block(problem, problem.selected, start, stop, chunk)
             )
-            linalg.gram_accumulate(gram_dual, np.ascontiguousarray(block.T), alpha=problem.alpha)
+            wide = np.ascontiguousarray(block.T, dtype=np.float64)
+            linalg.gram_accumulate(gram_dual, wide, alpha=problem.alpha)
+            del wide
             if keep_all:
                 stored.append(block)
             bar.update(1)
+        trace = float(np.trace(gram_dual))  # = trace(K)
         values, vectors = linalg.eigh(gram_dual)
         del gram_dual
         eps = np.finfo(dtype).eps
-        cutoff = max(float(values[0]), 0.0) * 100 * eps * max(q, 1)
+        # Below this the eigenvalue is round-off of the Jacobian entries and u = M v / √λ noise.
+        cutoff = max(float(values[0]), 0.0) * 100 * eps
         rank = int((values > cutoff).sum())
         count = rank if k is None else min(k, rank)
         values = np.ascontiguousarray(values[:count])
         basis = np.ascontiguousarray(vectors[:, :count].T)  # (count, Q)
         del vectors
-        scale = (np.sqrt(problem.alpha) / np.sqrt(values)).astype(dtype)
+        scale = np.sqrt(problem.alpha) / np.sqrt(values)
         eigvecs = np.empty((size, count), dtype=dtype)
         per = problem.kernel_rows_per_sample
         for i, (start, stop) in enumerate(slices):
@@ -203,15 +210,15 @@ def _dual(
                 block = as_kernel_rows(
                     problem, jacobian_block(problem, problem.selected, start, stop, chunk)
                 )
-            eigvecs[start * per : stop * per] = linalg.gram_cross(block, basis) * scale
+            mapped = linalg.gram_cross(block.astype(np.float64), basis) * scale
+            eigvecs[start * per : stop * per] = mapped
             bar.update(1)
     shift = 0.0
     if ridge > 0:
-        # trace(K) = trace(alpha Mᵀ M) = Σ of all its eigenvalues.
-        shift = ridge * float(np.clip(values, 0, None).sum()) / size if count == rank else 0.0
+        shift = ridge * trace / size
         values = values + shift
     return NTKSpectrum(
-        eigenvalues=values,
+        eigenvalues=values.astype(dtype),
         eigenvectors=eigvecs,
         method="dual",
         n_samples=n,
