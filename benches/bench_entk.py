@@ -15,7 +15,9 @@ Each (case, method) runs in its own subprocess: build model and inputs (seeded),
 2 samples, read the RSS baseline, then time the full computation while a thread samples the
 RSS every millisecond; peak memory is the largest RSS above the baseline. ``empirical_ntk``
 is timed ``--repeat`` times (median reported), the recipe once by default (it takes tens of
-seconds). Both kernels are compared (max relative difference).
+seconds). Wall time and process CPU time (all threads) are both reported: on a shared
+machine the CPU-time ratio is the steadier measure. Both kernels are compared (max relative
+difference). The load average at start and end is recorded.
 
 Usage: ``PYTHONPATH=python python benches/bench_entk.py [--cases a b] [--repeat 3]``
 Writes ``benches/results/bench_entk_<UTC time>.json``.
@@ -98,16 +100,21 @@ def _run(method: str, model: Any, x: Any, reduction: str) -> np.ndarray:
     return empirical_ntk(model, x, reduction=reduction, progress=False).kernel
 
 
-def _worker(case: str, method: str, repeat: int, kernel_path: str) -> None:
+def _worker(case: str, method: str, repeat: int, kernel_path: str, threads: int) -> None:
     import psutil
     import torch
 
     from entk_fast import linalg
 
+    if threads > 0:
+        torch.set_num_threads(threads)
+        linalg.set_num_threads(threads)
+
     model, x, reduction = _build(case)
     _run(method, model, x[:2], reduction)  # warm-up: code paths, thread pools
     proc = psutil.Process()
     times: list[float] = []
+    cpu_times: list[float] = []
     peaks: list[int] = []
     kernel = None
     for _ in range(repeat):
@@ -123,13 +130,14 @@ def _worker(case: str, method: str, repeat: int, kernel_path: str) -> None:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         kernel = _run(method, model, x, reduction)
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         done.set()
         sampler.join()
         peak[0] = max(peak[0], proc.memory_info().rss)
         times.append(elapsed)
+        cpu_times.append(cpu)
         peaks.append(peak[0] - baseline)
     assert kernel is not None
     np.save(kernel_path, kernel)
@@ -137,6 +145,7 @@ def _worker(case: str, method: str, repeat: int, kernel_path: str) -> None:
         json.dumps(
             {
                 "times_s": times,
+                "cpu_times_s": cpu_times,
                 "peak_bytes": peaks,
                 "kernel_shape": list(kernel.shape),
                 "kernel_bytes": int(kernel.nbytes),
@@ -157,8 +166,9 @@ def _chunk_bytes(case: str) -> int:
     return 512 * 8 * 512 * 4  # a width-512 layer's cotangents (N·C, 512)
 
 
-def _spawn(case: str, method: str, repeat: int, kernel_path: str) -> dict[str, Any]:
+def _spawn(case: str, method: str, repeat: int, kernel_path: str, threads: int) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--worker", case, method, str(repeat), kernel_path]
+    cmd.append(str(threads))
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ.copy())
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -172,11 +182,14 @@ def main() -> int:
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--repeat", type=int, default=3, help="timed runs of empirical_ntk")
     parser.add_argument("--recipe-repeat", type=int, default=1, help="timed runs of the recipe")
-    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch and Rust threads (default: all cores)"
+    )
+    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        case, method, repeat, path = args.worker
-        _worker(case, method, int(repeat), path)
+        case, method, repeat, path, threads = args.worker
+        _worker(case, method, int(repeat), path, int(threads))
         return 0
 
     coretype = os.environ.get("OPENBLAS_CORETYPE")
@@ -187,6 +200,7 @@ def main() -> int:
         "OPENBLAS_CORETYPE": coretype,
         "OPENBLAS_CORETYPE_set": coretype is not None,
         "load_average_start": os.getloadavg(),
+        "threads_requested": args.threads or "all cores",
     }
     try:
         import torch
@@ -207,13 +221,15 @@ def main() -> int:
             for method in METHODS:
                 repeat = args.repeat if method == "entk_fast" else args.recipe_repeat
                 path = str(Path(tmp) / f"{case}_{method}.npy")
-                row = _spawn(case, method, repeat, path)
+                row = _spawn(case, method, repeat, path, args.threads)
                 row["time_s"] = statistics.median(row["times_s"])
+                row["cpu_time_s"] = statistics.median(row["cpu_times_s"])
                 row["peak_increment_bytes"] = int(max(row["peak_bytes"]))
                 rows[method] = row
                 kernels[method] = np.load(path)
                 print(
                     f"[{case}] {method:9s} time {row['time_s']:8.3f} s  "
+                    f"cpu {row['cpu_time_s']:8.3f} s  "
                     f"peak +{_fmt_mb(row['peak_increment_bytes'])}  (runs {row['times_s']})",
                     flush=True,
                 )
@@ -226,6 +242,7 @@ def main() -> int:
                 "description": CASES[case],
                 "methods": rows,
                 "speedup_vs_recipe": recipe["time_s"] / fast["time_s"],
+                "cpu_time_ratio_vs_recipe": recipe["cpu_time_s"] / fast["cpu_time_s"],
                 "memory_ratio_recipe_over_entk_fast": recipe["peak_increment_bytes"]
                 / max(1, fast["peak_increment_bytes"]),
                 "kernel_bytes": kernel_bytes,
@@ -236,7 +253,8 @@ def main() -> int:
             }
             report["cases"][case] = summary
             print(
-                f"[{case}] speed-up ×{summary['speedup_vs_recipe']:.1f}, memory ÷"
+                f"[{case}] speed-up ×{summary['speedup_vs_recipe']:.1f} (CPU time "
+                f"×{summary['cpu_time_ratio_vs_recipe']:.1f}), memory ÷"
                 f"{summary['memory_ratio_recipe_over_entk_fast']:.1f}; kernel "
                 f"{_fmt_mb(kernel_bytes)}, target 1.5·kernel + chunk = "
                 f"{_fmt_mb(summary['memory_target_bytes'])}, within: "
@@ -244,6 +262,7 @@ def main() -> int:
                 flush=True,
             )
     env["load_average_end"] = os.getloadavg()
+    print(f"load average start {env['load_average_start']}, end {env['load_average_end']}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = RESULTS / f"bench_entk_{stamp}.json"

@@ -53,8 +53,8 @@ _MIN_DEFAULT = 64 * 2**20
 # Per-chunk transients (autograd intermediates) are capped at this fraction of what the
 # sweep keeps anyway (its Jacobian buffer or cotangents), but allowed at least the floor:
 # peak memory stays near "outputs + one buffer" at the cost of a few more, smaller passes.
-_TRANSIENT_FRACTION = 0.25
-_TRANSIENT_FLOOR = 8 * 2**20
+_TRANSIENT_FRACTION = 0.1
+_TRANSIENT_FLOOR = 4 * 2**20
 
 
 def _cap_chunk(chunk: int, per_sample: int, kept: int) -> int:
