@@ -186,7 +186,7 @@ def test_eigh_topk_equals_top_of_full_solve(n, k, dtype):
 def test_eigh_topk_resolves_degenerate_pairs_like_fourier_modes():
     # cos/sin pairs give exactly doubled eigenvalues; single-vector Lanczos misses partners.
     rng = np.random.default_rng(11)
-    n = 700
+    n = 1000
     top = np.repeat(np.linspace(10, 6, 14), 2)
     spectrum = np.concatenate([top, rng.uniform(0, 1, n - len(top))])
     kern = spd_with_spectrum(rng, spectrum)
@@ -566,3 +566,128 @@ def test_linalg_does_not_import_torch():
 
     code = "import sys, entk_fast, entk_fast.linalg; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+# ---------------------------------------------------------------- hostile memory layouts
+def test_misaligned_accumulator_is_rejected_not_silently_copied():
+    buf = np.zeros(8 * 9 + 1, np.uint8)
+    k = np.frombuffer(buf.data, np.float64, 9, offset=1).reshape(3, 3)
+    assert not k.flags.aligned
+    with pytest.raises(ef.InvalidArgumentError, match="K: expected an aligned float array"):
+        linalg.gram_accumulate(k, np.ones((3, 2)))
+
+
+def test_self_overlapping_accumulator_is_rejected():
+    k = np.lib.stride_tricks.as_strided(np.zeros(20), (20, 20), (0, 8), writeable=True)
+    with pytest.raises(
+        ef.InvalidTypeError, match="K: expected an array whose elements do not overlap"
+    ):
+        linalg.gram_accumulate(k, np.ones((20, 3)))
+
+
+def test_operands_aliasing_the_accumulator_are_read_before_it_changes():
+    rng = np.random.default_rng(41)
+    j = rng.standard_normal((300, 300))
+    k = j @ j.T
+    k0 = k.copy()
+    linalg.gram_accumulate(k, k)  # J is K itself
+    assert rel_err(k, k0 + k0 @ k0.T) < 1e-12
+    k = k0.copy()
+    s = np.eye(60)
+    linalg.hadamard_gram_accumulate(k, k[:, :5], s, block=5)
+    g = k0[:, :5]
+    assert rel_err(k, k0 + np.kron(s, np.ones((5, 5))) * (g @ g.T)) < 1e-12
+
+
+def test_overflow_is_an_error_not_inf():
+    with pytest.raises(ef.LinAlgError, match="overflowed"):
+        linalg.gram_cross(np.array([[1e200, -1e200]]), np.array([[1e200, 1e200]]))
+    k = np.zeros((1, 1), np.float32)
+    with pytest.raises(ef.LinAlgError, match="K was left unchanged"):
+        linalg.gram_accumulate(k, np.full((1, 4), 1e19, np.float32))
+    assert k[0, 0] == 0
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-150, 1e150, 1e300])
+def test_badly_scaled_but_finite_input_is_solved(scale):
+    rng = np.random.default_rng(42)
+    j = rng.standard_normal((400, 8))
+    k0 = j @ j.T
+    k = k0 * scale
+    values = linalg.eigh(k)[0]
+    ref = np.linalg.eigvalsh(k0)[::-1]
+    assert rel_err(values / scale, ref) < 1e-10
+    assert rel_err(linalg.eigh_topk(k, 3)[0] / scale, ref[:3]) < 1e-10
+    a, b = rng.standard_normal((30, 3)), rng.standard_normal((30, 2))
+    assert np.allclose(
+        linalg.principal_angles(a * scale, b), linalg.principal_angles(a, b), atol=1e-12
+    )
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (
+            lambda: linalg.eigh_topk(np.eye(300), 2, basis_blocks=65),
+            r"basis_blocks: expected an integer ≤ 64",
+        ),
+        (lambda: linalg.eigh_topk(np.eye(300), 2, seed=2**64), "seed: expected an integer ≤"),
+        (lambda: linalg.set_num_threads(10**6), r"n: expected an integer ≤ 1024"),
+        (
+            lambda: linalg.hadamard_gram_accumulate(
+                np.zeros((2, 2)), np.ones((2, 1)), np.eye(2), block=2**70
+            ),
+            "block: expected an integer ≤",
+        ),
+    ],
+)
+def test_out_of_range_tuning_arguments(call, message):
+    with pytest.raises(ef.InvalidArgumentError, match=message):
+        call()
+
+
+def test_huge_oversample_is_clamped_not_a_hang():
+    values, _ = linalg.eigh_topk(np.diag(np.arange(300.0)), 2, oversample=2**40)
+    assert np.array_equal(values, [299.0, 298.0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("r,s_rows,block", [(1, 1, 1), (6, 9, 3), (300, 40, 4)])
+def test_hadamard_gram_cross_matches_kron_formula(r, s_rows, block, dtype):
+    rng = np.random.default_rng(r + s_rows)
+    ga = random_matrix(rng, (r * block, 7), dtype)
+    gb = random_matrix(rng, (s_rows * block, 7), dtype)
+    s = random_matrix(rng, (r, s_rows), dtype)
+    out = linalg.hadamard_gram_cross(ga, gb, s, block=block, alpha=2.0)
+    want = (
+        2.0
+        * np.kron(s.astype(np.float64), np.ones((block, block)))
+        * (ga.astype(np.float64) @ gb.astype(np.float64).T)
+    )
+    assert out.dtype == dtype and out.shape == (r * block, s_rows * block)
+    assert rel_err(out, want) < RTOL[dtype] * 10
+
+
+def test_hadamard_gram_cross_tiles_assemble_the_accumulated_block():
+    rng = np.random.default_rng(51)
+    n, c = 30, 3
+    g = rng.standard_normal((n * c, 5))
+    a = rng.standard_normal((n, 4))
+    k = np.zeros((n * c, n * c))
+    linalg.hadamard_gram_accumulate(k, g, a @ a.T, block=c)
+    tiles = [slice(0, 12), slice(12, 30)]
+    for ti in tiles:
+        for tj in tiles:
+            rows = slice(ti.start * c, ti.stop * c)
+            cols = slice(tj.start * c, tj.stop * c)
+            tile = linalg.hadamard_gram_cross(g[rows], g[cols], a[ti] @ a[tj].T, block=c)
+            assert rel_err(tile, k[rows, cols]) < 1e-13
+
+
+def test_hadamard_gram_cross_bad_shapes():
+    with pytest.raises(ef.InvalidArgumentError, match="S: expected 3 columns"):
+        linalg.hadamard_gram_cross(np.ones((4, 2)), np.ones((6, 2)), np.ones((2, 2)), block=2)
+    with pytest.raises(
+        ef.InvalidArgumentError, match="block: expected a positive divisor of the 5 rows of Gb"
+    ):
+        linalg.hadamard_gram_cross(np.ones((4, 2)), np.ones((5, 2)), np.ones((2, 2)), block=2)

@@ -27,6 +27,7 @@ _LAZY: dict[str, str] = {
     "gram_accumulate": "linalg",
     "gram_cross": "linalg",
     "hadamard_gram_accumulate": "linalg",
+    "hadamard_gram_cross": "linalg",
     "eigh": "linalg",
     "eigh_topk": "linalg",
     "principal_angles": "linalg",

@@ -18,6 +18,7 @@ __all__ = [
     "gram_accumulate",
     "gram_cross",
     "hadamard_gram_accumulate",
+    "hadamard_gram_cross",
     "principal_angles",
     "set_num_threads",
     "subspace_overlap",
@@ -29,6 +30,9 @@ def gram_cross(a: _F, b: _F) -> _F: ...
 def hadamard_gram_accumulate(
     k: _F, g: _F, s: _F, block: int = 1, alpha: float = 1.0
 ) -> None: ...
+def hadamard_gram_cross(
+    ga: _F, gb: _F, s: _F, block: int = 1, alpha: float = 1.0
+) -> _F: ...
 def eigh(k: _F) -> tuple[_F, _F]: ...
 def eigh_topk(
     k_matrix: _F,

@@ -29,6 +29,7 @@ __all__ = [
     "gram_accumulate",
     "gram_cross",
     "hadamard_gram_accumulate",
+    "hadamard_gram_cross",
     "principal_angles",
     "set_num_threads",
     "subspace_overlap",
@@ -90,9 +91,18 @@ def _writable_matrix(x: Any, name: str) -> np.ndarray:
     a = as_float_matrix(x, name)
     if not a.flags.writeable:
         raise InvalidArgumentError(f"{name}: expected a writable array (it is updated in place)")
-    if not isinstance(x, np.ndarray) and not np.shares_memory(a, _to_numpy(x, name)):
-        raise InvalidArgumentError(f"{name}: expected an array that can be updated in place")
+    if not np.shares_memory(a, _to_numpy(x, name)):
+        # as_float_matrix had to copy it (e.g. a misaligned buffer): an update would be lost.
+        raise InvalidArgumentError(
+            f"{name}: expected an aligned float array that can be updated in place "
+            f"(pass np.require({name}, requirements='AW') and use the result)"
+        )
     return a
+
+
+def _detached_from(target: np.ndarray, operand: np.ndarray) -> np.ndarray:
+    """``operand``, copied if it may share memory with the in-place ``target``."""
+    return operand.copy() if np.may_share_memory(target, operand) else operand
 
 
 def gram(J: Any) -> FloatArray:
@@ -120,7 +130,7 @@ def gram_accumulate(K: Any, J: Any, *, alpha: float = 1.0) -> None:
         alpha: finite scale factor.
     """
     k = _writable_matrix(K, "K")
-    j = as_float_matrix(J, "J")
+    j = _detached_from(k, as_float_matrix(J, "J"))
     _same_dtype("gram_accumulate(K, J)", k, j)
     _core.gram_accumulate(k, j, _as_float(alpha, "alpha"))
 
@@ -147,11 +157,35 @@ def hadamard_gram_accumulate(K: Any, G: Any, S: Any, *, block: int = 1, alpha: f
         alpha: finite scale factor (1/C for ``trace``, 1/C² for ``mean_pairs``).
     """
     k = _writable_matrix(K, "K")
-    g = as_float_matrix(G, "G")
-    s = as_float_matrix(S, "S")
+    g = _detached_from(k, as_float_matrix(G, "G"))
+    s = _detached_from(k, as_float_matrix(S, "S"))
     _same_dtype("hadamard_gram_accumulate(K, G, S)", k, g, s)
     _core.hadamard_gram_accumulate(
         k, g, s, _as_index(block, "block", low=1), _as_float(alpha, "alpha")
+    )
+
+
+def hadamard_gram_cross(
+    Ga: Any, Gb: Any, S: Any, *, block: int = 1, alpha: float = 1.0
+) -> FloatArray:
+    """Off-diagonal tile of the structured block: ``alpha · (S ⊗ 1_b) ∘ (Ga Gbᵀ)``.
+
+    ``out[i, j] = alpha · S[i // block, j // block] · ⟨Ga[i], Gb[j]⟩``, so that the
+    linear-layer eNTK block can be assembled tile by tile in bounded memory.
+
+    Args:
+        Ga: (R, Q) cotangents of one sample tile; R a multiple of ``block``.
+        Gb: (S, Q) cotangents of another sample tile.
+        S: (R // block, S // block) activation cross-Gram of the two tiles.
+    Returns:
+        (R, S) array of the inputs' dtype.
+    """
+    ga = as_float_matrix(Ga, "Ga")
+    gb = as_float_matrix(Gb, "Gb")
+    s = as_float_matrix(S, "S")
+    _same_dtype("hadamard_gram_cross(Ga, Gb, S)", ga, gb, s)
+    return _core.hadamard_gram_cross(
+        ga, gb, s, _as_index(block, "block", low=1), _as_float(alpha, "alpha")
     )
 
 
@@ -202,8 +236,9 @@ def eigh_topk(
 
     A thick-restarted block Krylov method (block size k + oversampling, so degenerate
     eigenvalues at the cut are resolved) converged to a relative residual
-    ``‖K u − λ u‖ / |λ_max| ≤ tol`` (default 1e-11 in float64, 1e-4 in float32). Small
-    problems, where the full solve is cheaper, use it directly.
+    ``‖K u − λ u‖ / ‖K‖ ≤ tol``, ‖K‖ estimated by the largest |Ritz value| (default tol
+    1e-11 in float64, 1e-4 in float32). Small problems, where the full solve is cheaper,
+    use it directly.
 
     Tuning: ``oversample`` extra block columns (default 8; raise it when more than 8
     eigenvalues may tie at the cut) and ``basis_blocks`` blocks in the Krylov basis
@@ -222,9 +257,11 @@ def eigh_topk(
     t = None if tol is None else _as_float(tol, "tol")
     if t is not None and not t > 0:
         raise InvalidArgumentError(f"tol: expected a positive number, got {tol}")
-    s = None if seed is None else _as_index(seed, "seed", low=0)
+    s = None if seed is None else _as_index(seed, "seed", low=0, high=2**64 - 1)
     over = None if oversample is None else _as_index(oversample, "oversample", low=0)
-    blocks = None if basis_blocks is None else _as_index(basis_blocks, "basis_blocks", low=3)
+    blocks = (
+        None if basis_blocks is None else _as_index(basis_blocks, "basis_blocks", low=3, high=64)
+    )
     values, vectors, method = _core.eigh_topk(m, kk, t, s, over, blocks)
     return (values, vectors, method) if return_method else (values, vectors)
 
@@ -236,9 +273,11 @@ def principal_angles(A: Any, B: Any) -> NDArray[np.float64]:
         A: (n, d) matrix (or an (n,) vector); its columns need not be orthonormal.
         B: (n, m) matrix (or vector).
     Returns:
-        float64 array of min(rank A, rank B) angles in [0, π/2]. Matches
-        ``np.sort(scipy.linalg.subspace_angles(A, B))`` (same rank rule, same accurate
-        small-angle formula).
+        float64 array of min(rank A, rank B) angles in [0, π/2]. Cosines come from the SVD of
+        Q_Aᵀ Q_B and, for angles below 45°, sines from the SVD of the residual (Knyazev),
+        so small angles stay accurate; the rank rule is ``scipy.linalg.orth``'s. Agrees with
+        ``np.sort(scipy.linalg.subspace_angles(A, B))`` except where scipy's own small-angle
+        pairing is off (scipy can return 0 for an angle of 1e-8 next to a large one).
     """
     a = as_float_matrix(A, "A", allow_vector=True)
     b = as_float_matrix(B, "B", allow_vector=True)
@@ -258,8 +297,8 @@ def subspace_overlap(A: Any, B: Any) -> float:
 
 
 def set_num_threads(n: int | None = None) -> None:
-    """Threads used by every Rust routine; ``None`` means all cores."""
-    _core.set_num_threads(0 if n is None else _as_index(n, "n", low=1))
+    """Threads used by every Rust routine; ``None`` means all cores (at most 1024)."""
+    _core.set_num_threads(0 if n is None else _as_index(n, "n", low=1, high=1024))
 
 
 def get_num_threads() -> int:
@@ -267,11 +306,13 @@ def get_num_threads() -> int:
     return int(_core.get_num_threads())
 
 
-def _as_index(value: Any, name: str, *, low: int) -> int:
+def _as_index(value: Any, name: str, *, low: int, high: int = 2**62) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise InvalidTypeError(f"{name}: expected an integer, got {type(value).__name__}")
     if int(value) < low:
         raise InvalidArgumentError(f"{name}: expected an integer ≥ {low}, got {value}")
+    if int(value) > high:
+        raise InvalidArgumentError(f"{name}: expected an integer ≤ {high}, got {value}")
     return int(value)
 
 

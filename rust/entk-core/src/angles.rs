@@ -39,7 +39,8 @@ fn svd_thin<T: Scalar>(
         par,
         Default::default(),
     );
-    let mut buf = MemBuffer::new(scratch);
+    let mut buf =
+        MemBuffer::try_new(scratch).map_err(|_| CoreError::out_of_memory("principal_angles"))?;
     svd::svd(
         a,
         s.as_mut(),
@@ -63,6 +64,16 @@ pub fn orthonormal_basis<T: Scalar>(
 ) -> CoreResult<Mat<T>> {
     check::non_empty(arg, a)?;
     check::finite(arg, a)?;
+    // The span does not depend on scale: normalise so that the SVD cannot over/underflow.
+    let top = check::max_abs(a);
+    let normalised;
+    let a = if top > T::ZERO {
+        let inv = T::ONE / top;
+        normalised = Mat::from_fn(a.nrows(), a.ncols(), |i, j| a[(i, j)] * inv);
+        normalised.as_ref()
+    } else {
+        a
+    };
     let (s, u) = svd_thin(a, true, par)?;
     let u = u.expect("requested");
     let top = s.first().copied().unwrap_or(T::ZERO).to_f64();
@@ -122,7 +133,7 @@ pub fn principal_angles<T: Scalar>(
     };
     let (sines, _) = svd_thin(residual.as_ref(), false, par)?;
     let count = cosines.len();
-    let angles = (0..count)
+    let mut angles: Vec<f64> = (0..count)
         .map(|i| {
             let cos = cosines[i].to_f64().clamp(-1.0, 1.0);
             if cos * cos >= 0.5 {
@@ -133,6 +144,8 @@ pub fn principal_angles<T: Scalar>(
             }
         })
         .collect();
+    // The two formulas meet at 45°, where round-off can swap neighbours: sort to guarantee order.
+    angles.sort_by(f64::total_cmp);
     Ok(angles)
 }
 

@@ -49,31 +49,58 @@ pub fn cols<T>(arg: &'static str, a: MatRef<'_, T>, cols: usize, why: &str) -> C
     Ok(())
 }
 
-/// Fails at the first NaN or infinity in `a` (scanned in parallel over columns).
-pub fn finite<T: Scalar>(arg: &'static str, a: MatRef<'_, T>) -> CoreResult<()> {
-    let bad = (0..a.ncols()).into_par_iter().find_first(|&j| {
-        let col = a.col(j);
-        (0..a.nrows()).any(|i| !col[i].is_finite_val())
-    });
-    if let Some(col) = bad {
-        let row = (0..a.nrows())
-            .find(|&i| !a[(i, col)].is_finite_val())
-            .unwrap_or(0);
-        return Err(CoreError::NonFinite { arg, row, col });
+/// `a` viewed so that its columns are contiguous in memory when its rows are (numpy's C
+/// order), with a flag saying it was transposed: scans then read memory in order.
+fn column_major<T>(a: MatRef<'_, T>) -> (MatRef<'_, T>, bool) {
+    if a.row_stride().unsigned_abs() != 1 && a.col_stride().unsigned_abs() == 1 {
+        (a.transpose(), true)
+    } else {
+        (a, false)
     }
-    Ok(())
 }
 
-/// Largest absolute entry of `a`.
+/// Largest |entry| of `a`, or the index of a NaN/inf in it; one pass in memory order.
+fn scan<T: Scalar>(a: MatRef<'_, T>) -> Result<T, (usize, usize)> {
+    let (v, transposed) = column_major(a);
+    let per_column = (0..v.ncols()).into_par_iter().map(|j| {
+        let col = v.col(j);
+        let mut top = T::ZERO;
+        for i in 0..v.nrows() {
+            let x = col[i];
+            if !x.is_finite_val() {
+                return Err(if transposed { (j, i) } else { (i, j) });
+            }
+            let x = x.abs_val();
+            if x > top {
+                top = x;
+            }
+        }
+        Ok(top)
+    });
+    per_column.try_reduce(|| T::ZERO, |x, y| Ok(if x > y { x } else { y }))
+}
+
+/// Fails at a NaN or infinity in `a` (named by its index).
+pub fn finite<T: Scalar>(arg: &'static str, a: MatRef<'_, T>) -> CoreResult<()> {
+    finite_max_abs(arg, a).map(|_| ())
+}
+
+/// Largest |entry| of `a`, failing at a NaN or infinity.
+pub fn finite_max_abs<T: Scalar>(arg: &'static str, a: MatRef<'_, T>) -> CoreResult<T> {
+    scan(a).map_err(|(row, col)| CoreError::NonFinite { arg, row, col })
+}
+
+/// Largest absolute entry of `a` (NaNs ignored).
 pub fn max_abs<T: Scalar>(a: MatRef<'_, T>) -> T {
-    (0..a.ncols())
+    let (v, _) = column_major(a);
+    (0..v.ncols())
         .into_par_iter()
         .map(|j| {
-            let col = a.col(j);
-            (0..a.nrows()).fold(T::ZERO, |m, i| {
-                let v = col[i].abs_val();
-                if v > m {
-                    v
+            let col = v.col(j);
+            (0..v.nrows()).fold(T::ZERO, |m, i| {
+                let x = col[i].abs_val();
+                if x > m {
+                    x
                 } else {
                     m
                 }
@@ -87,19 +114,45 @@ pub fn symmetry_tolerance<T: Scalar>(scale: T) -> f64 {
     T::EPSILON.to_f64().sqrt() * scale.to_f64()
 }
 
+/// Side of the square tiles in which symmetric pairs (i, j), (j, i) are compared or copied:
+/// both tiles stay in cache whatever the memory order.
+pub(crate) const SYM_TILE: usize = 64;
+
+/// Largest |a[i, j] − a[j, i]| of the square `a`, read tile by tile.
+fn max_asymmetry<T: Scalar>(a: MatRef<'_, T>) -> f64 {
+    let n = a.nrows();
+    let tiles = n.div_ceil(SYM_TILE);
+    (0..tiles)
+        .into_par_iter()
+        .map(|tj| {
+            let j0 = tj * SYM_TILE;
+            let j1 = (j0 + SYM_TILE).min(n);
+            let mut worst = 0.0f64;
+            for i0 in (j0..n).step_by(SYM_TILE) {
+                let i1 = (i0 + SYM_TILE).min(n);
+                for j in j0..j1 {
+                    for i in i0.max(j + 1)..i1 {
+                        worst = worst.max((a[(i, j)] - a[(j, i)]).abs_val().to_f64());
+                    }
+                }
+            }
+            worst
+        })
+        .reduce(|| 0.0, f64::max)
+}
+
 /// Fails unless the square `a` is symmetric within `sqrt(eps) * max|a|`.
 pub fn symmetric<T: Scalar>(arg: &'static str, a: MatRef<'_, T>) -> CoreResult<()> {
-    let n = a.nrows();
-    let worst = (0..n)
-        .into_par_iter()
-        .map(|j| {
-            (j + 1..n).fold(0.0f64, |m, i| {
-                let d = (a[(i, j)] - a[(j, i)]).abs_val().to_f64();
-                m.max(d)
-            })
-        })
-        .reduce(|| 0.0, f64::max);
-    let tolerance = symmetry_tolerance(max_abs(a));
+    symmetric_with_scale(arg, a, max_abs(a))
+}
+
+fn symmetric_with_scale<T: Scalar>(
+    arg: &'static str,
+    a: MatRef<'_, T>,
+    scale: T,
+) -> CoreResult<()> {
+    let worst = max_asymmetry(a);
+    let tolerance = symmetry_tolerance(scale);
     if worst > tolerance {
         return Err(CoreError::NotSymmetric {
             arg,
@@ -111,9 +164,47 @@ pub fn symmetric<T: Scalar>(arg: &'static str, a: MatRef<'_, T>) -> CoreResult<(
 }
 
 /// The checks every square symmetric input gets: non-empty, square, finite, symmetric.
-pub fn symmetric_input<T: Scalar>(arg: &'static str, a: MatRef<'_, T>) -> CoreResult<()> {
+/// Returns max |a|.
+pub fn symmetric_input<T: Scalar>(arg: &'static str, a: MatRef<'_, T>) -> CoreResult<T> {
     non_empty(arg, a)?;
     square(arg, a)?;
-    finite(arg, a)?;
-    symmetric(arg, a)
+    let scale = finite_max_abs(arg, a)?;
+    symmetric_with_scale(arg, a, scale)?;
+    Ok(scale)
+}
+
+/// Fails if a freshly computed result holds inf/NaN although its inputs were finite.
+pub fn finite_result<T: Scalar>(what: &str, a: MatRef<'_, T>) -> CoreResult<()> {
+    if finite("result", a).is_err() {
+        return Err(CoreError::Solver(format!(
+            "{what}: the result overflowed to inf/NaN (inputs too large for this dtype; \
+             rescale them or use float64)"
+        )));
+    }
+    Ok(())
+}
+
+/// Largest magnitude that can be squared and summed `terms` times without overflow.
+pub fn overflow_safe<T: Scalar>(max_entry: f64, terms: usize) -> bool {
+    let big = if T::EPSILON.to_f64() < 1e-10 {
+        f64::MAX
+    } else {
+        f32::MAX as f64
+    };
+    max_entry * max_entry * (terms.max(1) as f64) < big / 4.0
+}
+
+/// A power of two that brings `scale` (a largest |entry|) near 1, when it is far enough from
+/// 1 that a solver could under- or overflow; exact, so results scale back without error.
+pub fn rescale_factor<T: Scalar>(scale: f64) -> Option<f64> {
+    let (low, high) = if T::EPSILON.to_f64() < 1e-10 {
+        (1e-100, 1e100)
+    } else {
+        (1e-12, 1e12)
+    };
+    if scale > 0.0 && (scale < low || scale > high) {
+        Some(2f64.powi(-(scale.log2().round() as i32)))
+    } else {
+        None
+    }
 }

@@ -26,7 +26,7 @@ pub(crate) fn self_adjoint_ascending<T: Scalar>(
     let mut u = Mat::<T>::zeros(n, n);
     let scratch =
         evd::self_adjoint_evd_scratch::<T>(n, ComputeEigenvectors::Yes, par, Default::default());
-    let mut buf = MemBuffer::new(scratch);
+    let mut buf = MemBuffer::try_new(scratch).map_err(|_| CoreError::out_of_memory("eigh"))?;
     evd::self_adjoint_evd(
         k,
         s.as_mut(),
@@ -35,7 +35,7 @@ pub(crate) fn self_adjoint_ascending<T: Scalar>(
         MemStack::new(&mut buf),
         Default::default(),
     )
-    .map_err(|_| CoreError::Solver("eigh: the symmetric eigensolver did not converge".into()))?;
+    .map_err(|_| CoreError::Solver("the symmetric eigensolver did not converge".into()))?;
     Ok((s, u))
 }
 
@@ -50,11 +50,33 @@ pub(crate) fn ensure_finite<T: Scalar>(pairs: &EigenPairs<T>, what: &str) -> Cor
     Ok(())
 }
 
+/// Eigendecomposition of `k`, rescaled by a power of two first when its entries are so large
+/// or small that the solver could over- or underflow; eigenvalues are scaled back exactly.
+pub(crate) fn self_adjoint_ascending_scaled<T: Scalar>(
+    k: MatRef<'_, T>,
+    par: Par,
+) -> CoreResult<(Diag<T>, Mat<T>)> {
+    match check::rescale_factor::<T>(check::max_abs(k).to_f64()) {
+        None => self_adjoint_ascending(k, par),
+        Some(factor) => {
+            let f = T::from_f64(factor);
+            let scaled = Mat::from_fn(k.nrows(), k.ncols(), |i, j| k[(i, j)] * f);
+            let (mut s, u) = self_adjoint_ascending(scaled.as_ref(), par)?;
+            let inv = T::from_f64(1.0 / factor);
+            let mut col = s.column_vector_mut();
+            for i in 0..k.nrows() {
+                col[i] *= inv;
+            }
+            Ok((s, u))
+        }
+    }
+}
+
 /// All eigenpairs of the symmetric `k` (n, n), eigenvalues descending.
 pub fn eigh<T: Scalar>(k: MatRef<'_, T>, par: Par) -> CoreResult<EigenPairs<T>> {
     check::symmetric_input("K", k)?;
     let n = k.nrows();
-    let (s, u) = self_adjoint_ascending(k, par)?;
+    let (s, u) = self_adjoint_ascending_scaled(k, par)?;
     let s = s.column_vector();
     let values: Vec<T> = (0..n).map(|i| s[n - 1 - i]).collect();
     let vectors = Mat::from_fn(n, n, |i, j| u[(i, n - 1 - j)]);

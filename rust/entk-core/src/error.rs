@@ -70,5 +70,14 @@ impl fmt::Display for CoreError {
 
 impl std::error::Error for CoreError {}
 
+impl CoreError {
+    /// Scratch memory for a solver could not be allocated.
+    pub fn out_of_memory(what: &str) -> Self {
+        CoreError::Solver(format!(
+            "{what}: not enough memory for the solver's workspace"
+        ))
+    }
+}
+
 /// Result alias used throughout the core.
 pub type CoreResult<T> = Result<T, CoreError>;

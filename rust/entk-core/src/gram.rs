@@ -31,19 +31,19 @@ fn syrk_into<T: Scalar>(mut k: MatMut<'_, T>, beta: Accum, j: MatRef<'_, T>, alp
 }
 
 /// Writes K = J Jᵀ into `out`. `j`: (R, P); `out`: (R, R), overwritten.
-pub fn gram_into<T: Scalar>(out: MatMut<'_, T>, j: MatRef<'_, T>, par: Par) -> CoreResult<()> {
+pub fn gram_into<T: Scalar>(mut out: MatMut<'_, T>, j: MatRef<'_, T>, par: Par) -> CoreResult<()> {
     check_jacobian("J", j)?;
     check::rows("out", out.rb(), j.nrows(), "one per row of J")?;
     check::cols("out", out.rb(), j.nrows(), "one per row of J")?;
-    syrk_into(out, Accum::Replace, j, T::ONE, par);
-    Ok(())
+    syrk_into(out.rb_mut(), Accum::Replace, j, T::ONE, par);
+    check::finite_result("gram", out.rb())
 }
 
 /// Returns K = J Jᵀ, (R, R), for `j` of shape (R, P).
 pub fn gram<T: Scalar>(j: MatRef<'_, T>, par: Par) -> CoreResult<Mat<T>> {
     check_jacobian("J", j)?;
     let mut k = Mat::zeros(j.nrows(), j.nrows());
-    syrk_into(k.as_mut(), Accum::Replace, j, T::ONE, par);
+    gram_into(k.as_mut(), j, par)?;
     Ok(k)
 }
 
@@ -57,8 +57,9 @@ pub fn gram_accumulate<T: Scalar>(
     alpha: T,
     par: Par,
 ) -> CoreResult<()> {
-    check_jacobian("J", j)?;
-    check::symmetric_input("K", k.rb())?;
+    check::non_empty("J", j)?;
+    let j_max = check::finite_max_abs("J", j)?;
+    let k_max = check::symmetric_input("K", k.rb())?;
     check::rows("K", k.rb(), j.nrows(), "one per row of J")?;
     if !alpha.is_finite_val() {
         return Err(crate::CoreError::OutOfRange {
@@ -67,13 +68,23 @@ pub fn gram_accumulate<T: Scalar>(
             got: format!("{}", alpha.to_f64()),
         });
     }
+    // K is updated in place: refuse before touching it if the sum could overflow.
+    let bound =
+        k_max.to_f64() + alpha.abs_val().to_f64() * j_max.to_f64().powi(2) * j.ncols() as f64;
+    if !check::overflow_safe::<T>(bound.sqrt(), 1) {
+        return Err(crate::CoreError::Solver(
+            "gram_accumulate: K + alpha·J Jᵀ could overflow this dtype; K was left unchanged \
+             (rescale J or use float64)"
+                .into(),
+        ));
+    }
     syrk_into(k, Accum::Add, j, alpha, par);
     Ok(())
 }
 
 /// Writes A Bᵀ into `out`. `a`: (R, P), `b`: (S, P), `out`: (R, S).
 pub fn gram_cross_into<T: Scalar>(
-    out: MatMut<'_, T>,
+    mut out: MatMut<'_, T>,
     a: MatRef<'_, T>,
     b: MatRef<'_, T>,
     par: Par,
@@ -83,8 +94,8 @@ pub fn gram_cross_into<T: Scalar>(
     check::cols("B", b, a.ncols(), "the same number of columns as A")?;
     check::rows("out", out.rb(), a.nrows(), "one per row of A")?;
     check::cols("out", out.rb(), b.nrows(), "one per row of B")?;
-    matmul(out, Accum::Replace, a, b.transpose(), T::ONE, par);
-    Ok(())
+    matmul(out.rb_mut(), Accum::Replace, a, b.transpose(), T::ONE, par);
+    check::finite_result("gram_cross", out.rb())
 }
 
 /// Returns A Bᵀ, (R, S), for `a` (R, P) and `b` (S, P): an off-diagonal tile of a Gram matrix.

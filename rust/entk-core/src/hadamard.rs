@@ -26,9 +26,9 @@ pub fn hadamard_gram_accumulate<T: Scalar>(
     par: Par,
 ) -> CoreResult<()> {
     check::non_empty("G", g)?;
-    check::finite("G", g)?;
-    check::symmetric_input("K", k.rb())?;
-    check::symmetric_input("S", s)?;
+    let g_max = check::finite_max_abs("G", g)?;
+    let k_max = check::symmetric_input("K", k.rb())?;
+    let s_max = check::symmetric_input("S", s)?;
     let r = g.nrows();
     check::rows("K", k.rb(), r, "one per row of G")?;
     if block == 0 || r % block != 0 {
@@ -47,6 +47,16 @@ pub fn hadamard_gram_accumulate<T: Scalar>(
         });
     }
 
+    // K is updated in place: refuse before touching it if the sum could overflow.
+    let bound = k_max.to_f64()
+        + alpha.abs_val().to_f64() * s_max.to_f64() * g_max.to_f64().powi(2) * g.ncols() as f64;
+    if !check::overflow_safe::<T>(bound.sqrt(), 1) {
+        return Err(CoreError::Solver(
+            "hadamard_gram_accumulate: the update could overflow this dtype; K was left \
+             unchanged (rescale G or S, or use float64)"
+                .into(),
+        ));
+    }
     let mut scratch = Mat::<T>::zeros(TILE.min(r), r);
     let shared = SharedMut::new(&mut k);
     let mut start = 0;
@@ -78,4 +88,56 @@ pub fn hadamard_gram_accumulate<T: Scalar>(
     }
     mirror_lower(k);
     Ok(())
+}
+
+/// Writes `out[i, j] = alpha · S[i / block, j / block] · ⟨Ga[i], Gb[j]⟩`: an off-diagonal
+/// sample tile of the structured block, so it can be assembled tile by tile in bounded memory.
+///
+/// `ga`: (R, Q); `gb`: (S, Q); `s`: (R / block, S / block); `out`: (R, S).
+pub fn hadamard_gram_cross_into<T: Scalar>(
+    mut out: MatMut<'_, T>,
+    ga: MatRef<'_, T>,
+    gb: MatRef<'_, T>,
+    s: MatRef<'_, T>,
+    block: usize,
+    alpha: T,
+    par: Par,
+) -> CoreResult<()> {
+    check::non_empty("Ga", ga)?;
+    check::non_empty("Gb", gb)?;
+    check::finite("Ga", ga)?;
+    check::finite("Gb", gb)?;
+    check::finite("S", s)?;
+    check::cols("Gb", gb, ga.ncols(), "the same number of columns as Ga")?;
+    for (arg, rows) in [("Ga", ga.nrows()), ("Gb", gb.nrows())] {
+        if block == 0 || rows % block != 0 {
+            return Err(CoreError::OutOfRange {
+                arg: "block",
+                expected: format!("a positive divisor of the {rows} rows of {arg}"),
+                got: block.to_string(),
+            });
+        }
+    }
+    check::rows("S", s, ga.nrows() / block, "rows of Ga divided by block")?;
+    check::cols("S", s, gb.nrows() / block, "rows of Gb divided by block")?;
+    check::rows("out", out.rb(), ga.nrows(), "one per row of Ga")?;
+    check::cols("out", out.rb(), gb.nrows(), "one per row of Gb")?;
+    if !alpha.is_finite_val() {
+        return Err(CoreError::OutOfRange {
+            arg: "alpha",
+            expected: "a finite number".into(),
+            got: format!("{}", alpha.to_f64()),
+        });
+    }
+    matmul(out.rb_mut(), Accum::Replace, ga, gb.transpose(), alpha, par);
+    let cols = out.ncols();
+    let shared = SharedMut::new(&mut out);
+    (0..ga.nrows()).into_par_iter().for_each(|i| {
+        let si = i / block;
+        for j in 0..cols {
+            // SAFETY: task i touches only row i of `out`.
+            unsafe { *shared.at(i, j) *= s[(si, j / block)] };
+        }
+    });
+    check::finite_result("hadamard_gram_cross", out.rb())
 }

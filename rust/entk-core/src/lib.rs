@@ -26,6 +26,6 @@ pub use angles::{orthonormal_basis, principal_angles, subspace_overlap};
 pub use eigen::{eigh, EigenPairs};
 pub use error::{CoreError, CoreResult};
 pub use gram::{gram, gram_accumulate, gram_cross, gram_cross_into, gram_into};
-pub use hadamard::hadamard_gram_accumulate;
+pub use hadamard::{hadamard_gram_accumulate, hadamard_gram_cross_into};
 pub use scalar::Scalar;
 pub use topk::{eigh_topk, eigh_topk_with, TopkMethod, TopkParams};

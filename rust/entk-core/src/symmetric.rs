@@ -1,5 +1,6 @@
 //! Mirroring a lower triangle into the upper one, in parallel.
 
+use crate::check::SYM_TILE;
 use crate::scalar::Scalar;
 use faer::MatMut;
 use rayon::prelude::*;
@@ -35,15 +36,25 @@ impl<T: Copy> SharedMut<T> {
 }
 
 /// Copies the strict lower triangle of the square `k` onto its upper triangle.
+///
+/// Works in square tiles so that both the read tile and the written (transposed) tile stay in
+/// cache whatever the memory order; tasks own disjoint column strips of the lower triangle.
 pub fn mirror_lower<T: Scalar>(mut k: MatMut<'_, T>) {
     let n = k.nrows();
     let shared = SharedMut::new(&mut k);
-    // Task j writes row j of the upper triangle (entries (j, i), i > j) from column j of the
-    // lower one: the written sets are disjoint and never read by another task.
-    (0..n).into_par_iter().with_min_len(16).for_each(|j| {
-        for i in j + 1..n {
-            // SAFETY: (i, j) with i > j is only read, (j, i) is only written by task j.
-            unsafe { *shared.at(j, i) = *shared.at(i, j) };
+    let tiles = n.div_ceil(SYM_TILE);
+    (0..tiles).into_par_iter().for_each(|tj| {
+        let j0 = tj * SYM_TILE;
+        let j1 = (j0 + SYM_TILE).min(n);
+        for i0 in (j0..n).step_by(SYM_TILE) {
+            let i1 = (i0 + SYM_TILE).min(n);
+            for j in j0..j1 {
+                for i in i0.max(j + 1)..i1 {
+                    // SAFETY: (i, j) with i > j lies in this task's strip of the lower triangle
+                    // and is only read; (j, i) is written by this task alone.
+                    unsafe { *shared.at(j, i) = *shared.at(i, j) };
+                }
+            }
         }
     });
 }

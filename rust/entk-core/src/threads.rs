@@ -9,7 +9,11 @@ use rayon::{ThreadPool, ThreadPoolBuilder};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-static POOL: Mutex<Option<Arc<ThreadPool>>> = Mutex::new(None);
+/// `Some(None)` records that no pool could be built: work then runs on the caller, sequentially.
+static POOL: Mutex<Option<Option<Arc<ThreadPool>>>> = Mutex::new(None);
+
+/// The most threads a pool may have (more only adds scheduling overhead).
+pub const MAX_THREADS: usize = 1024;
 static FORKED: AtomicBool = AtomicBool::new(false);
 
 fn default_threads() -> usize {
@@ -18,25 +22,17 @@ fn default_threads() -> usize {
         .unwrap_or(1)
 }
 
-fn build(n: usize) -> Arc<ThreadPool> {
-    let pool = ThreadPoolBuilder::new()
-        .num_threads(n)
+fn build(n: usize) -> Option<Arc<ThreadPool>> {
+    // Even one thread gets its own pool, so that rayon loops inside it stay on that thread.
+    ThreadPoolBuilder::new()
+        .num_threads(n.min(MAX_THREADS))
         .thread_name(|i| format!("entk-core-{i}"))
-        .build();
-    match pool {
-        Ok(p) => Arc::new(p),
-        // A pool that cannot spawn threads still works single-threaded on the caller.
-        Err(_) => Arc::new(
-            ThreadPoolBuilder::new()
-                .num_threads(1)
-                .use_current_thread()
-                .build()
-                .expect("a one-thread pool on the current thread needs no spawning"),
-        ),
-    }
+        .build()
+        .ok()
+        .map(Arc::new)
 }
 
-fn pool() -> Arc<ThreadPool> {
+fn pool() -> Option<Arc<ThreadPool>> {
     let mut guard = match POOL.lock() {
         Ok(g) => g,
         Err(poisoned) => poisoned.into_inner(),
@@ -52,19 +48,25 @@ fn pool() -> Arc<ThreadPool> {
         .clone()
 }
 
-/// Sets the number of threads used by every parallel routine; `0` means all cores.
+/// Sets the number of threads used by every parallel routine; `0` means all cores
+/// (at most [`MAX_THREADS`]).
 pub fn set_num_threads(n: usize) {
-    let n = if n == 0 { default_threads() } else { n };
+    let n = if n == 0 {
+        default_threads()
+    } else {
+        n.min(MAX_THREADS)
+    };
+    let pool = build(n);
     let mut guard = match POOL.lock() {
         Ok(g) => g,
         Err(poisoned) => poisoned.into_inner(),
     };
-    *guard = Some(build(n));
+    *guard = Some(pool);
 }
 
 /// Number of threads the parallel routines use.
 pub fn num_threads() -> usize {
-    pool().current_num_threads()
+    pool().map_or(1, |p| p.current_num_threads())
 }
 
 /// Marks the pool as lost; call in a child process right after `fork`.
@@ -72,9 +74,14 @@ pub fn after_fork_in_child() {
     FORKED.store(true, Ordering::SeqCst);
 }
 
-/// Runs `f` inside the core's pool, handing it the matching faer parallelism.
+/// Runs `f` inside the core's pool, handing it the matching faer parallelism; with one thread
+/// (or when no pool could be started) `f` runs on the caller with `Par::Seq`.
 pub fn install<R: Send>(f: impl FnOnce(Par) -> R + Send) -> R {
-    let pool = pool();
-    let n = pool.current_num_threads();
-    pool.install(move || f(if n <= 1 { Par::Seq } else { Par::rayon(n) }))
+    match pool() {
+        Some(pool) => {
+            let n = pool.current_num_threads();
+            pool.install(move || f(if n <= 1 { Par::Seq } else { Par::rayon(n) }))
+        }
+        None => f(Par::Seq),
+    }
 }

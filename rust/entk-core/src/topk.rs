@@ -7,7 +7,9 @@
 //! the n³ of a full solve.
 
 use crate::check;
-use crate::eigen::{ensure_finite, self_adjoint_ascending, EigenPairs};
+use crate::eigen::{
+    ensure_finite, self_adjoint_ascending, self_adjoint_ascending_scaled, EigenPairs,
+};
 use crate::error::{CoreError, CoreResult};
 use crate::rng::SplitMix64;
 use crate::scalar::Scalar;
@@ -76,8 +78,15 @@ pub fn eigh_topk_with<T: Scalar>(
             got: k.to_string(),
         });
     }
-    let block = (k + params.oversample).min(n);
-    let width = block * params.basis_blocks.max(3);
+    if params.basis_blocks < 3 || params.basis_blocks > 64 {
+        return Err(CoreError::OutOfRange {
+            arg: "basis_blocks",
+            expected: "an integer in [3, 64]".into(),
+            got: params.basis_blocks.to_string(),
+        });
+    }
+    let block = k.saturating_add(params.oversample).min(n);
+    let width = block * params.basis_blocks;
     // The full solve wins when the Krylov basis would be a sizeable part of the space.
     if 2 * width >= n {
         return Ok((dense_top(kmat, k, par)?, TopkMethod::Dense));
@@ -87,23 +96,41 @@ pub fn eigh_topk_with<T: Scalar>(
     } else {
         1e-4
     });
+    // Krylov on a badly scaled K works on a power-of-two rescaled copy (exact to scale back).
+    let factor = check::rescale_factor::<T>(check::max_abs(kmat).to_f64());
+    let scaled;
+    let kmat = match factor {
+        Some(f) => {
+            let f = T::from_f64(f);
+            scaled = Mat::from_fn(n, n, |i, j| kmat[(i, j)] * f);
+            scaled.as_ref()
+        }
+        None => kmat,
+    };
+    let unscale = |mut pairs: EigenPairs<T>| {
+        if let Some(f) = factor {
+            let inv = T::from_f64(1.0 / f);
+            pairs.values.iter_mut().for_each(|v| *v *= inv);
+        }
+        pairs
+    };
     let mut solver = BlockKrylov::new(kmat, block, width, params.seed, par);
     for cycle in 1..=params.max_cycles {
         solver.expand();
         let ritz = solver.rayleigh_ritz(k)?;
         if ritz.max_relative_residual <= tol {
-            let pairs = ritz.pairs;
+            let pairs = unscale(ritz.pairs);
             ensure_finite(&pairs, "eigh_topk")?;
             return Ok((pairs, TopkMethod::Krylov { cycles: cycle }));
         }
         solver.restart(&ritz);
     }
-    Ok((dense_top(kmat, k, par)?, TopkMethod::DenseFallback))
+    Ok((unscale(dense_top(kmat, k, par)?), TopkMethod::DenseFallback))
 }
 
 fn dense_top<T: Scalar>(kmat: MatRef<'_, T>, k: usize, par: Par) -> CoreResult<EigenPairs<T>> {
     let n = kmat.nrows();
-    let (s, u) = self_adjoint_ascending(kmat, par)?;
+    let (s, u) = self_adjoint_ascending_scaled(kmat, par)?;
     let s = s.column_vector();
     let pairs = EigenPairs {
         values: (0..k).map(|i| s[n - 1 - i]).collect(),

@@ -26,7 +26,7 @@ fn gram_impl<'py, T: Element + Scalar>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let jv = view(py, "J", j)?;
     let r = jv.nrows();
-    let (out, outv) = new_output::<T>(py, r, r);
+    let (out, outv) = new_output::<T>(py, r, r)?;
     detach(py, move |par| entk_core::gram_into(outv, jv, par))?;
     Ok(out.into_any())
 }
@@ -76,7 +76,7 @@ fn cross_impl<'py, T: Element + Scalar>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let av = view(py, "A", a)?;
     let bv = view(py, "B", b)?;
-    let (out, outv) = new_output::<T>(py, av.nrows(), bv.nrows());
+    let (out, outv) = new_output::<T>(py, av.nrows(), bv.nrows())?;
     detach(py, move |par| entk_core::gram_cross_into(outv, av, bv, par))?;
     Ok(out.into_any())
 }
@@ -134,6 +134,47 @@ pub fn hadamard_gram_accumulate(
     }
 }
 
+fn hadamard_cross_impl<'py, T: Element + Scalar>(
+    py: Python<'py>,
+    ga: &PyReadonlyArray2<'py, T>,
+    gb: &PyReadonlyArray2<'py, T>,
+    s: &PyReadonlyArray2<'py, T>,
+    block: usize,
+    alpha: f64,
+) -> PyResult<Bound<'py, PyAny>> {
+    let gav = view(py, "Ga", ga)?;
+    let gbv = view(py, "Gb", gb)?;
+    let sv = view(py, "S", s)?;
+    let (out, outv) = new_output::<T>(py, gav.nrows(), gbv.nrows())?;
+    detach(py, move |par| {
+        entk_core::hadamard_gram_cross_into(outv, gav, gbv, sv, block, T::from_f64(alpha), par)
+    })?;
+    Ok(out.into_any())
+}
+
+/// hadamard_gram_cross(Ga, Gb, S, block, alpha) -> out with
+/// out[i, j] = alpha * S[i // block, j // block] * <Ga[i], Gb[j]>.
+#[pyfunction]
+#[pyo3(signature = (ga, gb, s, block = 1, alpha = 1.0))]
+pub fn hadamard_gram_cross<'py>(
+    py: Python<'py>,
+    ga: Matrix<'py>,
+    gb: Matrix<'py>,
+    s: Matrix<'py>,
+    block: usize,
+    alpha: f64,
+) -> PyResult<Bound<'py, PyAny>> {
+    match (ga, gb, s) {
+        (Matrix::F64(ga), Matrix::F64(gb), Matrix::F64(s)) => {
+            hadamard_cross_impl(py, &ga, &gb, &s, block, alpha)
+        }
+        (Matrix::F32(ga), Matrix::F32(gb), Matrix::F32(s)) => {
+            hadamard_cross_impl(py, &ga, &gb, &s, block, alpha)
+        }
+        _ => Err(dtype_mismatch(py, "hadamard_gram_cross(Ga, Gb, S)")),
+    }
+}
+
 type EigOut<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>);
 
 fn eigh_impl<'py, T: Element + Scalar>(
@@ -144,7 +185,7 @@ fn eigh_impl<'py, T: Element + Scalar>(
     let pairs = detach(py, move |par| entk_core::eigh(kv, par))?;
     Ok((
         vector(py, pairs.values).into_any(),
-        to_numpy(py, &pairs.vectors).into_any(),
+        to_numpy(py, &pairs.vectors)?.into_any(),
     ))
 }
 
@@ -174,7 +215,7 @@ fn topk_impl<'py, T: Element + Scalar>(
     };
     Ok((
         vector(py, pairs.values).into_any(),
-        to_numpy(py, &pairs.vectors).into_any(),
+        to_numpy(py, &pairs.vectors)?.into_any(),
         method,
     ))
 }
@@ -232,7 +273,10 @@ fn angles_dispatch<'py>(
     match (a, b) {
         (Matrix::F64(a), Matrix::F64(b)) => angles_impl(py, &a, &b, overlap),
         (Matrix::F32(a), Matrix::F32(b)) => angles_impl(py, &a, &b, overlap),
-        _ => Err(dtype_mismatch(py, "principal_angles(A, B)")),
+        _ => Err(dtype_mismatch(
+            py,
+            "principal_angles / subspace_overlap (A, B)",
+        )),
     }
 }
 
