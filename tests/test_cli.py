@@ -57,12 +57,14 @@ def test_train_modadd(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert (out / "training_curve.png").is_file()
 
 
-def test_train_tms_with_progress_bar(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_tms_bar_is_quiet_off_a_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "tms-10-09"
     argv = ["train", "tms", "--hidden", "10", "--sparsity", "0.9", "--steps", "40"]
     assert main([*argv, "--log-every", "20", "--out", str(out)]) == 0
     captured = capsys.readouterr()
-    assert "40/40" in captured.err  # the tqdm bar
+    assert "40/40" not in captured.err  # stderr is not a TTY here: no bar in logs
     assert "reconstructed features" in captured.out
     run = load_run(out)
     assert (run.config.n_hidden, run.config.sparsity, run.config.steps) == (10, 0.9, 40)
@@ -232,3 +234,12 @@ def test_real_sigint_and_sigkill_then_resume_is_bit_identical(tmp_path: Path) ->
     for a, b in zip(run.load_checkpoint().parameters(), reference.model.parameters(), strict=True):
         assert torch.equal(a, b)
     assert (run.history["test_acc"] == reference.history["test_acc"]).all()
+
+
+def test_training_progress_bar_draws_when_enabled(capsys: pytest.CaptureFixture[str]) -> None:
+    from entk_fast.train import tqdm_progress
+
+    update = tqdm_progress("train tms", disable=False)
+    for step in (0, 20, 40):
+        update(step, 40, {"train_loss": 0.5})
+    assert "40/40" in capsys.readouterr().err
