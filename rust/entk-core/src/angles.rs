@@ -96,16 +96,7 @@ pub fn principal_angles<T: Scalar>(
     b: MatRef<'_, T>,
     par: Par,
 ) -> CoreResult<Vec<f64>> {
-    let (qa, qb) = bases(a, b, par)?;
-    let mut c = Mat::<T>::zeros(qa.ncols(), qb.ncols());
-    matmul(
-        c.as_mut(),
-        Accum::Replace,
-        qa.transpose(),
-        qb.as_ref(),
-        T::ONE,
-        par,
-    );
+    let (qa, qb, c) = cosine_matrix(a, b, par)?;
     let (cosines, _) = svd_thin(c.as_ref(), false, par)?;
     // Residual of the wider basis' complement: its singular values are the sines, descending.
     let residual = if qa.ncols() >= qb.ncols() {
@@ -155,6 +146,25 @@ pub fn subspace_overlap<T: Scalar>(
     b: MatRef<'_, T>,
     par: Par,
 ) -> CoreResult<f64> {
+    let (_, _, c) = cosine_matrix(a, b, par)?;
+    // ‖Q_Aᵀ Q_B‖_F² = Σ σ² exactly; accumulated in f64.
+    let mut total = 0.0f64;
+    for j in 0..c.ncols() {
+        for i in 0..c.nrows() {
+            total += c[(i, j)].to_f64().powi(2);
+        }
+    }
+    Ok(total)
+}
+
+/// Orthonormal bases Q_A, Q_B of the two spans and C = Q_Aᵀ Q_B, whose singular values are
+/// the cosines of the principal angles.
+#[allow(clippy::type_complexity)]
+fn cosine_matrix<T: Scalar>(
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    par: Par,
+) -> CoreResult<(Mat<T>, Mat<T>, Mat<T>)> {
     let (qa, qb) = bases(a, b, par)?;
     let mut c = Mat::<T>::zeros(qa.ncols(), qb.ncols());
     matmul(
@@ -165,14 +175,7 @@ pub fn subspace_overlap<T: Scalar>(
         T::ONE,
         par,
     );
-    // ‖Q_Aᵀ Q_B‖_F² = Σ σ² exactly; accumulated in f64.
-    let mut total = 0.0f64;
-    for j in 0..c.ncols() {
-        for i in 0..c.nrows() {
-            total += c[(i, j)].to_f64().powi(2);
-        }
-    }
-    Ok(total)
+    Ok((qa, qb, c))
 }
 
 fn bases<T: Scalar>(a: MatRef<'_, T>, b: MatRef<'_, T>, par: Par) -> CoreResult<(Mat<T>, Mat<T>)> {

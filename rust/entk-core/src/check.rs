@@ -173,6 +173,18 @@ pub fn symmetric_input<T: Scalar>(arg: &'static str, a: MatRef<'_, T>) -> CoreRe
     Ok(scale)
 }
 
+/// Fails unless the scalar argument `arg` is finite.
+pub fn finite_scalar<T: Scalar>(arg: &'static str, value: T) -> CoreResult<()> {
+    if !value.is_finite_val() {
+        return Err(CoreError::OutOfRange {
+            arg,
+            expected: "a finite number".into(),
+            got: format!("{}", value.to_f64()),
+        });
+    }
+    Ok(())
+}
+
 /// Fails if a freshly computed result holds inf/NaN although its inputs were finite.
 pub fn finite_result<T: Scalar>(what: &str, a: MatRef<'_, T>) -> CoreResult<()> {
     if finite("result", a).is_err() {

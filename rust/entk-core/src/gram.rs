@@ -61,13 +61,7 @@ pub fn gram_accumulate<T: Scalar>(
     let j_max = check::finite_max_abs("J", j)?;
     let k_max = check::symmetric_input("K", k.rb())?;
     check::rows("K", k.rb(), j.nrows(), "one per row of J")?;
-    if !alpha.is_finite_val() {
-        return Err(crate::CoreError::OutOfRange {
-            arg: "alpha",
-            expected: "a finite number".into(),
-            got: format!("{}", alpha.to_f64()),
-        });
-    }
+    check::finite_scalar("alpha", alpha)?;
     // K is updated in place: refuse before touching it if the sum could overflow.
     let bound =
         k_max.to_f64() + alpha.abs_val().to_f64() * j_max.to_f64().powi(2) * j.ncols() as f64;

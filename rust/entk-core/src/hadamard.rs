@@ -39,13 +39,7 @@ pub fn hadamard_gram_accumulate<T: Scalar>(
         });
     }
     check::rows("S", s, r / block, "rows of G divided by block")?;
-    if !alpha.is_finite_val() {
-        return Err(CoreError::OutOfRange {
-            arg: "alpha",
-            expected: "a finite number".into(),
-            got: format!("{}", alpha.to_f64()),
-        });
-    }
+    check::finite_scalar("alpha", alpha)?;
 
     // K is updated in place: refuse before touching it if the sum could overflow.
     let bound = k_max.to_f64()
@@ -122,13 +116,7 @@ pub fn hadamard_gram_cross_into<T: Scalar>(
     check::cols("S", s, gb.nrows() / block, "rows of Gb divided by block")?;
     check::rows("out", out.rb(), ga.nrows(), "one per row of Ga")?;
     check::cols("out", out.rb(), gb.nrows(), "one per row of Gb")?;
-    if !alpha.is_finite_val() {
-        return Err(CoreError::OutOfRange {
-            arg: "alpha",
-            expected: "a finite number".into(),
-            got: format!("{}", alpha.to_f64()),
-        });
-    }
+    check::finite_scalar("alpha", alpha)?;
     matmul(out.rb_mut(), Accum::Replace, ga, gb.transpose(), alpha, par);
     let cols = out.ncols();
     let shared = SharedMut::new(&mut out);
