@@ -5,10 +5,23 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from ntk_reference import MLP, make_case, relative_error
+from ntk_reference import (
+    MLP,
+    TokenMLP,
+    make_case,
+    reference_jacobian,
+    reference_kernel,
+    relative_error,
+)
 
 from entk_fast import MemoryBudgetError, empirical_ntk, entk_spectrum, entk_topk
-from entk_fast.ntk.budget import format_bytes, parse_memory, plan_general, plan_structured
+from entk_fast.ntk.budget import (
+    format_bytes,
+    parse_memory,
+    plan_general,
+    plan_structured,
+    structured_cap,
+)
 from entk_fast.ntk.prepare import evaluation_mode, prepare
 from entk_fast.ntk.structured import find_layers
 
@@ -68,25 +81,124 @@ def test_parameters_split_into_packs() -> None:
     assert relative_error(tight.kernel, loose.kernel) < 1e-12
 
 
-def test_structured_layers_that_do_not_fit_fall_back() -> None:
-    torch.manual_seed(1)
-    model = MLP(3, (2, 40), 3).double().eval()  # the last layer's cotangents dominate
-    x = torch.randn(9, 3, dtype=torch.float64)
-    problem = _problem(model, x, "flattened")
-    layers = find_layers(problem)
+def _structured_plan(  # type: ignore[no-untyped-def]
+    model: torch.nn.Module, inputs: tuple, reduction: str, budget: int, groups: object = None
+):
+    """The structured plan ``empirical_ntk(..., layerwise=True)`` makes under ``budget``."""
+    with evaluation_mode(model):
+        problem = prepare(model, inputs, reduction=reduction, groups=groups)
+        return problem, plan_structured(problem, find_layers(problem), budget, layerwise=True)
 
-    def falls_back(budget: int) -> bool:
-        rejected = plan_structured(problem, layers, budget)[1]
-        names = [name for layer in rejected for name in layer.names]
-        return 0 < len(rejected) < len(layers) and bool(
-            plan_general(problem, [(None, names)], budget)
+
+def _check_tight(
+    model: torch.nn.Module, inputs: tuple, reduction: str, budget: int, **kwargs: object
+) -> None:
+    """The kernel under ``budget`` equals the unconstrained one and the brute-force reference."""
+    tight = empirical_ntk(
+        model, inputs, reduction=reduction, max_memory=budget, layerwise=True, **kwargs
+    )
+    loose = empirical_ntk(model, inputs, reduction=reduction, layerwise=True, **kwargs)
+    assert set(tight.paths.values()) == {"structured"}
+    assert relative_error(tight.kernel, loose.kernel) < 1e-12
+    for key in loose.layer_kernels:
+        assert relative_error(tight.layer_kernels[key], loose.layer_kernels[key]) < 1e-12
+    expected = reference_kernel(reference_jacobian(model, inputs), reduction)
+    assert relative_error(tight.kernel, expected) < 1e-10
+
+
+TILED_CASES = [
+    ("mlp", "flattened"),
+    ("mlp", "trace"),
+    ("mlp", "mean_pairs"),
+    ("tokens", "flattened"),
+    ("tokens", "trace"),
+    ("padded", "mean_pairs"),
+]
+
+
+def _tiled_model(name: str, n: int = 40) -> tuple[torch.nn.Module, tuple]:
+    """Enough samples that the N×N activation Grams, not the cotangents, force sample tiles."""
+    torch.manual_seed(1)
+    if name == "mlp":  # the middle layer's cotangents dominate
+        model: torch.nn.Module = MLP(3, (2, 40), 3).double().eval()
+        return model, (torch.randn(n, 3, dtype=torch.float64),)
+    model = TokenMLP(vocab=7, dim=30, padding_idx=2 if name == "padded" else None)
+    return model.double().eval(), (torch.randint(0, 7, (n,)),)
+
+
+@pytest.mark.parametrize(("name", "reduction"), TILED_CASES)
+def test_structured_sample_tiles_give_the_same_kernel(name: str, reduction: str) -> None:
+    model, inputs = _tiled_model(name)
+    n = inputs[0].shape[0]
+
+    def tiled(budget: int) -> bool:
+        problem, (sweeps, rejected) = _structured_plan(model, inputs, reduction, budget)
+        tiles = [s.tile for s in sweeps]
+        # at least three tiles, the last one shorter: diagonal, cross and ragged tiles
+        return not rejected and any(2 <= t and n % t and n // t >= 2 for t in tiles)
+
+    budget = _first_budget(tiled)
+    _check_tight(model, inputs, reduction, budget)
+
+
+def test_structured_tiles_with_weight_and_bias_in_different_groups() -> None:
+    model, inputs = _tiled_model("mlp")
+    n = inputs[0].shape[0]
+    groups = {
+        "weights": ["layers.0.weight", "layers.1.weight", "layers.2.weight"],
+        "biases": ["layers.0.bias", "layers.1.bias", "layers.2.bias"],
+    }
+    for reduction in ("flattened", "trace"):
+        budget = _first_budget(
+            lambda b, r=reduction: (
+                not (plan := _structured_plan(model, inputs, r, b, groups)[1])[1]
+                and any(2 <= s.tile < n for s in plan[0])
+            )
+        )
+        _check_tight(model, inputs, reduction, budget, groups=groups)
+
+
+@pytest.mark.parametrize("name", ["mlp", "tokens"])
+def test_structured_output_row_groups_give_the_same_kernel(name: str) -> None:
+    model, inputs = _tiled_model(name)
+    n = inputs[0].shape[0]
+
+    def grouped(budget: int) -> bool:
+        problem, (sweeps, rejected) = _structured_plan(model, inputs, "trace", budget)
+        return not rejected and any(
+            s.tile >= n and 1 <= s.group < problem.rows_per_sample for s in sweeps
         )
 
-    budget = _first_budget(falls_back)
-    tight = empirical_ntk(model, x, max_memory=budget)
-    assert set(tight.paths.values()) == {"structured", "general"}
-    loose = empirical_ntk(model, x)
-    assert relative_error(tight.kernel, loose.kernel) < 1e-12
+    _check_tight(model, inputs, "trace", _first_budget(grouped))
+
+
+def test_structured_plan_stays_within_the_cap_of_one_chunk() -> None:
+    torch.manual_seed(2)
+    model = MLP(8, (64,), 40).eval()  # float32, trace: cotangents (N, C·64) ≫ kernel (N, N)
+    x = torch.randn(1000, 8)
+    with evaluation_mode(model):
+        problem = prepare(model, x, reduction="trace")
+    layers = find_layers(problem)
+    kernel = problem.kernel_size**2 * problem.itemsize
+    sweeps, rejected = plan_structured(problem, layers, 10**12, kernel)
+    assert not rejected
+    cap = structured_cap(kernel)
+    for sweep in sweeps:
+        assert sweep.tile >= problem.n_samples and sweep.group < problem.rows_per_sample
+        held = problem.n_samples * sweep.group * sum(layer.out_features for layer in sweep.layers)
+        assert held * problem.itemsize <= cap
+
+
+def test_structured_layers_that_cannot_fit_even_tiled_are_rejected() -> None:
+    model, inputs = _tiled_model("mlp", n=11)
+    with evaluation_mode(model):
+        problem = prepare(model, inputs, reduction="flattened")
+    layers = find_layers(problem)
+    sweeps, rejected = plan_structured(problem, layers, 200)
+    assert not sweeps and len(rejected) == len(layers)
+    budget = _first_budget(lambda b: not plan_structured(problem, layers, b)[1])
+    sweeps, rejected = plan_structured(problem, layers, budget)
+    assert sweeps and not rejected and min(s.tile for s in sweeps) == 1
 
 
 def test_dual_recomputes_jacobian_when_it_cannot_be_kept() -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "parse_memory",
     "plan_general",
     "plan_structured",
+    "structured_cap",
     "work_budget",
 ]
 
@@ -55,6 +56,12 @@ _MIN_DEFAULT = 64 * 2**20
 # peak memory stays near "outputs + one buffer" at the cost of a few more, smaller passes.
 _TRANSIENT_FRACTION = 0.1
 _TRANSIENT_FLOOR = 4 * 2**20
+# The structured path holds its cotangents and activation Grams within this fraction of the
+# outputs (at least the floor) even when the budget is larger: trace / mean_pairs then take
+# the output rows a few at a time (only the cheap forward is repeated), so the peak stays
+# near "kernel + one chunk".
+_STRUCTURED_FRACTION = 0.5
+_STRUCTURED_FLOOR = 16 * 2**20
 
 
 def _cap_chunk(chunk: int, per_sample: int, kept: int) -> int:
@@ -221,53 +228,170 @@ def plan_general(
 
 @dataclass(frozen=True)
 class StructuredPass:
-    """Layers whose activations and output cotangents are gathered in one sweep."""
+    """Layers whose activations and output cotangents are gathered in one sweep.
+
+    Untiled (``tile`` ≥ N): the cotangents of all N samples are held for ``group`` output rows
+    at a time (trace / mean_pairs sum over rows, so each row group's Hadamard-Gram adds up;
+    a flattened kernel takes all rows at once), next to each layer's N×N activation Gram.
+    Tiled (``tile`` < N): the cotangents of two sample tiles are held at once and the kernel is
+    assembled tile pair by tile pair, at the price of recomputing the second tile's cotangents
+    for every first tile.
+    """
 
     layers: tuple[Any, ...]
     chunk: int
+    """Samples per forward / backward call."""
+    tile: int
+    """Samples per tile; ≥ N means no tiling."""
+    group: int
+    """Output rows per backward sweep (untiled only; all rows when tiled)."""
+    rows: int
+    """Output rows per sample, C_r."""
+
+    def units(self, n: int) -> int:
+        """Progress ticks: one per gathered chunk (untiled) or per gathered tile (tiled)."""
+        if self.tile >= n:
+            return -(-self.rows // self.group) * -(-n // self.chunk)
+        tiles = -(-n // self.tile)
+        return tiles * (tiles + 1) // 2
+
+
+def structured_cap(output_bytes: int) -> int:
+    """Working memory the structured path allows itself however large the budget (one chunk)."""
+    return int(max(_STRUCTURED_FRACTION * output_bytes, _STRUCTURED_FLOOR))
 
 
 def plan_structured(
-    problem: Problem, layers: Sequence[Any], budget: int
+    problem: Problem,
+    layers: Sequence[Any],
+    budget: int,
+    output_bytes: int | None = None,
+    *,
+    layerwise: bool = False,
 ) -> tuple[list[StructuredPass], list[Any]]:
     """Group structured layers into sweeps that fit; layers that cannot fit are returned apart.
 
-    A layer stores its input (N, d_in) and cotangents (N, C_r, d_out); assembling it needs two
-    N×N matrices (the activation Gram and the Hadamard weight).
+    A sweep is planned within :func:`structured_cap` of the outputs when it can be (untiled with
+    the most output rows per backward, else tiled with the largest tile), else within the
+    budget; a layer that fits neither way, even tiled one sample at a time, is rejected.
+    ``output_bytes`` defaults to the kernels' size; ``layerwise`` says whether a layer's weight
+    and bias may go to different kernels (each then needs its own Hadamard weight).
     """
-    n = problem.n_samples
-    it = problem.itemsize
-    rows = problem.rows_per_sample
-    act = problem.probe.activation_numel
-    assemble = 2 * n * n * it
+    if output_bytes is None:
+        count = 1 + (len(problem.groups) if layerwise else 0)
+        output_bytes = count * problem.kernel_size**2 * problem.itemsize
+    group_of = {name: key for key, names in problem.groups.items() for name in names}
 
-    def storage(layer: Any) -> int:
-        return n * (layer.in_features + rows * layer.out_features) * it
+    def ones(layer: Any) -> bool:
+        if layer.bias is None:
+            return False
+        if layer.weight is None:
+            return True
+        return layerwise and group_of.get(layer.weight) != group_of.get(layer.bias)
 
-    def transient(group: Sequence[Any]) -> int:
-        return it * ((rows + 2) * act + 2 * rows * sum(layer.out_features for layer in group))
+    layers = [_Planned(layer, ones(layer)) for layer in layers]
+    limits = [min(int(budget), structured_cap(output_bytes))]
+    if budget > limits[0]:
+        limits.append(int(budget))
 
     passes: list[StructuredPass] = []
     rejected: list[Any] = []
     current: list[Any] = []
     for layer in layers:
-        if storage(layer) + assemble + transient([layer]) > budget:
-            rejected.append(layer)
+        if _plan_sweep(problem, [layer], limits) is None:
+            rejected.append(layer.layer)
             continue
         trial = [*current, layer]
-        if current and sum(map(storage, trial)) + assemble + transient(trial) > budget:
-            passes.append(_structured_pass(current, budget, storage, transient, assemble, n))
+        if current and _untiled(problem, trial, limits[0]) is None:
+            passes.append(_require(_plan_sweep(problem, current, limits)))
             trial = [layer]
         current = trial
     if current:
-        passes.append(_structured_pass(current, budget, storage, transient, assemble, n))
+        passes.append(_require(_plan_sweep(problem, current, limits)))
     return passes, rejected
 
 
-def _structured_pass(
-    layers: list[Any], budget: int, storage: Any, transient: Any, assemble: int, n: int
-) -> StructuredPass:
-    kept = sum(map(storage, layers))
-    per = max(1, transient(layers))
-    chunk = _cap_chunk(int(min(n, max(1, (budget - kept - assemble) // per))), per, kept)
-    return StructuredPass(tuple(layers), chunk)
+@dataclass(frozen=True)
+class _Planned:
+    layer: Any
+    ones: bool
+    """Its bias needs an all-ones Hadamard weight (bias alone, or in another kernel)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.layer, name)
+
+
+def _require(sweep: StructuredPass | None) -> StructuredPass:
+    assert (
+        sweep is not None
+    )  # every layer of it was checked alone, and a sweep only grows if it fits
+    return sweep
+
+
+def _plan_sweep(
+    problem: Problem, layers: Sequence[Any], limits: Sequence[int]
+) -> StructuredPass | None:
+    for limit in limits:
+        sweep = _untiled(problem, layers, limit) or _tiled(problem, layers, limit)
+        if sweep is not None:
+            return sweep
+    return None
+
+
+def _structured_transient(problem: Problem, layers: Sequence[Any], rows: int) -> int:
+    """Bytes per sample of one forward + batched backward over ``rows`` output rows."""
+    act = problem.probe.activation_numel
+    outs = sum(layer.out_features for layer in layers)
+    return problem.itemsize * ((rows + 2) * act + 2 * rows * outs)
+
+
+def _untiled(problem: Problem, layers: Sequence[Any], limit: int) -> StructuredPass | None:
+    """All samples at once, with the most output rows per backward that fit ``limit``."""
+    n = problem.n_samples
+    it = problem.itemsize
+    rows = problem.rows_per_sample
+    # Per layer: its activation Gram (kept across row groups) and its inputs until it is formed;
+    # one more N×N for a bias's all-ones weight or a Gram being formed.
+    fixed = it * (
+        sum(n * n for layer in layers if layer.weight is not None)
+        + n * sum(max(layer.in_features, 2) for layer in layers)
+        + (n * n if any(layer.ones for layer in layers) else 0)
+    )
+    outs = sum(layer.out_features for layer in layers)
+    choices = range(rows, 0, -1) if problem.mode == "sum" else (rows,)
+    for group in choices:
+        kept = fixed + n * group * outs * it
+        per = max(1, _structured_transient(problem, layers, group))
+        if kept + per > limit:
+            continue
+        chunk = _cap_chunk(int(min(n, (limit - kept) // per)), per, kept)
+        return StructuredPass(tuple(layer.layer for layer in layers), chunk, n, group, rows)
+    return None
+
+
+def _tiled(problem: Problem, layers: Sequence[Any], limit: int) -> StructuredPass | None:
+    """Two sample tiles of cotangents (all rows) at a time, the largest tile that fits."""
+    n = problem.n_samples
+    it = problem.itemsize
+    rows = problem.rows_per_sample
+    per_row = problem.kernel_rows_per_sample
+    per_sample = sum(max(layer.in_features, 2) + rows * layer.out_features for layer in layers)
+    per = max(1, _structured_transient(problem, layers, rows))
+
+    def kept(t: int) -> int:
+        # two tiles of inputs and cotangents, an activation tile (and an all-ones one), and a
+        # cross tile of the kernel with its transpose being added
+        return it * (2 * t * per_sample + 2 * t * t + 2 * (t * per_row) ** 2)
+
+    if kept(1) + per > limit:
+        return None
+    lo, hi = 1, max(1, n - 1)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if kept(mid) + per <= limit:
+            lo = mid
+        else:
+            hi = mid - 1
+    tile = lo
+    chunk = _cap_chunk(int(min(tile, (limit - kept(tile)) // per)), per, kept(tile))
+    return StructuredPass(tuple(layer.layer for layer in layers), chunk, tile, rows, rows)

@@ -97,7 +97,9 @@ def compute_kernel(
     budget = work_budget(max_memory, output_bytes, describe_kernel(problem, count))
 
     layers = verify_layers(problem, find_layers(problem)) if structured else []
-    sweeps, _rejected = plan_structured(problem, layers, budget)  # rejected: general path
+    sweeps, _rejected = plan_structured(  # the rejected take the general path
+        problem, layers, budget, output_bytes, layerwise=layerwise
+    )
     fast = {name for sweep in sweeps for layer in sweep.layers for name in layer.names}
     group_of = {name: key for key, names in problem.groups.items() for name in names}
     targets: list[tuple[str | None, list[str]]]
@@ -118,7 +120,7 @@ def compute_kernel(
     target_of: Callable[[str], np.ndarray] = (
         (lambda name: layer_kernels[group_of[name]]) if layerwise else (lambda name: kernel)
     )
-    units = sum(-(-problem.n_samples // sweep.chunk) for sweep in sweeps)
+    units = sum(sweep.units(problem.n_samples) for sweep in sweeps)
     units += sum(
         1 if pack.tile >= problem.n_samples else -(-problem.n_samples // pack.tile)
         for pack in packs

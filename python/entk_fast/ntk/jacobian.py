@@ -91,10 +91,7 @@ def accumulate_pack(
     for i, (a, b) in enumerate(tiles):
         left = as_kernel_rows(problem, jacobian_block(problem, pack.names, a, b, pack.chunk))
         ri = slice(a * per, b * per)
-        diag = linalg.gram(left)
-        diag *= alpha
-        target[ri, ri] += diag
-        del diag
+        linalg.gram_accumulate(target[ri, ri], left, alpha=alpha)
         for c, d in tiles[i + 1 :]:
             right = as_kernel_rows(problem, jacobian_block(problem, pack.names, c, d, pack.chunk))
             cross = linalg.gram_cross(left, right)

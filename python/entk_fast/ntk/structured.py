@@ -217,60 +217,98 @@ def verify_layers(problem: Problem, layers: Sequence[StructuredLayer]) -> list[S
 
 
 def gather(
-    problem: Problem, sweep: StructuredPass, tick: Callable[[int], object]
+    problem: Problem,
+    sweep: StructuredPass,
+    samples: tuple[int, int],
+    rows: tuple[int, int],
+    tick: Callable[[int], object] | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Inputs (N, d_in) or indices (N,) and cotangents (N, C_r, d_out) of the sweep's layers."""
-    n_total = problem.n_samples
-    rows = problem.rows_per_sample
+    """Inputs (n, d_in) or indices (n,) and cotangents (n, rows, d_out) of the sweep's layers.
+
+    For the samples ``start:stop`` and the output rows ``r0:r1`` of R f, ``sweep.chunk``
+    samples per forward and batched backward; ``tick(1)`` after each chunk.
+    """
+    start, stop = samples
+    r0, r1 = rows
+    n_rows = problem.rows_per_sample
+    group = r1 - r0
     layers = sweep.layers
     acts: dict[str, Tensor] = {}
     cots: dict[str, Tensor] = {}
     for layer in layers:
         cots[layer.path] = torch.empty(
-            (n_total, rows, layer.out_features), dtype=problem.dtype, device=problem.device
+            (stop - start, group, layer.out_features), dtype=problem.dtype, device=problem.device
         )
         if layer.kind == "linear":
             acts[layer.path] = torch.empty(
-                (n_total, layer.in_features), dtype=problem.dtype, device=problem.device
+                (stop - start, layer.in_features), dtype=problem.dtype, device=problem.device
             )
         else:
-            acts[layer.path] = torch.empty((n_total,), dtype=torch.long, device=problem.device)
-    for start in range(0, n_total, sweep.chunk):
-        stop = min(start + sweep.chunk, n_total)
-        n = stop - start
-        inputs = tuple(x[start:stop] for x in problem.inputs)
+            acts[layer.path] = torch.empty((stop - start,), dtype=torch.long, device=problem.device)
+    for s in range(start, stop, sweep.chunk):
+        e = min(s + sweep.chunk, stop)
+        n = e - s
+        inputs = tuple(x[s:e] for x in problem.inputs)
         y, probes, seen = _forward_with_probes(problem, layers, inputs, problem.params)
-        basis = torch.eye(rows, dtype=y.dtype, device=y.device).unsqueeze(1).expand(rows, n, rows)
+        eye = torch.eye(n_rows, dtype=y.dtype, device=y.device)[r0:r1]
+        basis = eye.unsqueeze(1).expand(group, n, n_rows)
         with quiet_batching_fallback():
             grads = torch.autograd.grad(
                 y, probes, grad_outputs=basis, is_grads_batched=True, allow_unused=True
             )
+        at = slice(s - start, e - start)
         for layer, grad in zip(layers, grads, strict=True):
             if grad is None:
-                cots[layer.path][start:stop] = 0
+                cots[layer.path][at] = 0
             else:
-                cots[layer.path][start:stop] = grad.reshape(rows, n, layer.out_features).transpose(
-                    0, 1
-                )
-            acts[layer.path][start:stop] = seen[layer.path].reshape(
-                acts[layer.path][start:stop].shape
-            )
-        del y, probes, seen, grads
-        tick(1)
+                cots[layer.path][at] = grad.reshape(group, n, layer.out_features).transpose(0, 1)
+            acts[layer.path][at] = seen[layer.path].reshape(acts[layer.path][at].shape)
+        del y, probes, seen, grads, basis
+        if tick is not None:
+            tick(1)
     return acts, cots
 
 
-def _activation_gram(problem: Problem, layer: StructuredLayer, act: Tensor) -> np.ndarray:
-    """⟨a_n, a_n'⟩ (N, N): a Gram of the inputs, or index equality for an embedding."""
+def _activation_gram(
+    problem: Problem, layer: StructuredLayer, act: Tensor, other: Tensor | None = None
+) -> np.ndarray:
+    """⟨a_n, a_n'⟩ between two sample sets (one: its Gram); index equality for an embedding."""
     if layer.kind == "linear":
-        return linalg.gram(act.detach().cpu().numpy())
+        a = act.detach().cpu().numpy()
+        return linalg.gram(a) if other is None else linalg.gram_cross(a, other.cpu().numpy())
     idx = act.cpu().numpy()
-    same = (idx[:, None] == idx[None, :]).astype(problem.numpy_dtype)
+    jdx = idx if other is None else other.cpu().numpy()
+    same = (idx[:, None] == jdx[None, :]).astype(problem.numpy_dtype)
     if layer.padding_idx is not None:
-        keep = (idx != layer.padding_idx).astype(problem.numpy_dtype)
-        same *= keep[:, None]
-        same *= keep[None, :]
+        same *= (idx != layer.padding_idx).astype(problem.numpy_dtype)[:, None]
+        same *= (jdx != layer.padding_idx).astype(problem.numpy_dtype)[None, :]
     return same
+
+
+def _kernel_rows(problem: Problem, cot: Tensor) -> tuple[np.ndarray, int]:
+    """Cotangents (n, rows, d_out) as the rows of the Hadamard-Gram, and rows per S entry."""
+    n = cot.shape[0]
+    if problem.mode == "rows":
+        return cot.reshape(n * cot.shape[1], cot.shape[2]).detach().cpu().numpy(), cot.shape[1]
+    return cot.reshape(n, -1).detach().cpu().numpy(), 1
+
+
+@dataclass
+class _Targets:
+    """Where a layer's weight and bias blocks go (the same array when they share a kernel)."""
+
+    weight: np.ndarray | None
+    bias: np.ndarray | None
+    merged: bool
+    """Weight and bias share a target: one Hadamard weight S + 1 covers both."""
+
+
+def _targets_of(layer: StructuredLayer, targets: Callable[[str], np.ndarray]) -> _Targets:
+    weight = targets(layer.weight) if layer.weight is not None else None
+    bias = targets(layer.bias) if layer.bias is not None else None
+    if weight is not None and bias is weight:
+        return _Targets(weight, None, True)
+    return _Targets(weight, bias, False)
 
 
 def accumulate_pass(
@@ -280,31 +318,111 @@ def accumulate_pass(
     tick: Callable[[int], object],
 ) -> None:
     """Add each layer's block into ``targets(param_name)`` (the full or the layer kernel)."""
-    acts, cots = gather(problem, sweep, tick)
-    rows = problem.rows_per_sample
+    if sweep.tile >= problem.n_samples:
+        _accumulate_untiled(problem, sweep, targets, tick)
+    else:
+        _accumulate_tiled(problem, sweep, targets, tick)
+
+
+def _accumulate_untiled(
+    problem: Problem,
+    sweep: StructuredPass,
+    targets: Callable[[str], np.ndarray],
+    tick: Callable[[int], object],
+) -> None:
+    """All samples, ``sweep.group`` output rows per backward; the activation Grams are kept."""
     n = problem.n_samples
-    for layer in sweep.layers:
-        cot = cots.pop(layer.path)
-        if problem.mode == "rows":
-            g, block = cot.reshape(n * rows, layer.out_features), rows
-        else:
-            g, block = cot.reshape(n, rows * layer.out_features), 1
-        g_np = g.detach().cpu().numpy()
-        act = acts.pop(layer.path)
-        weight_target = targets(layer.weight) if layer.weight is not None else None
-        bias_target = targets(layer.bias) if layer.bias is not None else None
-        if weight_target is not None:
-            s = _activation_gram(problem, layer, act)
-            if bias_target is weight_target:
-                s += 1.0
-                bias_target = None
-            linalg.hadamard_gram_accumulate(
-                weight_target, g_np, s, block=block, alpha=problem.alpha
-            )
-            del s
-        if bias_target is not None:
-            ones = np.ones((n, n), dtype=problem.numpy_dtype)
-            linalg.hadamard_gram_accumulate(
-                bias_target, g_np, ones, block=block, alpha=problem.alpha
-            )
-        del g_np, g, cot, act
+    rows = problem.rows_per_sample
+    where = {layer.path: _targets_of(layer, targets) for layer in sweep.layers}
+    hadamard: dict[str, np.ndarray] = {}
+    ones: np.ndarray | None = None
+    for r0 in range(0, rows, sweep.group):
+        r1 = min(r0 + sweep.group, rows)
+        acts, cots = gather(problem, sweep, (0, n), (r0, r1), tick)
+        if r0 == 0:
+            for layer in sweep.layers:
+                act = acts.pop(layer.path)
+                if where[layer.path].weight is not None:
+                    s = _activation_gram(problem, layer, act)
+                    if where[layer.path].merged:
+                        s += 1.0
+                    hadamard[layer.path] = s
+                del act
+        last = r1 == rows
+        for layer in sweep.layers:
+            g, block = _kernel_rows(problem, cots.pop(layer.path))
+            into = where[layer.path]
+            if into.weight is not None:
+                s = hadamard.pop(layer.path) if last else hadamard[layer.path]
+                linalg.hadamard_gram_accumulate(into.weight, g, s, block=block, alpha=problem.alpha)
+                del s
+            if into.bias is not None:
+                if ones is None:
+                    ones = np.ones((n, n), dtype=problem.numpy_dtype)
+                linalg.hadamard_gram_accumulate(
+                    into.bias, g, ones, block=block, alpha=problem.alpha
+                )
+            del g
+        del acts, cots
+
+
+def _accumulate_tiled(
+    problem: Problem,
+    sweep: StructuredPass,
+    targets: Callable[[str], np.ndarray],
+    tick: Callable[[int], object],
+) -> None:
+    """Tile pairs (i ≤ j): tile i's cotangents are held while tile j's are recomputed."""
+    n = problem.n_samples
+    rows = problem.rows_per_sample
+    per = problem.kernel_rows_per_sample
+    alpha = problem.alpha
+    where = {layer.path: _targets_of(layer, targets) for layer in sweep.layers}
+    tiles = [(a, min(a + sweep.tile, n)) for a in range(0, n, sweep.tile)]
+    for i, (a, b) in enumerate(tiles):
+        acts_i, cots_i = gather(problem, sweep, (a, b), (0, rows))
+        left = {path: _kernel_rows(problem, cot) for path, cot in cots_i.items()}
+        del cots_i
+        ri = slice(a * per, b * per)
+        for layer in sweep.layers:
+            g, block = left[layer.path]
+            into = where[layer.path]
+            if into.weight is not None:
+                s = _activation_gram(problem, layer, acts_i[layer.path])
+                if into.merged:
+                    s += 1.0
+                linalg.hadamard_gram_accumulate(into.weight[ri, ri], g, s, block=block, alpha=alpha)
+                del s
+            if into.bias is not None:
+                ones = np.ones((b - a, b - a), dtype=problem.numpy_dtype)
+                linalg.hadamard_gram_accumulate(
+                    into.bias[ri, ri], g, ones, block=block, alpha=alpha
+                )
+                del ones
+        tick(1)
+        for c, d in tiles[i + 1 :]:
+            acts_j, cots_j = gather(problem, sweep, (c, d), (0, rows))
+            rj = slice(c * per, d * per)
+            for layer in sweep.layers:
+                g, block = left[layer.path]
+                h, _ = _kernel_rows(problem, cots_j.pop(layer.path))
+                into = where[layer.path]
+                if into.weight is not None:
+                    s = _activation_gram(problem, layer, acts_i[layer.path], acts_j[layer.path])
+                    if into.merged:
+                        s += 1.0
+                    cross = linalg.hadamard_gram_cross(g, h, s, block=block, alpha=alpha)
+                    del s
+                    into.weight[ri, rj] += cross
+                    into.weight[rj, ri] += cross.T
+                    del cross
+                if into.bias is not None:
+                    ones = np.ones((b - a, d - c), dtype=problem.numpy_dtype)
+                    cross = linalg.hadamard_gram_cross(g, h, ones, block=block, alpha=alpha)
+                    into.bias[ri, rj] += cross
+                    into.bias[rj, ri] += cross.T
+                    del ones, cross
+                del h
+            del acts_j, cots_j
+            tick(1)
+        del acts_i, left
