@@ -157,6 +157,12 @@ def test_structured_tiles_with_weight_and_bias_in_different_groups() -> None:
         )
         _check_tight(model, inputs, reduction, budget, groups=groups)
 
+    def grouped(b: int) -> bool:
+        problem, (sweeps, rejected) = _structured_plan(model, inputs, "trace", b, groups)
+        return not rejected and any(s.tile >= n and s.group < 3 for s in sweeps)
+
+    _check_tight(model, inputs, "trace", _first_budget(grouped), groups=groups)
+
 
 @pytest.mark.parametrize("name", ["mlp", "tokens"])
 def test_structured_output_row_groups_give_the_same_kernel(name: str) -> None:

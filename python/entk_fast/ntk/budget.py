@@ -61,7 +61,10 @@ _TRANSIENT_FLOOR = 4 * 2**20
 # the output rows a few at a time (only the cheap forward is repeated), so the peak stays
 # near "kernel + one chunk".
 _STRUCTURED_FRACTION = 0.5
-_STRUCTURED_FLOOR = 16 * 2**20
+_STRUCTURED_FLOOR = 32 * 2**20
+# The plan fills only this fraction of that cap: the allocator's fragmentation (torch's
+# transients, the Rust kernels' scratch in their threads' arenas) takes the rest.
+_STRUCTURED_SLACK = 0.8
 
 
 def _cap_chunk(chunk: int, per_sample: int, kept: int) -> int:
@@ -274,23 +277,12 @@ def plan_structured(
     A sweep is planned within :func:`structured_cap` of the outputs when it can be (untiled with
     the most output rows per backward, else tiled with the largest tile), else within the
     budget; a layer that fits neither way, even tiled one sample at a time, is rejected.
-    ``output_bytes`` defaults to the kernels' size; ``layerwise`` says whether a layer's weight
-    and bias may go to different kernels (each then needs its own Hadamard weight).
+    ``output_bytes`` defaults to the size of the kernels (``layerwise``: one per group too).
     """
     if output_bytes is None:
         count = 1 + (len(problem.groups) if layerwise else 0)
         output_bytes = count * problem.kernel_size**2 * problem.itemsize
-    group_of = {name: key for key, names in problem.groups.items() for name in names}
-
-    def ones(layer: Any) -> bool:
-        if layer.bias is None:
-            return False
-        if layer.weight is None:
-            return True
-        return layerwise and group_of.get(layer.weight) != group_of.get(layer.bias)
-
-    layers = [_Planned(layer, ones(layer)) for layer in layers]
-    limits = [min(int(budget), structured_cap(output_bytes))]
+    limits = [min(int(budget), int(_STRUCTURED_SLACK * structured_cap(output_bytes)))]
     if budget > limits[0]:
         limits.append(int(budget))
 
@@ -299,7 +291,7 @@ def plan_structured(
     current: list[Any] = []
     for layer in layers:
         if _plan_sweep(problem, [layer], limits) is None:
-            rejected.append(layer.layer)
+            rejected.append(layer)
             continue
         trial = [*current, layer]
         if current and _untiled(problem, trial, limits[0]) is None:
@@ -309,16 +301,6 @@ def plan_structured(
     if current:
         passes.append(_require(_plan_sweep(problem, current, limits)))
     return passes, rejected
-
-
-@dataclass(frozen=True)
-class _Planned:
-    layer: Any
-    ones: bool
-    """Its bias needs an all-ones Hadamard weight (bias alone, or in another kernel)."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.layer, name)
 
 
 def _require(sweep: StructuredPass | None) -> StructuredPass:
@@ -350,22 +332,24 @@ def _untiled(problem: Problem, layers: Sequence[Any], limit: int) -> StructuredP
     n = problem.n_samples
     it = problem.itemsize
     rows = problem.rows_per_sample
-    # Per layer: its activation Gram (kept across row groups) and its inputs until it is formed;
-    # one more N×N for a bias's all-ones weight or a Gram being formed.
+    # Per layer its inputs and an N×N matrix (the activation Gram, or the cotangent Gram summed
+    # over row groups), and one more N×N (an all-ones weight, or a Gram being formed).
     fixed = it * (
-        sum(n * n for layer in layers if layer.weight is not None)
-        + n * sum(max(layer.in_features, 2) for layer in layers)
-        + (n * n if any(layer.ones for layer in layers) else 0)
+        len(layers) * n * n + n * sum(max(layer.in_features, 2) for layer in layers) + n * n
     )
     outs = sum(layer.out_features for layer in layers)
     choices = range(rows, 0, -1) if problem.mode == "sum" else (rows,)
-    for group in choices:
-        kept = fixed + n * group * outs * it
-        per = max(1, _structured_transient(problem, layers, group))
-        if kept + per > limit:
-            continue
-        chunk = _cap_chunk(int(min(n, (limit - kept) // per)), per, kept)
-        return StructuredPass(tuple(layer.layer for layer in layers), chunk, n, group, rows)
+    # First choice: the most rows that leave the transients their usual room (fewer, larger
+    # forward / backward calls); else the most rows that fit at all.
+    for roomy in (True, False):
+        for group in choices:
+            kept = fixed + n * group * outs * it
+            per = max(1, _structured_transient(problem, layers, group))
+            room = min(n * per, max(_TRANSIENT_FRACTION * kept, _TRANSIENT_FLOOR)) if roomy else per
+            if kept + room > limit:
+                continue
+            chunk = _cap_chunk(int(min(n, (limit - kept) // per)), per, kept)
+            return StructuredPass(tuple(layers), chunk, n, group, rows)
     return None
 
 
@@ -394,4 +378,4 @@ def _tiled(problem: Problem, layers: Sequence[Any], limit: int) -> StructuredPas
             hi = mid - 1
     tile = lo
     chunk = _cap_chunk(int(min(tile, (limit - kept(tile)) // per)), per, kept(tile))
-    return StructuredPass(tuple(layer.layer for layer in layers), chunk, tile, rows, rows)
+    return StructuredPass(tuple(layers), chunk, tile, rows, rows)

@@ -222,11 +222,16 @@ def gather(
     samples: tuple[int, int],
     rows: tuple[int, int],
     tick: Callable[[int], object] | None = None,
+    *,
+    storage: Mapping[str, Tensor] | None = None,
+    want_acts: bool = True,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Inputs (n, d_in) or indices (n,) and cotangents (n, rows, d_out) of the sweep's layers.
 
     For the samples ``start:stop`` and the output rows ``r0:r1`` of R f, ``sweep.chunk``
-    samples per forward and batched backward; ``tick(1)`` after each chunk.
+    samples per forward and batched backward; ``tick(1)`` after each chunk. ``storage`` (flat
+    tensors per layer path, large enough) receives the cotangents: one buffer reused across
+    calls spares the allocator a large short-lived block per call.
     """
     start, stop = samples
     r0, r1 = rows
@@ -236,9 +241,13 @@ def gather(
     acts: dict[str, Tensor] = {}
     cots: dict[str, Tensor] = {}
     for layer in layers:
-        cots[layer.path] = torch.empty(
-            (stop - start, group, layer.out_features), dtype=problem.dtype, device=problem.device
-        )
+        shape = (stop - start, group, layer.out_features)
+        if storage is None:
+            cots[layer.path] = torch.empty(shape, dtype=problem.dtype, device=problem.device)
+        else:
+            cots[layer.path] = storage[layer.path][: math.prod(shape)].view(shape)
+        if not want_acts:
+            continue
         if layer.kind == "linear":
             acts[layer.path] = torch.empty(
                 (stop - start, layer.in_features), dtype=problem.dtype, device=problem.device
@@ -262,7 +271,8 @@ def gather(
                 cots[layer.path][at] = 0
             else:
                 cots[layer.path][at] = grad.reshape(group, n, layer.out_features).transpose(0, 1)
-            acts[layer.path][at] = seen[layer.path].reshape(acts[layer.path][at].shape)
+            if want_acts:
+                acts[layer.path][at] = seen[layer.path].reshape(acts[layer.path][at].shape)
         del y, probes, seen, grads, basis
         if tick is not None:
             tick(1)
@@ -330,40 +340,74 @@ def _accumulate_untiled(
     targets: Callable[[str], np.ndarray],
     tick: Callable[[int], object],
 ) -> None:
-    """All samples, ``sweep.group`` output rows per backward; the activation Grams are kept."""
+    """All samples, ``sweep.group`` output rows per backward sweep."""
     n = problem.n_samples
     rows = problem.rows_per_sample
-    where = {layer.path: _targets_of(layer, targets) for layer in sweep.layers}
-    hadamard: dict[str, np.ndarray] = {}
-    ones: np.ndarray | None = None
-    for r0 in range(0, rows, sweep.group):
-        r1 = min(r0 + sweep.group, rows)
-        acts, cots = gather(problem, sweep, (0, n), (r0, r1), tick)
-        if r0 == 0:
-            for layer in sweep.layers:
-                act = acts.pop(layer.path)
-                if where[layer.path].weight is not None:
-                    s = _activation_gram(problem, layer, act)
-                    if where[layer.path].merged:
-                        s += 1.0
-                    hadamard[layer.path] = s
-                del act
-        last = r1 == rows
+    if sweep.group >= rows:
+        acts, cots = gather(problem, sweep, (0, n), (0, rows), tick)
         for layer in sweep.layers:
             g, block = _kernel_rows(problem, cots.pop(layer.path))
-            into = where[layer.path]
-            if into.weight is not None:
-                s = hadamard.pop(layer.path) if last else hadamard[layer.path]
-                linalg.hadamard_gram_accumulate(into.weight, g, s, block=block, alpha=problem.alpha)
-                del s
-            if into.bias is not None:
-                if ones is None:
-                    ones = np.ones((n, n), dtype=problem.numpy_dtype)
-                linalg.hadamard_gram_accumulate(
-                    into.bias, g, ones, block=block, alpha=problem.alpha
-                )
+            _add_block(problem, layer, _targets_of(layer, targets), g, block, acts.pop(layer.path))
             del g
-        del acts, cots
+        return
+    # Row groups (trace / mean_pairs only): K = alpha · S ∘ Σ_groups G_g G_gᵀ, so the Gram of
+    # the cotangents is summed over groups first and the activation Gram applied once at the
+    # end (one N×N buffer per layer, and only Gram updates inside the loop).
+    storage = {
+        layer.path: torch.empty(
+            n * sweep.group * layer.out_features, dtype=problem.dtype, device=problem.device
+        )
+        for layer in sweep.layers
+    }
+    grams = {layer.path: np.zeros((n, n), dtype=problem.numpy_dtype) for layer in sweep.layers}
+    acts: dict[str, Tensor] = {}
+    for r0 in range(0, rows, sweep.group):
+        r1 = min(r0 + sweep.group, rows)
+        seen, cots = gather(
+            problem, sweep, (0, n), (r0, r1), tick, storage=storage, want_acts=r0 == 0
+        )
+        acts.update(seen)
+        for layer in sweep.layers:
+            g, _ = _kernel_rows(problem, cots.pop(layer.path))
+            linalg.gram_accumulate(grams[layer.path], g)
+            del g
+        del seen, cots
+    del storage
+    for layer in sweep.layers:
+        m = grams.pop(layer.path)
+        into = _targets_of(layer, targets)
+        if into.bias is not None:
+            into.bias += problem.alpha * m
+        if into.weight is not None:
+            s = _activation_gram(problem, layer, acts.pop(layer.path))
+            if into.merged:
+                s += 1.0
+            m *= s
+            del s
+            m *= problem.alpha
+            into.weight += m
+        del m
+
+
+def _add_block(
+    problem: Problem,
+    layer: StructuredLayer,
+    into: _Targets,
+    g: np.ndarray,
+    block: int,
+    act: Tensor,
+) -> None:
+    """One layer's whole block from its cotangent rows ``g`` and inputs ``act``."""
+    n = problem.n_samples
+    if into.weight is not None:
+        s = _activation_gram(problem, layer, act)
+        if into.merged:
+            s += 1.0
+        linalg.hadamard_gram_accumulate(into.weight, g, s, block=block, alpha=problem.alpha)
+        del s
+    if into.bias is not None:
+        ones = np.ones((n, n), dtype=problem.numpy_dtype)
+        linalg.hadamard_gram_accumulate(into.bias, g, ones, block=block, alpha=problem.alpha)
 
 
 def _accumulate_tiled(
