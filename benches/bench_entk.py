@@ -159,11 +159,13 @@ def _worker(case: str, method: str, repeat: int, kernel_path: str, threads: int)
 # --------------------------------------------------------------------------- driver side
 
 
-def _chunk_bytes(case: str) -> int:
-    """The largest buffer empirical_ntk keeps besides the kernel: one layer's cotangents."""
-    if case == "a":
-        return 841 * 29 * 512 * 4  # W1's cotangents (N, C·H), float32
-    return 512 * 8 * 512 * 4  # a width-512 layer's cotangents (N·C, 512)
+def _chunk_bytes(kernel_bytes: int) -> int:
+    """One chunk: the working memory the structured path plans within beyond the kernel
+    (``structured_cap``: max(0.5 · kernel, 32 MiB)); cotangents beyond it are taken a few
+    output rows (trace) or a sample tile at a time."""
+    from entk_fast.ntk.budget import structured_cap
+
+    return structured_cap(kernel_bytes)
 
 
 def _spawn(case: str, method: str, repeat: int, kernel_path: str, threads: int) -> dict[str, Any]:
@@ -237,7 +239,7 @@ def main() -> int:
             ref = kernels["recipe"].astype(np.float64)
             diff = float(np.abs(kernels["entk_fast"] - ref).max() / np.abs(ref).max())
             kernel_bytes = fast["kernel_bytes"]
-            chunk = _chunk_bytes(case)
+            chunk = _chunk_bytes(kernel_bytes)
             summary = {
                 "description": CASES[case],
                 "methods": rows,
