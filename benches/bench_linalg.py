@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--params", type=int, default=2048, help="columns P of J for gram")
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path, default=Path("benches/results/linalg.json"))
     args = parser.parse_args()
 
