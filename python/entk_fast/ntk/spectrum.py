@@ -19,6 +19,7 @@ from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch import nn
 
 from .. import linalg
+from ..cliffs import spectral_cliffs
 from ..errors import InvalidArgumentError, InvalidTypeError, LinAlgError, MemoryBudgetError
 from .budget import format_bytes, work_budget
 from .empirical import EmpiricalNTK, check_model, compute_kernel, describe_kernel
@@ -69,15 +70,14 @@ class NTKSpectrum:
     def gaps(self, top: int = 5) -> list[tuple[int, float]]:
         """The ``top`` largest spectral cliffs: (k, λ_k / λ_{k+1}) with k counted from 1.
 
-        A ratio is ``inf`` where λ_{k+1} ≤ 0. Sorted by ratio, largest first.
+        Sorted by ratio, largest first. Eigenvalues are floored at ε·mean(λ) (ε = 1e-8,
+        :data:`entk_fast.cliffs.RIDGE_EPSILON`) first, so round-off zeros give large but
+        finite ratios; see :func:`entk_fast.cliffs.spectral_cliffs`.
         """
-        w = self.eigenvalues
-        ratios = []
-        for i in range(len(w) - 1):
-            below = w[i + 1]
-            ratios.append((i + 1, float(w[i] / below) if below > 0 else float("inf")))
-        ratios.sort(key=lambda item: -item[1])
-        return ratios[: max(0, int(top))]
+        if len(self) < 2 or int(top) < 1:
+            return []
+        cliffs = spectral_cliffs(self.eigenvalues, top=int(top))
+        return [(c.index, c.ratio) for c in cliffs]
 
 
 def _check_k(k: Any, size: int, *, required: bool) -> int | None:
