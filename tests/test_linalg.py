@@ -691,3 +691,17 @@ def test_hadamard_gram_cross_bad_shapes():
         ef.InvalidArgumentError, match="block: expected a positive divisor of the 5 rows of Gb"
     ):
         linalg.hadamard_gram_cross(np.ones((4, 2)), np.ones((5, 2)), np.ones((2, 2)), block=2)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork()")
+# Python ≥ 3.12 warns that fork() in a threaded process may deadlock: that is what this tests.
+@pytest.mark.filterwarnings("ignore:This process.*is multi-threaded:DeprecationWarning")
+def test_forked_child_gets_a_working_thread_pool():
+    import multiprocessing
+
+    j = np.random.default_rng(61).standard_normal((400, 300))
+    want = linalg.gram(j)  # the parent's pool exists before the fork
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(linalg.gram, (j,)).get(timeout=60)
+    assert rel_err(got, want) < 1e-13
