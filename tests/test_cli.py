@@ -243,3 +243,16 @@ def test_training_progress_bar_draws_when_enabled(capsys: pytest.CaptureFixture[
     for step in (0, 20, 40):
         update(step, 40, {"train_loss": 0.5})
     assert "40/40" in capsys.readouterr().err
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "entk_fast", "--version"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0 and done.stdout.startswith("entk-fast ")
