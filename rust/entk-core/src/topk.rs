@@ -309,7 +309,7 @@ impl<'a, T: Scalar> BlockKrylov<'a, T> {
 /// Makes the columns of `z` orthonormal and orthogonal to the orthonormal `basis`.
 ///
 /// Block Gram–Schmidt against the basis, then a Householder QR of the block, twice ("twice is
-/// enough"). Columns that lie numerically in the span already are replaced by random
+/// enough": the second pass removes what round-off left of the basis directions). Columns that lie numerically in the span already are replaced by random
 /// directions, so the Krylov basis keeps its full width when K has low rank.
 fn orthonormalize_against<T: Scalar>(
     basis: MatRef<'_, T>,
@@ -335,7 +335,6 @@ fn orthonormalize_against<T: Scalar>(
     };
     let mut reference: Vec<f64> = (0..b).map(|j| z.rb().col(j).norm_l2().to_f64()).collect();
     for attempt in 0..4 {
-        project(z.rb_mut());
         project(z.rb_mut());
         let qr = z.rb().qr();
         let r = qr.thin_R();
