@@ -36,4 +36,6 @@ def test_modadd_demo_finds_the_fourier_cliffs():
 
 def test_demo_rejects_bad_modulus(capsys):
     assert main(["demo", "--p", "1", "--epochs", "1"]) == 2
-    assert "entk-fast: error: p must be an integer >= 2, got 1" in capsys.readouterr().err
+    assert "entk-fast: error: p: expected an odd integer ≥ 3, got 1" in capsys.readouterr().err
+    assert main(["demo", "--p", "10"]) == 2  # refused before training, not after
+    assert "p: expected an odd integer ≥ 3, got 10" in capsys.readouterr().err

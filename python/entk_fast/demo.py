@@ -72,10 +72,11 @@ def run_modadd_demo(
     *, p: int = 29, epochs: int = 500, seed: int = 0, progress: bool = True
 ) -> dict[str, Any]:
     """Train, compute the eNTK, print the Fourier-feature overlaps; returns the summary."""
-    from .fourier import fourier_family
+    from .fourier import family_values, fourier_family
     from .ntk import empirical_ntk
     from .train import ModAddConfig, train_modadd
 
+    family_values(p, "a")  # validates p (odd, ≥ 3) before any training
     config = ModAddConfig(p=p, epochs=epochs, seed=seed)
     print(f"[1/3] training the modular-addition MLP: p = {p}, H = {config.hidden}, {epochs} epochs")
     start = time.perf_counter()
