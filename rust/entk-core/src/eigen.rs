@@ -6,7 +6,8 @@ use crate::scalar::Scalar;
 use faer::diag::Diag;
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::evd::{self, ComputeEigenvectors};
-use faer::{Mat, MatRef, Par};
+use faer::reborrow::{Reborrow, ReborrowMut};
+use faer::{Mat, MatMut, MatRef, Par};
 
 /// Eigenpairs of a symmetric matrix: `values` descending, `vectors` (n, m) with column i
 /// the unit eigenvector of `values[i]`.
@@ -74,13 +75,35 @@ pub(crate) fn self_adjoint_ascending_scaled<T: Scalar>(
 
 /// All eigenpairs of the symmetric `k` (n, n), eigenvalues descending.
 pub fn eigh<T: Scalar>(k: MatRef<'_, T>, par: Par) -> CoreResult<EigenPairs<T>> {
+    let n = k.nrows();
+    let mut vectors = Mat::zeros(n, k.ncols().min(n));
+    let values = eigh_into(k, vectors.as_mut(), par)?;
+    Ok(EigenPairs { values, vectors })
+}
+
+/// [`eigh`] writing the eigenvectors (columns, descending eigenvalue) straight into
+/// `vectors` (n, n) — e.g. a caller's output buffer — and returning the eigenvalues.
+pub fn eigh_into<T: Scalar>(
+    k: MatRef<'_, T>,
+    mut vectors: MatMut<'_, T>,
+    par: Par,
+) -> CoreResult<Vec<T>> {
     check::symmetric_input("K", k)?;
     let n = k.nrows();
+    check::rows("vectors", vectors.rb(), n, "the order of K")?;
+    check::cols("vectors", vectors.rb(), n, "the order of K")?;
     let (s, u) = self_adjoint_ascending_scaled(k, par)?;
     let s = s.column_vector();
     let values: Vec<T> = (0..n).map(|i| s[n - 1 - i]).collect();
-    let vectors = Mat::from_fn(n, n, |i, j| u[(i, n - 1 - j)]);
-    let pairs = EigenPairs { values, vectors };
-    ensure_finite(&pairs, "eigh")?;
-    Ok(pairs)
+    for j in 0..n {
+        vectors.rb_mut().col_mut(j).copy_from(u.col(n - 1 - j));
+    }
+    if !values.iter().all(|v| v.is_finite_val())
+        || check::finite("eigenvectors", vectors.rb()).is_err()
+    {
+        return Err(CoreError::Solver(
+            "eigh: the solver produced non-finite values (input too badly scaled?)".into(),
+        ));
+    }
+    Ok(values)
 }

@@ -23,7 +23,7 @@ pub mod threads;
 pub mod topk;
 
 pub use angles::{orthonormal_basis, principal_angles, subspace_overlap};
-pub use eigen::{eigh, EigenPairs};
+pub use eigen::{eigh, eigh_into, EigenPairs};
 pub use error::{CoreError, CoreResult};
 pub use gram::{gram, gram_accumulate, gram_cross, gram_cross_into, gram_into};
 pub use hadamard::{hadamard_gram_accumulate, hadamard_gram_cross_into};

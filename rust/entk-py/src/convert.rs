@@ -111,6 +111,19 @@ pub fn new_output<'py, T: Element + Scalar>(
     Ok((array, view))
 }
 
+/// A new Fortran-ordered numpy array (rows, cols) of zeros and a mutable view of it.
+pub fn new_output_fortran<'py, T: Element + Scalar>(
+    py: Python<'py>,
+    rows: usize,
+    cols: usize,
+) -> PyResult<(Bound<'py, PyArray2<T>>, MatMut<'static, T>)> {
+    let array = zeros::<T>(py, rows, cols, true)?;
+    // SAFETY: as in `new_output`, for a freshly made column-major array.
+    let view =
+        unsafe { MatMut::from_raw_parts_mut(array.data(), rows, cols, 1, rows.max(1) as isize) };
+    Ok((array, view))
+}
+
 /// Copies an owned faer matrix into a new Fortran-ordered numpy array.
 pub fn to_numpy<'py, T: Element + Scalar>(
     py: Python<'py>,

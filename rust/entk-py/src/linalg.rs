@@ -1,6 +1,8 @@
 //! Python functions over the core's linear algebra: unpack numpy, release the GIL, map errors.
 
-use crate::convert::{new_output, to_numpy, vector, view, view_mut, Matrix, MatrixMut};
+use crate::convert::{
+    new_output, new_output_fortran, to_numpy, vector, view, view_mut, Matrix, MatrixMut,
+};
 use crate::errors::{to_py, type_error};
 use entk_core::{threads, CoreResult, Scalar, TopkMethod, TopkParams};
 use faer::Par;
@@ -182,11 +184,12 @@ fn eigh_impl<'py, T: Element + Scalar>(
     k: &PyReadonlyArray2<'py, T>,
 ) -> PyResult<EigOut<'py>> {
     let kv = view(py, "K", k)?;
-    let pairs = detach(py, move |par| entk_core::eigh(kv, par))?;
-    Ok((
-        vector(py, pairs.values).into_any(),
-        to_numpy(py, &pairs.vectors)?.into_any(),
-    ))
+    let n = kv.nrows();
+    // Eigenvectors are written straight into the returned (Fortran-ordered) array.
+    let (vectors, vectors_view) =
+        new_output_fortran::<T>(py, n, if kv.ncols() == n { n } else { 0 })?;
+    let values = detach(py, move |par| entk_core::eigh_into(kv, vectors_view, par))?;
+    Ok((vector(py, values).into_any(), vectors.into_any()))
 }
 
 /// eigh(K) -> (eigenvalues descending (n,), eigenvectors (n, n) as columns).
