@@ -164,6 +164,33 @@ def test_tms_resume_is_bit_identical(tmp_path: Path) -> None:
     _assert_same_history(resumed.history, reference.history)
 
 
+def test_resume_with_checkpoint_and_log_intervals_out_of_step(tmp_path: Path) -> None:
+    # checkpoints at 4, 8, ...; history rows at 3, 6, 9, ...: the step-8 checkpoint's last row is 6
+    cfg = TMSConfig(
+        n_features=5, n_hidden=2, n_points=20, steps=30, checkpoint_every=4, log_every=3
+    )
+    reference = train_tms(cfg, plot=False)
+    with pytest.raises(KeyboardInterrupt):
+        train_tms(cfg, tmp_path / "run", progress=_interrupt_at(10), plot=False)
+    resumed = train_tms(cfg, tmp_path / "run", resume=True, plot=False)
+    _assert_same_state(resumed.model, reference.model)
+    _assert_same_history(resumed.history, reference.history)
+
+
+def test_refused_resume_leaves_a_live_writers_temporary_files(tmp_path: Path) -> None:
+    from entk_fast.runs import run_lock
+
+    cfg = ModAddConfig(p=5, hidden=8, epochs=10, checkpoint_every=5)
+    with pytest.raises(KeyboardInterrupt):
+        train_modadd(cfg, tmp_path / "run", progress=_interrupt_at(7), plot=False)
+    in_flight = tmp_path / "run" / "checkpoints" / ".step-000010.pt.0123456789ab.tmp"
+    in_flight.write_bytes(b"being written")
+    with run_lock(tmp_path / "run"):  # another process is training this run
+        with pytest.raises(RunDirectoryError, match="in use by another training process"):
+            train_modadd(cfg, tmp_path / "run", resume=True, plot=False)
+    assert in_flight.read_bytes() == b"being written"
+
+
 def test_resuming_a_completed_run_changes_nothing(tmp_path: Path) -> None:
     cfg = ModAddConfig(p=5, hidden=8, epochs=10, checkpoint_every=5)
     first = train_modadd(cfg, tmp_path / "run")

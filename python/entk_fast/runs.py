@@ -160,7 +160,8 @@ def prepare_run_dir(path: Path, kind: str, config: dict[str, Any], *, resume: bo
                 f"{path} already holds this run; pass resume=True (CLI: --resume) to continue "
                 "it, or choose another output directory"
             )
-        clean_stale_tmp_files(path)
+        # Stale temporary files are removed by the caller once it holds the run lock: another
+        # process may still be writing them.
         return
     if path.is_dir() and any(path.iterdir()):
         raise RunDirectoryError(

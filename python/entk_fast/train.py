@@ -416,6 +416,9 @@ def _train(
         return _loop(config, task, history, None, generator, report, plot)
     runs.prepare_run_dir(run_dir, kind, dataclasses.asdict(config), resume=resume)
     with runs.run_lock(run_dir):
+        if resume:
+            # Only now: before the lock, these could be another live process's files.
+            runs.clean_stale_tmp_files(run_dir)
         return _loop(config, task, history, run_dir, generator, report, plot)
 
 
@@ -530,7 +533,8 @@ def _restore(
     except (RuntimeError, KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"checkpoint of step {state['step']} cannot be restored: {e}") from e
     saved = state["history"]
-    if set(saved) != set(history) or (saved["step"] and saved["step"][-1] != state["step"]):
+    # The last logged step may precede the checkpoint's when the two intervals differ.
+    if set(saved) != set(history) or (saved["step"] and saved["step"][-1] > state["step"]):
         raise CheckpointError(f"checkpoint of step {state['step']} holds an inconsistent history")
     for k in history:
         history[k] = list(saved[k])
