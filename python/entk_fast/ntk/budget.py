@@ -121,19 +121,24 @@ class Budget(int):
         return f"the default working memory ({format_bytes(self)}, half of the free RAM)"
 
 
-def work_budget(max_memory: Any, output_bytes: int, what: str) -> Budget:
+def work_budget(
+    max_memory: Any, output_bytes: int, what: str, *, suggest_reduction: bool = True
+) -> Budget:
     """Bytes of working memory, beyond the outputs; refuses outputs that cannot fit in RAM.
 
-    ``what`` describes the outputs for the error message (e.g. "the (N·C)² kernel").
+    ``what`` describes the outputs for the error message (e.g. "the (N·C)² kernel");
+    ``suggest_reduction``: whether an N×N reduction would make them smaller (a flattened
+    kernel with C > 1), so the message may suggest one.
     """
     explicit = parse_memory(max_memory)
     available = int(psutil.virtual_memory().available)
     if output_bytes > 0.9 * available:
         raise MemoryBudgetError(
             f"{what} needs {format_bytes(output_bytes)} but only {format_bytes(available)} of "
-            "memory is available; use reduction='trace' or 'mean_pairs' (an N×N kernel), fewer "
-            "samples or outputs, or entk_topk(...), which finds the top eigenpairs without "
-            "forming the kernel"
+            "memory is available; use "
+            + ("reduction='trace' or 'mean_pairs' (an N×N kernel), " if suggest_reduction else "")
+            + "fewer samples or outputs, or entk_topk(...), which finds the top eigenpairs "
+            "without forming the kernel"
         )
     if explicit is not None:
         return Budget(explicit, True)
@@ -163,10 +168,20 @@ def _jacobian_transient(problem: Problem, numel: int) -> int:
 
 def _too_small(problem: Problem, budget: int, need: int, what: str) -> MemoryBudgetError:
     where = budget.describe() if isinstance(budget, Budget) else format_bytes(budget)
+    # Only what would shrink this need: the Jacobian holds C_r rows a sample, and only
+    # mean_pairs brings them to one (trace keeps all C; the metric cannot be changed for us).
+    hints = ["raise max_memory"]
+    if problem.rows_per_sample > 1 and problem.reduction != "mean_pairs":
+        hints.append(
+            f"use reduction='mean_pairs' (one Jacobian row a sample instead of "
+            f"{problem.rows_per_sample})"
+        )
+    if len(problem.selected) > 1:
+        hints.append("restrict params=[...] to fewer parameters")
     return MemoryBudgetError(
         f"{where} is too small: {what} needs about "
         f"{format_bytes(need)} of working memory for a single sample (dtype {problem.dtype}); "
-        "raise max_memory, or use a smaller reduction (trace / mean_pairs)"
+        + ", or ".join(hints)
     )
 
 

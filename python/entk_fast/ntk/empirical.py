@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,13 @@ from .jacobian import accumulate_pack
 from .layout import flatten_outputs, unflatten_outputs
 from .prepare import Problem, evaluation_mode, prepare
 from .progress import progress_bar
-from .structured import accumulate_pass, find_layers, verify_layers
+from .structured import (
+    StructuredFallback,
+    StructuredLayer,
+    accumulate_pass,
+    find_layers,
+    verify_layers,
+)
 
 if TYPE_CHECKING:
     from .spectrum import NTKSpectrum
@@ -94,9 +101,32 @@ def compute_kernel(
     size = problem.kernel_size
     count = 1 + (len(problem.groups) if layerwise else 0)
     output_bytes = count * size * size * problem.itemsize
-    budget = work_budget(max_memory, output_bytes, describe_kernel(problem, count))
+    budget = work_budget(
+        max_memory,
+        output_bytes,
+        describe_kernel(problem, count),
+        suggest_reduction=problem.reduction == "flattened" and problem.rows_per_sample > 1,
+    )
 
     layers = verify_layers(problem, find_layers(problem)) if structured else []
+    while True:
+        try:
+            return _assemble(problem, layers, budget, output_bytes, layerwise, progress)
+        except StructuredFallback as exc:
+            # A layer misbehaved on the full batch: start over with it on the general path.
+            kept = [layer for layer in layers if layer.path not in exc.paths]
+            layers = kept if len(kept) < len(layers) else []
+
+
+def _assemble(
+    problem: Problem,
+    layers: list[StructuredLayer],
+    budget: int,
+    output_bytes: int,
+    layerwise: bool,
+    progress: bool,
+) -> EmpiricalNTK:
+    size = problem.kernel_size
     sweeps, _rejected = plan_structured(  # the rejected take the general path
         problem, layers, budget, output_bytes, layerwise=layerwise
     )
@@ -177,9 +207,11 @@ def empirical_ntk(
             Jacobian J_n (C, P) is replaced by S^½ J_n (S = diag w), i.e.
             K_S = (I ⊗ S^½) K (I ⊗ S^½), before the reduction.
         layerwise: also return one kernel per parameter group; they sum to the kernel.
-        groups: parameter groups, ``{name: [parameter names or module paths]}``; they must
-            partition the parameters. Default: one group per module holding parameters
-            (``"fc1"``, ``"blocks.0.attn"``; a root-level parameter is its own group).
+        groups: parameter groups for ``layerwise=True``, ``{name: [parameter names or module
+            paths]}``; they must partition the parameters. Default: one group per module
+            holding parameters (``"fc1"``, ``"blocks.0.attn"``; a root-level parameter is its
+            own group). Without ``layerwise=True`` they have no effect: a ``UserWarning``
+            says so and they are ignored (not validated).
         params: restrict θ to these parameter names / module paths (default: every parameter
             with ``requires_grad=True``).
         dtype: float32 or float64 for the whole computation (default: the model's).
@@ -193,6 +225,14 @@ def empirical_ntk(
         An :class:`EmpiricalNTK`.
     """
     check_model(model)
+    if groups is not None and not layerwise:
+        warnings.warn(
+            "groups= only takes effect with layerwise=True (one kernel per group); it is "
+            "ignored here: pass layerwise=True to get the group kernels",
+            UserWarning,
+            stacklevel=2,
+        )
+        groups = None
     with evaluation_mode(model):
         problem = prepare(
             model,

@@ -8,7 +8,8 @@ for models whose samples would interact inside a batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -16,12 +17,46 @@ from torch import Tensor
 from torch.func import jacrev, vmap
 
 from .. import linalg
+from ..errors import InvalidArgumentError
 from .budget import Pack
 from .prepare import Problem
 from .probe import forward_batch
 from .quiet import quiet_batching_fallback
 
-__all__ = ["accumulate_pack", "as_kernel_rows", "jacobian_block", "sample_function"]
+__all__ = [
+    "accumulate_pack",
+    "as_kernel_rows",
+    "jacobian_block",
+    "sample_function",
+    "vmappable_forward",
+]
+
+# Substrings of the errors torch.func raises when a forward cannot run under vmap.
+_VMAP_MARKERS = ("vmap", "Batching rule", "randomness", "data-dependent control flow")
+
+
+@contextmanager
+def vmappable_forward() -> Iterator[None]:
+    """Turn torch.func's errors about a forward that cannot be vmapped into a clear one.
+
+    The general path runs the model on one sample at a time under ``torch.func.vmap``; random
+    operations, ``.item()`` and Python control flow on tensor values cannot run there.
+    """
+    try:
+        yield
+    except RuntimeError as exc:
+        message = str(exc)
+        if not any(marker in message for marker in _VMAP_MARKERS):
+            raise
+        raise InvalidArgumentError(
+            "the model's forward must be vmappable per sample: the eNTK runs it on one sample "
+            "at a time under torch.func.vmap, which does not allow random operations in "
+            "forward (torch.randn, dropout in train mode, ...), .item() / .tolist() on tensors, "
+            "Python control flow that depends on tensor values (if x.sum() > 0, boolean-mask "
+            "indexing, data-dependent routing), nor in-place updates of parameters or buffers "
+            f"(e.g. Embedding(max_norm=...)); write those with torch.where or move them out of "
+            f"the forward. torch said: {message.splitlines()[0] if message else type(exc).__name__}"
+        ) from exc
 
 
 def sample_function(problem: Problem) -> Callable[..., Tensor]:
@@ -56,7 +91,7 @@ def jacobian_block(
     out = torch.empty((stop - start, rows, sum(sizes)), dtype=problem.dtype, device=problem.device)
     for s in range(start, stop, max(1, chunk)):
         e = min(s + max(1, chunk), stop)
-        with quiet_batching_fallback():
+        with quiet_batching_fallback(), vmappable_forward():
             jac = jac_fn(pack, *(x[s:e] for x in problem.inputs))
         offset = 0
         for name, size in zip(names, sizes, strict=True):

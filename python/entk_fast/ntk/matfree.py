@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.func import jvp, vjp, vmap
 
-from .jacobian import sample_function
+from .jacobian import sample_function, vmappable_forward
 from .prepare import Problem
 from .quiet import quiet_batching_fallback
 
@@ -95,7 +95,7 @@ class KernelOperator:
         problem = self.problem
         n, rows = problem.n_samples, problem.rows_per_sample
         vec = torch.as_tensor(np.asarray(v).reshape(-1), device=problem.device).to(problem.dtype)
-        with torch.no_grad(), quiet_batching_fallback():
+        with torch.no_grad(), quiet_batching_fallback(), vmappable_forward():
             if problem.mode == "rows":
                 out = self._push(self._pullback(vec.reshape(n, rows), False), False).reshape(-1)
             else:

@@ -165,31 +165,46 @@ def evaluation_mode(model: nn.Module) -> Iterator[None]:
             module.training = training
 
 
+_DTYPE_HELP = (
+    "torch.float32 / torch.float64, numpy.float32 / numpy.float64, or a string numpy reads as "
+    "one of them ('float32', 'single', 'f4'; 'float64', 'double', 'float', 'f8'), or None to "
+    "follow the model"
+)
+
+
 def resolve_dtype(dtype: Any, model: nn.Module) -> torch.dtype:
-    """float32 or float64; ``None`` follows the model (half precision is promoted to float32)."""
+    """float32 or float64; ``None`` follows the model (half precision is promoted to float32).
+
+    Strings and Python / numpy types are read as numpy reads them: ``"double"``, ``"float"`` and
+    ``float`` mean float64 (as ``np.dtype("float")``), ``"single"`` float32; ``"torch.float32"``
+    and ``"torch.float64"`` are accepted too.
+    """
     if dtype is None:
         floats = [p.dtype for p in model.parameters() if p.is_floating_point()]
         return torch.float64 if torch.float64 in floats else torch.float32
-    lookup: dict[Any, torch.dtype] = {
-        torch.float32: torch.float32,
-        torch.float64: torch.float64,
-        "float32": torch.float32,
-        "float64": torch.float64,
-        np.float32: torch.float32,
-        np.float64: torch.float64,
-    }
+    if isinstance(dtype, torch.dtype):
+        if dtype in (torch.float32, torch.float64):
+            return dtype
+        raise InvalidArgumentError(
+            f"dtype must be float32 or float64, got {dtype!r}; use {_DTYPE_HELP}"
+        )
+    if not isinstance(dtype, np.dtype | str | type):
+        raise InvalidTypeError(
+            f"dtype must be a torch dtype, a numpy dtype, a string or None, got "
+            f"{type(dtype).__name__}"
+        )
+    key = dtype.strip().removeprefix("torch.") if isinstance(dtype, str) else dtype
     try:
-        key = np.dtype(dtype).type if isinstance(dtype, np.dtype) else dtype
-        result = lookup.get(key)
+        parsed = np.dtype(key)
     except TypeError:
-        result = None
-    if result is None:
-        if isinstance(dtype, torch.dtype | np.dtype | str | type):
-            raise InvalidArgumentError(
-                f"dtype must be float32 or float64 (or None to follow the model), got {dtype!r}"
-            )
-        raise InvalidTypeError(f"dtype must be a torch dtype or None, got {type(dtype).__name__}")
-    return result
+        parsed = None
+    if parsed == np.float32:
+        return torch.float32
+    if parsed == np.float64:
+        return torch.float64
+    raise InvalidArgumentError(
+        f"dtype must be float32 or float64, got {dtype!r}; use {_DTYPE_HELP}"
+    )
 
 
 def normalise_inputs(inputs: Any, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, ...]:
@@ -256,6 +271,10 @@ def normalise_metric(metric: Any, n_outputs: int) -> tuple[np.ndarray, np.ndarra
         ) from exc
     if arr.dtype.kind not in "biuf":
         raise InvalidTypeError(f"output_metric must be real numbers, got dtype {arr.dtype}")
+    # Round-off of the metric as given: a float32 S (built as A Aᵀ, v vᵀ) is only symmetric
+    # and PSD to float32 precision, so the checks scale with the input's own epsilon.
+    eps = float(np.finfo(arr.dtype).eps) if arr.dtype.kind == "f" else float(np.finfo(float).eps)
+    rel = max(8.0 * eps, 1e-10)
     arr = arr.astype(np.float64)
     c = n_outputs
     if arr.ndim == 1:
@@ -279,16 +298,23 @@ def normalise_metric(metric: Any, n_outputs: int) -> tuple[np.ndarray, np.ndarra
     if not np.isfinite(arr).all():
         raise InvalidArgumentError("output_metric contains NaN or infinite values")
     scale = float(np.abs(arr).max()) or 1.0
-    if not np.allclose(arr, arr.T, rtol=0.0, atol=1e-10 * scale):
-        raise InvalidArgumentError("output_metric must be symmetric")
+    asym = float(np.abs(arr - arr.T).max())
+    if asym > rel * c * scale:
+        raise InvalidArgumentError(
+            f"output_metric must be symmetric: max |S - Sᵀ| = {asym:g} is above the round-off "
+            f"tolerance {rel * c * scale:g} of its dtype {np.asarray(metric).dtype}"
+        )
     sym = np.ascontiguousarray(0.5 * (arr + arr.T))
     w, v = linalg.eigh(sym)
-    if w.min() < -1e-10 * scale * c:
+    top = max(float(np.abs(w).max()), 0.0) or 1.0
+    if w.min() < -rel * c * top:
         raise InvalidArgumentError(
-            f"output_metric must be positive semi-definite; its smallest eigenvalue is {w.min():g}"
+            f"output_metric must be positive semi-definite; its smallest eigenvalue is "
+            f"{w.min():g}, below the round-off tolerance -{rel * c * top:g} of its dtype "
+            f"{np.asarray(metric).dtype}"
         )
     # Eigenvalues under the round-off floor are zero: a rank-deficient S keeps its null space.
-    w = np.where(w > c * np.finfo(np.float64).eps * max(float(w.max()), 0.0), w, 0.0)
+    w = np.where(w > rel * c * max(float(w.max()), 0.0), w, 0.0)
     root = (v * np.sqrt(w)) @ v.T
     return sym, root, False
 

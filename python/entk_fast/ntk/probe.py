@@ -21,7 +21,7 @@ from torch.utils import _pytree as pytree
 
 from ..errors import InvalidArgumentError
 
-__all__ = ["ProbeResult", "forward_batch", "run_probe"]
+__all__ = ["ProbeResult", "forward_batch", "probe_indices", "run_probe"]
 
 
 @dataclass
@@ -41,7 +41,12 @@ class ProbeResult:
     usage: Counter[str] = field(default_factory=Counter)
     """Canonical parameter name -> number of torch operations that take it as an argument."""
     batch_independent: bool = True
-    """Whether a sample's output is the same alone and inside a batch."""
+    """Whether each probe sample's output is the same alone and inside the probe batch."""
+    indices: tuple[int, ...] = ()
+    """The samples the probe ran (batched, in this order, and each alone)."""
+    per_sample_layers: frozenset[str] = frozenset()
+    """Linear / Embedding paths whose batched input has one row per sample, each equal to
+    that layer's input when the sample runs alone (the structured path needs this)."""
 
 
 class _UsageCounter(TorchFunctionMode):
@@ -102,29 +107,73 @@ def _check_output(out: Any, batch: int) -> Tensor:
     return out
 
 
+_MAX_PROBE = 8
+"""Samples the probe runs: the first two, then evenly spaced ones up to the last."""
+
+
+def probe_indices(n_samples: int) -> tuple[int, ...]:
+    """Which samples the probe runs: all when N ≤ 8, else 0, 1 and six spread up to N − 1."""
+    if n_samples <= _MAX_PROBE:
+        return tuple(range(n_samples))
+    rest = _MAX_PROBE - 2
+    spread = {2 + round(k * (n_samples - 3) / (rest - 1)) for k in range(rest)}
+    return (0, 1, *sorted(spread))
+
+
+def _same(a: Tensor, b: Tensor, scale: float | None = None) -> bool:
+    """Equal up to round-off in a's dtype (exactly, for integer tensors)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if not a.is_floating_point():
+        return bool(torch.equal(a, b))
+    rtol = 1e-4 if a.dtype != torch.float64 else 1e-9
+    if scale is None:
+        scale = max(
+            float(a.abs().max()) if a.numel() else 0.0, float(b.abs().max()) if b.numel() else 0.0
+        )
+    scale = scale or 1.0
+    return bool(torch.allclose(a, b, rtol=rtol, atol=rtol * scale))
+
+
 def run_probe(
     model: nn.Module,
     params: Mapping[str, Tensor],
     buffers: Mapping[str, Tensor],
     inputs: tuple[Tensor, ...],
 ) -> ProbeResult:
-    """Run the model on the first ``min(N, 2)`` samples and record what it does."""
+    """Run the model on a few samples (:func:`probe_indices`) batched and alone; record it.
+
+    Each probe sample also runs alone: the model is batch independent when every sample's
+    output is the same alone and inside the batch, and a Linear / Embedding layer sees the
+    samples row by row (``per_sample_layers``) when, in every lone run, it ran once on one
+    row that equals the row of that sample in the batched run.
+    """
     n_samples = inputs[0].shape[0]
-    batch = min(n_samples, 2)
-    head = tuple(x[:batch] for x in inputs)
+    indices = probe_indices(n_samples)
+    batch = len(indices)
+    if indices == tuple(range(batch)):
+        head = tuple(x[:batch] for x in inputs)
+    else:
+        where = torch.tensor(indices, device=inputs[0].device)
+        head = tuple(x.index_select(0, where) for x in inputs)
     names_by_id = {id(t): name for name, t in params.items()}
     calls: Counter[str] = Counter()
     io_shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+    layer_inputs: dict[str, Tensor] = {}
     act = [0]
+    record = [True]
 
     def make_hook(path: str, module: nn.Module) -> Callable[..., None]:
         def hook(_mod: nn.Module, args: tuple[Any, ...], output: Any) -> None:
             calls[path] += 1
-            act[0] += _numel(output)
-            if isinstance(module, nn.Linear | nn.Embedding) and path not in io_shapes:
+            if record[0]:
+                act[0] += _numel(output)
+            if isinstance(module, nn.Linear | nn.Embedding) and path not in layer_inputs:
                 first = args[0] if args else None
-                if isinstance(first, Tensor) and isinstance(output, Tensor):
-                    io_shapes[path] = (tuple(first.shape), tuple(output.shape))
+                if isinstance(first, Tensor):
+                    layer_inputs[path] = first.detach().clone()
+                    if record[0] and isinstance(output, Tensor):
+                        io_shapes[path] = (tuple(first.shape), tuple(output.shape))
 
         return hook
 
@@ -136,39 +185,62 @@ def run_probe(
     try:
         with torch.no_grad(), counter:
             out = _checked_forward(model, params, buffers, head, batch)
+        out = _check_output(out, batch)
+        if not torch.isfinite(out).all():
+            raise InvalidArgumentError(
+                "the model's output contains NaN or infinite values on the probe samples "
+                f"{list(indices)}; the eNTK would be meaningless"
+            )
+        batched_calls = Counter(calls)
+        batched_inputs = dict(layer_inputs)
+        record[0] = False
+        alone: list[Tensor] = []
+        rowwise = set(batched_inputs) if batch > 1 else set()
+        for i in range(batch):
+            calls.clear()
+            layer_inputs.clear()
+            with torch.no_grad():
+                single = _checked_forward(
+                    model, params, buffers, tuple(x[i : i + 1] for x in head), 1
+                )
+            alone.append(_check_output(single, 1))
+            for path in list(rowwise):
+                a = layer_inputs.get(path)
+                b = batched_inputs[path]
+                if (
+                    a is None
+                    or calls[path] != 1
+                    or a.dim() == 0
+                    or a.shape[0] != 1
+                    or b.dim() == 0
+                    or b.shape[0] != batch
+                    or not _same(a[0], b[i])
+                ):
+                    rowwise.discard(path)
     finally:
         for handle in handles:
             handle.remove()
-    out = _check_output(out, batch)
-    if not torch.isfinite(out).all():
-        raise InvalidArgumentError(
-            "the model's output contains NaN or infinite values on the first samples; the "
-            "eNTK would be meaningless"
-        )
+    if batch == 1:
+        rowwise = set(batched_inputs)
     output_shape = tuple(out.shape[1:])
     n_outputs = int(out[0].numel())
     per_sample_io = (_numel(head) + out.numel()) // batch
     activation = max(act[0] // batch, per_sample_io) * 2
     independent = True
     if batch > 1:
-        with torch.no_grad():
-            alone = [
-                _checked_forward(model, params, buffers, tuple(x[i : i + 1] for x in head), 1)
-                for i in range(batch)
-            ]
-        single = torch.cat([_check_output(a, 1) for a in alone])
-        scale = float(out.abs().max()) or 1.0
-        rtol = 1e-4 if out.dtype == torch.float32 else 1e-9
-        independent = bool(torch.allclose(single, out, rtol=rtol, atol=rtol * scale))
+        single = torch.cat(alone)
+        independent = single.shape == out.shape and _same(single, out, float(out.abs().max()))
     return ProbeResult(
         batch=batch,
         output_shape=output_shape,
         n_outputs=n_outputs,
         activation_numel=activation,
-        calls=calls,
+        calls=batched_calls,
         io_shapes=io_shapes,
         usage=counter.counts,
         batch_independent=independent,
+        indices=indices,
+        per_sample_layers=frozenset(rowwise),
     )
 
 
@@ -184,6 +256,6 @@ def _checked_forward(
     except Exception as exc:
         shapes = ", ".join(f"{tuple(x.shape[1:])} {x.dtype}" for x in inputs)
         raise InvalidArgumentError(
-            f"the model's forward failed on the first {batch} sample(s) of inputs (per-sample "
+            f"the model's forward failed on {batch} sample(s) of inputs (per-sample "
             f"shapes {shapes}; samples along dim 0): {type(exc).__name__}: {exc}"
         ) from exc

@@ -161,6 +161,7 @@ def _dual(
         max_memory,
         (q * q + size * out_cols) * it,
         f"the dual {q}×{q} Gram Mᵀ M and the eigenvectors",
+        suggest_reduction=problem.reduction == "flattened" and rows > 1,
     )
     # The Jacobian block, its float64 copy and transpose, and vmap(jacrev)'s intermediates.
     per_sample = (it + 16) * rows * numel + it * (rows + 2) * problem.probe.activation_numel
@@ -263,7 +264,12 @@ def _matrix_free(
     rows = problem.rows_per_sample
     copies = rows if problem.mode == "sum" else 1
     fixed = (lanczos + 2) * size * 8 + 3 * copies * numel * it
-    budget = work_budget(max_memory, size * k * 8, f"the {size}×{k} eigenvector block")
+    budget = work_budget(
+        max_memory,
+        size * k * 8,
+        f"the {size}×{k} eigenvector block",
+        suggest_reduction=problem.reduction == "flattened" and rows > 1,
+    )
     per_sample = it * (copies + 3) * (problem.probe.activation_numel + rows)
     if fixed + per_sample > budget:
         raise MemoryBudgetError(

@@ -11,8 +11,13 @@ zero "probe" added to each layer's output and one batched backward per sweep.
 
 A layer qualifies only if it is an exact ``nn.Linear`` / ``nn.Embedding`` that ran once in the
 probe pass, on one vector (index) per sample, whose parameters no other operation touched, in
-a model whose samples do not interact; a numeric check on the probe samples confirms it.
-Everything else takes the general path.
+a model whose samples do not interact; the probe also runs each of its samples alone and
+requires row i of the layer's batched input to be that layer's input for sample i alone
+(a Linear applied to learned prototypes, or to permuted / sorted rows, fails this); a numeric
+check on the probe samples confirms it. Everything else takes the general path. When a
+qualified layer misbehaves on the full batch (it does not run, runs twice, or on another
+number of rows, or the batched forward / backward fails), :class:`StructuredFallback` names
+it and the caller redoes the work with it on the general path.
 """
 
 from __future__ import annotations
@@ -31,7 +36,24 @@ from .budget import StructuredPass
 from .prepare import Problem
 from .quiet import quiet_batching_fallback
 
-__all__ = ["StructuredLayer", "accumulate_pass", "find_layers", "gather", "verify_layers"]
+__all__ = [
+    "StructuredFallback",
+    "StructuredLayer",
+    "accumulate_pass",
+    "find_layers",
+    "gather",
+    "verify_layers",
+]
+
+
+class StructuredFallback(Exception):  # noqa: N818 - a control-flow signal, not a user error
+    """Internal: these structured layers cannot be computed on the full batch; use the general
+    path for them (raised before anything is trusted; the caller starts over)."""
+
+    def __init__(self, paths: Sequence[str], reason: str) -> None:
+        super().__init__(f"structured layers {list(paths)}: {reason}")
+        self.paths = tuple(paths)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -78,6 +100,8 @@ def find_layers(problem: Problem) -> list[StructuredLayer]:
         else:
             continue
         if probe.calls.get(path, 0) != 1 or path not in probe.io_shapes:
+            continue
+        if path not in probe.per_sample_layers:  # its rows are not the samples, one each
             continue
         weight = _param_name(problem, path, "weight")
         bias = _param_name(problem, path, "bias") if kind == "linear" else None
@@ -132,7 +156,21 @@ def _forward_with_probes(
 
     def make_hook(path: str, probe: Tensor) -> Callable[..., Tensor]:
         def hook(_module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
-            acts[path] = args[0].detach()
+            first = args[0] if args else None
+            if path in acts:
+                raise StructuredFallback([path], "ran more than once on this batch")
+            if (
+                not isinstance(first, Tensor)
+                or not isinstance(output, Tensor)
+                or first.dim() == 0
+                or first.shape[0] != n
+                or output.shape != probe.shape
+            ):
+                shape = tuple(first.shape) if isinstance(first, Tensor) else None
+                raise StructuredFallback(
+                    [path], f"ran on input {shape} instead of one row for each of {n} samples"
+                )
+            acts[path] = first.detach()
             return output + probe
 
         return hook
@@ -144,12 +182,20 @@ def _forward_with_probes(
     try:
         with torch.enable_grad():
             y = problem.out_map.apply(problem.forward(inputs, params))
+    except StructuredFallback:
+        raise
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as exc:  # the batched forward fails where per-sample runs may not
+        raise StructuredFallback(
+            [layer.path for layer in layers], f"batched forward failed: {exc}"
+        ) from exc
     finally:
         for handle in handles:
             handle.remove()
     missing = [layer.path for layer in layers if layer.path not in acts]
     if missing:  # the probe pass saw these layers run; a data-dependent forward skipped them
-        raise RuntimeError(f"structured layers {missing} did not run on this batch")
+        raise StructuredFallback(missing, "did not run on this batch")
     return y, probes, acts
 
 
@@ -183,14 +229,19 @@ def verify_layers(problem: Problem, layers: Sequence[StructuredLayer]) -> list[S
     """
     if not layers:
         return []
-    head = tuple(x[: problem.probe.batch] for x in problem.inputs)
+    where = torch.tensor(problem.probe.indices, device=problem.device)
+    head = tuple(x.index_select(0, where) for x in problem.inputs)
     params = dict(problem.params)
     leaves: list[str] = []
     for layer in layers:
         for name in layer.names:
             params[name] = problem.params[name].clone().requires_grad_()
             leaves.append(name)
-    y, probes, acts = _forward_with_probes(problem, layers, head, params)
+    try:
+        y, probes, acts = _forward_with_probes(problem, layers, head, params)
+    except StructuredFallback as exc:
+        rest = [layer for layer in layers if layer.path not in exc.paths]
+        return verify_layers(problem, rest) if len(rest) < len(layers) else []
     gen = torch.Generator(device="cpu").manual_seed(0)
     weights = torch.randn(y.shape, generator=gen, dtype=y.dtype).to(y.device)
     with torch.enable_grad():
@@ -261,10 +312,16 @@ def gather(
         y, probes, seen = _forward_with_probes(problem, layers, inputs, problem.params)
         eye = torch.eye(n_rows, dtype=y.dtype, device=y.device)[r0:r1]
         basis = eye.unsqueeze(1).expand(group, n, n_rows)
-        with quiet_batching_fallback():
-            grads = torch.autograd.grad(
-                y, probes, grad_outputs=basis, is_grads_batched=True, allow_unused=True
-            )
+        try:
+            with quiet_batching_fallback():
+                grads = torch.autograd.grad(
+                    y, probes, grad_outputs=basis, is_grads_batched=True, allow_unused=True
+                )
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:
+            paths = [layer.path for layer in layers]
+            raise StructuredFallback(paths, f"batched backward failed: {exc}") from exc
         at = slice(s - start, e - start)
         for layer, grad in zip(layers, grads, strict=True):
             if grad is None:

@@ -1,0 +1,293 @@
+"""Regression tests: samples that interact inside a batch, layers whose rows are not the
+samples, structured-path fallbacks, and the error messages of the review of the eNTK engine.
+
+Every kernel is compared with the brute-force reference (float64, per sample and output
+``autograd.grad``) at 1e-10 relative.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ntk_reference import MLP, reference_jacobian, reference_kernel, relative_error
+from torch import nn
+
+from entk_fast import EntkError, empirical_ntk, entk_topk
+from entk_fast.errors import InvalidArgumentError, MemoryBudgetError
+from entk_fast.ntk.prepare import prepare
+from entk_fast.ntk.probe import probe_indices
+
+TOL = 1e-10
+
+
+def _check(model: nn.Module, inputs: tuple[torch.Tensor, ...], **kwargs: object) -> dict:
+    """Structured and general kernels both equal the reference; returns the structured paths."""
+    model = model.double().eval()
+    reduction = str(kwargs.get("reduction", "flattened"))
+    ref = reference_kernel(reference_jacobian(model, inputs), reduction)
+    paths = {}
+    for structured in (True, False):
+        result = empirical_ntk(model, inputs, progress=False, structured=structured, **kwargs)
+        assert relative_error(result.kernel, ref) < TOL, structured
+        if structured:
+            paths = result.paths
+    return paths
+
+
+class Prototypes(nn.Module):
+    """Logits = ⟨enc(x), proj(prototype_k)⟩: ``proj`` runs on the 2 prototypes, not the samples."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Linear(4, 6)
+        self.proj = nn.Linear(5, 6)
+        self.prototypes = nn.Parameter(torch.randn(2, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.enc(x)) @ self.proj(self.prototypes).T
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 8, 11])
+@pytest.mark.parametrize("reduction", ["flattened", "trace"])
+def test_linear_on_learned_prototypes_is_not_structured(n: int, reduction: str) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(n, 4, dtype=torch.float64)
+    paths = _check(Prototypes(), (x,), reduction=reduction)
+    assert paths["enc.weight"] == "structured"
+    if n > 1:  # with one sample, the one prototype row pass is exactly one use: still exact
+        assert paths["proj.weight"] == paths["proj.bias"] == "general"
+
+
+class Flip(nn.Module):
+    """The linear layer sees the samples in reverse order; the model is still per-sample."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 5)
+        self.b = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.tanh(self.a(x.flip(0)).flip(0)))
+
+
+class SortUnsort(Flip):
+    """Samples sorted by a feature before ``a`` and unsorted after."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        order = torch.argsort(x[:, 0])
+        return self.b(torch.tanh(self.a(x[order])[torch.argsort(order)]))
+
+
+@pytest.mark.parametrize("cls", [Flip, SortUnsort])
+@pytest.mark.parametrize("n", [5, 6, 13])
+def test_rows_permuted_around_a_linear_take_the_general_path(cls: type, n: int) -> None:
+    torch.manual_seed(1)
+    x = torch.randn(n, 4, dtype=torch.float64)
+    paths = _check(cls(), (x,))
+    assert paths["a.weight"] == paths["a.bias"] == "general"
+    assert paths["b.weight"] == "structured"
+
+
+class BatchSign(nn.Module):
+    """Output sign set by the whole batch's sum: samples interact (alone: their own sum)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.a(x)) * torch.where(x.sum() > 0, 1.0, -1.0)
+
+
+@pytest.mark.parametrize("n, outlier", [(6, 5), (8, 7), (30, 2), (30, 29)])
+def test_batch_interaction_beyond_the_first_two_samples(n: int, outlier: int) -> None:
+    x = torch.ones(n, 4, dtype=torch.float64)
+    x[outlier] = -10.0 * n
+    assert outlier in probe_indices(n)
+    paths = _check(BatchSign(), (x,))
+    assert set(paths.values()) == {"general"}
+
+
+def test_probe_runs_spread_samples_batched_and_alone() -> None:
+    assert probe_indices(1) == (0,)
+    assert probe_indices(5) == (0, 1, 2, 3, 4)
+    picked = probe_indices(100)
+    assert len(picked) == 8 and picked[:2] == (0, 1) and picked[-1] == 99
+    assert len(set(picked)) == 8 and max(picked[2:-1]) > 8
+    model = Flip().double().eval()
+    problem = prepare(model, torch.randn(20, 4, dtype=torch.float64))
+    assert problem.probe.indices == probe_indices(20)
+    assert problem.probe.batch == 8
+    assert problem.probe.batch_independent
+    assert problem.probe.per_sample_layers == {"b"}
+
+
+class MicroBatched(nn.Module):
+    """Runs ``a`` on chunks of 5 samples when the batch is larger (a per-sample function)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 5)
+        self.b = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([self.a(part) for part in x.split(5)])
+        return self.b(torch.tanh(h))
+
+
+class Doubled(MicroBatched):
+    """Large batches run ``a`` on twice the rows, then keep the first half."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        h = self.a(torch.cat([x, x]))[:n] if n > 8 else self.a(x)
+        return self.b(torch.tanh(h))
+
+
+@pytest.mark.parametrize("cls", [MicroBatched, Doubled])
+def test_layer_that_misbehaves_on_the_full_batch_falls_back(cls: type) -> None:
+    torch.manual_seed(2)
+    x = torch.randn(12, 4, dtype=torch.float64)
+    if cls is MicroBatched:  # probe batch 8 > 5: `a` runs twice there already
+        x = torch.randn(4, 4, dtype=torch.float64)
+        _check(cls(), (x,))
+        x = torch.randn(12, 4, dtype=torch.float64)
+    paths = _check(cls(), (x,), layerwise=True)
+    assert paths["a.weight"] == "general"
+    assert paths["b.weight"] == "structured"
+
+
+class Routed(nn.Module):
+    """Top-1 routing by boolean masks: each expert runs on its own samples only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.experts = nn.ModuleList([nn.Linear(4, 5), nn.Linear(4, 5)])
+        self.out = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        route = (x[:, 0] > 0).long()
+        h = torch.zeros(x.shape[0], 5, dtype=x.dtype)
+        for i, expert in enumerate(self.experts):
+            mask = route == i
+            if mask.any():
+                h = h.index_put((mask.nonzero()[:, 0],), expert(x[mask]))
+        return self.out(torch.tanh(h))
+
+
+def test_routed_linear_gives_a_clear_error_not_a_size_mismatch() -> None:
+    torch.manual_seed(3)
+    n = 12
+    x = torch.randn(n, 4, dtype=torch.float64)
+    probed = list(probe_indices(n))
+    x[:, 0] = -1.0
+    x[probed, 0] = 1.0  # every probe sample goes to expert 1, the others to expert 0
+    model = Routed().double().eval()
+    for structured in (True, False):
+        with pytest.raises(InvalidArgumentError, match="vmappable per sample") as info:
+            empirical_ntk(model, x, progress=False, structured=structured)
+        assert isinstance(info.value.__cause__, RuntimeError)
+
+
+class Noisy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(x + 0.01 * torch.randn_like(x))
+
+
+class Item(Noisy):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(x) if x.sum().item() > 0 else -self.a(x)
+
+
+@pytest.mark.parametrize("cls", [Noisy, Item])
+def test_non_vmappable_forward_is_explained(cls: type) -> None:
+    torch.manual_seed(4)
+    x = torch.randn(5, 4)
+    model = cls().eval()
+    calls = [
+        lambda: empirical_ntk(model, x, progress=False),
+        lambda: empirical_ntk(model, x, progress=False, structured=False),
+        lambda: entk_topk(model, x, 2, progress=False),
+    ]
+    for call in calls:
+        with pytest.raises(InvalidArgumentError, match=r"vmappable per sample.*\.item\(\)") as info:
+            call()
+        assert isinstance(info.value, EntkError)
+        assert isinstance(info.value.__cause__, RuntimeError)
+
+
+def test_float32_rank_deficient_metric_is_accepted() -> None:
+    torch.manual_seed(5)
+    model = MLP(4, (8,), 20).double().eval()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    jac = reference_jacobian(model, (x,))
+    for _ in range(3):
+        v = torch.rand(20)
+        a = torch.randn(20, 7)
+        for metric, exact in (
+            (torch.outer(v, v), np.outer(v.double().numpy(), v.double().numpy())),
+            (a @ a.T, a.double().numpy() @ a.double().numpy().T),
+        ):
+            assert metric.dtype == torch.float32
+            result = empirical_ntk(model, x, output_metric=metric, progress=False)
+            # the metric itself is only float32-accurate
+            assert relative_error(result.kernel, reference_kernel(jac, "flattened", exact)) < 1e-5
+    # genuinely indefinite or asymmetric float32 metrics are still refused
+    bad = torch.diag(torch.ones(20))
+    bad[3, 3] = -1e-3
+    with pytest.raises(InvalidArgumentError, match="positive semi-definite"):
+        empirical_ntk(model, x, output_metric=bad, progress=False)
+    skew = torch.eye(20)
+    skew[0, 1] = 1e-3
+    with pytest.raises(InvalidArgumentError, match="symmetric"):
+        empirical_ntk(model, x, output_metric=skew, progress=False)
+    # float64 metrics keep a float64-sized tolerance
+    near = np.eye(20)
+    near[3, 3] = -1e-8
+    with pytest.raises(InvalidArgumentError, match="positive semi-definite"):
+        empirical_ntk(model, x, output_metric=near, progress=False)
+
+
+def test_groups_without_layerwise_warns_and_is_ignored() -> None:
+    model = MLP().double().eval()
+    x = torch.randn(4, 4, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="layerwise=True"):
+        result = empirical_ntk(model, x, groups={"g": ["layers.0"]}, progress=False)
+    assert result.layer_kernels == {}
+    ref = reference_kernel(reference_jacobian(model, (x,)), "flattened")
+    assert relative_error(result.kernel, ref) < TOL
+
+
+def test_memory_hint_suggests_only_what_applies() -> None:
+    model = MLP().double().eval()
+    x = torch.randn(4, 4, dtype=torch.float64)
+    for reduction in ("flattened", "trace"):
+        with pytest.raises(MemoryBudgetError, match="reduction='mean_pairs'") as info:
+            empirical_ntk(model, x, reduction=reduction, max_memory=100, structured=False)
+        assert "trace /" not in str(info.value)
+    with pytest.raises(MemoryBudgetError, match="raise max_memory") as info:
+        empirical_ntk(model, x, reduction="mean_pairs", max_memory=100, structured=False)
+    assert "reduction" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "spelling, expected",
+    [("double", np.float64), ("float", np.float64), ("single", np.float32), (float, np.float64)],
+)
+def test_numpy_dtype_spellings(spelling: object, expected: type) -> None:
+    model = MLP().double().eval()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    assert empirical_ntk(model, x, dtype=spelling, progress=False).kernel.dtype == expected
+
+
+def test_bad_dtype_names_the_accepted_values() -> None:
+    model = MLP().eval()
+    x = torch.randn(3, 4)
+    for bad in ("half", torch.float16, "int64"):
+        with pytest.raises(InvalidArgumentError, match=r"float32 or float64.*'double'"):
+            empirical_ntk(model, x, dtype=bad, progress=False)
