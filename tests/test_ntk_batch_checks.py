@@ -109,6 +109,25 @@ def test_batch_interaction_beyond_the_first_two_samples(n: int, outlier: int) ->
     assert set(paths.values()) == {"general"}
 
 
+class MixedBackward(Flip):
+    """Values are per sample, but a straight-through term sends sample i − 1's gradient to the
+    layer's row i (alone, the row's own gradient doubles): only the cotangents differ."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        shifted = h.roll(1, 0)
+        return self.b(torch.tanh(h + (shifted - shifted.detach())))
+
+
+@pytest.mark.parametrize("n", [3, 10])
+def test_backward_that_mixes_samples_takes_the_general_path(n: int) -> None:
+    torch.manual_seed(6)
+    x = torch.randn(n, 4, dtype=torch.float64)
+    paths = _check(MixedBackward(), (x,), reduction="trace")
+    assert paths["a.weight"] == paths["a.bias"] == "general"
+    assert paths["b.weight"] == "structured"
+
+
 def test_probe_runs_spread_samples_batched_and_alone() -> None:
     assert probe_indices(1) == (0,)
     assert probe_indices(5) == (0, 1, 2, 3, 4)

@@ -222,10 +222,12 @@ def _predicted_grads(
 
 
 def verify_layers(problem: Problem, layers: Sequence[StructuredLayer]) -> list[StructuredLayer]:
-    """Keep the layers whose true parameter gradient on the probe samples matches the formula.
+    """Keep the layers whose true parameter gradient on the probe samples matches the formula,
+    and whose batched output cotangents are those of each probe sample run alone.
 
     A safety net behind the usage count: a parameter touched outside its layer in a way the
-    probe could not see would make the two differ.
+    probe could not see would make the two differ; a backward that mixes samples (the
+    general path differentiates each sample alone) makes the cotangents differ.
     """
     if not layers:
         return []
@@ -252,10 +254,13 @@ def verify_layers(problem: Problem, layers: Sequence[StructuredLayer]) -> list[S
     probe_grads = grads[: len(probes)]
     actual = dict(zip(leaves, grads[len(probes) :], strict=True))
     rtol = 1e-3 if problem.dtype == torch.float32 else 1e-8
+    alone = _lone_cotangents(problem, layers, head, weights)
     kept = []
     for layer, probe, cot in zip(layers, probes, probe_grads, strict=True):
         cot = torch.zeros_like(probe) if cot is None else cot
-        ok = True
+        lone = alone.get(layer.path)
+        scale = max(float(cot.abs().max()), 1e-30)
+        ok = lone is not None and bool(torch.allclose(lone, cot, rtol=rtol, atol=rtol * scale))
         shape = params[layer.weight].shape if layer.weight is not None else None
         for name, pred in _predicted_grads(layer, acts[layer.path], cot, shape).items():
             true = actual[name]
@@ -265,6 +270,34 @@ def verify_layers(problem: Problem, layers: Sequence[StructuredLayer]) -> list[S
         if ok:
             kept.append(layer)
     return kept
+
+
+def _lone_cotangents(
+    problem: Problem,
+    layers: Sequence[StructuredLayer],
+    head: tuple[Tensor, ...],
+    weights: Tensor,
+) -> dict[str, Tensor]:
+    """Each layer's output cotangents of ⟨weights_i, R f(x_i)⟩ with every sample run alone,
+    stacked over the probe samples (a layer that misbehaves alone is left out)."""
+    parts: dict[str, list[Tensor]] = {layer.path: [] for layer in layers}
+    for i in range(head[0].shape[0]):
+        try:
+            y, probes, _ = _forward_with_probes(
+                problem, layers, tuple(x[i : i + 1] for x in head), problem.params
+            )
+        except StructuredFallback as exc:
+            for path in exc.paths:
+                parts.pop(path, None)
+            rest = [layer for layer in layers if layer.path in parts]
+            if len(rest) == len(layers) or not rest:
+                return {}
+            return _lone_cotangents(problem, rest, head, weights)
+        with torch.enable_grad():
+            grads = torch.autograd.grad((y * weights[i : i + 1]).sum(), probes, allow_unused=True)
+        for layer, probe, grad in zip(layers, probes, grads, strict=True):
+            parts[layer.path].append(torch.zeros_like(probe) if grad is None else grad)
+    return {path: torch.cat(chunks) for path, chunks in parts.items()}
 
 
 def gather(
