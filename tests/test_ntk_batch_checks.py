@@ -128,6 +128,33 @@ def test_backward_that_mixes_samples_takes_the_general_path(n: int) -> None:
     assert paths["b.weight"] == "structured"
 
 
+@pytest.mark.parametrize("reduction", ["flattened", "mean_pairs"])
+def test_batch_interaction_outside_the_probe_samples(reduction: str) -> None:
+    n, outlier = 40, 10
+    assert outlier not in probe_indices(n)
+    x = torch.ones(n, 4, dtype=torch.float64)
+    x[outlier] = -10.0 * n
+    paths = _check(BatchSign(), (x,), reduction=reduction)
+    assert set(paths.values()) == {"general"}
+
+
+class FlipWhenLarge(Flip):
+    """Reverses the rows around ``a`` only for batches larger than the probe's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x.flip(0)).flip(0) if x.shape[0] > 8 else self.a(x)
+        return self.b(torch.tanh(h))
+
+
+@pytest.mark.parametrize("max_memory", [None, "30kB"])
+def test_rows_permuted_only_on_the_full_batch(max_memory: str | None) -> None:
+    torch.manual_seed(7)
+    x = torch.randn(12, 4, dtype=torch.float64)
+    paths = _check(FlipWhenLarge(), (x,), reduction="trace", max_memory=max_memory)
+    assert paths["a.weight"] == "general"
+    assert paths["b.weight"] == "structured"
+
+
 def test_probe_runs_spread_samples_batched_and_alone() -> None:
     assert probe_indices(1) == (0,)
     assert probe_indices(5) == (0, 1, 2, 3, 4)

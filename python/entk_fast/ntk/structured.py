@@ -30,9 +30,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.func import vmap
 
 from .. import linalg
 from .budget import StructuredPass
+from .jacobian import vmappable_forward
 from .prepare import Problem
 from .quiet import quiet_batching_fallback
 
@@ -309,14 +311,18 @@ def gather(
     *,
     storage: Mapping[str, Tensor] | None = None,
     want_acts: bool = True,
+    check: bool | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Inputs (n, d_in) or indices (n,) and cotangents (n, rows, d_out) of the sweep's layers.
 
     For the samples ``start:stop`` and the output rows ``r0:r1`` of R f, ``sweep.chunk``
     samples per forward and batched backward; ``tick(1)`` after each chunk. ``storage`` (flat
     tensors per layer path, large enough) receives the cotangents: one buffer reused across
-    calls spares the allocator a large short-lived block per call.
+    calls spares the allocator a large short-lived block per call. ``check`` (default:
+    ``want_acts``; once per sample is enough) compares each chunk's batched forward with the
+    samples run alone (:func:`_check_alone`).
     """
+    check = want_acts if check is None else check
     start, stop = samples
     r0, r1 = rows
     n_rows = problem.rows_per_sample
@@ -343,6 +349,8 @@ def gather(
         n = e - s
         inputs = tuple(x[s:e] for x in problem.inputs)
         y, probes, seen = _forward_with_probes(problem, layers, inputs, problem.params)
+        if check:
+            _check_alone(problem, layers, inputs, y, seen)
         eye = torch.eye(n_rows, dtype=y.dtype, device=y.device)[r0:r1]
         basis = eye.unsqueeze(1).expand(group, n, n_rows)
         try:
@@ -367,6 +375,66 @@ def gather(
         if tick is not None:
             tick(1)
     return acts, cots
+
+
+def _check_alone(
+    problem: Problem,
+    layers: Sequence[StructuredLayer],
+    inputs: tuple[Tensor, ...],
+    y: Tensor,
+    seen: Mapping[str, Tensor],
+) -> None:
+    """The batched chunk against its samples run alone (one vmapped forward, as the general
+    path runs them): R f and each layer's input rows must agree, else the layers (all of them
+    when the outputs differ: the samples interact) go to the general path."""
+    paths = [layer.path for layer in layers]
+    modules = [problem.model.get_submodule(path) for path in paths]
+
+    def lone(*x: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        found: dict[str, Tensor] = {}
+
+        def make_hook(path: str) -> Callable[..., None]:
+            def hook(_module: nn.Module, args: tuple[Any, ...], _output: Any) -> None:
+                if path in found or not args or not isinstance(args[0], Tensor):
+                    raise StructuredFallback([path], "runs differently on a lone sample")
+                found[path] = args[0]
+
+            return hook
+
+        handles = [
+            m.register_forward_hook(make_hook(p)) for m, p in zip(modules, paths, strict=True)
+        ]
+        try:
+            out = problem.forward(tuple(t.unsqueeze(0) for t in x))
+        finally:
+            for handle in handles:
+                handle.remove()
+        missing = [path for path in paths if path not in found]
+        if missing:
+            raise StructuredFallback(missing, "does not run on a lone sample")
+        return problem.out_map.apply(out)[0], tuple(found[path] for path in paths)
+
+    with torch.no_grad(), quiet_batching_fallback(), vmappable_forward():
+        out, acts = vmap(lone)(*inputs)
+    batched = y.detach()
+    if not _close(out, batched):
+        raise StructuredFallback(paths, "the samples interact in the batched forward")
+    bad = [
+        path
+        for path, act in zip(paths, acts, strict=True)
+        if act.numel() != seen[path].numel()
+        or not _close(act.reshape(seen[path].shape).to(seen[path].dtype), seen[path])
+    ]
+    if bad:
+        raise StructuredFallback(bad, "its input rows are not the samples run alone")
+
+
+def _close(a: Tensor, b: Tensor) -> bool:
+    if not a.is_floating_point():
+        return bool(torch.equal(a, b))
+    rtol = 1e-4 if a.dtype != torch.float64 else 1e-9
+    scale = max(float(a.abs().max()), float(b.abs().max())) if a.numel() else 0.0
+    return bool(torch.allclose(a, b, rtol=rtol, atol=rtol * (scale or 1.0)))
 
 
 def _activation_gram(
@@ -535,7 +603,7 @@ def _accumulate_tiled(
                 del ones
         tick(1)
         for c, d in tiles[i + 1 :]:
-            acts_j, cots_j = gather(problem, sweep, (c, d), (0, rows))
+            acts_j, cots_j = gather(problem, sweep, (c, d), (0, rows), check=False)
             rj = slice(c * per, d * per)
             for layer in sweep.layers:
                 g, block = left[layer.path]
