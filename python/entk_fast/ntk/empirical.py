@@ -214,7 +214,9 @@ def empirical_ntk(
             says so and they are ignored (not validated).
         params: restrict θ to these parameter names / module paths (default: every parameter
             with ``requires_grad=True``).
-        dtype: float32 or float64 for the whole computation (default: the model's).
+        dtype: float32 or float64 for the whole computation (default: the model's): a torch
+            or numpy dtype, or a string read as numpy reads it (``"double"``, ``"float"``
+            and ``float`` mean float64, ``"single"`` float32).
         max_memory: working memory beyond the kernels, bytes or e.g. ``"4GB"`` (default: half
             of the RAM available once the kernels are allocated). Raises
             ``MemoryBudgetError`` before any work when the kernels or one chunk cannot fit.

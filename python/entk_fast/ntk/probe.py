@@ -1,9 +1,11 @@
-"""One cheap forward pass on the first samples, to learn what the model does.
+"""A cheap look at what the model does, on up to 8 samples (0, 1 and spread to N − 1).
 
-It finds the output size C, how often each module runs and each parameter is touched
-(reuse detection for the structured path), the shapes seen by ``nn.Linear`` / ``nn.Embedding``
-layers, a per-sample activation size for memory planning, and whether samples interact
-inside a batch.
+One batched forward finds the output size C, how often each module runs and each parameter
+is touched (reuse detection for the structured path), the shapes seen by ``nn.Linear`` /
+``nn.Embedding`` layers and a per-sample activation size for memory planning. Each probe
+sample then runs alone: whether the samples interact inside a batch (outputs differ), and
+which Linear / Embedding layers see the samples row by row (row i of the batched input equals
+the input of sample i alone), which the structured path requires.
 """
 
 from __future__ import annotations

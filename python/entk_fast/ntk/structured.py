@@ -14,10 +14,13 @@ probe pass, on one vector (index) per sample, whose parameters no other operatio
 a model whose samples do not interact; the probe also runs each of its samples alone and
 requires row i of the layer's batched input to be that layer's input for sample i alone
 (a Linear applied to learned prototypes, or to permuted / sorted rows, fails this); a numeric
-check on the probe samples confirms it. Everything else takes the general path. When a
-qualified layer misbehaves on the full batch (it does not run, runs twice, or on another
-number of rows, or the batched forward / backward fails), :class:`StructuredFallback` names
-it and the caller redoes the work with it on the general path.
+check on the probe samples confirms it, including that each sample's output cotangents are
+those of the sample run alone. Everything else takes the general path. On the full batch,
+every chunk's batched forward is compared once with its samples run alone (one vmapped
+forward, as the general path runs them); when a qualified layer misbehaves there (it does not
+run, runs twice or on another number of rows, its input rows or the outputs differ from the
+lone runs, or the batched forward / backward fails), :class:`StructuredFallback` names it and
+the caller redoes the work with it on the general path.
 """
 
 from __future__ import annotations
