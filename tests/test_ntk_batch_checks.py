@@ -337,3 +337,11 @@ def test_bad_dtype_names_the_accepted_values() -> None:
     for bad in ("half", torch.float16, "int64"):
         with pytest.raises(InvalidArgumentError, match=r"float32 or float64.*'double'"):
             empirical_ntk(model, x, dtype=bad, progress=False)
+
+
+def test_forward_that_needs_a_batch_is_explained() -> None:
+    model = nn.Sequential(
+        nn.Linear(4, 5), nn.BatchNorm1d(5, track_running_stats=False), nn.Linear(5, 3)
+    ).eval()
+    with pytest.raises(InvalidArgumentError, match="run alone .*batch of one"):
+        empirical_ntk(model, torch.randn(6, 4), progress=False)

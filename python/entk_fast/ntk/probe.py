@@ -203,7 +203,7 @@ def run_probe(
             layer_inputs.clear()
             with torch.no_grad():
                 single = _checked_forward(
-                    model, params, buffers, tuple(x[i : i + 1] for x in head), 1
+                    model, params, buffers, tuple(x[i : i + 1] for x in head), 1, lone=batch > 1
                 )
             alone.append(_check_output(single, 1))
             for path in list(rowwise):
@@ -252,12 +252,20 @@ def _checked_forward(
     buffers: Mapping[str, Tensor],
     inputs: tuple[Tensor, ...],
     batch: int,
+    *,
+    lone: bool = False,
 ) -> Any:
     try:
         return forward_batch(model, params, buffers, inputs)
     except Exception as exc:
         shapes = ", ".join(f"{tuple(x.shape[1:])} {x.dtype}" for x in inputs)
+        alone = (
+            " run alone (the eNTK treats every sample on its own, so the forward must work "
+            "on a batch of one: no batch statistics such as BatchNorm without running stats)"
+            if lone
+            else ""
+        )
         raise InvalidArgumentError(
-            f"the model's forward failed on {batch} sample(s) of inputs (per-sample "
+            f"the model's forward failed on {batch} sample(s) of inputs{alone} (per-sample "
             f"shapes {shapes}; samples along dim 0): {type(exc).__name__}: {exc}"
         ) from exc
