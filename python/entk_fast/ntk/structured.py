@@ -505,10 +505,12 @@ def _accumulate_untiled(
     n = problem.n_samples
     rows = problem.rows_per_sample
     if sweep.group >= rows:
-        acts, cots = gather(problem, sweep, (0, n), (0, rows), tick)
+        all_acts, cots = gather(problem, sweep, (0, n), (0, rows), tick)
         for layer in sweep.layers:
             g, block = _kernel_rows(problem, cots.pop(layer.path))
-            _add_block(problem, layer, _targets_of(layer, targets), g, block, acts.pop(layer.path))
+            _add_block(
+                problem, layer, _targets_of(layer, targets), g, block, all_acts.pop(layer.path)
+            )
             del g
         return
     # Row groups (trace / mean_pairs only): K = alpha · S ∘ Σ_groups G_g G_gᵀ, so the Gram of
