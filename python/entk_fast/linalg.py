@@ -94,8 +94,9 @@ def _writable_matrix(x: Any, name: str) -> np.ndarray:
     if not np.shares_memory(a, _to_numpy(x, name)):
         # as_float_matrix had to copy it (e.g. a misaligned buffer): an update would be lost.
         raise InvalidArgumentError(
-            f"{name}: expected an aligned float array that can be updated in place "
-            f"(pass np.require({name}, requirements='AW') and use the result)"
+            f"{name}: expected an aligned float array in CPU memory that can be updated in place "
+            f"(a misaligned buffer: use np.require({name}, requirements='AW'); a GPU tensor: "
+            f"accumulate into a CPU array)"
         )
     return a
 
