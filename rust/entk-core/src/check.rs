@@ -141,11 +141,7 @@ fn max_asymmetry<T: Scalar>(a: MatRef<'_, T>) -> f64 {
         .reduce(|| 0.0, f64::max)
 }
 
-/// Fails unless the square `a` is symmetric within `sqrt(eps) * max|a|`.
-pub fn symmetric<T: Scalar>(arg: &'static str, a: MatRef<'_, T>) -> CoreResult<()> {
-    symmetric_with_scale(arg, a, max_abs(a))
-}
-
+/// Fails unless the square `a` is symmetric within `sqrt(eps) · scale` (scale = max |a|).
 fn symmetric_with_scale<T: Scalar>(
     arg: &'static str,
     a: MatRef<'_, T>,
