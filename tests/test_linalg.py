@@ -573,7 +573,9 @@ def test_misaligned_accumulator_is_rejected_not_silently_copied():
     buf = np.zeros(8 * 9 + 1, np.uint8)
     k = np.frombuffer(buf.data, np.float64, 9, offset=1).reshape(3, 3)
     assert not k.flags.aligned
-    with pytest.raises(ef.InvalidArgumentError, match="K: expected an aligned float array in CPU memory"):
+    with pytest.raises(
+        ef.InvalidArgumentError, match="K: expected an aligned float array in CPU memory"
+    ):
         linalg.gram_accumulate(k, np.ones((3, 2)))
 
 
