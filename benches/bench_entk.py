@@ -59,7 +59,7 @@ def _build(case: str) -> tuple[Any, Any, str]:
 
     torch.manual_seed(0)
     if case == "a":
-        from entk_fast.models import ModAddMLP
+        from entk_fast import ModAddMLP
 
         p = 29
         model = ModAddMLP(p, 512).eval()
@@ -163,7 +163,7 @@ def _chunk_bytes(kernel_bytes: int) -> int:
     """One chunk: the working memory the structured path plans within beyond the kernel
     (``structured_cap``: max(0.5 · kernel, 32 MiB)); cotangents beyond it are taken a few
     output rows (trace) or a sample tile at a time."""
-    from entk_fast.ntk.budget import structured_cap
+    from entk_fast.ntk.plan import structured_cap
 
     return structured_cap(kernel_bytes)
 

@@ -14,7 +14,7 @@ import scipy.linalg
 import torch
 from torch import nn
 
-from entk_fast.models import TMS, ModAddMLP
+from entk_fast import TMS, ModAddMLP
 
 __all__ = [
     "MLP",

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from entk_fast import ModAddConfig, train_modadd
 from entk_fast.cli import build_parser, main
-from entk_fast.runs import load_run
-from entk_fast.train import ModAddConfig, train_modadd
+from entk_fast.experiments.runs import load_run
 
 PYTHON_DIR = Path(__file__).resolve().parents[1] / "python"
 
@@ -131,12 +131,12 @@ def test_resume_takes_the_saved_config(tmp_path: Path, capsys: pytest.CaptureFix
 def test_ctrl_c_exits_130_with_a_resume_hint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import entk_fast.train
+    import entk_fast.experiments.train
 
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(entk_fast.train, "train_modadd", interrupted)
+    monkeypatch.setattr(entk_fast.experiments.train, "train", interrupted)
     assert main(["train", "modadd", "--out", str(tmp_path / "r"), "--no-progress"]) == 130
     assert f"--out {tmp_path / 'r'} --resume" in capsys.readouterr().err
 
@@ -144,7 +144,7 @@ def test_ctrl_c_exits_130_with_a_resume_hint(
 def test_missing_demo_module_does_not_break_train(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setitem(sys.modules, "entk_fast.demo", None)  # import now raises ImportError
+    monkeypatch.setitem(sys.modules, "entk_fast.experiments.demo", None)  # import now raises ImportError
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--help"])
     assert exit_info.value.code == 0
@@ -161,9 +161,9 @@ def test_subcommands_plug_in_through_add_parser(monkeypatch: pytest.MonkeyPatch)
         demo.add_argument("--n", type=int, default=1)
         demo.set_defaults(func=lambda args: seen.append(args.n) or 0)
 
-    fake = types.ModuleType("entk_fast.demo")
+    fake = types.ModuleType("entk_fast.experiments.demo")
     fake.add_parser = add_parser  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "entk_fast.demo", fake)
+    monkeypatch.setitem(sys.modules, "entk_fast.experiments.demo", fake)
     assert main(["demo", "--n", "4"]) == 0
     assert seen == [4]
 
@@ -237,7 +237,7 @@ def test_real_sigint_and_sigkill_then_resume_is_bit_identical(tmp_path: Path) ->
 
 
 def test_training_progress_bar_draws_when_enabled(capsys: pytest.CaptureFixture[str]) -> None:
-    from entk_fast.train import tqdm_progress
+    from entk_fast.experiments.train import tqdm_progress
 
     update = tqdm_progress("train tms", disable=False)
     for step in (0, 20, 40):

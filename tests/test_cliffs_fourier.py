@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from entk_fast import InvalidArgumentError, linalg
-from entk_fast.cliffs import RIDGE_EPSILON, spectral_cliffs
-from entk_fast.fourier import FAMILIES, family_values, fourier_family
+from entk_fast.analysis.cliffs import RIDGE_EPSILON, spectral_cliffs
+from entk_fast.analysis.fourier import FAMILIES, family_values, fourier_family
 
 
 def test_cliffs_rank_ratios_largest_first():

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from entk_fast.data import modadd_dataset, modadd_onehot_targets, tms_dataset, tms_importance
 from entk_fast.errors import InvalidArgumentError, InvalidTypeError
+from entk_fast.experiments.modadd import modadd_dataset, modadd_onehot_targets
+from entk_fast.experiments.tms import tms_dataset, tms_importance
 
 
 def test_importance_is_powers_of_the_decay() -> None:

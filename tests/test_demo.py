@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from entk_fast.cli import main
-from entk_fast.demo import run_modadd_demo
+from entk_fast.experiments.demo import run_modadd_demo
 
 
 def test_synthetic_demo_via_cli_finds_the_planted_cliff(tmp_path, capsys):

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from entk_fast import TMS, ModAddMLP
 from entk_fast.errors import InvalidArgumentError, InvalidTypeError
-from entk_fast.models import TMS, ModAddMLP
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

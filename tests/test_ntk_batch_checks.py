@@ -15,8 +15,8 @@ from torch import nn
 
 from entk_fast import EntkError, empirical_ntk, entk_topk
 from entk_fast.errors import InvalidArgumentError, MemoryBudgetError
-from entk_fast.ntk.prepare import prepare
 from entk_fast.ntk.probe import probe_indices
+from entk_fast.ntk.problem import prepare
 
 TOL = 1e-10
 

@@ -15,15 +15,15 @@ from ntk_reference import (
 )
 
 from entk_fast import MemoryBudgetError, empirical_ntk, entk_spectrum, entk_topk
-from entk_fast.ntk.budget import (
+from entk_fast._validate import parse_memory
+from entk_fast.ntk.plan import (
     format_bytes,
-    parse_memory,
     plan_general,
     plan_structured,
     structured_cap,
 )
-from entk_fast.ntk.prepare import evaluation_mode, prepare
-from entk_fast.ntk.structured import find_layers
+from entk_fast.ntk.problem import evaluation_mode, prepare
+from entk_fast.ntk.sources.structured import find_layers
 
 BUDGETS = [int(1.25**i) for i in range(30, 80)]  # 800 B ... 50 MB
 

@@ -11,15 +11,12 @@ import pytest
 import torch
 
 from entk_fast.errors import CheckpointError, InvalidArgumentError, RunDirectoryError
-from entk_fast.runs import (
-    atomic_open,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-    load_run,
-    run_lock,
-)
-from entk_fast.train import ModAddConfig, TMSConfig, build_model, train_modadd, train_tms
+from entk_fast.experiments.modadd import ModAddConfig
+from entk_fast.experiments.registry import build_model
+from entk_fast._io import atomic_open, atomic_write_bytes, atomic_write_json, atomic_write_text
+from entk_fast.experiments.runs import load_run, run_lock
+from entk_fast.experiments.tms import TMSConfig
+from entk_fast.experiments.train import train_modadd, train_tms
 
 SMALL = ModAddConfig(p=11, hidden=32, epochs=40, checkpoint_every=10)
 
@@ -178,7 +175,7 @@ def test_resume_with_checkpoint_and_log_intervals_out_of_step(tmp_path: Path) ->
 
 
 def test_refused_resume_leaves_a_live_writers_temporary_files(tmp_path: Path) -> None:
-    from entk_fast.runs import run_lock
+    from entk_fast.experiments.runs import run_lock
 
     cfg = ModAddConfig(p=5, hidden=8, epochs=10, checkpoint_every=5)
     with pytest.raises(KeyboardInterrupt):

@@ -9,15 +9,10 @@ import pytest
 import torch
 
 from entk_fast.errors import InvalidArgumentError, InvalidTypeError
-from entk_fast.train import (
-    ModAddConfig,
-    TMSConfig,
-    build_model,
-    config_from_dict,
-    first_step_above,
-    train_modadd,
-    train_tms,
-)
+from entk_fast.experiments.modadd import ModAddConfig, first_step_above
+from entk_fast.experiments.registry import build_model, config_from_dict
+from entk_fast.experiments.tms import TMSConfig
+from entk_fast.experiments.train import train_modadd, train_tms
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

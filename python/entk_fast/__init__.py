@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__
 from .errors import (
     CheckpointError,
     EntkError,
@@ -34,24 +35,25 @@ _LAZY: dict[str, str] = {
     "subspace_overlap": "linalg",
     "set_num_threads": "linalg",
     "get_num_threads": "linalg",
-    # eNTK engine
-    "empirical_ntk": "ntk",
-    "entk_spectrum": "ntk",
-    "entk_topk": "ntk",
-    "EmpiricalNTK": "ntk",
-    "NTKSpectrum": "ntk",
-    # toy models, data, training, runs
-    "TMS": "models",
-    "ModAddMLP": "models",
-    "tms_importance": "data",
-    "tms_dataset": "data",
-    "modadd_dataset": "data",
-    "TMSConfig": "train",
-    "ModAddConfig": "train",
-    "train_tms": "train",
-    "train_modadd": "train",
-    "load_run": "runs",
-    "Run": "runs",
+    # results
+    "EmpiricalNTK": "results",
+    "NTKSpectrum": "results",
+    # eNTK engine and spectra
+    "empirical_ntk": "ntk.kernel",
+    "entk_spectrum": "spectrum",
+    "entk_topk": "spectrum",
+    # toy tasks, training, runs
+    "TMS": "experiments.tms",
+    "TMSConfig": "experiments.tms",
+    "tms_importance": "experiments.tms",
+    "tms_dataset": "experiments.tms",
+    "ModAddMLP": "experiments.modadd",
+    "ModAddConfig": "experiments.modadd",
+    "modadd_dataset": "experiments.modadd",
+    "train_tms": "experiments.train",
+    "train_modadd": "experiments.train",
+    "load_run": "experiments.runs",
+    "Run": "experiments.runs",
 }
 
 __all__ = [
@@ -80,18 +82,11 @@ def __dir__() -> list[str]:
     return sorted(__all__)
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("entk-fast")
-    except PackageNotFoundError:  # running from a source tree without install
-        return "0+unknown"
-
-
-__version__ = _version()
-
-if TYPE_CHECKING:  # pragma: no cover - for static type checkers only
+if TYPE_CHECKING:  # pragma: no cover - what static type checkers see for the lazy names
+    from .experiments.modadd import ModAddConfig, ModAddMLP, modadd_dataset  # noqa: F401
+    from .experiments.runs import Run, load_run  # noqa: F401
+    from .experiments.tms import TMS, TMSConfig, tms_dataset, tms_importance  # noqa: F401
+    from .experiments.train import train_modadd, train_tms  # noqa: F401
     from .linalg import (  # noqa: F401
         eigh,
         eigh_topk,
@@ -100,7 +95,11 @@ if TYPE_CHECKING:  # pragma: no cover - for static type checkers only
         gram_accumulate,
         gram_cross,
         hadamard_gram_accumulate,
+        hadamard_gram_cross,
         principal_angles,
         set_num_threads,
         subspace_overlap,
     )
+    from .ntk.kernel import empirical_ntk  # noqa: F401
+    from .results import EmpiricalNTK, NTKSpectrum  # noqa: F401
+    from .spectrum import entk_spectrum, entk_topk  # noqa: F401

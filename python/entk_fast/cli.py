@@ -25,7 +25,7 @@ PROG = "entk-fast"
 # Subcommands defined in other modules: (name, module). Each is imported while the parser is
 # built; one that cannot be imported is replaced by a stub that explains why when invoked, so
 # a missing optional part never breaks the other commands.
-_EXTERNAL_COMMANDS: tuple[tuple[str, str], ...] = (("demo", "entk_fast.demo"),)
+_EXTERNAL_COMMANDS: tuple[tuple[str, str], ...] = (("demo", "entk_fast.experiments.demo"),)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
 
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -84,66 +84,24 @@ def _unavailable(name: str, reason: str) -> Callable[[argparse.Namespace], int]:
 
 
 def add_train_parser(subparsers: Any) -> None:
-    """Register ``train tms`` and ``train modadd``."""
+    """Register ``train KIND`` for every task in the registry."""
+    from .experiments.registry import TASKS
+
     train = subparsers.add_parser(
         "train",
-        help="train a toy model (TMS or the modular-addition MLP) into a run directory",
+        help="train one of the paper's toy models into a run directory",
         description="Train one of the paper's toy models, writing config.json, history.json, "
         "checkpoints/ and training_curve.png into the run directory.",
     )
     train.set_defaults(func=lambda args: _missing_subcommand(train))
     models = train.add_subparsers(title="models", metavar="MODEL")
-    from .train import ModAddConfig, TMSConfig
-
-    tms = models.add_parser(
-        "tms",
-        help="Toy Model of Superposition, y = ReLU(WᵀWx + b) (SPEC §2)",
-        description="Train TMS on a fixed data set: importance-weighted MSE, Adam, full batch. "
-        "Options left out take the defaults shown (the paper's values). With --resume, "
-        "options left out are taken from the saved run and any given must match it.",
-    )
-    t = TMSConfig()
-    _opt(tms, "--features", "n_features", int, t, "number of features n")
-    _opt(tms, "--hidden", "n_hidden", int, t, "hidden width m")
-    _opt(tms, "--sparsity", "sparsity", float, t, "probability S in [0, 1) that a feature is 0")
-    _opt(tms, "--points", "n_points", int, t, "size D of the fixed training set")
-    _opt(
-        tms,
-        "--importance-decay",
-        "importance_decay",
-        float,
-        t,
-        "importance of feature i is this**i",
-    )
-    _opt(tms, "--lr", "lr", float, t, "Adam learning rate")
-    _opt(tms, "--steps", "steps", int, t, "number of full-batch steps")
-    _common_options(tms, t, unit="steps")
-    tms.set_defaults(func=_run_train, config_cls=TMSConfig)
-
-    mod = models.add_parser(
-        "modadd",
-        help="modular-addition MLP f(x) = (1/H) W₂ (W₁x/√(2p))², grokking (SPEC §3)",
-        description="Train the modular-addition MLP on all p² pairs (a, b) -> (a + b) mod p: "
-        "MSE on one-hot labels, AdamW, full batch (one step per epoch). Options left out take "
-        "the defaults shown (the paper's values). With --resume, options left out are taken "
-        "from the saved run and any given must match it.",
-    )
-    m = ModAddConfig()
-    _opt(mod, "--p", "p", int, m, "modulus p (>= 2)")
-    _opt(mod, "--hidden", "hidden", int, m, "hidden width H")
-    _opt(
-        mod,
-        "--train-fraction",
-        "train_fraction",
-        float,
-        m,
-        "fraction of the p² pairs used for training",
-    )
-    _opt(mod, "--lr", "lr", float, m, "AdamW learning rate")
-    _opt(mod, "--weight-decay", "weight_decay", float, m, "AdamW weight decay")
-    _opt(mod, "--epochs", "epochs", int, m, "number of full-batch epochs")
-    _common_options(mod, m, unit="epochs")
-    mod.set_defaults(func=_run_train, config_cls=ModAddConfig)
+    for spec in TASKS.values():
+        parser = models.add_parser(spec.kind, help=spec.help, description=spec.description)
+        defaults = spec.config_cls()
+        for option in spec.options:
+            _opt(parser, option.flag, option.field, option.type, defaults, option.help)
+        _common_options(parser, defaults, unit=spec.step_unit)
+        parser.set_defaults(func=_run_train, task=spec)
 
 
 def _opt(
@@ -206,19 +164,21 @@ def _missing_subcommand(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def _resume_config(out: Path, cls: Any, given: dict[str, Any]) -> Any:
+def _resume_config(out: Path, spec: Any, given: dict[str, Any]) -> Any:
     """The saved config of the run in ``out``; options given on the command line must match."""
-    from . import runs
     from .errors import InvalidArgumentError, RunDirectoryError
-    from .train import config_from_dict
+    from .experiments import runs
+    from .experiments.registry import config_from_dict
 
     kind, saved = runs.read_config_file(out)
-    if kind != cls.kind:
-        raise RunDirectoryError(f"{out} holds a {kind!r} run, not a {cls.kind!r} run")
+    if kind != spec.kind:
+        raise RunDirectoryError(f"{out} holds a {kind!r} run, not a {spec.kind!r} run")
     config = config_from_dict(kind, saved)
     requested = dataclasses.replace(config, **given)
+    flags = {option.field: option.flag for option in spec.options}
     mismatched = [
-        f"{_flag(k)} {given[k]} (the saved run has {getattr(config, k)})"
+        f"{flags.get(k, '--' + k.replace('_', '-'))} {given[k]} (the saved run has "
+        f"{getattr(config, k)})"
         for k in given
         if getattr(requested, k) != getattr(config, k)
     ]
@@ -229,28 +189,21 @@ def _resume_config(out: Path, cls: Any, given: dict[str, Any]) -> Any:
     return config
 
 
-def _flag(field: str) -> str:
-    return _FLAGS.get(field, "--" + field.replace("_", "-"))
-
-
-_FLAGS = {"n_features": "--features", "n_hidden": "--hidden", "n_points": "--points"}
-
-
 def _run_train(args: argparse.Namespace) -> int:
-    from . import runs
-    from .train import first_step_above, train_modadd, train_tms
+    from .experiments import runs
+    from .experiments.train import train
 
-    cls = args.config_cls
+    spec = args.task
+    cls = spec.config_cls
     given = {
         f.name: getattr(args, f"cfg_{f.name}")
         for f in dataclasses.fields(cls)
         if getattr(args, f"cfg_{f.name}", None) is not None
     }
     if args.resume and (args.out / runs.CONFIG_FILE).exists():
-        config = _resume_config(args.out, cls, given)
+        config = _resume_config(args.out, spec, given)
     else:
         config = cls(**given)
-    train = train_tms if cls.kind == "tms" else train_modadd
     try:
         result = train(
             config,
@@ -264,23 +217,12 @@ def _run_train(args: argparse.Namespace) -> int:
         steps = runs.checkpoint_steps(args.out)
         last = f"last checkpoint: step {steps[-1]}" if steps else "no checkpoint yet"
         print(
-            f"\n{PROG}: interrupted ({last}); continue with: {PROG} train {cls.kind} "
+            f"\n{PROG}: interrupted ({last}); continue with: {PROG} train {spec.kind} "
             f"--out {args.out} --resume",
             file=sys.stderr,
         )
         return 130
-    h = result.history
     print(f"run directory: {result.out}")
-    if cls.kind == "tms":
-        print(
-            f"final loss {h['loss'][-1]:.4g}; reconstructed features "
-            f"((WᵀW)_ii >= 0.75): {int(h['n_reconstructed'][-1])} of {config.n_features}"
-        )
-    else:
-        print(
-            f"final train acc {100 * h['train_acc'][-1]:.1f}%, "
-            f"test acc {100 * h['test_acc'][-1]:.1f}%"
-        )
-        epoch = first_step_above(h, "test_acc", 0.5)
-        print("test accuracy first above 50% at epoch " + ("-" if epoch is None else str(epoch)))
+    for line in spec.summary(config, result.history):
+        print(line)
     return 0

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,132 +17,25 @@ import psutil
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch import nn
 
-from .. import linalg
-from ..cliffs import spectral_cliffs
-from ..errors import InvalidArgumentError, InvalidTypeError, LinAlgError, MemoryBudgetError
-from .budget import format_bytes, work_budget
-from .empirical import EmpiricalNTK, check_model, compute_kernel, describe_kernel
-from .jacobian import as_kernel_rows, jacobian_block
-from .layout import flatten_outputs, unflatten_outputs
-from .matfree import KernelOperator
-from .prepare import Problem, evaluation_mode, prepare
-from .progress import progress_bar
+from . import linalg
+from ._progress import progress_bar
+from ._validate import check_choice, check_k, check_ridge
+from .errors import InvalidArgumentError, LinAlgError, MemoryBudgetError
+from .ntk.kernel import check_model, compute_kernel, describe_kernel
+from .ntk.operator import KernelOperator
+from .ntk.plan import format_bytes, work_budget
+from .ntk.problem import Problem, evaluation_mode, prepare
+from .ntk.sources.general import jacobian_block
+from .results import NTKSpectrum, spectrum_of_kernel
 
-__all__ = ["NTKSpectrum", "entk_spectrum", "entk_topk", "spectrum_of_kernel"]
+__all__ = ["entk_spectrum", "entk_topk"]
 
 METHODS = ("auto", "dense", "dual", "matrix_free")
 
 
-@dataclass(frozen=True, eq=False)
-class NTKSpectrum:
-    """Top eigenpairs of a (reduced, metric-weighted) eNTK, eigenvalues descending.
-
-    ``eigenvectors`` is (R, k) with R = N·C (flattened, row = n·C + c) or N; column i belongs
-    to ``eigenvalues[i]``. ``method`` says how they were found.
-    """
-
-    eigenvalues: np.ndarray
-    eigenvectors: np.ndarray
-    method: str
-    """``"dense"``, ``"dual"`` or ``"matrix_free"``."""
-    n_samples: int
-    n_outputs: int
-    reduction: str
-    ridge: float = 0.0
-    """Absolute ridge ε·mean(diag K) added to K's diagonal (and so to every eigenvalue)."""
-    n_parameters: int = 0
-    output_metric: np.ndarray | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-    """Solver details: e.g. ``n_matvec``, ``tol``, ``rank``, ``solver``."""
-
-    def __len__(self) -> int:
-        return int(self.eigenvalues.shape[0])
-
-    def unflatten(self, v: Any) -> np.ndarray:
-        """Eigenvector(s) of a flattened kernel as (N, C) or (N, C, k); [n, c] = row n·C + c."""
-        return unflatten_outputs(v, self.n_samples, self.n_outputs, self.reduction)
-
-    def flatten(self, u: Any) -> np.ndarray:
-        """(N, C[, k]) -> (N·C[, k]), the inverse of :meth:`unflatten`."""
-        return flatten_outputs(u, self.n_samples, self.n_outputs, self.reduction)
-
-    def gaps(self, top: int = 5) -> list[tuple[int, float]]:
-        """The ``top`` largest spectral cliffs: (k, λ_k / λ_{k+1}) with k counted from 1.
-
-        Sorted by ratio, largest first. Eigenvalues are floored at ε·mean(λ) (ε = 1e-8,
-        :data:`entk_fast.cliffs.RIDGE_EPSILON`) first, so round-off zeros give large but
-        finite ratios; see :func:`entk_fast.cliffs.spectral_cliffs`.
-        """
-        if len(self) < 2 or int(top) < 1:
-            return []
-        cliffs = spectral_cliffs(self.eigenvalues, top=int(top))
-        return [(c.index, c.ratio) for c in cliffs]
-
-
-def _check_k(k: Any, size: int, *, required: bool) -> int | None:
-    if k is None:
-        if required:
-            raise InvalidArgumentError("k is required: give the number of eigenpairs to compute")
-        return None
-    if isinstance(k, bool) or not isinstance(k, int | np.integer):
-        raise InvalidTypeError(f"k must be an integer, got {type(k).__name__}")
-    if not 1 <= int(k) <= size:
-        raise InvalidArgumentError(f"k must be in [1, {size}] (the kernel's order), got {k}")
-    return int(k)
-
-
-def _check_ridge(ridge: Any) -> float:
-    if isinstance(ridge, bool) or not isinstance(ridge, int | float):
-        raise InvalidTypeError(f"ridge must be a number, got {type(ridge).__name__}")
-    if not np.isfinite(ridge) or ridge < 0:
-        raise InvalidArgumentError(f"ridge must be a finite number ≥ 0, got {ridge}")
-    return float(ridge)
-
-
-def spectrum_of_kernel(
-    ntk: EmpiricalNTK,
-    k: int | None,
-    *,
-    ridge: float = 0.0,
-    tol: float | None = None,
-    in_place: bool = False,
-) -> NTKSpectrum:
-    """Eigenpairs of a dense kernel: all (``k=None``, ``linalg.eigh``) or the top k."""
-    size = ntk.kernel.shape[0]
-    kk = _check_k(k, size, required=False)
-    eps = _check_ridge(ridge)
-    kernel = ntk.kernel
-    shift = 0.0
-    if eps > 0:
-        shift = eps * float(np.trace(kernel)) / size
-        if not in_place:
-            kernel = kernel.copy()
-        kernel[np.diag_indices(size)] += shift
-    info: dict[str, Any] = {"ridge_relative": eps}
-    if kk is None or kk == size:
-        values, vectors = linalg.eigh(kernel)
-        info["solver"] = "eigh"
-    else:
-        values, vectors, how = linalg.eigh_topk(kernel, kk, tol=tol, return_method=True)
-        info["solver"] = f"eigh_topk:{how}"
-    return NTKSpectrum(
-        eigenvalues=values,
-        eigenvectors=vectors,
-        method="dense",
-        n_samples=ntk.n_samples,
-        n_outputs=ntk.n_outputs,
-        reduction=ntk.reduction,
-        ridge=shift,
-        n_parameters=ntk.n_parameters,
-        output_metric=ntk.output_metric,
-        info=info,
-    )
-
-
 def _dual_columns(problem: Problem) -> int:
     """Q, the columns of M: P (flattened, mean_pairs) or C·P (trace)."""
-    numel = problem.numel(problem.selected)
-    return numel if problem.mode == "rows" else problem.rows_per_sample * numel
+    return problem.reduction.dual_columns(problem.rows_per_sample, problem.numel(problem.selected))
 
 
 def _dual(
@@ -161,7 +53,7 @@ def _dual(
         max_memory,
         (q * q + size * out_cols) * it,
         f"the dual {q}×{q} Gram Mᵀ M and the eigenvectors",
-        suggest_reduction=problem.reduction == "flattened" and rows > 1,
+        suggest_reduction=problem.reduction.per_output and rows > 1,
     )
     # The Jacobian block, its float64 copy and transpose, and vmap(jacrev)'s intermediates.
     per_sample = (it + 16) * rows * numel + it * (rows + 2) * problem.probe.activation_numel
@@ -181,11 +73,11 @@ def _dual(
     gram_dual = np.zeros((q, q), dtype=np.float64)
     with progress_bar(progress, 2 * len(slices), "eNTK dual", unit="block") as bar:
         for start, stop in slices:
-            block = as_kernel_rows(
-                problem, jacobian_block(problem, problem.selected, start, stop, chunk)
+            block = problem.as_kernel_rows(
+                jacobian_block(problem, problem.selected, start, stop, chunk)
             )
             wide = np.ascontiguousarray(block.T, dtype=np.float64)
-            linalg.gram_accumulate(gram_dual, wide, alpha=problem.alpha)
+            linalg.gram_accumulate(gram_dual, wide, alpha=problem.kernel_scale)
             del wide
             if keep_all:
                 stored.append(block)
@@ -201,15 +93,15 @@ def _dual(
         values = np.ascontiguousarray(values[:count])
         basis = np.ascontiguousarray(vectors[:, :count].T)  # (count, Q)
         del vectors
-        scale = np.sqrt(problem.alpha) / np.sqrt(values)
+        scale = np.sqrt(problem.kernel_scale) / np.sqrt(values)
         eigvecs = np.empty((size, count), dtype=dtype)
         per = problem.kernel_rows_per_sample
         for i, (start, stop) in enumerate(slices):
             if keep_all:
                 block = stored[i]
             else:
-                block = as_kernel_rows(
-                    problem, jacobian_block(problem, problem.selected, start, stop, chunk)
+                block = problem.as_kernel_rows(
+                    jacobian_block(problem, problem.selected, start, stop, chunk)
                 )
             mapped = linalg.gram_cross(block.astype(np.float64), basis) * scale
             eigvecs[start * per : stop * per] = mapped
@@ -224,7 +116,7 @@ def _dual(
         method="dual",
         n_samples=n,
         n_outputs=problem.n_outputs,
-        reduction=problem.reduction,
+        reduction=problem.reduction.name,
         ridge=shift,
         n_parameters=numel,
         output_metric=problem.metric,
@@ -262,13 +154,13 @@ def _matrix_free(
     it = problem.itemsize
     numel = problem.numel(problem.selected)
     rows = problem.rows_per_sample
-    copies = rows if problem.mode == "sum" else 1
+    copies = rows if problem.reduction.rows_concatenated else 1
     fixed = (lanczos + 2) * size * 8 + 3 * copies * numel * it
     budget = work_budget(
         max_memory,
         size * k * 8,
         f"the {size}×{k} eigenvector block",
-        suggest_reduction=problem.reduction == "flattened" and rows > 1,
+        suggest_reduction=problem.reduction.per_output and rows > 1,
     )
     per_sample = it * (copies + 3) * (problem.probe.activation_numel + rows)
     if fixed + per_sample > budget:
@@ -307,7 +199,7 @@ def _matrix_free(
         method="matrix_free",
         n_samples=problem.n_samples,
         n_outputs=problem.n_outputs,
-        reduction=problem.reduction,
+        reduction=problem.reduction.name,
         n_parameters=numel,
         output_metric=problem.metric,
         info={
@@ -380,9 +272,8 @@ def entk_spectrum(
         seed: start vector of the matrix-free solver.
     """
     check_model(model)
-    if method not in METHODS:
-        raise InvalidArgumentError(f"unknown method {method!r}; choose one of {METHODS}")
-    eps = _check_ridge(ridge)
+    check_choice("method", method, METHODS)
+    eps = check_ridge(ridge)
     with evaluation_mode(model):
         problem = prepare(
             model,
@@ -392,7 +283,7 @@ def entk_spectrum(
             params=params,
             dtype=dtype,
         )
-        kk = _check_k(k, problem.kernel_size, required=method == "matrix_free")
+        kk = check_k(k, problem.kernel_size, required=method == "matrix_free")
         chosen = _choose(problem, kk, method)
         if chosen == "dual":
             return _dual(problem, kk, eps, max_memory, progress)
@@ -455,7 +346,7 @@ def entk_topk(
             params=params,
             dtype=dtype,
         )
-        kk = _check_k(k, problem.kernel_size, required=True)
+        kk = check_k(k, problem.kernel_size, required=True)
         assert kk is not None
         return _matrix_free(
             problem,

@@ -1,12 +1,14 @@
-"""Fourier feature families of modular arithmetic on the p × p input grid (SPEC §3)."""
+"""Fourier feature families of modular arithmetic on the p × p input grid, and their overlaps
+with eigenvector blocks (J. Lin, arXiv 2510.00468, the modular-addition MLP)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from .errors import InvalidArgumentError
+from .. import linalg
+from ..errors import InvalidArgumentError
 
-__all__ = ["FAMILIES", "fourier_family", "family_values"]
+__all__ = ["FAMILIES", "family_overlaps", "family_values", "fourier_family"]
 
 #: The four families of the modular-addition MLP: functions of a, b, a+b and a−b (mod p).
 FAMILIES = ("a", "b", "a+b", "a-b")
@@ -38,3 +40,13 @@ def fourier_family(p: int, which: str) -> np.ndarray:
     cols -= cols.mean(axis=0)
     q, r = np.linalg.qr(cols)
     return q * np.sign(np.diag(r))  # keep each column's sign: q[:, j] ∝ cols[:, j] + lower
+
+
+def family_overlaps(
+    vectors: np.ndarray, p: int, families: tuple[str, ...] = FAMILIES
+) -> dict[str, float]:
+    """Subspace overlap Σ cos²(principal angles) of span(``vectors``) (p², k) with each family.
+
+    Each value lies in [0, min(k, p − 1)]; p − 1 means the family lies in the span.
+    """
+    return {name: linalg.subspace_overlap(vectors, fourier_family(p, name)) for name in families}

@@ -15,8 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from . import linalg
-from .cliffs import spectral_cliffs
+from .. import linalg
+from .._validate import check_seed
+from ..analysis.cliffs import spectral_cliffs
+from ..analysis.fourier import FAMILIES, family_overlaps, family_values
 
 __all__ = ["add_parser", "run_modadd_demo", "run_synthetic_demo"]
 
@@ -44,6 +46,9 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    check_seed("--seed", args.seed)
+    if args.out is not None:
+        _check_writable(args.out)
     if args.synthetic:
         summary = run_synthetic_demo(seed=args.seed)
     else:
@@ -51,11 +56,28 @@ def _run(args: argparse.Namespace) -> int:
             p=args.p, epochs=args.epochs, seed=args.seed, progress=not args.no_progress
         )
     if args.out is not None:
-        from .runs import atomic_write_json
+        from .._io import atomic_write_json
 
         atomic_write_json(args.out, summary)
         print(f"summary written to {args.out}")
     return 0
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse an output file that cannot be written, before any work."""
+    import os
+
+    from ..errors import InvalidArgumentError
+
+    if path.is_dir():
+        raise InvalidArgumentError(
+            f"--out {path} is a directory; give a file name, e.g. {path}/demo.json"
+        )
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InvalidArgumentError(f"--out {path}: the directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InvalidArgumentError(f"--out {path}: the directory {parent} is not writable")
 
 
 def _print_cliffs(values: np.ndarray, label: str) -> list[dict[str, float]]:
@@ -72,9 +94,9 @@ def run_modadd_demo(
     *, p: int = 29, epochs: int = 500, seed: int = 0, progress: bool = True
 ) -> dict[str, Any]:
     """Train, compute the eNTK, print the Fourier-feature overlaps; returns the summary."""
-    from .fourier import family_values, fourier_family
-    from .ntk import empirical_ntk
-    from .train import ModAddConfig, train_modadd
+    from ..ntk import empirical_ntk
+    from .modadd import ModAddConfig
+    from .train import train_modadd
 
     family_values(p, "a")  # validates p (odd, ≥ 3) before any training
     config = ModAddConfig(p=p, epochs=epochs, seed=seed)
@@ -110,9 +132,9 @@ def run_modadd_demo(
     print(f"  subspace overlap (out of {fam}) of each Fourier family with the eigenvectors")
     head1, head2 = f"2–{1 + 2 * fam}", f"{2 + 2 * fam}–{1 + 4 * fam}"
     print(f"    {'family':8s} {'eigvecs ' + head1:>16s} {'eigvecs ' + head2:>18s}")
-    for name in ("a", "b", "a+b", "a-b"):
-        f = fourier_family(p, name)
-        o1, o2 = linalg.subspace_overlap(first, f), linalg.subspace_overlap(second, f)
+    in_first, in_second = family_overlaps(first, p), family_overlaps(second, p)
+    for name in FAMILIES:
+        o1, o2 = in_first[name], in_second[name]
         overlaps[name] = {"first_cliff": o1, "second_cliff": o2}
         print(f"    {name:8s} {o1:16.2f} {o2:18.2f}")
     layer_cliffs = {}

@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidArgumentError
-from .runs import atomic_write_bytes
+from .._io import atomic_write_bytes
+from .registry import task_of
 
 __all__ = ["plot_training_curve"]
 
@@ -25,43 +25,41 @@ def plot_training_curve(
     title: str | None = None,
     dpi: int = 120,
 ) -> Path:
-    """Write the training curves of a ``"tms"`` or ``"modadd"`` history to ``path`` (PNG).
+    """Write the training curves of a registered task's history to ``path`` (PNG).
 
-    TMS: loss (log scale) and number of reconstructed features against step.
-    Modular addition: train/test loss (log scale) and train/test accuracy against epoch.
+    Two panels against step (epoch for the modular-addition MLP), as the task's registry entry
+    says: TMS shows the loss (log scale) and the number of reconstructed features; modular
+    addition the train/test loss (log scale) and accuracy.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    if kind not in ("tms", "modadd"):
-        raise InvalidArgumentError(f"kind must be 'tms' or 'modadd', got {kind!r}")
+    spec = task_of(kind)
     fig = Figure(figsize=(10, 4), layout="constrained")
     FigureCanvasAgg(fig)
-    ax_loss, ax_right = fig.subplots(1, 2)
     steps = list(history["step"])
-    if kind == "tms":
-        ax_loss.plot(steps, history["loss"], label="train")
-        ax_right.plot(steps, history["n_reconstructed"], color="C2")
-        ax_right.set_ylabel(r"features with $(W^\top W)_{ii} \geq 0.75$")
-        ax_right.yaxis.set_major_locator(MaxNLocator(integer=True))
-        xlabel = "step"
-    else:
-        for split, color in (("train", "C0"), ("test", "C1")):
-            ax_loss.plot(steps, history[f"{split}_loss"], color=color, label=split)
-            acc = [100.0 * a for a in history[f"{split}_acc"]]
-            ax_right.plot(steps, acc, color=color, label=split)
-        ax_right.set_ylabel("accuracy (%)")
-        ax_right.set_ylim(-2, 102)
-        ax_right.legend()
-        xlabel = "epoch"
-    ax_loss.set_yscale("log")
-    ax_loss.set_ylabel("loss")
-    ax_loss.legend()
-    for ax in (ax_loss, ax_right):
-        ax.set_xlabel(xlabel)
+    for ax, panel in zip(fig.subplots(1, 2), spec.panels, strict=True):
+        for i, column in enumerate(panel.columns):
+            values = [100.0 * v for v in history[column]] if panel.percent else history[column]
+            label = (
+                column.removesuffix("_loss").removesuffix("_acc")
+                if len(panel.columns) > 1
+                else "train"
+            )
+            ax.plot(steps, values, color=f"C{i if len(panel.columns) > 1 else 0}", label=label)
+        if panel.log:
+            ax.set_yscale("log")
+        if panel.percent:
+            ax.set_ylim(-2, 102)
+        if panel.integer:
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(panel.columns) > 1 or panel.log:
+            ax.legend()
+        ax.set_ylabel(panel.ylabel)
+        ax.set_xlabel(spec.step_unit.removesuffix("s"))
         ax.grid(alpha=0.3)
-    fig.suptitle(title or ("TMS training" if kind == "tms" else "Modular addition training"))
+    fig.suptitle(title or spec.title)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     target = Path(path)

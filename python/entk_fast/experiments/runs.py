@@ -1,4 +1,4 @@
-"""Run directories: atomic file writes, config/history/checkpoint files, and :func:`load_run`.
+"""Run directories: config/history/checkpoint files, the run lock, and :func:`load_run`.
 
 Layout of a run directory::
 
@@ -18,29 +18,21 @@ import contextlib
 import json
 import os
 import re
-import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import CheckpointError, InvalidArgumentError, RunDirectoryError
+from .._io import TMP_FILE_RE, atomic_open, atomic_write_json
+from ..errors import CheckpointError, RunDirectoryError
+from .registry import build_model, config_from_dict
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
-    from .train import ModAddConfig, TMSConfig
-
-__all__ = [
-    "Run",
-    "atomic_open",
-    "atomic_write_bytes",
-    "atomic_write_json",
-    "atomic_write_text",
-    "load_run",
-]
+__all__ = ["Run", "load_run"]
 
 RUN_FORMAT = "entk-fast-run"
 CHECKPOINT_FORMAT = "entk-fast-checkpoint"
@@ -51,65 +43,7 @@ CHECKPOINT_DIR = "checkpoints"
 PLOT_FILE = "training_curve.png"
 LOCK_FILE = ".lock"
 _CHECKPOINT_RE = re.compile(r"^step-(\d+)\.pt$")
-_TMP_RE = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
-
-
-# --- atomic writes ----------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary file next to ``path``; on a clean exit, fsync it and rename it onto
-    ``path``. On an exception (Ctrl-C included) the temporary file is removed and ``path``
-    is left untouched. ``mode`` is ``"wb"`` or ``"w"`` (UTF-8 text).
-    """
-    if mode not in ("wb", "w"):
-        raise InvalidArgumentError(f"mode must be 'wb' or 'w', got {mode!r}")
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
-    # os.open with 0o666 lets the umask decide the final permissions, unlike mkstemp's 0o600.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with open(fd, mode, encoding=None if mode == "wb" else "utf-8") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(target.parent)
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (see :func:`atomic_open`)."""
-    with atomic_open(path, "wb") as f:
-        f.write(data)
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    with atomic_open(path, "w") as f:
-        f.write(text)
-
-
-def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2) -> None:
-    """Write ``obj`` as JSON (plus a final newline) to ``path`` atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; directories cannot be opened this way on Windows.
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+_TMP_RE = re.compile(TMP_FILE_RE)
 
 
 # --- run directory: config and history files --------------------------------------------------
@@ -253,7 +187,7 @@ def _versions() -> dict[str, str]:
 
     import torch
 
-    from . import __version__
+    from .._version import __version__
 
     return {
         "entk_fast": __version__,
@@ -346,8 +280,8 @@ class Run:
 
     Attributes:
         path: the run directory.
-        kind: ``"tms"`` or ``"modadd"``.
-        config: the run's :class:`~entk_fast.TMSConfig` or :class:`~entk_fast.ModAddConfig`.
+        kind: the registered task, e.g. ``"tms"`` or ``"modadd"``.
+        config: the run's config (:class:`~entk_fast.TMSConfig`, :class:`~entk_fast.ModAddConfig`).
         history: column name -> values per logged step (``"step"`` is int64, the rest float64);
             for ``"modadd"`` one step is one full-batch epoch.
         completed: whether training reached its last step.
@@ -355,7 +289,7 @@ class Run:
 
     path: Path
     kind: str
-    config: TMSConfig | ModAddConfig
+    config: Any
     history: dict[str, np.ndarray]
     completed: bool
 
@@ -366,8 +300,6 @@ class Run:
 
     def load_checkpoint(self, step: int | None = None) -> nn.Module:
         """The model at ``step`` (default: the latest checkpoint), on CPU, in eval mode."""
-        from .train import build_model
-
         if step is None:
             steps = self.checkpoint_steps
             if not steps:
@@ -398,8 +330,6 @@ class Run:
 
 def load_run(path: str | os.PathLike[str]) -> Run:
     """Open the run directory ``path`` written by ``train_tms``/``train_modadd`` or the CLI."""
-    from .train import config_from_dict
-
     run_path = Path(path)
     if not run_path.is_dir():
         raise RunDirectoryError(f"run directory {run_path} does not exist")

@@ -1,15 +1,16 @@
-"""The torch eNTK engine: dense kernels, layer kernels, spectra and matrix-free top-k.
+"""The torch eNTK engine: model + inputs -> kernel tiles -> kernels, and K·v without K.
 
-Modules, one job each: ``prepare`` (validation), ``groups`` (parameter groups), ``probe``
-(one forward to learn the model), ``budget`` (memory planning), ``jacobian`` (general
-path), ``structured`` (Linear/Embedding fast path), ``empirical`` (``empirical_ntk``),
-``matfree`` (kernel-vector products), ``spectrum`` (``entk_spectrum``, ``entk_topk``),
-``layout`` (row = n·C + c reshaping).
+Modules, one job each: ``problem`` (the validated request and the ``Reduction`` objects),
+``params`` (parameter selection and groups), ``probe`` (one cheap look at the model),
+``checks`` (batch-independence checks), ``plan`` (the memory budget and every path's tile /
+chunk plan), ``sources/`` (what a sample tile contributes: ``general`` = vmap(jacrev) blocks,
+``structured`` + ``layers`` = the exact Linear/Embedding fast path and its rule registry),
+``assemble`` (the one tile loop), ``operator`` (kernel-vector products), ``kernel``
+(``empirical_ntk``, square and cross).
 """
 
 from __future__ import annotations
 
-from .empirical import EmpiricalNTK, empirical_ntk
-from .spectrum import NTKSpectrum, entk_spectrum, entk_topk
+from .kernel import empirical_ntk
 
-__all__ = ["EmpiricalNTK", "NTKSpectrum", "empirical_ntk", "entk_spectrum", "entk_topk"]
+__all__ = ["empirical_ntk"]

@@ -1,75 +1,26 @@
-"""``empirical_ntk``: the dense eNTK of a PyTorch model, and the ``EmpiricalNTK`` result."""
+"""``empirical_ntk``: the dense eNTK K(X, X) of a PyTorch model, or the cross kernel K(X, X2)."""
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from torch import nn
 
+from .._progress import progress_bar
 from ..errors import InvalidTypeError
-from .budget import plan_general, plan_structured, work_budget
-from .jacobian import accumulate_pack
-from .layout import flatten_outputs, unflatten_outputs
-from .prepare import Problem, evaluation_mode, prepare
-from .progress import progress_bar
-from .structured import (
-    StructuredFallback,
-    StructuredLayer,
-    accumulate_pass,
-    find_layers,
-    verify_layers,
-)
+from ..results import EmpiricalNTK
+from .assemble import TileSource, assemble_cross, assemble_square, cross_units, square_units
+from .checks import StructuredFallback
+from .plan import plan_general, plan_structured, work_budget
+from .problem import Problem, evaluation_mode, prepare
+from .sources.general import GeneralSource
+from .sources.layers import StructuredLayer
+from .sources.structured import StructuredSource, find_layers, verify_layers
 
-if TYPE_CHECKING:
-    from .spectrum import NTKSpectrum
-
-__all__ = ["EmpiricalNTK", "compute_kernel", "empirical_ntk"]
-
-
-@dataclass(frozen=True, eq=False)
-class EmpiricalNTK:
-    """An empirical NTK and how it was computed.
-
-    ``kernel`` is (N·C, N·C) for ``flattened`` (row = n·C + c) and (N, N) for ``trace`` and
-    ``mean_pairs``; ``layer_kernels`` (``layerwise=True``) has one kernel of the same shape per
-    parameter group, and they sum to ``kernel``.
-    """
-
-    kernel: np.ndarray
-    layer_kernels: dict[str, np.ndarray]
-    n_samples: int
-    n_outputs: int
-    """C, the model's outputs per sample (its output flattened)."""
-    reduction: str
-    parameter_groups: dict[str, tuple[str, ...]]
-    """Group name -> canonical parameter names (module paths by default)."""
-    output_metric: np.ndarray | None
-    """The metric S (C, C) that weighted the outputs, or None."""
-    paths: dict[str, str] = field(default_factory=dict)
-    """Parameter name -> ``"structured"`` (Linear/Embedding fast path) or ``"general"``."""
-    n_parameters: int = 0
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.kernel.shape)
-
-    def unflatten(self, v: Any) -> np.ndarray:
-        """Eigenvector(s) of a flattened kernel as (N, C) or (N, C, k); [n, c] = row n·C + c."""
-        return unflatten_outputs(v, self.n_samples, self.n_outputs, self.reduction)
-
-    def flatten(self, u: Any) -> np.ndarray:
-        """(N, C[, k]) -> (N·C[, k]), the inverse of :meth:`unflatten`."""
-        return flatten_outputs(u, self.n_samples, self.n_outputs, self.reduction)
-
-    def spectrum(self, k: int | None = None, *, ridge: float = 0.0) -> NTKSpectrum:
-        """Eigenpairs (descending) of this kernel; see :func:`entk_fast.entk_spectrum`."""
-        from .spectrum import spectrum_of_kernel
-
-        return spectrum_of_kernel(self, k, ridge=ridge)
+__all__ = ["check_model", "compute_kernel", "describe_kernel", "empirical_ntk"]
 
 
 def check_model(model: Any) -> nn.Module:
@@ -78,15 +29,17 @@ def check_model(model: Any) -> nn.Module:
     return model
 
 
-def describe_kernel(problem: Problem, count: int = 1) -> str:
+def describe_kernel(problem: Problem, count: int = 1, shape: tuple[int, int] | None = None) -> str:
+    """E.g. "the kernel of 841×841 (trace, N = 841, torch.float64)", for messages."""
     size = problem.kernel_size
+    rows, cols = (size, size) if shape is None else shape
     what = (
         f"N·C = {problem.n_samples}·{problem.rows_per_sample}"
-        if problem.mode == "rows" and problem.rows_per_sample > 1
+        if not problem.reduction.rows_concatenated and problem.rows_per_sample > 1
         else f"N = {problem.n_samples}"
     )
     many = f"{count} kernels" if count > 1 else "the kernel"
-    return f"{many} of {size}×{size} ({problem.reduction}, {what}, {problem.dtype})"
+    return f"{many} of {rows}×{cols} ({problem.reduction.name}, {what}, {problem.dtype})"
 
 
 def compute_kernel(
@@ -96,22 +49,29 @@ def compute_kernel(
     max_memory: Any,
     structured: bool,
     progress: bool,
+    n_rows: int | None = None,
 ) -> EmpiricalNTK:
-    """Plan, then assemble the kernel (and layer kernels) of a prepared problem."""
-    size = problem.kernel_size
+    """Plan, then assemble the kernel (and layer kernels) of a prepared problem.
+
+    ``n_rows`` (cross kernel): the problem's first ``n_rows`` samples are X and the rest X2,
+    and the result is K(X, X2); None: the square kernel of all samples.
+    """
+    n = problem.n_samples
+    per = problem.kernel_rows_per_sample
+    shape = (n * per, n * per) if n_rows is None else (n_rows * per, (n - n_rows) * per)
     count = 1 + (len(problem.groups) if layerwise else 0)
-    output_bytes = count * size * size * problem.itemsize
+    output_bytes = count * shape[0] * shape[1] * problem.itemsize
     budget = work_budget(
         max_memory,
         output_bytes,
-        describe_kernel(problem, count),
-        suggest_reduction=problem.reduction == "flattened" and problem.rows_per_sample > 1,
+        describe_kernel(problem, count, shape),
+        suggest_reduction=problem.reduction.per_output and problem.rows_per_sample > 1,
     )
 
     layers = verify_layers(problem, find_layers(problem)) if structured else []
     while True:
         try:
-            return _assemble(problem, layers, budget, output_bytes, layerwise, progress)
+            return _assemble(problem, layers, budget, output_bytes, layerwise, progress, n_rows)
         except StructuredFallback as exc:
             # A layer misbehaved on the full batch: start over with it on the general path.
             kept = [layer for layer in layers if layer.path not in exc.paths]
@@ -125,10 +85,14 @@ def _assemble(
     output_bytes: int,
     layerwise: bool,
     progress: bool,
+    n_rows: int | None,
 ) -> EmpiricalNTK:
-    size = problem.kernel_size
+    n = problem.n_samples
+    per = problem.kernel_rows_per_sample
+    cross = n_rows is not None
+    shape = (n * per, n * per) if n_rows is None else (n_rows * per, (n - n_rows) * per)
     sweeps, _rejected = plan_structured(  # the rejected take the general path
-        problem, layers, budget, output_bytes, layerwise=layerwise
+        problem, layers, budget, output_bytes, layerwise=layerwise, tiled_only=cross
     )
     fast = {name for sweep in sweeps for layer in sweep.layers for name in layer.names}
     group_of = {name: key for key, names in problem.groups.items() for name in names}
@@ -143,43 +107,60 @@ def _assemble(
     packs = plan_general(problem, [(key, names) for key, names in targets if names], budget)
 
     dtype = problem.numpy_dtype
-    kernel = np.zeros((size, size), dtype=dtype)
+    kernel = np.zeros(shape, dtype=dtype)
     layer_kernels = (
-        {key: np.zeros((size, size), dtype=dtype) for key in problem.groups} if layerwise else {}
+        {key: np.zeros(shape, dtype=dtype) for key in problem.groups} if layerwise else {}
     )
     target_of: Callable[[str], np.ndarray] = (
         (lambda name: layer_kernels[group_of[name]]) if layerwise else (lambda name: kernel)
     )
-    units = sum(sweep.units(problem.n_samples) for sweep in sweeps)
-    units += sum(
-        1 if pack.tile >= problem.n_samples else -(-problem.n_samples // pack.tile)
+    work: list[tuple[TileSource, int, int]] = [
+        (StructuredSource(problem, sweep, target_of), sweep.tile, sweep.units(n))
+        for sweep in sweeps
+    ]
+    work += [
+        (
+            GeneralSource(
+                problem, pack, kernel if pack.target is None else layer_kernels[pack.target]
+            ),
+            pack.tile,
+            1 if pack.tile >= n else square_units(n, pack.tile),
+        )
         for pack in packs
-    )
+    ]
+    if cross:
+        assert n_rows is not None
+        units = sum(cross_units(n_rows, n - n_rows, tile) for _, tile, _ in work)
+    else:
+        units = sum(whole for _, _, whole in work)
     with progress_bar(progress, units, "eNTK", unit="block") as bar:
-        for sweep in sweeps:
-            accumulate_pass(problem, sweep, target_of, bar.update)
-        for pack in packs:
-            target = kernel if pack.target is None else layer_kernels[pack.target]
-            accumulate_pack(problem, pack, target, bar.update)
+        for source, tile, _ in work:
+            if cross:
+                assert n_rows is not None
+                assemble_cross(source, n_rows, n - n_rows, tile, per, bar.update)
+            else:
+                assemble_square(source, n, tile, per, bar.update)
     if layerwise:
         for part in layer_kernels.values():
             kernel += part
     return EmpiricalNTK(
         kernel=kernel,
         layer_kernels=layer_kernels,
-        n_samples=problem.n_samples,
+        n_samples=n if n_rows is None else n_rows,
         n_outputs=problem.n_outputs,
-        reduction=problem.reduction,
+        reduction=problem.reduction.name,
         parameter_groups=dict(problem.groups),
         output_metric=problem.metric,
         paths={name: "structured" if name in fast else "general" for name in problem.selected},
         n_parameters=problem.numel(problem.selected),
+        n_samples2=None if n_rows is None else n - n_rows,
     )
 
 
 def empirical_ntk(
     model: nn.Module,
     inputs: Any,
+    x2: Any = None,
     *,
     reduction: str = "flattened",
     output_metric: Any = None,
@@ -193,6 +174,11 @@ def empirical_ntk(
 ) -> EmpiricalNTK:
     """The empirical NTK K = J Jᵀ of ``model`` on ``inputs``, reduced over outputs.
 
+    With ``x2``, the cross kernel K(X, X2) = J(X) J(X2)ᵀ instead: (N·C, N2·C) flattened, or
+    (N, N2) for ``trace`` / ``mean_pairs`` — what evaluates features on new inputs. It is
+    assembled from the same tiles as the square kernel, so ``x2 = inputs`` gives K(X, X) up
+    to round-off.
+
     Args:
         model: any ``nn.Module`` whose forward is a function of its parameters. It is run in
             eval mode (a warning is given when that changes BatchNorm / dropout layers);
@@ -200,6 +186,7 @@ def empirical_ntk(
         inputs: a tensor (N, ...) or a tuple of tensors sharing dim 0 (several positional
             inputs). Integer inputs (token ids) are passed as they are; floating ones are
             cast to ``dtype``. The model's output (N, ...) is flattened to C values a sample.
+        x2: None, or second inputs (N2, ...) of the same structure as ``inputs``.
         reduction: ``"flattened"`` (N·C, N·C) with row = n·C + c; ``"trace"`` (N, N), the mean
             over outputs of K[:, :, c, c]; ``"mean_pairs"`` (N, N), the mean over all output
             pairs (the eNTK of the mean output).
@@ -239,6 +226,7 @@ def empirical_ntk(
         problem = prepare(
             model,
             inputs,
+            inputs2=x2,
             reduction=reduction,
             output_metric=output_metric,
             params=params,
@@ -251,4 +239,5 @@ def empirical_ntk(
             max_memory=max_memory,
             structured=bool(structured),
             progress=progress,
+            n_rows=None if x2 is None else problem.n_samples - problem.n_samples2,
         )

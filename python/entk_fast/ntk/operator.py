@@ -1,4 +1,4 @@
-"""Kernel-vector products K v = alpha · M (Mᵀ v) without forming K or J (one VJP, one JVP).
+"""Kernel-vector products K v = scale · M (Mᵀ v) without forming K or J (one VJP, one JVP).
 
 Mᵀ v is the gradient of Σ_n ⟨v_n, R f(x_n)⟩ (one backward over a batch of samples), and M w is
 a forward-mode derivative along the parameter direction w. For ``trace`` the products run
@@ -15,9 +15,8 @@ import torch
 from torch import Tensor
 from torch.func import jvp, vjp, vmap
 
-from .jacobian import sample_function, vmappable_forward
-from .prepare import Problem
-from .quiet import quiet_batching_fallback
+from .problem import Problem
+from .sources.general import quiet_batching_fallback, sample_function, vmappable_forward
 
 __all__ = ["KernelOperator"]
 
@@ -96,12 +95,12 @@ class KernelOperator:
         n, rows = problem.n_samples, problem.rows_per_sample
         vec = torch.as_tensor(np.asarray(v).reshape(-1), device=problem.device).to(problem.dtype)
         with torch.no_grad(), quiet_batching_fallback(), vmappable_forward():
-            if problem.mode == "rows":
+            if not problem.reduction.rows_concatenated:
                 out = self._push(self._pullback(vec.reshape(n, rows), False), False).reshape(-1)
             else:
                 eye = torch.eye(rows, dtype=problem.dtype, device=problem.device)
                 cot = vec[None, :, None] * eye[:, None, :]  # (C_r, N, C_r): output c carries v
                 pushed = self._push(self._pullback(cot, True), True)  # (C_r, N, C_r)
-                out = torch.diagonal(pushed, dim1=0, dim2=2).sum(dim=1) * problem.alpha
+                out = torch.diagonal(pushed, dim1=0, dim2=2).sum(dim=1) * problem.kernel_scale
         self.n_matvec += 1
         return out.detach().cpu().numpy().astype(np.float64)

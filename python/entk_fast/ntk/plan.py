@@ -1,4 +1,4 @@
-"""Memory planning: how big the outputs are, and how to chunk the work to fit a budget.
+"""The one planner: the memory budget, and the chunk / tile plans of every path.
 
 Sizes are estimates from the probe pass (per-sample activation count, parameter sizes) with
 generous factors for autograd's intermediates; they decide chunk sizes and refuse, before any
@@ -7,44 +7,26 @@ work, requests that cannot fit.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import psutil
 
-from ..errors import InvalidArgumentError, InvalidTypeError, MemoryBudgetError
-from .prepare import Problem
+from .._validate import parse_memory
+from ..errors import MemoryBudgetError
+from .problem import Problem
 
 __all__ = [
     "Budget",
     "Pack",
     "StructuredPass",
     "format_bytes",
-    "parse_memory",
     "plan_general",
     "plan_structured",
     "structured_cap",
     "work_budget",
 ]
-
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 10**3,
-    "kb": 10**3,
-    "m": 10**6,
-    "mb": 10**6,
-    "g": 10**9,
-    "gb": 10**9,
-    "t": 10**12,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-}
 
 # Fraction of the work budget a pack's full-N Jacobian may take (the rest is for vmap chunks).
 _PACK_FRACTION = 0.5
@@ -78,31 +60,6 @@ def format_bytes(n: float) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.3g} {unit}"
     return f"{int(n)} B"
-
-
-def parse_memory(value: Any) -> int | None:
-    """Bytes from an int / float (bytes) or a string like ``'4GB'``, ``'512 MiB'``; None stays."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise InvalidTypeError("max_memory must be a number of bytes or a string like '4GB'")
-    if isinstance(value, int | float):
-        if not value > 0 or value != value:
-            raise InvalidArgumentError(f"max_memory must be positive, got {value!r}")
-        return int(value)
-    if isinstance(value, str):
-        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", value)
-        if match is None or match.group(2).lower() not in _UNITS:
-            raise InvalidArgumentError(
-                f"max_memory {value!r} is not a size; use bytes or e.g. '512MB', '4GB', '2GiB'"
-            )
-        size = float(match.group(1)) * _UNITS[match.group(2).lower()]
-        if size <= 0:
-            raise InvalidArgumentError(f"max_memory must be positive, got {value!r}")
-        return int(size)
-    raise InvalidTypeError(
-        f"max_memory must be a number of bytes or a string like '4GB', got {type(value).__name__}"
-    )
 
 
 class Budget(int):
@@ -171,7 +128,7 @@ def _too_small(problem: Problem, budget: int, need: int, what: str) -> MemoryBud
     # Only what would shrink this need: the Jacobian holds C_r rows a sample, and only
     # mean_pairs brings them to one (trace keeps all C; the metric cannot be changed for us).
     hints = ["raise max_memory"]
-    if problem.rows_per_sample > 1 and problem.reduction != "mean_pairs":
+    if problem.rows_per_sample > 1 and not problem.reduction.mean_of_outputs:
         hints.append(
             f"use reduction='mean_pairs' (one Jacobian row a sample instead of "
             f"{problem.rows_per_sample})"
@@ -286,6 +243,7 @@ def plan_structured(
     output_bytes: int | None = None,
     *,
     layerwise: bool = False,
+    tiled_only: bool = False,
 ) -> tuple[list[StructuredPass], list[Any]]:
     """Group structured layers into sweeps that fit; layers that cannot fit are returned apart.
 
@@ -293,6 +251,7 @@ def plan_structured(
     the most output rows per backward, else tiled with the largest tile), else within the
     budget; a layer that fits neither way, even tiled one sample at a time, is rejected.
     ``output_bytes`` defaults to the size of the kernels (``layerwise``: one per group too).
+    ``tiled_only``: plan tiled sweeps only (a cross kernel pairs X tiles with X2 tiles).
     """
     if output_bytes is None:
         count = 1 + (len(problem.groups) if layerwise else 0)
@@ -305,16 +264,17 @@ def plan_structured(
     rejected: list[Any] = []
     current: list[Any] = []
     for layer in layers:
-        if _plan_sweep(problem, [layer], limits) is None:
+        if _plan_sweep(problem, [layer], limits, tiled_only) is None:
             rejected.append(layer)
             continue
         trial = [*current, layer]
-        if current and _untiled(problem, trial, limits[0]) is None:
-            passes.append(_require(_plan_sweep(problem, current, limits)))
+        grows = _tiled if tiled_only else _untiled
+        if current and grows(problem, trial, limits[0]) is None:
+            passes.append(_require(_plan_sweep(problem, current, limits, tiled_only)))
             trial = [layer]
         current = trial
     if current:
-        passes.append(_require(_plan_sweep(problem, current, limits)))
+        passes.append(_require(_plan_sweep(problem, current, limits, tiled_only)))
     return passes, rejected
 
 
@@ -326,10 +286,11 @@ def _require(sweep: StructuredPass | None) -> StructuredPass:
 
 
 def _plan_sweep(
-    problem: Problem, layers: Sequence[Any], limits: Sequence[int]
+    problem: Problem, layers: Sequence[Any], limits: Sequence[int], tiled_only: bool = False
 ) -> StructuredPass | None:
     for limit in limits:
-        sweep = _untiled(problem, layers, limit) or _tiled(problem, layers, limit)
+        untiled = None if tiled_only else _untiled(problem, layers, limit)
+        sweep = untiled or _tiled(problem, layers, limit)
         if sweep is not None:
             return sweep
     return None
@@ -353,7 +314,7 @@ def _untiled(problem: Problem, layers: Sequence[Any], limit: int) -> StructuredP
         len(layers) * n * n + n * sum(max(layer.in_features, 2) for layer in layers) + n * n
     )
     outs = sum(layer.out_features for layer in layers)
-    choices = range(rows, 0, -1) if problem.mode == "sum" else (rows,)
+    choices = range(rows, 0, -1) if problem.reduction.rows_concatenated else (rows,)
     # First choice: the most rows that leave the transients their usual room (fewer, larger
     # forward / backward calls); else the most rows that fit at all.
     for roomy in (True, False):

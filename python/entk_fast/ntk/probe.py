@@ -22,6 +22,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
 from ..errors import InvalidArgumentError
+from .checks import close
+from .sources.layers import LAYER_RULES
 
 __all__ = ["ProbeResult", "forward_batch", "probe_indices", "run_probe"]
 
@@ -39,7 +41,8 @@ class ProbeResult:
     calls: Counter[str] = field(default_factory=Counter)
     """Module path -> number of forward calls."""
     io_shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
-    """``nn.Linear`` / ``nn.Embedding`` path -> (input shape, output shape) at its first call."""
+    """structured-rule layer path (``nn.Linear``, ``nn.Embedding``) -> (input shape, output shape)
+    at its first call."""
     usage: Counter[str] = field(default_factory=Counter)
     """Canonical parameter name -> number of torch operations that take it as an argument."""
     batch_independent: bool = True
@@ -122,21 +125,6 @@ def probe_indices(n_samples: int) -> tuple[int, ...]:
     return (0, 1, *sorted(spread))
 
 
-def _same(a: Tensor, b: Tensor, scale: float | None = None) -> bool:
-    """Equal up to round-off in a's dtype (exactly, for integer tensors)."""
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    if not a.is_floating_point():
-        return bool(torch.equal(a, b))
-    rtol = 1e-4 if a.dtype != torch.float64 else 1e-9
-    if scale is None:
-        scale = max(
-            float(a.abs().max()) if a.numel() else 0.0, float(b.abs().max()) if b.numel() else 0.0
-        )
-    scale = scale or 1.0
-    return bool(torch.allclose(a, b, rtol=rtol, atol=rtol * scale))
-
-
 def run_probe(
     model: nn.Module,
     params: Mapping[str, Tensor],
@@ -159,6 +147,7 @@ def run_probe(
         where = torch.tensor(indices, device=inputs[0].device)
         head = tuple(x.index_select(0, where) for x in inputs)
     names_by_id = {id(t): name for name, t in params.items()}
+    structured_types = tuple(LAYER_RULES)
     calls: Counter[str] = Counter()
     io_shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
     layer_inputs: dict[str, Tensor] = {}
@@ -170,7 +159,7 @@ def run_probe(
             calls[path] += 1
             if record[0]:
                 act[0] += _numel(output)
-            if isinstance(module, nn.Linear | nn.Embedding) and path not in layer_inputs:
+            if isinstance(module, structured_types) and path not in layer_inputs:
                 first = args[0] if args else None
                 if isinstance(first, Tensor):
                     layer_inputs[path] = first.detach().clone()
@@ -216,7 +205,7 @@ def run_probe(
                     or a.shape[0] != 1
                     or b.dim() == 0
                     or b.shape[0] != batch
-                    or not _same(a[0], b[i])
+                    or not close(a[0], b[i])
                 ):
                     rowwise.discard(path)
     finally:
@@ -231,7 +220,7 @@ def run_probe(
     independent = True
     if batch > 1:
         single = torch.cat(alone)
-        independent = single.shape == out.shape and _same(single, out, float(out.abs().max()))
+        independent = single.shape == out.shape and close(single, out)
     return ProbeResult(
         batch=batch,
         output_shape=output_shape,

@@ -1,8 +1,17 @@
-"""Validate and normalise the arguments shared by the eNTK entry points into a ``Problem``.
+"""A validated eNTK request (``Problem``) and the ``Reduction`` objects that define how outputs
+are reduced.
 
 Everything a user can get wrong is checked here, before any expensive work: the model's
 type, the inputs (type, shape, emptiness, NaN), the parameters (NaN, selection, groups), the
 reduction, the output metric (size, symmetry, PSD) and the dtype.
+
+A reduction is one :class:`Reduction` object in :data:`REDUCTIONS`; nothing else in the engine
+compares reduction names. With R the output map (the metric S^½, and for ``mean_pairs`` the
+mean 1ᵀ/C folded in), every reduction is K = scale · M Mᵀ for a Jacobian arrangement M:
+``flattened`` and ``mean_pairs`` take each row of R J_n as a kernel row (scale 1); ``trace``
+lays a sample's C rows side by side in one kernel row (scale 1/C), so that
+(1/C) Σ_c ⟨J_n[c], J_n'[c]⟩ = (1/C) ⟨vec J_n, vec J_n'⟩ (J. Lin, arXiv 2510.00468, the eNTK
+and its traced and flattened forms).
 """
 
 from __future__ import annotations
@@ -18,14 +27,12 @@ import torch
 from torch import Tensor, nn
 
 from .. import linalg
+from .._validate import check_choice
 from ..errors import InvalidArgumentError, InvalidTypeError
-from .groups import ParameterIndex, resolve_groups, resolve_selection
+from .params import ParameterIndex, resolve_groups, resolve_selection
 from .probe import ProbeResult, forward_batch, run_probe
 
-__all__ = ["REDUCTIONS", "OutputMap", "Problem", "evaluation_mode", "prepare"]
-
-REDUCTIONS = ("flattened", "trace", "mean_pairs")
-Reduction = Literal["flattened", "trace", "mean_pairs"]
+__all__ = ["REDUCTIONS", "OutputMap", "Problem", "Reduction", "evaluation_mode", "prepare"]
 
 # Modules whose training-mode output depends on the batch or on random draws.
 _TRAIN_DEPENDENT = (
@@ -59,6 +66,83 @@ class OutputMap:
         return y @ self.weights.T
 
 
+@dataclass(frozen=True)
+class Reduction:
+    """How the eNTK tensor K[n, n', c, c'] is reduced over outputs: K = scale · M Mᵀ."""
+
+    name: str
+    description: str
+    rows_concatenated: bool
+    """True: a sample's C_r Jacobian rows are laid side by side in one kernel row (``trace``);
+    False: each row of R J_n is a kernel row."""
+    mean_of_outputs: bool
+    """True: the output map folds in the mean over outputs, 1ᵀ/C (one row a sample)."""
+
+    @property
+    def per_output(self) -> bool:
+        """Whether the kernel has one row per (sample, output): row = n·C + c."""
+        return not self.rows_concatenated and not self.mean_of_outputs
+
+    def scale(self, n_outputs: int) -> float:
+        """The factor in K = scale · M Mᵀ: 1/C for ``trace`` (the mean over outputs), else 1."""
+        return 1.0 / n_outputs if self.rows_concatenated else 1.0
+
+    def kernel_rows_per_sample(self, rows_per_sample: int) -> int:
+        """Kernel rows of one sample, from the C_r rows of its reduced Jacobian R J_n."""
+        return 1 if self.rows_concatenated else rows_per_sample
+
+    def dual_columns(self, rows_per_sample: int, n_parameters: int) -> int:
+        """Q, the columns of M (P, or C·P when a sample's rows are concatenated)."""
+        return rows_per_sample * n_parameters if self.rows_concatenated else n_parameters
+
+    def arrange(self, block: Tensor) -> Tensor:
+        """A Jacobian block (n, C_r, P) as rows of M: (n·C_r, P), or (n, C_r·P) concatenated."""
+        n = block.shape[0]
+        return (
+            block.reshape(n, -1)
+            if self.rows_concatenated
+            else block.reshape(n * block.shape[1], -1)
+        )
+
+    def output_map(
+        self,
+        root: tuple[np.ndarray, np.ndarray, bool] | None,
+        n_outputs: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> OutputMap:
+        """The row map R: S^½ (or the identity), times 1ᵀ/C when the outputs are averaged."""
+        c = n_outputs
+
+        def tensor(a: np.ndarray) -> Tensor:
+            return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)
+
+        if self.mean_of_outputs:
+            row = np.ones(c) if root is None else (root[1] if root[2] else root[1].sum(axis=0))
+            return OutputMap("matrix", tensor(row[None, :] / c), 1)
+        if root is None:
+            return OutputMap("identity", None, c)
+        if root[2]:
+            return OutputMap("diag", tensor(root[1]), c)
+        return OutputMap("matrix", tensor(root[1]), c)
+
+
+#: Every reduction the engine offers, by name.
+REDUCTIONS: dict[str, Reduction] = {
+    r.name: r
+    for r in (
+        Reduction("flattened", "(N·C, N·C), row = n·C + c", False, False),
+        Reduction("trace", "(N, N), the mean over outputs of K[:, :, c, c]", True, False),
+        Reduction("mean_pairs", "(N, N), the mean over all output pairs", False, True),
+    )
+}
+
+
+def reduction_of(name: Any) -> Reduction:
+    """The :class:`Reduction` called ``name``."""
+    return REDUCTIONS[check_choice("reduction", name, tuple(REDUCTIONS))]
+
+
 @dataclass
 class Problem:
     """A validated eNTK request: model state, inputs, and how outputs are reduced."""
@@ -80,6 +164,8 @@ class Problem:
     out_map: OutputMap
     dtype: torch.dtype
     device: torch.device
+    n_samples2: int = 0
+    """For a cross kernel K(X, X2): the last ``n_samples2`` samples are X2 (0: no X2)."""
 
     @property
     def n_samples(self) -> int:
@@ -96,19 +182,17 @@ class Problem:
         return self.out_map.n_rows
 
     @property
-    def mode(self) -> Literal["rows", "sum"]:
-        """``rows``: each Jacobian row is a kernel row (flattened, mean_pairs);
-        ``sum``: a sample's rows are concatenated into one kernel row (trace)."""
-        return "sum" if self.reduction == "trace" else "rows"
-
-    @property
-    def alpha(self) -> float:
-        """K = alpha · M Mᵀ, with M the Jacobian arranged as ``mode`` says."""
-        return 1.0 / self.n_outputs if self.mode == "sum" else 1.0
+    def kernel_scale(self) -> float:
+        """K = kernel_scale · M Mᵀ, with M the Jacobian arranged as the reduction says."""
+        return self.reduction.scale(self.n_outputs)
 
     @property
     def kernel_rows_per_sample(self) -> int:
-        return self.rows_per_sample if self.mode == "rows" else 1
+        return self.reduction.kernel_rows_per_sample(self.rows_per_sample)
+
+    def as_kernel_rows(self, block: Tensor) -> np.ndarray:
+        """A Jacobian block (n, C_r, P) as rows of M, on the CPU as numpy."""
+        return self.reduction.arrange(block).detach().cpu().numpy()
 
     @property
     def kernel_size(self) -> int:
@@ -207,24 +291,24 @@ def resolve_dtype(dtype: Any, model: nn.Module) -> torch.dtype:
     )
 
 
-def normalise_inputs(inputs: Any, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, ...]:
+def normalise_inputs(
+    inputs: Any, dtype: torch.dtype, device: torch.device, *, name: str = "inputs"
+) -> tuple[Tensor, ...]:
     """The model's positional inputs as tensors sharing the sample dimension N ≥ 1 (dim 0)."""
     if isinstance(inputs, Tensor | np.ndarray):
         raw: tuple[Any, ...] = (inputs,)
     elif isinstance(inputs, tuple | list):
         raw = tuple(inputs)
         if not raw:
-            raise InvalidArgumentError("inputs is an empty sequence: give at least one tensor")
+            raise InvalidArgumentError(f"{name} is an empty sequence: give at least one tensor")
     else:
         raise InvalidTypeError(
-            "inputs must be a tensor (N, ...) or a tuple of tensors that share dim 0 (one per "
+            f"{name} must be a tensor (N, ...) or a tuple of tensors that share dim 0 (one per "
             f"positional argument of the model), got {type(inputs).__name__}"
         )
     out: list[Tensor] = []
     for i, value in enumerate(raw):
-        where = (
-            "inputs" if len(raw) == 1 and not isinstance(inputs, tuple | list) else f"inputs[{i}]"
-        )
+        where = name if len(raw) == 1 and not isinstance(inputs, tuple | list) else f"{name}[{i}]"
         if isinstance(value, np.ndarray):
             if value.dtype.kind not in "biuf":
                 raise InvalidTypeError(f"{where} must be numeric, got numpy dtype {value.dtype}")
@@ -241,7 +325,7 @@ def normalise_inputs(inputs: Any, dtype: torch.dtype, device: torch.device) -> t
             raise InvalidArgumentError(f"{where} is empty (N = 0): give at least one sample")
         if out and value.shape[0] != out[0].shape[0]:
             raise InvalidArgumentError(
-                f"all inputs must share the sample dimension: inputs[0] has N = "
+                f"all {name} must share the sample dimension: {name}[0] has N = "
                 f"{out[0].shape[0]} but {where} has {value.shape[0]}"
             )
         value = value.detach().to(device)
@@ -319,43 +403,11 @@ def normalise_metric(metric: Any, n_outputs: int) -> tuple[np.ndarray, np.ndarra
     return sym, root, False
 
 
-def build_output_map(
-    reduction: str,
-    root: tuple[np.ndarray, np.ndarray, bool] | None,
-    n_outputs: int,
-    dtype: torch.dtype,
-    device: torch.device,
-) -> OutputMap:
-    """The row map R: S^½ (flattened, trace) or 1ᵀ S^½ / C (mean_pairs)."""
-    c = n_outputs
-
-    def tensor(a: np.ndarray) -> Tensor:
-        return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)
-
-    if reduction == "mean_pairs":
-        row = np.ones(c) if root is None else (root[1] if root[2] else root[1].sum(axis=0))
-        return OutputMap("matrix", tensor(row[None, :] / c), 1)
-    if root is None:
-        return OutputMap("identity", None, c)
-    if root[2]:
-        return OutputMap("diag", tensor(root[1]), c)
-    return OutputMap("matrix", tensor(root[1]), c)
-
-
-def check_reduction(reduction: Any) -> Reduction:
-    if not isinstance(reduction, str):
-        raise InvalidTypeError(f"reduction must be a string, got {type(reduction).__name__}")
-    if reduction not in REDUCTIONS:
-        raise InvalidArgumentError(
-            f"unknown reduction {reduction!r}; choose one of {', '.join(map(repr, REDUCTIONS))}"
-        )
-    return reduction  # type: ignore[return-value]
-
-
 def prepare(
     model: Any,
     inputs: Any,
     *,
+    inputs2: Any = None,
     reduction: Any = "flattened",
     output_metric: Any = None,
     params: Iterable[str] | str | None = None,
@@ -365,7 +417,7 @@ def prepare(
     """Validate everything and probe the model once. Call inside :func:`evaluation_mode`."""
     if not isinstance(model, nn.Module):
         raise InvalidTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    red = check_reduction(reduction)
+    red = reduction_of(reduction)
     torch_dtype = resolve_dtype(dtype, model)
     index = ParameterIndex(model)
     selected = resolve_selection(index, params)
@@ -386,9 +438,14 @@ def prepare(
         for name, b in model.named_buffers()
     }
     xs = normalise_inputs(inputs, torch_dtype, device)
+    n_samples2 = 0
+    if inputs2 is not None:
+        second = normalise_inputs(inputs2, torch_dtype, device, name="x2")
+        xs = _concatenate(xs, second)
+        n_samples2 = int(second[0].shape[0])
     probe = run_probe(model, tensors, buffers, xs)
     root = normalise_metric(output_metric, probe.n_outputs)
-    out_map = build_output_map(red, root, probe.n_outputs, torch_dtype, device)
+    out_map = red.output_map(root, probe.n_outputs, torch_dtype, device)
     return Problem(
         model=model,
         inputs=xs,
@@ -403,4 +460,24 @@ def prepare(
         out_map=out_map,
         dtype=torch_dtype,
         device=device,
+        n_samples2=n_samples2,
     )
+
+
+def _concatenate(first: tuple[Tensor, ...], second: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """X then X2 along the sample dimension; they must have the same structure."""
+    if len(first) != len(second):
+        raise InvalidArgumentError(
+            f"x2 must have the structure of inputs: {len(first)} tensor(s), got {len(second)}"
+        )
+    out = []
+    for i, (a, b) in enumerate(zip(first, second, strict=True)):
+        if a.shape[1:] != b.shape[1:] or a.dtype != b.dtype:
+            where = "x2" if len(first) == 1 else f"x2[{i}]"
+            raise InvalidArgumentError(
+                f"{where} must match inputs in per-sample shape and dtype: expected "
+                f"(N2, {', '.join(map(str, a.shape[1:]))}) {a.dtype}, "
+                f"got {tuple(b.shape)} {b.dtype}"
+            )
+        out.append(torch.cat([a, b]))
+    return tuple(out)

@@ -1,4 +1,4 @@
-"""The general path: per-sample Jacobians by ``torch.func``, in chunks, streamed into Grams.
+"""The general path: per-sample Jacobian blocks by ``torch.func`` (vmap of jacrev), in chunks.
 
 For a pack of parameters θ_p and samples n, the block J[n, :, θ_p] (n, C_r, P_p) comes from
 ``vmap(jacrev(f))``, where f maps the pack to one sample's reduced output R f(x_n) (C_r,).
@@ -8,6 +8,7 @@ for models whose samples would interact inside a batch.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
@@ -16,23 +17,37 @@ import torch
 from torch import Tensor
 from torch.func import jacrev, vmap
 
-from .. import linalg
-from ..errors import InvalidArgumentError
-from .budget import Pack
-from .prepare import Problem
-from .probe import forward_batch
-from .quiet import quiet_batching_fallback
+from ... import linalg
+from ...errors import InvalidArgumentError
+from ..plan import Pack
+from ..probe import forward_batch
+from ..problem import Problem
 
 __all__ = [
-    "accumulate_pack",
-    "as_kernel_rows",
+    "GeneralSource",
     "jacobian_block",
+    "quiet_batching_fallback",
     "sample_function",
     "vmappable_forward",
 ]
 
 # Substrings of the errors torch.func raises when a forward cannot run under vmap.
 _VMAP_MARKERS = ("vmap", "Batching rule", "randomness", "data-dependent control flow")
+
+
+@contextmanager
+def quiet_batching_fallback() -> Iterator[None]:
+    """Hide torch's notice that an op has no vmap batching rule.
+
+    Ops such as CPU scaled-dot-product attention warn "There is a performance drop because we
+    have not yet implemented the batching rule ..." under vmap; the result is exact (a slower
+    fallback) and the user cannot act on it.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"There is a performance drop because we have not yet implemented"
+        )
+        yield
 
 
 @contextmanager
@@ -103,36 +118,27 @@ def jacobian_block(
     return out
 
 
-def as_kernel_rows(problem: Problem, block: Tensor) -> np.ndarray:
-    """Arrange a Jacobian block (n, C_r, P) as kernel rows: (n·C_r, P) or, for trace, (n, C_r·P)."""
-    n = block.shape[0]
-    rows = block.reshape(n * block.shape[1], -1) if problem.mode == "rows" else block.reshape(n, -1)
-    return rows.detach().cpu().numpy()
+class GeneralSource:
+    """A pack of parameters on the general path as a tile source: K += scale · M Mᵀ."""
 
+    def __init__(self, problem: Problem, pack: Pack, target: np.ndarray) -> None:
+        self.problem = problem
+        self.pack = pack
+        self.target = target
 
-def accumulate_pack(
-    problem: Problem, pack: Pack, target: np.ndarray, tick: Callable[[int], object]
-) -> None:
-    """target += alpha · J_pack J_packᵀ, tiling over samples when the pack's J does not fit."""
-    n = problem.n_samples
-    alpha = problem.alpha
-    if pack.tile >= n:
-        block = as_kernel_rows(problem, jacobian_block(problem, pack.names, 0, n, pack.chunk))
-        linalg.gram_accumulate(target, block, alpha=alpha)
-        tick(1)
-        return
-    per = problem.kernel_rows_per_sample
-    tiles = [(s, min(s + pack.tile, n)) for s in range(0, n, pack.tile)]
-    for i, (a, b) in enumerate(tiles):
-        left = as_kernel_rows(problem, jacobian_block(problem, pack.names, a, b, pack.chunk))
-        ri = slice(a * per, b * per)
-        linalg.gram_accumulate(target[ri, ri], left, alpha=alpha)
-        for c, d in tiles[i + 1 :]:
-            right = as_kernel_rows(problem, jacobian_block(problem, pack.names, c, d, pack.chunk))
-            cross = linalg.gram_cross(left, right)
-            cross *= alpha
-            rj = slice(c * per, d * per)
-            target[ri, rj] += cross
-            target[rj, ri] += cross.T
-            del right, cross
+    def load(self, start: int, stop: int, *, check: bool) -> np.ndarray:
+        """Rows of M for samples ``start:stop``: (n·C_r, P) or, concatenated, (n, C_r·P)."""
+        block = jacobian_block(self.problem, self.pack.names, start, stop, self.pack.chunk)
+        return self.problem.as_kernel_rows(block)
+
+    def add_diagonal(self, tile: np.ndarray, rows: slice) -> None:
+        linalg.gram_accumulate(self.target[rows, rows], tile, alpha=self.problem.kernel_scale)
+
+    def cross(self, left: np.ndarray, right: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        block = linalg.gram_cross(left, right)
+        block *= self.problem.kernel_scale
+        yield self.target, block
+
+    def add_whole(self, tick: Callable[[int], object]) -> None:
+        self.add_diagonal(self.load(0, self.problem.n_samples, check=True), slice(None))
         tick(1)

@@ -1,4 +1,4 @@
-"""The structured exact path for ``nn.Linear`` and ``nn.Embedding`` layers used once.
+"""The structured exact path for layers with a rule in ``layers.LAYER_RULES``, used once.
 
 For y = W a (+ b) applied once per sample, the layer's eNTK block is
 
@@ -26,60 +26,23 @@ the caller redoes the work with it on the general path.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
-from .. import linalg
-from .budget import StructuredPass
-from .jacobian import vmappable_forward
-from .prepare import Problem
-from .quiet import quiet_batching_fallback
+from ... import linalg
+from ..checks import StructuredFallback, close
+from ..plan import StructuredPass
+from ..problem import Problem
+from .general import quiet_batching_fallback, vmappable_forward
+from .layers import LAYER_RULES, StructuredLayer
 
-__all__ = [
-    "StructuredFallback",
-    "StructuredLayer",
-    "accumulate_pass",
-    "find_layers",
-    "gather",
-    "verify_layers",
-]
-
-
-class StructuredFallback(Exception):  # noqa: N818 - a control-flow signal, not a user error
-    """Internal: these structured layers cannot be computed on the full batch; use the general
-    path for them (raised before anything is trusted; the caller starts over)."""
-
-    def __init__(self, paths: Sequence[str], reason: str) -> None:
-        super().__init__(f"structured layers {list(paths)}: {reason}")
-        self.paths = tuple(paths)
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class StructuredLayer:
-    """A Linear / Embedding layer whose eNTK block is computed from two Grams."""
-
-    path: str
-    kind: Literal["linear", "embedding"]
-    weight: str | None
-    """Canonical name of the weight when it enters the kernel."""
-    bias: str | None
-    in_features: int
-    """d_in (Linear), 1 (Embedding: the stored index)."""
-    out_features: int
-    sample_shape: tuple[int, ...]
-    """The layer's output shape for one sample (probe shape, without the batch dim)."""
-    padding_idx: int | None = None
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(name for name in (self.weight, self.bias) if name is not None)
+__all__ = ["StructuredSource", "find_layers", "gather", "verify_layers"]
 
 
 def _param_name(problem: Problem, path: str, local: str) -> str | None:
@@ -95,21 +58,15 @@ def find_layers(problem: Problem) -> list[StructuredLayer]:
     batch = probe.batch
     found: list[StructuredLayer] = []
     for path, module in problem.model.named_modules():
-        kind: Literal["linear", "embedding"]
-        if type(module) is nn.Linear:
-            kind = "linear"
-        elif type(module) is nn.Embedding:
-            kind = "embedding"
-            if module.max_norm is not None or module.sparse or module.scale_grad_by_freq:
-                continue
-        else:
+        rule = LAYER_RULES.get(type(module))
+        if rule is None:
             continue
         if probe.calls.get(path, 0) != 1 or path not in probe.io_shapes:
             continue
         if path not in probe.per_sample_layers:  # its rows are not the samples, one each
             continue
         weight = _param_name(problem, path, "weight")
-        bias = _param_name(problem, path, "bias") if kind == "linear" else None
+        bias = _param_name(problem, path, "bias") if rule.has_bias else None
         # A parameter qualifies on its own: a reused weight does not stop its bias.
         weight = weight if weight in selected and probe.usage.get(weight, 0) == 1 else None
         bias = bias if bias in selected and probe.usage.get(bias, 0) == 1 else None
@@ -118,26 +75,17 @@ def find_layers(problem: Problem) -> list[StructuredLayer]:
         in_shape, out_shape = probe.io_shapes[path]
         if in_shape[:1] != (batch,) or out_shape[:1] != (batch,):
             continue
-        if kind == "linear":
-            d_in, d_out = module.in_features, module.out_features
-            if len(in_shape) < 2 or in_shape[-1] != d_in or math.prod(in_shape[1:-1]) != 1:
-                continue
-            if out_shape[-1] != d_out:
-                continue
-        else:
-            d_in, d_out = 1, module.embedding_dim
-            if math.prod(in_shape[1:]) != 1 or out_shape[-1] != d_out:
-                continue
+        shape = rule.shape(module, tuple(in_shape[1:]), tuple(out_shape[1:]))
+        if shape is None:
+            continue
         found.append(
             StructuredLayer(
                 path=path,
-                kind=kind,
+                rule=rule,
+                shape=shape,
                 weight=weight,
                 bias=bias,
-                in_features=d_in,
-                out_features=d_out,
                 sample_shape=tuple(out_shape[1:]),
-                padding_idx=getattr(module, "padding_idx", None),
             )
         )
     return found
@@ -208,19 +156,11 @@ def _predicted_grads(
     layer: StructuredLayer, act: Tensor, cot: Tensor, weight_shape: torch.Size | None
 ) -> dict[str, Tensor]:
     """Parameter gradients implied by the layer's single use: Σ_n g_n a_nᵀ (and Σ_n g_n)."""
-    n = cot.shape[0]
-    g = cot.reshape(n, layer.out_features)
+    g = cot.reshape(cot.shape[0], layer.out_features)
     out: dict[str, Tensor] = {}
     if layer.weight is not None:
-        if layer.kind == "linear":
-            out[layer.weight] = g.T @ act.reshape(n, layer.in_features)
-        else:
-            assert weight_shape is not None
-            idx = act.reshape(n).long()
-            pred = torch.zeros(weight_shape, dtype=g.dtype, device=g.device).index_add_(0, idx, g)
-            if layer.padding_idx is not None:
-                pred[layer.padding_idx] = 0
-            out[layer.weight] = pred
+        assert weight_shape is not None
+        out[layer.weight] = layer.rule.weight_grad(layer.shape, act, g, weight_shape)
     if layer.bias is not None:
         out[layer.bias] = g.sum(dim=0)
     return out
@@ -341,19 +281,16 @@ def gather(
             cots[layer.path] = storage[layer.path][: math.prod(shape)].view(shape)
         if not want_acts:
             continue
-        if layer.kind == "linear":
-            acts[layer.path] = torch.empty(
-                (stop - start, layer.in_features), dtype=problem.dtype, device=problem.device
-            )
-        else:
-            acts[layer.path] = torch.empty((stop - start,), dtype=torch.long, device=problem.device)
+        acts[layer.path] = layer.rule.input_buffer(
+            stop - start, layer.shape, problem.dtype, problem.device
+        )
     for s in range(start, stop, sweep.chunk):
         e = min(s + sweep.chunk, stop)
         n = e - s
         inputs = tuple(x[s:e] for x in problem.inputs)
         y, probes, seen = _forward_with_probes(problem, layers, inputs, problem.params)
         if check:
-            _check_alone(problem, layers, inputs, y, seen)
+            check_alone(problem, layers, inputs, y, seen)
         eye = torch.eye(n_rows, dtype=y.dtype, device=y.device)[r0:r1]
         basis = eye.unsqueeze(1).expand(group, n, n_rows)
         try:
@@ -380,7 +317,7 @@ def gather(
     return acts, cots
 
 
-def _check_alone(
+def check_alone(
     problem: Problem,
     layers: Sequence[StructuredLayer],
     inputs: tuple[Tensor, ...],
@@ -420,48 +357,29 @@ def _check_alone(
     with torch.no_grad(), quiet_batching_fallback(), vmappable_forward():
         out, acts = vmap(lone)(*inputs)
     batched = y.detach()
-    if not _close(out, batched):
+    if not close(out, batched):
         raise StructuredFallback(paths, "the samples interact in the batched forward")
     bad = [
         path
         for path, act in zip(paths, acts, strict=True)
         if act.numel() != seen[path].numel()
-        or not _close(act.reshape(seen[path].shape).to(seen[path].dtype), seen[path])
+        or not close(act.reshape(seen[path].shape).to(seen[path].dtype), seen[path])
     ]
     if bad:
         raise StructuredFallback(bad, "its input rows are not the samples run alone")
 
 
-def _close(a: Tensor, b: Tensor) -> bool:
-    if not a.is_floating_point():
-        return bool(torch.equal(a, b))
-    rtol = 1e-4 if a.dtype != torch.float64 else 1e-9
-    scale = max(float(a.abs().max()), float(b.abs().max())) if a.numel() else 0.0
-    return bool(torch.allclose(a, b, rtol=rtol, atol=rtol * (scale or 1.0)))
-
-
 def _activation_gram(
     problem: Problem, layer: StructuredLayer, act: Tensor, other: Tensor | None = None
 ) -> np.ndarray:
-    """⟨a_n, a_n'⟩ between two sample sets (one: its Gram); index equality for an embedding."""
-    if layer.kind == "linear":
-        a = act.detach().cpu().numpy()
-        return linalg.gram(a) if other is None else linalg.gram_cross(a, other.cpu().numpy())
-    idx = act.cpu().numpy()
-    jdx = idx if other is None else other.cpu().numpy()
-    same = (idx[:, None] == jdx[None, :]).astype(problem.numpy_dtype)
-    if layer.padding_idx is not None:
-        same *= (idx != layer.padding_idx).astype(problem.numpy_dtype)[:, None]
-        same *= (jdx != layer.padding_idx).astype(problem.numpy_dtype)[None, :]
-    return same
+    """⟨a_n, a_n'⟩ between two sample sets (one: its Gram)."""
+    return layer.rule.input_gram(layer.shape, act, other, problem.numpy_dtype)
 
 
 def _kernel_rows(problem: Problem, cot: Tensor) -> tuple[np.ndarray, int]:
     """Cotangents (n, rows, d_out) as the rows of the Hadamard-Gram, and rows per S entry."""
-    n = cot.shape[0]
-    if problem.mode == "rows":
-        return cot.reshape(n * cot.shape[1], cot.shape[2]).detach().cpu().numpy(), cot.shape[1]
-    return cot.reshape(n, -1).detach().cpu().numpy(), 1
+    rows = problem.as_kernel_rows(cot)
+    return rows, 1 if problem.reduction.rows_concatenated else cot.shape[1]
 
 
 @dataclass
@@ -482,37 +400,101 @@ def _targets_of(layer: StructuredLayer, targets: Callable[[str], np.ndarray]) ->
     return _Targets(weight, bias, False)
 
 
-def accumulate_pass(
-    problem: Problem,
-    sweep: StructuredPass,
-    targets: Callable[[str], np.ndarray],
-    tick: Callable[[int], object],
-) -> None:
-    """Add each layer's block into ``targets(param_name)`` (the full or the layer kernel)."""
-    if sweep.tile >= problem.n_samples:
-        _accumulate_untiled(problem, sweep, targets, tick)
-    else:
-        _accumulate_tiled(problem, sweep, targets, tick)
+class StructuredSource:
+    """A sweep of structured layers as a tile source: K += scale · (A ∘ G Gᵀ) per layer, with A
+    the input Gram (plus 1 where the bias shares the target) and G the cotangent rows."""
+
+    def __init__(
+        self, problem: Problem, sweep: StructuredPass, targets: Callable[[str], np.ndarray]
+    ) -> None:
+        self.problem = problem
+        self.sweep = sweep
+        self.where = {layer.path: _targets_of(layer, targets) for layer in sweep.layers}
+
+    def load(self, start: int, stop: int, *, check: bool) -> _Tile:
+        acts, cots = gather(
+            self.problem, self.sweep, (start, stop), (0, self.problem.rows_per_sample), check=check
+        )
+        rows = {path: _kernel_rows(self.problem, cot) for path, cot in cots.items()}
+        return _Tile(acts, rows, stop - start)
+
+    def add_diagonal(self, tile: _Tile, rows: slice) -> None:
+        problem = self.problem
+        for layer in self.sweep.layers:
+            g, block = tile.rows[layer.path]
+            into = self.where[layer.path]
+            if into.weight is not None:
+                s = _activation_gram(problem, layer, tile.acts[layer.path])
+                if into.merged:
+                    s += 1.0
+                linalg.hadamard_gram_accumulate(
+                    into.weight[rows, rows], g, s, block=block, alpha=problem.kernel_scale
+                )
+                del s
+            if into.bias is not None:
+                ones = np.ones((tile.n, tile.n), dtype=problem.numpy_dtype)
+                linalg.hadamard_gram_accumulate(
+                    into.bias[rows, rows], g, ones, block=block, alpha=problem.kernel_scale
+                )
+                del ones
+
+    def cross(self, left: _Tile, right: _Tile) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        problem = self.problem
+        for layer in self.sweep.layers:
+            g, block = left.rows[layer.path]
+            h, _ = right.rows[layer.path]
+            into = self.where[layer.path]
+            if into.weight is not None:
+                s = _activation_gram(problem, layer, left.acts[layer.path], right.acts[layer.path])
+                if into.merged:
+                    s += 1.0
+                yield (
+                    into.weight,
+                    linalg.hadamard_gram_cross(g, h, s, block=block, alpha=problem.kernel_scale),
+                )
+                del s
+            if into.bias is not None:
+                ones = np.ones((left.n, right.n), dtype=problem.numpy_dtype)
+                yield (
+                    into.bias,
+                    linalg.hadamard_gram_cross(g, h, ones, block=block, alpha=problem.kernel_scale),
+                )
+
+    def add_whole(self, tick: Callable[[int], object]) -> None:
+        """All samples, ``sweep.group`` output rows per backward sweep."""
+        problem = self.problem
+        n = problem.n_samples
+        rows = problem.rows_per_sample
+        sweep = self.sweep
+        if sweep.group >= rows:
+            tile = self.load(0, n, check=True)
+            self.add_diagonal(tile, slice(None))
+            tick(sweep.units(n))
+            return
+        _add_row_groups(problem, sweep, self.where, tick)
 
 
-def _accumulate_untiled(
+@dataclass
+class _Tile:
+    """One sample tile of a sweep: each layer's inputs and its cotangent rows (with the rows
+    per Hadamard-weight entry)."""
+
+    acts: dict[str, Tensor]
+    rows: dict[str, tuple[np.ndarray, int]]
+    n: int
+
+
+def _add_row_groups(
     problem: Problem,
     sweep: StructuredPass,
-    targets: Callable[[str], np.ndarray],
+    where: Mapping[str, _Targets],
     tick: Callable[[int], object],
 ) -> None:
-    """All samples, ``sweep.group`` output rows per backward sweep."""
+    """All samples, ``sweep.group`` < C_r output rows per backward sweep (rows concatenated or
+    averaged: the kernel is a sum over rows).
+    """
     n = problem.n_samples
     rows = problem.rows_per_sample
-    if sweep.group >= rows:
-        all_acts, cots = gather(problem, sweep, (0, n), (0, rows), tick)
-        for layer in sweep.layers:
-            g, block = _kernel_rows(problem, cots.pop(layer.path))
-            _add_block(
-                problem, layer, _targets_of(layer, targets), g, block, all_acts.pop(layer.path)
-            )
-            del g
-        return
     # Row groups (trace / mean_pairs only): K = alpha · S ∘ Σ_groups G_g G_gᵀ, so the Gram of
     # the cotangents is summed over groups first and the activation Gram applied once at the
     # end (one N×N buffer per layer, and only Gram updates inside the loop).
@@ -538,98 +520,15 @@ def _accumulate_untiled(
     del storage
     for layer in sweep.layers:
         m = grams.pop(layer.path)
-        into = _targets_of(layer, targets)
+        into = where[layer.path]
         if into.bias is not None:
-            into.bias += problem.alpha * m
+            into.bias += problem.kernel_scale * m
         if into.weight is not None:
             s = _activation_gram(problem, layer, acts.pop(layer.path))
             if into.merged:
                 s += 1.0
             m *= s
             del s
-            m *= problem.alpha
+            m *= problem.kernel_scale
             into.weight += m
         del m
-
-
-def _add_block(
-    problem: Problem,
-    layer: StructuredLayer,
-    into: _Targets,
-    g: np.ndarray,
-    block: int,
-    act: Tensor,
-) -> None:
-    """One layer's whole block from its cotangent rows ``g`` and inputs ``act``."""
-    n = problem.n_samples
-    if into.weight is not None:
-        s = _activation_gram(problem, layer, act)
-        if into.merged:
-            s += 1.0
-        linalg.hadamard_gram_accumulate(into.weight, g, s, block=block, alpha=problem.alpha)
-        del s
-    if into.bias is not None:
-        ones = np.ones((n, n), dtype=problem.numpy_dtype)
-        linalg.hadamard_gram_accumulate(into.bias, g, ones, block=block, alpha=problem.alpha)
-
-
-def _accumulate_tiled(
-    problem: Problem,
-    sweep: StructuredPass,
-    targets: Callable[[str], np.ndarray],
-    tick: Callable[[int], object],
-) -> None:
-    """Tile pairs (i ≤ j): tile i's cotangents are held while tile j's are recomputed."""
-    n = problem.n_samples
-    rows = problem.rows_per_sample
-    per = problem.kernel_rows_per_sample
-    alpha = problem.alpha
-    where = {layer.path: _targets_of(layer, targets) for layer in sweep.layers}
-    tiles = [(a, min(a + sweep.tile, n)) for a in range(0, n, sweep.tile)]
-    for i, (a, b) in enumerate(tiles):
-        acts_i, cots_i = gather(problem, sweep, (a, b), (0, rows))
-        left = {path: _kernel_rows(problem, cot) for path, cot in cots_i.items()}
-        del cots_i
-        ri = slice(a * per, b * per)
-        for layer in sweep.layers:
-            g, block = left[layer.path]
-            into = where[layer.path]
-            if into.weight is not None:
-                s = _activation_gram(problem, layer, acts_i[layer.path])
-                if into.merged:
-                    s += 1.0
-                linalg.hadamard_gram_accumulate(into.weight[ri, ri], g, s, block=block, alpha=alpha)
-                del s
-            if into.bias is not None:
-                ones = np.ones((b - a, b - a), dtype=problem.numpy_dtype)
-                linalg.hadamard_gram_accumulate(
-                    into.bias[ri, ri], g, ones, block=block, alpha=alpha
-                )
-                del ones
-        tick(1)
-        for c, d in tiles[i + 1 :]:
-            acts_j, cots_j = gather(problem, sweep, (c, d), (0, rows), check=False)
-            rj = slice(c * per, d * per)
-            for layer in sweep.layers:
-                g, block = left[layer.path]
-                h, _ = _kernel_rows(problem, cots_j.pop(layer.path))
-                into = where[layer.path]
-                if into.weight is not None:
-                    s = _activation_gram(problem, layer, acts_i[layer.path], acts_j[layer.path])
-                    if into.merged:
-                        s += 1.0
-                    cross = linalg.hadamard_gram_cross(g, h, s, block=block, alpha=alpha)
-                    del s
-                    into.weight[ri, rj] += cross
-                    into.weight[rj, ri] += cross.T
-                    del cross
-                if into.bias is not None:
-                    ones = np.ones((b - a, d - c), dtype=problem.numpy_dtype)
-                    cross = linalg.hadamard_gram_cross(g, h, ones, block=block, alpha=alpha)
-                    into.bias[ri, rj] += cross
-                    into.bias[rj, ri] += cross.T
-                    del ones, cross
-                del h
-            del acts_j, cots_j
-            tick(1)
-        del acts_i, left

@@ -1,0 +1,227 @@
+"""Toy Models of Superposition (TMS): data, model, config and training step.
+
+The tied ReLU autoencoder y = ReLU(Wᵀ W x + b) on n = 50 sparse features with importance
+0.8^i, trained with importance-weighted MSE (Elhage et al. 2022; the eNTK experiment of
+J. Lin, arXiv 2510.00468). Parameter names, which layerwise eNTK groups refer to: ``W``
+(m, n), used twice (encoder and decoder are tied), and ``b`` (n,).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from .._validate import check_float, check_int, check_seed
+from ..errors import InvalidArgumentError
+from .task import CliOption, CurvePanel, TaskSpec, check_common, setter
+
+__all__ = ["TMS", "TMSConfig", "TMS_TASK", "tms_dataset", "tms_importance"]
+
+
+def tms_importance(
+    n: int, decay: float = 0.8, *, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Feature importances ``I_i = decay**i`` for ``i = 0 .. n-1``; shape ``(n,)``.
+
+    The powers are computed in double precision and then cast to ``dtype``.
+    """
+    check_int("n", n, minimum=1)
+    check_float("decay", decay, low=0.0, low_open=True)
+    return torch.tensor([decay**i for i in range(n)], dtype=torch.float64).to(dtype)
+
+
+def tms_dataset(
+    n_features: int = 50,
+    n_points: int = 500,
+    sparsity: float = 0.9,
+    *,
+    seed: int = 0,
+    normalize: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """The fixed TMS training set; shape ``(n_points, n_features)``.
+
+    Each coordinate is 0 with probability ``sparsity`` and otherwise drawn from U[0, 1).
+    With ``normalize`` (the paper's setting) every row is then scaled to unit L2 norm; a row
+    whose coordinates all came out 0 (probability ``sparsity**n_features``) stays all zero.
+    """
+    check_int("n_features", n_features, minimum=1)
+    check_int("n_points", n_points, minimum=1)
+    check_float("sparsity", sparsity, low=0.0, high=1.0, high_open=True)
+    check_seed("seed", seed)
+    gen = torch.Generator().manual_seed(seed)
+    values = torch.rand(n_points, n_features, generator=gen, dtype=dtype)
+    keep = torch.rand(n_points, n_features, generator=gen, dtype=dtype) >= sparsity
+    x = values * keep
+    if normalize:
+        norms = x.norm(dim=1, keepdim=True)
+        x = x / norms.clamp_min(torch.finfo(dtype).tiny)
+    return x
+
+
+class TMS(nn.Module):
+    """Toy Model of Superposition: ``y = ReLU(Wᵀ W x + b)``.
+
+    ``W`` (n_hidden, n_features) is Xavier-normal (std ``sqrt(2 / (n + m))``), ``b``
+    (n_features,) starts at zero. Input ``x``: (..., n_features); output: same shape.
+    """
+
+    def __init__(
+        self, n_features: int, n_hidden: int, *, generator: torch.Generator | None = None
+    ) -> None:
+        super().__init__()
+        self.n_features = check_int("n_features", n_features, minimum=1)
+        self.n_hidden = check_int("n_hidden", n_hidden, minimum=1)
+        self.W = nn.Parameter(torch.empty(n_hidden, n_features))
+        self.b = nn.Parameter(torch.zeros(n_features))
+        nn.init.xavier_normal_(self.W, generator=generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 0 or x.shape[-1] != self.n_features:
+            raise InvalidArgumentError(
+                f"x must have shape (..., {self.n_features}), got {tuple(x.shape)}"
+            )
+        hidden = x @ self.W.T
+        return torch.relu(hidden @ self.W + self.b)
+
+    def feature_gram(self) -> torch.Tensor:
+        """``Wᵀ W`` (n_features, n_features), detached; the diagonal is each feature's norm²."""
+        with torch.no_grad():
+            return self.W.T @ self.W
+
+    def n_reconstructed(self, threshold: float = 0.75) -> int:
+        """Number of features with ``(Wᵀ W)_ii >= threshold`` (the paper's criterion)."""
+        check_float("threshold", threshold)
+        with torch.no_grad():
+            return int(((self.W * self.W).sum(dim=0) >= threshold).sum())
+
+    def extra_repr(self) -> str:
+        return f"n_features={self.n_features}, n_hidden={self.n_hidden}"
+
+
+@dataclass(frozen=True)
+class TMSConfig:
+    """TMS training. Change fields with ``dataclasses.replace(config, ...)``.
+
+    Attributes:
+        n_features: n, number of features (input and output size).
+        n_hidden: m, hidden width.
+        sparsity: S in [0, 1), probability that a feature is 0.
+        n_points: D, size of the fixed training set.
+        importance_decay: importance of feature i is ``importance_decay**i``.
+        lr: Adam learning rate.
+        steps: number of full-batch Adam steps.
+        seed: seeds the model initialisation.
+        data_seed: seeds :func:`~entk_fast.tms_dataset`.
+        log_every: a history row every this many steps (and at steps 0 and ``steps``).
+        checkpoint_every: a checkpoint every this many steps (and at steps 0 and ``steps``).
+    """
+
+    kind: ClassVar[str] = "tms"
+
+    n_features: int = 50
+    n_hidden: int = 10
+    sparsity: float = 0.9
+    n_points: int = 500
+    importance_decay: float = 0.8
+    lr: float = 1e-3
+    steps: int = 5000
+    seed: int = 0
+    data_seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 500
+
+    def __post_init__(self) -> None:
+        set_ = setter(self)
+        set_("n_features", check_int("n_features", self.n_features, minimum=1))
+        set_("n_hidden", check_int("n_hidden", self.n_hidden, minimum=1))
+        set_("sparsity", check_float("sparsity", self.sparsity, low=0, high=1, high_open=True))
+        set_("n_points", check_int("n_points", self.n_points, minimum=1))
+        decay = check_float("importance_decay", self.importance_decay, low=0, low_open=True)
+        set_("importance_decay", decay)
+        set_("lr", check_float("lr", self.lr, low=0, low_open=True))
+        set_("steps", check_int("steps", self.steps, minimum=1))
+        check_common(self)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps
+
+    def dataset(self) -> torch.Tensor:
+        """The fixed training set, (n_points, n_features) float32."""
+        return tms_dataset(self.n_features, self.n_points, self.sparsity, seed=self.data_seed)
+
+    def importance(self) -> torch.Tensor:
+        """Feature importances, (n_features,) float32."""
+        return tms_importance(self.n_features, self.importance_decay)
+
+
+class _TMSTrainer:
+    """Importance-weighted MSE, Adam, full batch."""
+
+    def __init__(self, config: TMSConfig, model: nn.Module) -> None:
+        self.x = config.dataset()
+        self.importance = config.importance()
+        self.model: TMS = model  # type: ignore[assignment]
+        self.optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+
+    def _loss(self) -> torch.Tensor:
+        return (self.importance * (self.x - self.model(self.x)) ** 2).mean()
+
+    def step(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self._loss().backward()
+        self.optimizer.step()
+
+    def metrics(self) -> dict[str, float]:
+        with torch.no_grad():
+            loss = self._loss().item()
+        return {"loss": loss, "n_reconstructed": float(self.model.n_reconstructed())}
+
+
+def _summary(config: TMSConfig, history: Mapping[str, Any]) -> list[str]:
+    return [
+        f"final loss {history['loss'][-1]:.4g}; reconstructed features "
+        f"((WᵀW)_ii >= 0.75): {int(history['n_reconstructed'][-1])} of {config.n_features}"
+    ]
+
+
+def _build(config: TMSConfig, generator: torch.Generator) -> nn.Module:
+    return TMS(config.n_features, config.n_hidden, generator=generator)
+
+
+TMS_TASK = TaskSpec(
+    kind="tms",
+    config_cls=TMSConfig,
+    build_model=_build,
+    trainer=lambda config, model: _TMSTrainer(config, model),
+    columns=("step", "loss", "n_reconstructed"),
+    panels=(
+        CurvePanel(("loss",), "loss", log=True),
+        CurvePanel(
+            ("n_reconstructed",), r"features with $(W^\top W)_{ii} \geq 0.75$", integer=True
+        ),
+    ),
+    title="TMS training",
+    step_unit="steps",
+    help="Toy Model of Superposition, y = ReLU(WᵀWx + b) (arXiv 2510.00468)",
+    description="Train TMS on a fixed data set: importance-weighted MSE, Adam, full batch. "
+    "Options left out take the defaults shown (the paper's values). With --resume, "
+    "options left out are taken from the saved run and any given must match it.",
+    options=(
+        CliOption("--features", "n_features", int, "number of features n"),
+        CliOption("--hidden", "n_hidden", int, "hidden width m"),
+        CliOption("--sparsity", "sparsity", float, "probability S in [0, 1) that a feature is 0"),
+        CliOption("--points", "n_points", int, "size D of the fixed training set"),
+        CliOption(
+            "--importance-decay", "importance_decay", float, "importance of feature i is this**i"
+        ),
+        CliOption("--lr", "lr", float, "Adam learning rate"),
+        CliOption("--steps", "steps", int, "number of full-batch steps"),
+    ),
+    summary=_summary,
+)
