@@ -2,7 +2,7 @@
 
 Runs the full p = 29 modular-addition MLP (500 epochs, with run directory, checkpoints every
 10 epochs and the training-curve plot, as ``entk-fast train modadd`` does) and the three TMS
-settings of SPEC §2, and reports:
+settings of the TMS experiment (arXiv 2510.00468), and reports:
 
 * the MLP's wall time and the first epoch at which test accuracy exceeds 50 %;
 * for TMS, the number of features with ``(WᵀW)_ii >= 0.75`` (paper: about 10, 21, 42).

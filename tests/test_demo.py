@@ -21,7 +21,7 @@ def test_synthetic_demo_via_cli_finds_the_planted_cliff(tmp_path, capsys):
 def test_modadd_demo_finds_the_fourier_cliffs():
     summary = run_modadd_demo(p=29, epochs=500, seed=0, progress=False)
     assert summary["accuracy"] == "train acc 100%, test acc 100%"
-    # SPEC §3: one isolated top eigenvalue, then cliffs after 57 and 113 eigenvectors.
+    # arXiv 2510.00468 (modular addition): one isolated top eigenvalue, then cliffs after 57 and 113 eigenvectors.
     assert {c["index"] for c in summary["cliffs"]} == {1, 57, 113}
     o = summary["overlaps"]
     assert o["a"]["first_cliff"] > 27.0 and o["b"]["first_cliff"] > 27.0

@@ -177,6 +177,6 @@ def test_wrong_config_type_is_rejected() -> None:
 def test_tms_reconstructs_the_papers_feature_counts(
     hidden: int, sparsity: float, low: int, high: int
 ) -> None:
-    """SPEC §2: about 10, 21 and 42 of 50 features reach (WᵀW)_ii >= 0.75 (seed 0: 10, 20, 40)."""
+    """arXiv 2510.00468 (TMS): about 10, 21 and 42 of 50 features reach (WᵀW)_ii >= 0.75 (seed 0: 10, 20, 40)."""
     result = train_tms(TMSConfig(n_hidden=hidden, sparsity=sparsity))
     assert low <= result.model.n_reconstructed() <= high
