@@ -304,7 +304,7 @@ def _save(
         "entk_fast": __version__,
         **meta,
     }
-    payload = {**arrays, _META_KEY: np.array(json.dumps(header))}
+    payload: dict[str, Any] = {**arrays, _META_KEY: np.array(json.dumps(header))}
     with atomic_open(path, "wb") as f:
         np.savez(f, **payload)
 

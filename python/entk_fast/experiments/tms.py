@@ -166,11 +166,13 @@ class _TMSTrainer:
     def __init__(self, config: TMSConfig, model: nn.Module) -> None:
         self.x = config.dataset()
         self.importance = config.importance()
-        self.model: TMS = model  # type: ignore[assignment]
+        assert isinstance(model, TMS)
+        self.tms = model
+        self.model: nn.Module = model
         self.optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
 
     def _loss(self) -> torch.Tensor:
-        return (self.importance * (self.x - self.model(self.x)) ** 2).mean()
+        return (self.importance * (self.x - self.tms(self.x)) ** 2).mean()
 
     def step(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -180,7 +182,7 @@ class _TMSTrainer:
     def metrics(self) -> dict[str, float]:
         with torch.no_grad():
             loss = self._loss().item()
-        return {"loss": loss, "n_reconstructed": float(self.model.n_reconstructed())}
+        return {"loss": loss, "n_reconstructed": float(self.tms.n_reconstructed())}
 
 
 def _summary(config: TMSConfig, history: Mapping[str, Any]) -> list[str]:
