@@ -144,7 +144,9 @@ def test_ctrl_c_exits_130_with_a_resume_hint(
 def test_missing_demo_module_does_not_break_train(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setitem(sys.modules, "entk_fast.experiments.demo", None)  # import now raises ImportError
+    monkeypatch.setitem(
+        sys.modules, "entk_fast.experiments.demo", None
+    )  # import now raises ImportError
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--help"])
     assert exit_info.value.code == 0

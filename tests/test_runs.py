@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from entk_fast._io import atomic_open, atomic_write_bytes, atomic_write_json, atomic_write_text
 from entk_fast.errors import CheckpointError, InvalidArgumentError, RunDirectoryError
 from entk_fast.experiments.modadd import ModAddConfig
 from entk_fast.experiments.registry import build_model
-from entk_fast._io import atomic_open, atomic_write_bytes, atomic_write_json, atomic_write_text
 from entk_fast.experiments.runs import load_run, run_lock
 from entk_fast.experiments.tms import TMSConfig
 from entk_fast.experiments.train import train_modadd, train_tms
