@@ -25,7 +25,10 @@ PROG = "entk-fast"
 # Subcommands defined in other modules: (name, module). Each is imported while the parser is
 # built; one that cannot be imported is replaced by a stub that explains why when invoked, so
 # a missing optional part never breaks the other commands.
-_EXTERNAL_COMMANDS: tuple[tuple[str, str], ...] = (("demo", "entk_fast.experiments.demo"),)
+_EXTERNAL_COMMANDS: tuple[tuple[str, str], ...] = (
+    ("demo", "entk_fast.experiments.demo"),
+    ("reproduce", "entk_fast.experiments.reproduce"),
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,7 +8,19 @@ import numpy as np
 from .. import linalg
 from ..errors import InvalidArgumentError
 
-__all__ = ["FAMILIES", "family_overlaps", "family_values", "fourier_family"]
+__all__ = [
+    "FAMILIES",
+    "ROTATION_DIRECTIONS",
+    "atoms_found",
+    "block_overlaps",
+    "family_overlaps",
+    "family_values",
+    "fourier_family",
+    "frequency_heatmap",
+    "orbit_laplacian",
+    "smoothness_rotation",
+    "torus_laplacian",
+]
 
 #: The four families of the modular-addition MLP: functions of a, b, a+b and a−b (mod p).
 FAMILIES = ("a", "b", "a+b", "a-b")
@@ -50,3 +62,119 @@ def family_overlaps(
     Each value lies in [0, min(k, p − 1)]; p − 1 means the family lies in the span.
     """
     return {name: linalg.subspace_overlap(vectors, fourier_family(p, name)) for name in families}
+
+
+def block_overlaps(
+    vectors: np.ndarray, p: int, blocks: list[tuple[int, int]], families: tuple[str, ...] = FAMILIES
+) -> dict[str, dict[str, float]]:
+    """Overlap of each block of eigenvectors (1-based inclusive (first, last)) with each family.
+
+    Returns ``{"2-57": {"a": 27.6, ...}, ...}``; each value is in [0, p − 1].
+    """
+    out: dict[str, dict[str, float]] = {}
+    for first, last in blocks:
+        if not 1 <= first <= last <= vectors.shape[1]:
+            raise InvalidArgumentError(
+                f"blocks: ({first}, {last}) is not within the {vectors.shape[1]} eigenvectors"
+            )
+        out[f"{first}-{last}"] = family_overlaps(vectors[:, first - 1 : last], p, families)
+    return out
+
+
+def frequency_heatmap(vectors: np.ndarray, p: int, which: str) -> np.ndarray:
+    """Phase-insensitive correlation (K, m), K = (p − 1)/2: for each frequency k and each
+    column u (normalised), sqrt(⟨cos_k, u⟩² + ⟨sin_k, u⟩²) with the family's unit cos/sin.
+
+    A Fourier atom of frequency k of family ``which`` scores 1 in row k − 1, whatever its phase.
+    """
+    u = np.asarray(vectors, dtype=np.float64)
+    if u.ndim != 2 or u.shape[0] != p * p:
+        raise InvalidArgumentError(f"vectors: expected ({p * p}, m) for p = {p}, got {u.shape}")
+    u = u / np.maximum(np.linalg.norm(u, axis=0), np.finfo(np.float64).tiny)
+    proj = fourier_family(p, which).T @ u  # (p − 1, m): cos_1, sin_1, cos_2, ...
+    return np.sqrt(proj[0::2] ** 2 + proj[1::2] ** 2)
+
+
+#: Directions (Δa, Δb) of the torus Laplacians that separate each cliff's two families: the
+#: first is the direction its invariant family is constant along.
+ROTATION_DIRECTIONS = {
+    ("a", "b"): ((1, 0), (0, 1)),  # functions of b are constant along a
+    ("a+b", "a-b"): ((1, 1), (1, -1)),  # functions of a − b are constant along (+1, +1)
+}
+
+
+def torus_laplacian(p: int, direction: tuple[int, int]) -> np.ndarray:
+    """Laplacian (p², p²) of the periodic path graph on the p × p torus joining (a, b) to
+    (a + Δa, b + Δb) mod p; row i = a·p + b. L = 2I − P − Pᵀ with P that shift."""
+    family_values(p, "a")  # validates p
+    da, db = direction
+    a, b = np.divmod(np.arange(p * p), p)
+    shifted = ((a + da) % p) * p + (b + db) % p
+    lap = 2.0 * np.eye(p * p)
+    lap[np.arange(p * p), shifted] -= 1.0
+    lap[shifted, np.arange(p * p)] -= 1.0
+    return lap
+
+
+def orbit_laplacian(p: int, direction: tuple[int, int]) -> np.ndarray:
+    """I − (1/p) Σ_t P^t (p², p²): 1/p times the Laplacian of the complete graph on each orbit
+    of the shift (Δa, Δb), i.e. the projector onto functions with zero mean along every orbit.
+
+    Its null space is that of :func:`torus_laplacian` (functions constant along the direction)
+    and every other Fourier mode has eigenvalue exactly 1, so it separates an invariant family
+    from the rest with a gap of 1 (the path graph's gap is 2 − 2cos(2π/p), ≈ 0.05 at p = 29).
+    """
+    family_values(p, "a")
+    da, db = direction
+    a, b = np.divmod(np.arange(p * p), p)
+    mean = np.zeros((p * p, p * p))
+    rows = np.arange(p * p)
+    for t in range(p):
+        mean[rows, ((a + t * da) % p) * p + (b + t * db) % p] += 1.0 / p
+    return np.eye(p * p) - mean
+
+
+def smoothness_rotation(block: np.ndarray, p: int, families: tuple[str, str]) -> np.ndarray:
+    """The two-stage graph-smoothness rotation of a cliff block (J. Lin, arXiv 2510.00468).
+
+    With Q an orthonormal basis of ``block`` (p², k) and the directions d₁, d₂ of
+    :data:`ROTATION_DIRECTIONS` (the first cliff's a/b families: d₁ = along a, d₂ = along b;
+    the second cliff's: the (+1, +1) and (+1, −1) diagonals):
+
+    1. split: diagonalise Qᵀ L Q (ascending) with L the orbit Laplacian along d₁
+       (:func:`orbit_laplacian`); its k/2 smallest eigenvectors span the family invariant
+       along d₁ (functions of b, resp. of a − b), the others the second family;
+    2. sort each half by frequency: the invariant half by the path-graph Laplacian along d₂,
+       the other half by the path-graph Laplacian along d₁ (:func:`torus_laplacian`).
+
+    Returns (p², k): [the d₁-invariant family sorted by frequency | the other family sorted
+    by frequency]; each column is then close to one Fourier atom (up to its phase). Step 1
+    uses the orbit Laplacian where the paper uses the path-graph Laplacian along d₁: both
+    have the same null space, but the path graph's smallest non-zero eigenvalue (≈ 0.05 at
+    p = 29) lets the lowest frequency of the second family mix with the invariant one when
+    the block is not exactly the two families; the orbit Laplacian's gap is 1.
+    """
+    key = tuple(families)
+    if key not in ROTATION_DIRECTIONS:
+        raise InvalidArgumentError(
+            f"families: expected one of {list(ROTATION_DIRECTIONS)}, got {families!r}"
+        )
+    b = np.asarray(block, dtype=np.float64)
+    if b.ndim != 2 or b.shape[0] != p * p or b.shape[1] < 2:
+        raise InvalidArgumentError(f"block: expected ({p * p}, k ≥ 2), got {b.shape}")
+    along, across = ROTATION_DIRECTIONS[key]  # type: ignore[index]
+    q, _ = np.linalg.qr(b)
+    _, split = np.linalg.eigh(q.T @ orbit_laplacian(p, along) @ q)
+    q = q @ split
+    half = b.shape[1] // 2
+    invariant, other = q[:, :half], q[:, half:]
+    first = torus_laplacian(p, across)
+    second = torus_laplacian(p, along)
+    _, v1 = np.linalg.eigh(invariant.T @ first @ invariant)
+    _, v2 = np.linalg.eigh(other.T @ second @ other)
+    return np.concatenate([invariant @ v1, other @ v2], axis=1)
+
+
+def atoms_found(heatmap: np.ndarray, threshold: float = 0.9) -> np.ndarray:
+    """(K,) for each frequency: whether some column's phase-insensitive correlation ≥ threshold."""
+    return np.asarray(heatmap).max(axis=1) >= threshold

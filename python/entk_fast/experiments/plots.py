@@ -1,6 +1,8 @@
-"""Training-curve figures (PNG), drawn off-screen with matplotlib's Agg canvas.
+"""Figures of the paper's experiments: each function returns a matplotlib ``Figure`` (shown
+inline in a notebook) and :func:`save_figure` writes one as PNG, atomically.
 
-No pyplot: nothing here touches matplotlib's global backend or opens a window.
+No pyplot: nothing here touches matplotlib's global backend or opens a window (figures are
+drawn on the Agg canvas).
 """
 
 from __future__ import annotations
@@ -9,12 +11,25 @@ import io
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from .._io import atomic_write_bytes
 from .registry import task_of
 
-__all__ = ["plot_training_curve"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "alignment_figure",
+    "feature_heatmap_figure",
+    "fourier_heatmap_figure",
+    "layer_spectra_figure",
+    "plot_training_curve",
+    "save_figure",
+    "spectrum_figure",
+]
 
 
 def plot_training_curve(
@@ -31,13 +46,10 @@ def plot_training_curve(
     says: TMS shows the loss (log scale) and the number of reconstructed features; modular
     addition the train/test loss (log scale) and accuracy.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     spec = task_of(kind)
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = _figure(10, 4)
     steps = list(history["step"])
     for ax, panel in zip(fig.subplots(1, 2), spec.panels, strict=True):
         for i, column in enumerate(panel.columns):
@@ -60,8 +72,130 @@ def plot_training_curve(
         ax.set_xlabel(spec.step_unit.removesuffix("s"))
         ax.grid(alpha=0.3)
     fig.suptitle(title or spec.title)
+    return save_figure(fig, path, dpi=dpi)
+
+
+def _figure(width: float, height: float) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 120) -> Path:
+    """Write ``fig`` as PNG to ``path`` atomically; returns the path."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     target = Path(path)
     atomic_write_bytes(target, buf.getvalue())
     return target
+
+
+def spectrum_figure(
+    values: Any, cliffs: Sequence[int] = (), *, title: str = "eNTK spectrum", top: int | None = None
+) -> Figure:
+    """Eigenvalues (descending, log scale) against index, each cliff k marked between k, k+1."""
+    v = np.asarray(values, dtype=np.float64)[: top or None]
+    fig = _figure(6.5, 4)
+    ax = fig.subplots()
+    idx = np.arange(1, v.size + 1)
+    ax.semilogy(idx, np.maximum(v, np.finfo(np.float64).tiny), ".", ms=3)
+    for k in cliffs:
+        if k < v.size:
+            ax.axvline(k + 0.5, color="C3", lw=0.8, ls="--")
+            ax.annotate(f"{k}", (k + 0.5, ax.get_ylim()[1]), color="C3", fontsize=8, va="top")
+    ax.set_xlabel("index k")
+    ax.set_ylabel(r"$\lambda_k$")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def feature_heatmap_figure(heatmap: Any, *, title: str = "eigenvector × feature") -> Figure:
+    """A TMS heatmap H (features × eigenvectors), values in [0, 1]."""
+    h = np.asarray(heatmap, dtype=np.float64)
+    fig = _figure(6, 5)
+    ax = fig.subplots()
+    image = ax.imshow(h, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xlabel("eigenvector j")
+    ax.set_ylabel("feature a")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    return fig
+
+
+def fourier_heatmap_figure(
+    panels: Mapping[str, Any], *, title: str = "phase-insensitive correlation"
+) -> Figure:
+    """One heatmap (frequency × atom) per named panel, e.g. "a, before" / "a, after"."""
+    fig = _figure(3.2 * len(panels), 3.2)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (name, values) in zip(axes, panels.items(), strict=True):
+        h = np.asarray(values, dtype=np.float64)
+        image = ax.imshow(
+            h,
+            aspect="auto",
+            cmap="magma",
+            vmin=0,
+            vmax=1,
+            interpolation="nearest",
+            extent=(0.5, h.shape[1] + 0.5, h.shape[0] + 0.5, 0.5),
+        )
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("atom")
+        ax.set_ylabel("frequency k")
+    fig.colorbar(image, ax=list(axes), shrink=0.8)
+    fig.suptitle(title)
+    return fig
+
+
+def layer_spectra_figure(
+    spectra: Mapping[str, Any], *, top: int = 200, title: str = "layerwise eNTK spectra"
+) -> Figure:
+    """The top eigenvalues of each layer kernel (and the full kernel), log scale."""
+    fig = _figure(6.5, 4)
+    ax = fig.subplots()
+    for name, values in spectra.items():
+        v = np.asarray(values, dtype=np.float64)[:top]
+        ax.semilogy(np.arange(1, v.size + 1), np.maximum(v, 1e-300), ".", ms=3, label=name)
+    ax.set_xlabel("index k")
+    ax.set_ylabel(r"$\lambda_k$")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    return fig
+
+
+def alignment_figure(
+    steps: Any,
+    overlap_percent: Any,
+    derivative: Any,
+    history: Mapping[str, Any],
+    *,
+    onset: int | None = None,
+    label: str = "overlap",
+) -> Figure:
+    """Overlap (%) and its derivative over training, beside train / test accuracy."""
+    fig = _figure(11, 4)
+    left, right = fig.subplots(1, 2)
+    left.plot(steps, overlap_percent, "o-", ms=3, label=label)
+    left.set_ylabel("overlap (%)")
+    twin = left.twinx()
+    twin.plot(steps, derivative, color="C1", lw=1, label="derivative")
+    twin.set_ylabel("d overlap / d epoch (% per epoch)", color="C1")
+    for ax in (left, right):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if onset is not None:
+            ax.axvline(onset, color="C3", ls="--", lw=0.8)
+    left.legend(loc="upper left")
+    for split, color in (("train", "C0"), ("test", "C1")):
+        right.plot(
+            history["step"], 100 * np.asarray(history[f"{split}_acc"]), color=color, label=split
+        )
+    right.set_ylabel("accuracy (%)")
+    right.legend()
+    fig.suptitle("eNTK alignment over training" + ("" if onset is None else f" (onset {onset})"))
+    return fig
