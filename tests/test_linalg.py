@@ -170,10 +170,23 @@ def test_eigh_topk_equals_top_of_full_solve(n, k, dtype):
     rng = np.random.default_rng(n + k)
     j = rng.standard_normal((n, n // 2 + 3)) * np.geomspace(1, 1e-2, n // 2 + 3)
     kern = (j @ j.T).astype(dtype)
-    values, vectors, method = linalg.eigh_topk(kern, k, return_method=True)
+    values, vectors, info = linalg.eigh_topk(kern, k, return_info=True)
     assert values.shape == (k,) and vectors.shape == (n, k) and values.dtype == dtype
     if n >= 600:
-        assert method.startswith("krylov"), method
+        assert info["method"] == "krylov", info
+        assert info["cycles"] >= 1 and info["n_matvec"] >= info["block"]
+    else:
+        assert info["method"] == "dense" and info["n_matvec"] == 0
+    # The documented bound, checked independently: ‖K v − λ v‖ / |λ_1| ≤ tol per pair.
+    k64, v64 = kern.astype(np.float64), vectors.astype(np.float64)
+    residual = np.linalg.norm(k64 @ v64 - v64 * values.astype(np.float64), axis=0)
+    bound = residual / abs(float(values[0]))
+    tol = 1e-11 if dtype == np.float64 else 1e-4
+    assert info["tol"] == tol
+    assert np.max(bound) <= tol * 1.01 + 10 * np.finfo(dtype).eps
+    assert info["max_residual"] == pytest.approx(
+        np.max(bound), rel=0.1, abs=float(np.finfo(dtype).eps) * 10
+    )
     full_values, full_vectors = linalg.eigh(kern)
     assert rel_err(values, full_values[:k]) < EIG_RTOL[dtype]
     for block in clusters(full_values[: k + 1], 1e-6 * full_values[0]):
@@ -190,8 +203,8 @@ def test_eigh_topk_resolves_degenerate_pairs_like_fourier_modes():
     top = np.repeat(np.linspace(10, 6, 14), 2)
     spectrum = np.concatenate([top, rng.uniform(0, 1, n - len(top))])
     kern = spd_with_spectrum(rng, spectrum)
-    values, vectors, method = linalg.eigh_topk(kern, 28, return_method=True)
-    assert method.startswith("krylov")
+    values, vectors, info = linalg.eigh_topk(kern, 28, return_info=True)
+    assert info["method"] == "krylov" and info["converged"]
     assert rel_err(values, top) < 1e-10
     full = np.linalg.eigh(kern)[1][:, ::-1][:, :28]
     assert linalg.subspace_overlap(vectors, full) == pytest.approx(28, abs=1e-8)
@@ -419,7 +432,7 @@ BAD_CALLS = [
             np.zeros((6, 6)), np.ones((6, 2)), np.eye(6), block=0
         ),
         ef.InvalidArgumentError,
-        r"block: expected an integer ≥ 1",
+        r"block: expected a positive divisor of the 6 rows of G, got 0",
     ),
     (
         lambda: linalg.eigh(np.ones((3, 4))),
@@ -444,7 +457,12 @@ BAD_CALLS = [
     (
         lambda: linalg.eigh_topk(np.eye(4), 0),
         ef.InvalidArgumentError,
-        r"k: expected an integer ≥ 1, got 0",
+        r"k: expected an integer in \[1, 4\] \(the order of K\), got 0",
+    ),
+    (
+        lambda: linalg.eigh_topk(np.eye(4), -2),
+        ef.InvalidArgumentError,
+        r"k: expected a non-negative integer, got -2",
     ),
     (
         lambda: linalg.eigh_topk(np.eye(4), 5),
@@ -464,7 +482,17 @@ BAD_CALLS = [
     (
         lambda: linalg.eigh_topk(np.eye(4), 2, tol=-1.0),
         ef.InvalidArgumentError,
-        "tol: expected a positive number",
+        r"tol: expected a number in \[2.2e-16, 1\) \(a relative residual\), got -1",
+    ),
+    (
+        lambda: linalg.eigh_topk(np.eye(4), 2, tol=np.nan),
+        ef.InvalidArgumentError,
+        r"tol: expected a number in \[2.2e-16, 1\)",
+    ),
+    (
+        lambda: linalg.eigh_topk(np.eye(4), 2, tol="a"),
+        ef.InvalidTypeError,
+        "tol: expected a real number",
     ),
     (
         lambda: linalg.principal_angles(np.ones((3, 2)), np.ones((4, 2))),
@@ -481,7 +509,11 @@ BAD_CALLS = [
         ef.InvalidArgumentError,
         "B: expected only finite values",
     ),
-    (lambda: linalg.set_num_threads(0), ef.InvalidArgumentError, r"n: expected an integer ≥ 1"),
+    (
+        lambda: linalg.set_num_threads(0),
+        ef.InvalidArgumentError,
+        r"n: expected an integer in \[1, 1024\] \(or None for all cores\), got 0",
+    ),
 ]
 
 
@@ -558,7 +590,8 @@ def test_gil_is_released_during_long_calls():
 
 def test_top_level_reexports():
     assert ef.gram is linalg.gram and ef.eigh_topk is linalg.eigh_topk
-    assert set(linalg.__all__) - {"as_float_matrix"} <= set(ef.__all__)
+    # eigh_topk_operator joins the top level with the package restructuring (issue 7).
+    assert set(linalg.__all__) - {"as_float_matrix", "eigh_topk_operator"} <= set(ef.__all__)
 
 
 def test_linalg_does_not_import_torch():
@@ -631,15 +664,26 @@ def test_badly_scaled_but_finite_input_is_solved(scale):
     [
         (
             lambda: linalg.eigh_topk(np.eye(300), 2, basis_blocks=65),
-            r"basis_blocks: expected an integer ≤ 64",
+            r"basis_blocks: expected an integer in \[3, 64\], got 65",
         ),
-        (lambda: linalg.eigh_topk(np.eye(300), 2, seed=2**64), "seed: expected an integer ≤"),
-        (lambda: linalg.set_num_threads(10**6), r"n: expected an integer ≤ 1024"),
+        (
+            lambda: linalg.eigh_topk(np.eye(300), 2, seed=2**64),
+            r"seed: expected an integer in \[0, 2\*\*64 - 1\]",
+        ),
+        (
+            lambda: linalg.eigh_topk(np.eye(300), 2, seed=-1),
+            r"seed: expected an integer in \[0, 2\*\*64 - 1\], got -1",
+        ),
+        (lambda: linalg.set_num_threads(10**6), r"n: expected an integer in \[1, 1024\]"),
         (
             lambda: linalg.hadamard_gram_accumulate(
                 np.zeros((2, 2)), np.ones((2, 1)), np.eye(2), block=2**70
             ),
-            "block: expected an integer ≤",
+            "block: expected an integer ≤ 18446744073709551615",
+        ),
+        (
+            lambda: linalg.gram(np.ones((2, 2))) if linalg.set_num_threads(2**200) else None,
+            "n: expected an integer of at most 128 bits",
         ),
     ],
 )

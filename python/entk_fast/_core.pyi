@@ -1,6 +1,7 @@
 """Type stub of the Rust extension ``entk_fast._core`` (use :mod:`entk_fast.linalg`)."""
 
-from typing import TypeAlias
+from collections.abc import Callable
+from typing import Any, TypeAlias
 
 import numpy as np
 from numpy.typing import NDArray
@@ -13,6 +14,7 @@ __all__ = [
     "_after_fork_in_child",
     "eigh",
     "eigh_topk",
+    "eigh_topk_operator",
     "get_num_threads",
     "gram",
     "gram_accumulate",
@@ -33,13 +35,23 @@ def eigh(k: _F) -> tuple[_F, _F]: ...
 def eigh_topk(
     k_matrix: _F,
     k: int,
-    tolerance: float | None = None,
+    tol: float | None = None,
     seed: int | None = None,
     oversample: int | None = None,
     basis_blocks: int | None = None,
-) -> tuple[_F, _F, str]: ...
+) -> tuple[_F, _F, dict[str, Any]]: ...
+def eigh_topk_operator(
+    matmat: Callable[[_F], _F],
+    n: int,
+    k: int,
+    dtype: str,
+    block: int | None = None,
+    tol: float | None = None,
+    maxiter: int | None = None,
+    seed: int | None = None,
+) -> tuple[_F, _F, dict[str, Any]]: ...
 def principal_angles(a: _F, b: _F) -> NDArray[np.float64]: ...
 def subspace_overlap(a: _F, b: _F) -> float: ...
-def set_num_threads(n: int) -> None: ...
+def set_num_threads(n: int | None = None) -> None: ...
 def get_num_threads() -> int: ...
 def _after_fork_in_child() -> None: ...

@@ -5,13 +5,20 @@ that dtype, wraps the input without copying where its memory layout allows, and 
 the GIL while it works (so threads calling it run in parallel). Eigenvalues are returned in
 descending order everywhere. Bad input raises :class:`~entk_fast.errors.InvalidArgumentError`
 (a ``ValueError``) or :class:`~entk_fast.errors.InvalidTypeError` (a ``TypeError``) naming
-the argument; a solver failure raises :class:`~entk_fast.errors.LinAlgError`.
+the argument; a solver failure raises :class:`~entk_fast.errors.LinAlgError`, and a result
+that does not fit in memory a ``MemoryError``. Long iterative solves stop at Ctrl-C
+(``KeyboardInterrupt``).
+
+This module owns types and normalisation only (torch → numpy, dtype, dimensions, integer and
+real types); the Rust core checks shapes, ranges and values, so each rule lives in one place.
 """
 
 from __future__ import annotations
 
 import numbers
 import os
+import warnings
+from collections.abc import Callable
 from typing import Any, Literal, overload
 
 import numpy as np
@@ -24,6 +31,7 @@ __all__ = [
     "as_float_matrix",
     "eigh",
     "eigh_topk",
+    "eigh_topk_operator",
     "get_num_threads",
     "gram",
     "gram_accumulate",
@@ -88,10 +96,14 @@ def _same_dtype(names: str, *arrays: np.ndarray) -> None:
 
 
 def _writable_matrix(x: Any, name: str) -> np.ndarray:
+    if getattr(x, "requires_grad", False):
+        # Like torch's own in-place ops on such tensors: autograd cannot see our update.
+        raise InvalidArgumentError(
+            f"{name}: expected a tensor that does not require grad (it is updated in place, "
+            f"which autograd cannot track); accumulate into K.detach() or a new tensor"
+        )
     a = as_float_matrix(x, name)
-    if not a.flags.writeable:
-        raise InvalidArgumentError(f"{name}: expected a writable array (it is updated in place)")
-    if not np.shares_memory(a, _to_numpy(x, name)):
+    if a.flags.writeable and not np.shares_memory(a, _to_numpy(x, name)):
         # as_float_matrix had to copy it (e.g. a misaligned buffer): an update would be lost.
         raise InvalidArgumentError(
             f"{name}: expected an aligned float array in CPU memory that can be updated in place "
@@ -99,6 +111,14 @@ def _writable_matrix(x: Any, name: str) -> np.ndarray:
             f"accumulate into a CPU array)"
         )
     return a
+
+
+def _updated_in_place(x: Any) -> None:
+    """Tells autograd that the tensor ``x`` changed (as a torch in-place op would)."""
+    if type(x).__module__.startswith("torch"):
+        import torch
+
+        torch.autograd.graph.increment_version(x)
 
 
 def _detached_from(target: np.ndarray, operand: np.ndarray) -> np.ndarray:
@@ -134,6 +154,7 @@ def gram_accumulate(K: Any, J: Any, *, alpha: float = 1.0) -> None:
     j = _detached_from(k, as_float_matrix(J, "J"))
     _same_dtype("gram_accumulate(K, J)", k, j)
     _core.gram_accumulate(k, j, _as_float(alpha, "alpha"))
+    _updated_in_place(K)
 
 
 def gram_cross(A: Any, B: Any) -> FloatArray:
@@ -161,9 +182,8 @@ def hadamard_gram_accumulate(K: Any, G: Any, S: Any, *, block: int = 1, alpha: f
     g = _detached_from(k, as_float_matrix(G, "G"))
     s = _detached_from(k, as_float_matrix(S, "S"))
     _same_dtype("hadamard_gram_accumulate(K, G, S)", k, g, s)
-    _core.hadamard_gram_accumulate(
-        k, g, s, _as_index(block, "block", low=1), _as_float(alpha, "alpha")
-    )
+    _core.hadamard_gram_accumulate(k, g, s, _as_int(block, "block"), _as_float(alpha, "alpha"))
+    _updated_in_place(K)
 
 
 def hadamard_gram_cross(
@@ -185,9 +205,7 @@ def hadamard_gram_cross(
     gb = as_float_matrix(Gb, "Gb")
     s = as_float_matrix(S, "S")
     _same_dtype("hadamard_gram_cross(Ga, Gb, S)", ga, gb, s)
-    return _core.hadamard_gram_cross(
-        ga, gb, s, _as_index(block, "block", low=1), _as_float(alpha, "alpha")
-    )
+    return _core.hadamard_gram_cross(ga, gb, s, _as_int(block, "block"), _as_float(alpha, "alpha"))
 
 
 def eigh(K: Any) -> tuple[FloatArray, FloatArray]:
@@ -201,16 +219,19 @@ def eigh(K: Any) -> tuple[FloatArray, FloatArray]:
     return _core.eigh(as_float_matrix(K, "K"))
 
 
+TopkInfo = dict[str, Any]
+
+
 @overload
 def eigh_topk(
     K: Any,
     k: int,
     *,
     tol: float | None = ...,
+    return_info: Literal[False] = ...,
     seed: int | None = ...,
     oversample: int | None = ...,
     basis_blocks: int | None = ...,
-    return_method: Literal[False] = ...,
 ) -> tuple[FloatArray, FloatArray]: ...
 @overload
 def eigh_topk(
@@ -218,53 +239,129 @@ def eigh_topk(
     k: int,
     *,
     tol: float | None = ...,
+    return_info: Literal[True],
     seed: int | None = ...,
     oversample: int | None = ...,
     basis_blocks: int | None = ...,
-    return_method: Literal[True],
-) -> tuple[FloatArray, FloatArray, str]: ...
+) -> tuple[FloatArray, FloatArray, TopkInfo]: ...
 def eigh_topk(
     K: Any,
     k: int,
     *,
     tol: float | None = None,
+    return_info: bool = False,
     seed: int | None = None,
     oversample: int | None = None,
     basis_blocks: int | None = None,
-    return_method: bool = False,
-) -> tuple[FloatArray, FloatArray] | tuple[FloatArray, FloatArray, str]:
+) -> tuple[FloatArray, FloatArray] | tuple[FloatArray, FloatArray, TopkInfo]:
     """The k largest eigenpairs of the dense symmetric K (n, n).
 
     A thick-restarted block Krylov method (block size k + oversampling, so degenerate
-    eigenvalues at the cut are resolved) converged to a relative residual
-    ``‖K u − λ u‖ / ‖K‖ ≤ tol``, ‖K‖ estimated by the largest |Ritz value| (default tol
-    1e-11 in float64, 1e-4 in float32). Small problems, where the full solve is cheaper,
-    use it directly.
+    eigenvalues at the cut are resolved) converged until every returned pair has a relative
+    residual ``‖K v − λ v‖ / |λ|max ≤ tol``, |λ|max the largest |Ritz value| (|λ_1| for a PSD
+    K); default tol 1e-11 in float64, 1e-4 in float32, allowed range [eps, 1). Hence
+    ``|λ − λ_true| ≤ tol·|λ|max`` for each value. Small problems, where the full solve is
+    cheaper, use it directly; a Krylov run that does not converge in 200 restart cycles, or
+    stops improving, falls back to it. Ctrl-C interrupts the iteration.
 
-    Tuning: ``oversample`` extra block columns (default 8; raise it when more than 8
-    eigenvalues may tie at the cut) and ``basis_blocks`` blocks in the Krylov basis
-    (default 10); ``seed`` fixes the random start block (results are deterministic).
+    Tuning (rarely needed): ``oversample`` extra block columns (default 8), ``basis_blocks``
+    blocks in the Krylov basis (default 10, in [3, 64]), ``seed`` of the random start block
+    (results are deterministic).
 
     Returns:
         ``(values, vectors)``: values (k,) descending, vectors (n, k) as columns; with
-        ``return_method=True`` also ``"dense"``, ``"krylov:<cycles>"`` or ``"dense-fallback"``.
+        ``return_info=True`` also a dict: ``method`` ("dense", "krylov" or
+        "dense-fallback"), ``cycles``, ``n_matvec`` (products K·v), ``block``,
+        ``residuals`` (per pair, as above), ``max_residual``, ``tol``, ``converged``,
+        ``stagnated``.
     """
     m = as_float_matrix(K, "K")
-    kk = _as_index(k, "k", low=1)
-    if kk > max(m.shape[0], 1) and m.shape[0] == m.shape[1]:
-        raise InvalidArgumentError(
-            f"k: expected an integer in [1, {m.shape[0]}] (the order of K), got {k}"
-        )
-    t = None if tol is None else _as_float(tol, "tol")
-    if t is not None and not t > 0:
-        raise InvalidArgumentError(f"tol: expected a positive number, got {tol}")
-    s = None if seed is None else _as_index(seed, "seed", low=0, high=2**64 - 1)
-    over = None if oversample is None else _as_index(oversample, "oversample", low=0)
-    blocks = (
-        None if basis_blocks is None else _as_index(basis_blocks, "basis_blocks", low=3, high=64)
+    values, vectors, info = _core.eigh_topk(
+        m,
+        _as_int(k, "k"),
+        None if tol is None else _as_float(tol, "tol"),
+        None if seed is None else _as_int(seed, "seed"),
+        None if oversample is None else _as_int(oversample, "oversample"),
+        None if basis_blocks is None else _as_int(basis_blocks, "basis_blocks"),
     )
-    values, vectors, method = _core.eigh_topk(m, kk, t, s, over, blocks)
-    return (values, vectors, method) if return_method else (values, vectors)
+    return (values, vectors, info) if return_info else (values, vectors)
+
+
+def eigh_topk_operator(
+    matmat: Callable[[np.ndarray], Any],
+    n: int,
+    k: int,
+    *,
+    dtype: Any = np.float64,
+    block: int | None = None,
+    tol: float | None = None,
+    maxiter: int | None = None,
+    seed: int = 0,
+) -> tuple[FloatArray, FloatArray, TopkInfo]:
+    """The k largest eigenpairs of a symmetric operator known only through products.
+
+    ``matmat(V)`` receives a numpy array V (n, b) of ``dtype`` and must return K @ V, (n, b),
+    as a numpy array or CPU torch tensor (it is converted to ``dtype``'s array, never
+    upcast silently: another float dtype is refused). The same thick-restarted block Krylov
+    iteration as :func:`eigh_topk` drives it, with ``block`` vectors per product (default
+    k + 8). Every copy of a repeated eigenvalue is found, also when the multiplicity exceeds
+    the block size (converged pairs are locked and fresh random blocks search the rest).
+    ``matmat`` runs on the calling thread with the GIL held; the linear algebra between
+    calls runs in the Rust pool without it. Ctrl-C, or an exception in ``matmat``, stops
+    the iteration and propagates.
+
+    Args:
+        matmat: V (n, b) -> K @ V for a symmetric K (checked on the projected matrix).
+        n: order of K.
+        k: number of eigenpairs, 1 ≤ k ≤ n.
+        dtype: np.float32 or np.float64 (the dtype of V and of the results).
+        block: vectors per product, 1 ≤ block ≤ n (smaller: less memory per product,
+            more products).
+        tol: relative residual target as in :func:`eigh_topk` (default 1e-11 / 1e-4).
+        maxiter: most restart cycles (default 200).
+        seed: seed of the random start blocks.
+    Returns:
+        ``(values (k,) descending, vectors (n, k), info)``, info as in :func:`eigh_topk`
+        (``method`` is "krylov"). When the iteration did not converge (maxiter reached or
+        the residuals stagnated) the best pairs found are returned, ``info["converged"]``
+        is False, and a ``RuntimeWarning`` says so.
+    """
+    if not callable(matmat):
+        raise InvalidTypeError(
+            f"matmat: expected a callable V -> K @ V, got {type(matmat).__name__}"
+        )
+    dt = np.dtype(dtype) if isinstance(dtype, (type, np.dtype, str)) else None
+    if dt not in _FLOATS:
+        raise InvalidTypeError(f"dtype: expected np.float32 or np.float64, got {dtype!r}")
+
+    def product(v: np.ndarray) -> np.ndarray:
+        out = _to_numpy(matmat(v), "matmat")
+        if out.dtype != dt:
+            raise InvalidTypeError(
+                f"matmat: expected K @ V of dtype {dt} (the dtype of V), got {out.dtype}"
+            )
+        return out
+
+    values, vectors, info = _core.eigh_topk_operator(
+        product,
+        _as_int(n, "n"),
+        _as_int(k, "k"),
+        dt.name,
+        None if block is None else _as_int(block, "block"),
+        None if tol is None else _as_float(tol, "tol"),
+        None if maxiter is None else _as_int(maxiter, "maxiter"),
+        _as_int(seed, "seed"),
+    )
+    if not info["converged"]:
+        why = "its residuals stopped improving" if info["stagnated"] else "maxiter was reached"
+        warnings.warn(
+            f"eigh_topk_operator did not converge ({why} after {info['cycles']} cycles, "
+            f"{info['n_matvec']} products): max relative residual {info['max_residual']:.2e} "
+            f"> tol {info['tol']:.1e}; raise maxiter or tol",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return values, vectors, info
 
 
 def principal_angles(A: Any, B: Any) -> NDArray[np.float64]:
@@ -298,8 +395,12 @@ def subspace_overlap(A: Any, B: Any) -> float:
 
 
 def set_num_threads(n: int | None = None) -> None:
-    """Threads used by every Rust routine; ``None`` means all cores (at most 1024)."""
-    _core.set_num_threads(0 if n is None else _as_index(n, "n", low=1, high=1024))
+    """Threads used by every Rust routine, in [1, 1024]; ``None`` means all cores.
+
+    A process forked after this call (torch DataLoader workers, multiprocessing) keeps the
+    count.
+    """
+    _core.set_num_threads(None if n is None else _as_int(n, "n"))
 
 
 def get_num_threads() -> int:
@@ -307,20 +408,18 @@ def get_num_threads() -> int:
     return int(_core.get_num_threads())
 
 
-def _as_index(value: Any, name: str, *, low: int, high: int = 2**62) -> int:
+def _as_int(value: Any, name: str) -> int:
+    """``value`` as a Python int (numpy integers included); its range is the core's to check."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise InvalidTypeError(f"{name}: expected an integer, got {type(value).__name__}")
-    if int(value) < low:
-        raise InvalidArgumentError(f"{name}: expected an integer ≥ {low}, got {value}")
-    if int(value) > high:
-        raise InvalidArgumentError(f"{name}: expected an integer ≤ {high}, got {value}")
-    return int(value)
+    v = int(value)
+    if not -(2**127) <= v < 2**127:  # what the binding can take; the core checks the range
+        raise InvalidArgumentError(f"{name}: expected an integer of at most 128 bits, got {v}")
+    return v
 
 
 def _as_float(value: Any, name: str) -> float:
+    """``value`` as a Python float; whether it is finite or in range is the core's to check."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InvalidTypeError(f"{name}: expected a real number, got {type(value).__name__}")
-    v = float(value)
-    if not np.isfinite(v):
-        raise InvalidArgumentError(f"{name}: expected a finite number, got {value}")
-    return v
+    return float(value)

@@ -4,8 +4,11 @@
 //! `scipy.linalg.subspace_angles`: cosines from the SVD of Q_Aᵀ Q_B, and for angles under
 //! 45° the sines from the SVD of the residual, which keeps small angles accurate.
 
+use crate::alloc;
 use crate::check;
+use crate::eigen::scaled_copy;
 use crate::error::{CoreError, CoreResult};
+use crate::policy;
 use crate::scalar::Scalar;
 use faer::diag::Diag;
 use faer::dyn_stack::{MemBuffer, MemStack};
@@ -22,7 +25,11 @@ fn svd_thin<T: Scalar>(
     let size = m.min(n);
     let mut s = Diag::<T>::zeros(size);
     let mut u = if want_u {
-        Some(Mat::<T>::zeros(m, size))
+        Some(alloc::zeros::<T>(
+            "principal_angles: singular vectors",
+            m,
+            size,
+        )?)
     } else {
         None
     };
@@ -39,8 +46,8 @@ fn svd_thin<T: Scalar>(
         par,
         Default::default(),
     );
-    let mut buf =
-        MemBuffer::try_new(scratch).map_err(|_| CoreError::out_of_memory("principal_angles"))?;
+    let mut buf = MemBuffer::try_new(scratch)
+        .map_err(|_| CoreError::out_of_memory("principal_angles", scratch.size_bytes()))?;
     svd::svd(
         a,
         s.as_mut(),
@@ -64,12 +71,14 @@ pub fn orthonormal_basis<T: Scalar>(
 ) -> CoreResult<Mat<T>> {
     check::non_empty(arg, a)?;
     check::finite(arg, a)?;
-    // The span does not depend on scale: normalise so that the SVD cannot over/underflow.
-    let top = check::max_abs(a);
+    // The span does not depend on scale: bring max |a| near 1 by a power of two (exact, and
+    // representable even for subnormal input, where 1/max|a| overflows) so that the SVD cannot
+    // over- or underflow.
+    let top = check::max_abs(a).to_f64();
     let normalised;
-    let a = if top > T::ZERO {
-        let inv = T::ONE / top;
-        normalised = Mat::from_fn(a.nrows(), a.ncols(), |i, j| a[(i, j)] * inv);
+    let a = if top > 0.0 {
+        let e = -(top.log2().round() as i32);
+        normalised = scaled_copy(arg, a, e)?;
         normalised.as_ref()
     } else {
         a
@@ -77,7 +86,7 @@ pub fn orthonormal_basis<T: Scalar>(
     let (s, u) = svd_thin(a, true, par)?;
     let u = u.expect("requested");
     let top = s.first().copied().unwrap_or(T::ZERO).to_f64();
-    let cutoff = (a.nrows().max(a.ncols()) as f64) * T::EPSILON.to_f64() * top;
+    let cutoff = policy::rank_cutoff::<T>(a.nrows(), a.ncols(), top);
     let rank = s.iter().filter(|v| v.to_f64() > cutoff).count();
     if rank == 0 {
         return Err(CoreError::OutOfRange {
@@ -86,7 +95,7 @@ pub fn orthonormal_basis<T: Scalar>(
             got: "an all-zero matrix (rank 0)".into(),
         });
     }
-    Ok(u.as_ref().subcols(0, rank).to_owned())
+    alloc::copy(arg, u.as_ref().subcols(0, rank))
 }
 
 /// Principal angles (radians, ascending) between span(A) and span(B); `a` (n, d), `b` (n, m).
@@ -100,7 +109,7 @@ pub fn principal_angles<T: Scalar>(
     let (cosines, _) = svd_thin(c.as_ref(), false, par)?;
     // Residual of the wider basis' complement: its singular values are the sines, descending.
     let residual = if qa.ncols() >= qb.ncols() {
-        let mut r = qb.clone();
+        let mut r = alloc::copy("B", qb.as_ref())?;
         matmul(
             r.as_mut(),
             Accum::Add,
@@ -111,7 +120,7 @@ pub fn principal_angles<T: Scalar>(
         );
         r
     } else {
-        let mut r = qa.clone();
+        let mut r = alloc::copy("A", qa.as_ref())?;
         matmul(
             r.as_mut(),
             Accum::Add,
@@ -166,7 +175,7 @@ fn cosine_matrix<T: Scalar>(
     par: Par,
 ) -> CoreResult<(Mat<T>, Mat<T>, Mat<T>)> {
     let (qa, qb) = bases(a, b, par)?;
-    let mut c = Mat::<T>::zeros(qa.ncols(), qb.ncols());
+    let mut c = alloc::zeros::<T>("principal_angles", qa.ncols(), qb.ncols())?;
     matmul(
         c.as_mut(),
         Accum::Replace,

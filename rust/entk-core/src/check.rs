@@ -1,12 +1,15 @@
-//! Validation of user-supplied matrices: shapes, emptiness, finiteness, symmetry.
+//! Validation of user-supplied matrices: shapes, emptiness, finiteness, symmetry. Crate-private:
+//! every public routine calls these before it computes; the numeric thresholds are in `policy`.
 
 use crate::error::{CoreError, CoreResult};
+use crate::policy;
 use crate::scalar::Scalar;
+use crate::symmetric::SYM_TILE;
 use faer::MatRef;
 use rayon::prelude::*;
 
 /// Fails unless `a` has at least one row and one column.
-pub fn non_empty<T>(arg: &'static str, a: MatRef<'_, T>) -> CoreResult<()> {
+pub(crate) fn non_empty<T>(arg: &'static str, a: MatRef<'_, T>) -> CoreResult<()> {
     if a.nrows() == 0 || a.ncols() == 0 {
         return Err(CoreError::Empty { arg });
     }
@@ -14,7 +17,7 @@ pub fn non_empty<T>(arg: &'static str, a: MatRef<'_, T>) -> CoreResult<()> {
 }
 
 /// Fails unless `a` is square.
-pub fn square<T>(arg: &'static str, a: MatRef<'_, T>) -> CoreResult<()> {
+pub(crate) fn square<T>(arg: &'static str, a: MatRef<'_, T>) -> CoreResult<()> {
     if a.nrows() != a.ncols() {
         return Err(CoreError::Shape {
             arg,
@@ -26,7 +29,12 @@ pub fn square<T>(arg: &'static str, a: MatRef<'_, T>) -> CoreResult<()> {
 }
 
 /// Fails unless `a` has exactly `rows` rows.
-pub fn rows<T>(arg: &'static str, a: MatRef<'_, T>, rows: usize, why: &str) -> CoreResult<()> {
+pub(crate) fn rows<T>(
+    arg: &'static str,
+    a: MatRef<'_, T>,
+    rows: usize,
+    why: &str,
+) -> CoreResult<()> {
     if a.nrows() != rows {
         return Err(CoreError::Shape {
             arg,
@@ -38,7 +46,12 @@ pub fn rows<T>(arg: &'static str, a: MatRef<'_, T>, rows: usize, why: &str) -> C
 }
 
 /// Fails unless `a` has exactly `cols` columns.
-pub fn cols<T>(arg: &'static str, a: MatRef<'_, T>, cols: usize, why: &str) -> CoreResult<()> {
+pub(crate) fn cols<T>(
+    arg: &'static str,
+    a: MatRef<'_, T>,
+    cols: usize,
+    why: &str,
+) -> CoreResult<()> {
     if a.ncols() != cols {
         return Err(CoreError::Shape {
             arg,
@@ -81,17 +94,17 @@ fn scan<T: Scalar>(a: MatRef<'_, T>) -> Result<T, (usize, usize)> {
 }
 
 /// Fails at a NaN or infinity in `a` (named by its index).
-pub fn finite<T: Scalar>(arg: &'static str, a: MatRef<'_, T>) -> CoreResult<()> {
+pub(crate) fn finite<T: Scalar>(arg: &'static str, a: MatRef<'_, T>) -> CoreResult<()> {
     finite_max_abs(arg, a).map(|_| ())
 }
 
 /// Largest |entry| of `a`, failing at a NaN or infinity.
-pub fn finite_max_abs<T: Scalar>(arg: &'static str, a: MatRef<'_, T>) -> CoreResult<T> {
+pub(crate) fn finite_max_abs<T: Scalar>(arg: &'static str, a: MatRef<'_, T>) -> CoreResult<T> {
     scan(a).map_err(|(row, col)| CoreError::NonFinite { arg, row, col })
 }
 
 /// Largest absolute entry of `a` (NaNs ignored).
-pub fn max_abs<T: Scalar>(a: MatRef<'_, T>) -> T {
+pub(crate) fn max_abs<T: Scalar>(a: MatRef<'_, T>) -> T {
     let (v, _) = column_major(a);
     (0..v.ncols())
         .into_par_iter()
@@ -108,15 +121,6 @@ pub fn max_abs<T: Scalar>(a: MatRef<'_, T>) -> T {
         })
         .reduce(|| T::ZERO, |x, y| if x > y { x } else { y })
 }
-
-/// Relative asymmetry allowed in a "symmetric" input: sqrt(machine epsilon) of the largest entry.
-pub fn symmetry_tolerance<T: Scalar>(scale: T) -> f64 {
-    T::EPSILON.to_f64().sqrt() * scale.to_f64()
-}
-
-/// Side of the square tiles in which symmetric pairs (i, j), (j, i) are compared or copied:
-/// both tiles stay in cache whatever the memory order.
-pub(crate) const SYM_TILE: usize = 64;
 
 /// Largest |a[i, j] − a[j, i]| of the square `a`, read tile by tile.
 fn max_asymmetry<T: Scalar>(a: MatRef<'_, T>) -> f64 {
@@ -148,7 +152,7 @@ fn symmetric_with_scale<T: Scalar>(
     scale: T,
 ) -> CoreResult<()> {
     let worst = max_asymmetry(a);
-    let tolerance = symmetry_tolerance(scale);
+    let tolerance = policy::symmetry_tolerance(scale);
     if worst > tolerance {
         return Err(CoreError::NotSymmetric {
             arg,
@@ -161,7 +165,7 @@ fn symmetric_with_scale<T: Scalar>(
 
 /// The checks every square symmetric input gets: non-empty, square, finite, symmetric.
 /// Returns max |a|.
-pub fn symmetric_input<T: Scalar>(arg: &'static str, a: MatRef<'_, T>) -> CoreResult<T> {
+pub(crate) fn symmetric_input<T: Scalar>(arg: &'static str, a: MatRef<'_, T>) -> CoreResult<T> {
     non_empty(arg, a)?;
     square(arg, a)?;
     let scale = finite_max_abs(arg, a)?;
@@ -170,7 +174,7 @@ pub fn symmetric_input<T: Scalar>(arg: &'static str, a: MatRef<'_, T>) -> CoreRe
 }
 
 /// Fails unless the scalar argument `arg` is finite.
-pub fn finite_scalar<T: Scalar>(arg: &'static str, value: T) -> CoreResult<()> {
+pub(crate) fn finite_scalar<T: Scalar>(arg: &'static str, value: T) -> CoreResult<()> {
     if !value.is_finite_val() {
         return Err(CoreError::OutOfRange {
             arg,
@@ -182,7 +186,7 @@ pub fn finite_scalar<T: Scalar>(arg: &'static str, value: T) -> CoreResult<()> {
 }
 
 /// Fails if a freshly computed result holds inf/NaN although its inputs were finite.
-pub fn finite_result<T: Scalar>(what: &str, a: MatRef<'_, T>) -> CoreResult<()> {
+pub(crate) fn finite_result<T: Scalar>(what: &str, a: MatRef<'_, T>) -> CoreResult<()> {
     if finite("result", a).is_err() {
         return Err(CoreError::Solver(format!(
             "{what}: the result overflowed to inf/NaN (inputs too large for this dtype; \
@@ -190,29 +194,4 @@ pub fn finite_result<T: Scalar>(what: &str, a: MatRef<'_, T>) -> CoreResult<()> 
         )));
     }
     Ok(())
-}
-
-/// Largest magnitude that can be squared and summed `terms` times without overflow.
-pub fn overflow_safe<T: Scalar>(max_entry: f64, terms: usize) -> bool {
-    let big = if T::EPSILON.to_f64() < 1e-10 {
-        f64::MAX
-    } else {
-        f32::MAX as f64
-    };
-    max_entry * max_entry * (terms.max(1) as f64) < big / 4.0
-}
-
-/// A power of two that brings `scale` (a largest |entry|) near 1, when it is far enough from
-/// 1 that a solver could under- or overflow; exact, so results scale back without error.
-pub fn rescale_factor<T: Scalar>(scale: f64) -> Option<f64> {
-    let (low, high) = if T::EPSILON.to_f64() < 1e-10 {
-        (1e-100, 1e100)
-    } else {
-        (1e-12, 1e12)
-    };
-    if scale > 0.0 && (scale < low || scale > high) {
-        Some(2f64.powi(-(scale.log2().round() as i32)))
-    } else {
-        None
-    }
 }

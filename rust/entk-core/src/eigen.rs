@@ -1,7 +1,9 @@
 //! Full symmetric eigendecomposition with eigenvalues in descending order.
 
+use crate::alloc;
 use crate::check;
 use crate::error::{CoreError, CoreResult};
+use crate::policy;
 use crate::scalar::Scalar;
 use faer::diag::Diag;
 use faer::dyn_stack::{MemBuffer, MemStack};
@@ -24,10 +26,11 @@ pub(crate) fn self_adjoint_ascending<T: Scalar>(
 ) -> CoreResult<(Diag<T>, Mat<T>)> {
     let n = k.nrows();
     let mut s = Diag::<T>::zeros(n);
-    let mut u = Mat::<T>::zeros(n, n);
+    let mut u = alloc::zeros::<T>("eigh: eigenvectors", n, n)?;
     let scratch =
         evd::self_adjoint_evd_scratch::<T>(n, ComputeEigenvectors::Yes, par, Default::default());
-    let mut buf = MemBuffer::try_new(scratch).map_err(|_| CoreError::out_of_memory("eigh"))?;
+    let mut buf = MemBuffer::try_new(scratch)
+        .map_err(|_| CoreError::out_of_memory("eigh", scratch.size_bytes()))?;
     evd::self_adjoint_evd(
         k,
         s.as_mut(),
@@ -51,22 +54,30 @@ pub(crate) fn ensure_finite<T: Scalar>(pairs: &EigenPairs<T>, what: &str) -> Cor
     Ok(())
 }
 
+/// `a` multiplied by 2^e (exact), as a new matrix; `what` names it if memory runs out.
+pub(crate) fn scaled_copy<T: Scalar>(what: &str, a: MatRef<'_, T>, e: i32) -> CoreResult<Mat<T>> {
+    let steps = policy::pow2_steps::<T>(e);
+    alloc::from_fn(what, a.nrows(), a.ncols(), |i, j| {
+        policy::scale_pow2(a[(i, j)], &steps)
+    })
+}
+
 /// Eigendecomposition of `k`, rescaled by a power of two first when its entries are so large
-/// or small that the solver could over- or underflow; eigenvalues are scaled back exactly.
+/// or small (subnormal included) that the solver could over- or underflow; eigenvalues are
+/// scaled back exactly (up to their own rounding when they are subnormal).
 pub(crate) fn self_adjoint_ascending_scaled<T: Scalar>(
     k: MatRef<'_, T>,
     par: Par,
 ) -> CoreResult<(Diag<T>, Mat<T>)> {
-    match check::rescale_factor::<T>(check::max_abs(k).to_f64()) {
+    match policy::rescale_exponent::<T>(check::max_abs(k).to_f64()) {
         None => self_adjoint_ascending(k, par),
-        Some(factor) => {
-            let f = T::from_f64(factor);
-            let scaled = Mat::from_fn(k.nrows(), k.ncols(), |i, j| k[(i, j)] * f);
+        Some(e) => {
+            let scaled = scaled_copy("eigh: rescaled copy of K", k, e)?;
             let (mut s, u) = self_adjoint_ascending(scaled.as_ref(), par)?;
-            let inv = T::from_f64(1.0 / factor);
+            let back = policy::pow2_steps::<T>(-e);
             let mut col = s.column_vector_mut();
             for i in 0..k.nrows() {
-                col[i] *= inv;
+                col[i] = policy::scale_pow2(col[i], &back);
             }
             Ok((s, u))
         }
@@ -75,8 +86,10 @@ pub(crate) fn self_adjoint_ascending_scaled<T: Scalar>(
 
 /// All eigenpairs of the symmetric `k` (n, n), eigenvalues descending.
 pub fn eigh<T: Scalar>(k: MatRef<'_, T>, par: Par) -> CoreResult<EigenPairs<T>> {
+    check::non_empty("K", k)?;
+    check::square("K", k)?;
     let n = k.nrows();
-    let mut vectors = Mat::zeros(n, k.ncols().min(n));
+    let mut vectors = alloc::zeros("eigh: eigenvectors", n, n)?;
     let values = eigh_into(k, vectors.as_mut(), par)?;
     Ok(EigenPairs { values, vectors })
 }

@@ -33,6 +33,11 @@ pub enum CoreError {
     },
     /// A numerical routine failed (no convergence, non-finite result).
     Solver(String),
+    /// Memory for a result or a workspace could not be allocated.
+    OutOfMemory { what: String, bytes: usize },
+    /// A caller's callback asked to stop (a pending Ctrl-C, or an error in a user operator);
+    /// the caller knows why and reports it.
+    Interrupted,
 }
 
 impl fmt::Display for CoreError {
@@ -64,6 +69,13 @@ impl fmt::Display for CoreError {
                 write!(f, "{arg}: expected {expected}, got {got}")
             }
             CoreError::Solver(msg) => write!(f, "{msg}"),
+            CoreError::OutOfMemory { what, bytes } => write!(
+                f,
+                "{what}: could not allocate {:.1} MB (not enough memory; use float32 or a \
+                 smaller problem)",
+                *bytes as f64 / 1e6
+            ),
+            CoreError::Interrupted => write!(f, "interrupted"),
         }
     }
 }
@@ -71,11 +83,12 @@ impl fmt::Display for CoreError {
 impl std::error::Error for CoreError {}
 
 impl CoreError {
-    /// Scratch memory for a solver could not be allocated.
-    pub fn out_of_memory(what: &str) -> Self {
-        CoreError::Solver(format!(
-            "{what}: not enough memory for the solver's workspace"
-        ))
+    /// Scratch memory of `bytes` for a solver could not be allocated.
+    pub fn out_of_memory(what: &str, bytes: usize) -> Self {
+        CoreError::OutOfMemory {
+            what: format!("{what} (solver workspace)"),
+            bytes,
+        }
     }
 }
 

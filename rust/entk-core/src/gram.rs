@@ -1,7 +1,9 @@
 //! Gram matrices K = J Jᵀ: one triangle by a symmetric rank-k update, then mirrored.
 
+use crate::alloc;
 use crate::check;
 use crate::error::CoreResult;
+use crate::policy;
 use crate::scalar::Scalar;
 use crate::symmetric::mirror_lower;
 use faer::linalg::matmul::matmul;
@@ -42,7 +44,7 @@ pub fn gram_into<T: Scalar>(mut out: MatMut<'_, T>, j: MatRef<'_, T>, par: Par) 
 /// Returns K = J Jᵀ, (R, R), for `j` of shape (R, P).
 pub fn gram<T: Scalar>(j: MatRef<'_, T>, par: Par) -> CoreResult<Mat<T>> {
     check_jacobian("J", j)?;
-    let mut k = Mat::zeros(j.nrows(), j.nrows());
+    let mut k = alloc::zeros("gram", j.nrows(), j.nrows())?;
     gram_into(k.as_mut(), j, par)?;
     Ok(k)
 }
@@ -65,7 +67,7 @@ pub fn gram_accumulate<T: Scalar>(
     // K is updated in place: refuse before touching it if the sum could overflow.
     let bound =
         k_max.to_f64() + alpha.abs_val().to_f64() * j_max.to_f64().powi(2) * j.ncols() as f64;
-    if !check::overflow_safe::<T>(bound.sqrt(), 1) {
+    if !policy::overflow_safe::<T>(bound.sqrt(), 1) {
         return Err(crate::CoreError::Solver(
             "gram_accumulate: K + alpha·J Jᵀ could overflow this dtype; K was left unchanged \
              (rescale J or use float64)"
@@ -94,7 +96,9 @@ pub fn gram_cross_into<T: Scalar>(
 
 /// Returns A Bᵀ, (R, S), for `a` (R, P) and `b` (S, P): an off-diagonal tile of a Gram matrix.
 pub fn gram_cross<T: Scalar>(a: MatRef<'_, T>, b: MatRef<'_, T>, par: Par) -> CoreResult<Mat<T>> {
-    let mut out = Mat::zeros(a.nrows(), b.nrows());
+    check_jacobian("A", a)?;
+    check_jacobian("B", b)?;
+    let mut out = alloc::zeros("gram_cross", a.nrows(), b.nrows())?;
     gram_cross_into(out.as_mut(), a, b, par)?;
     Ok(out)
 }

@@ -1,13 +1,15 @@
 //! Structured Gram accumulation K += alpha · (S ⊗ 1_b) ∘ (G Gᵀ), the exact eNTK block of a
 //! linear layer used once: ⟨a, a'⟩ · ⟨g_c, g'_c'⟩ without forming the per-sample Jacobian.
 
+use crate::alloc;
 use crate::check;
 use crate::error::{CoreError, CoreResult};
+use crate::policy;
 use crate::scalar::Scalar;
 use crate::symmetric::{mirror_lower, SharedMut};
 use faer::linalg::matmul::matmul;
 use faer::reborrow::{Reborrow, ReborrowMut};
-use faer::{Accum, Mat, MatMut, MatRef, Par};
+use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 /// Rows of K processed per tile: bounds the scratch to `TILE × R` entries.
@@ -44,14 +46,14 @@ pub fn hadamard_gram_accumulate<T: Scalar>(
     // K is updated in place: refuse before touching it if the sum could overflow.
     let bound = k_max.to_f64()
         + alpha.abs_val().to_f64() * s_max.to_f64() * g_max.to_f64().powi(2) * g.ncols() as f64;
-    if !check::overflow_safe::<T>(bound.sqrt(), 1) {
+    if !policy::overflow_safe::<T>(bound.sqrt(), 1) {
         return Err(CoreError::Solver(
             "hadamard_gram_accumulate: the update could overflow this dtype; K was left \
              unchanged (rescale G or S, or use float64)"
                 .into(),
         ));
     }
-    let mut scratch = Mat::<T>::zeros(TILE.min(r), r);
+    let mut scratch = alloc::zeros::<T>("hadamard_gram_accumulate: workspace", TILE.min(r), r)?;
     let shared = SharedMut::new(&mut k);
     let mut start = 0;
     while start < r {

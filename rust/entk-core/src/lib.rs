@@ -3,19 +3,23 @@
 //! - [`gram`]: K = J Jᵀ (one triangle, mirrored), in-place accumulation over streamed
 //!   Jacobian chunks, and cross tiles A Bᵀ.
 //! - [`hadamard`]: the structured eNTK block of a once-used linear layer.
-//! - [`eigen`] and [`topk`]: symmetric eigendecomposition, full and top-k, descending.
+//! - [`eigen`] and [`topk`]: symmetric eigendecomposition, full and top-k (dense or through a
+//!   [`SymmetricOperator`], matrix-free), descending.
 //! - [`angles`]: principal angles and subspace overlap.
+//! - [`policy`]: the numeric policy (tolerances, rescaling and overflow thresholds).
 //!
 //! Every routine validates its input and returns a [`CoreError`] instead of panicking.
 //! Parallel routines take a faer [`Par`](faer::Par); [`threads::install`] runs a closure in the
 //! crate's resizable thread pool with the matching `Par`.
 
+mod alloc;
 pub mod angles;
-pub mod check;
+pub(crate) mod check;
 pub mod eigen;
 pub mod error;
 pub mod gram;
 pub mod hadamard;
+pub mod policy;
 mod rng;
 pub mod scalar;
 mod symmetric;
@@ -28,4 +32,7 @@ pub use error::{CoreError, CoreResult};
 pub use gram::{gram, gram_accumulate, gram_cross, gram_cross_into, gram_into};
 pub use hadamard::{hadamard_gram_accumulate, hadamard_gram_cross_into};
 pub use scalar::Scalar;
-pub use topk::{eigh_topk, eigh_topk_with, TopkMethod, TopkParams};
+pub use topk::{
+    eigh_topk, eigh_topk_operator, eigh_topk_with, DenseOperator, SymmetricOperator, TopkInfo,
+    TopkMethod, TopkParams,
+};

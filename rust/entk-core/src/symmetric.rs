@@ -1,9 +1,12 @@
 //! Mirroring a lower triangle into the upper one, in parallel.
 
-use crate::check::SYM_TILE;
 use crate::scalar::Scalar;
 use faer::MatMut;
 use rayon::prelude::*;
+
+/// Side of the square tiles in which symmetric pairs (i, j), (j, i) are compared or copied:
+/// both tiles stay in cache whatever the memory order.
+pub(crate) const SYM_TILE: usize = 64;
 
 /// A raw pointer to a matrix that parallel tasks write through at disjoint indices.
 #[derive(Clone, Copy)]

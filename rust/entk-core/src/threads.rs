@@ -6,7 +6,7 @@
 
 use faer::Par;
 use rayon::{ThreadPool, ThreadPoolBuilder};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// `Some(None)` records that no pool could be built: work then runs on the caller, sequentially.
@@ -15,6 +15,8 @@ static POOL: Mutex<Option<Option<Arc<ThreadPool>>>> = Mutex::new(None);
 /// The most threads a pool may have (more only adds scheduling overhead).
 pub const MAX_THREADS: usize = 1024;
 static FORKED: AtomicBool = AtomicBool::new(false);
+/// The thread count last asked for (0: all cores); a forked child rebuilds its pool with it.
+static REQUESTED: AtomicUsize = AtomicUsize::new(0);
 
 fn default_threads() -> usize {
     std::thread::available_parallelism()
@@ -32,7 +34,9 @@ fn build(n: usize) -> Option<Arc<ThreadPool>> {
         .map(Arc::new)
 }
 
-fn pool() -> Option<Arc<ThreadPool>> {
+type Slot = Option<Option<Arc<ThreadPool>>>;
+
+fn lock() -> std::sync::MutexGuard<'static, Slot> {
     let mut guard = match POOL.lock() {
         Ok(g) => g,
         Err(poisoned) => poisoned.into_inner(),
@@ -44,24 +48,29 @@ fn pool() -> Option<Arc<ThreadPool>> {
         }
     }
     guard
-        .get_or_insert_with(|| build(default_threads()))
+}
+
+fn threads_for(requested: usize) -> usize {
+    if requested == 0 {
+        default_threads()
+    } else {
+        requested.min(MAX_THREADS)
+    }
+}
+
+fn pool() -> Option<Arc<ThreadPool>> {
+    let mut guard = lock();
+    guard
+        .get_or_insert_with(|| build(threads_for(REQUESTED.load(Ordering::SeqCst))))
         .clone()
 }
 
 /// Sets the number of threads used by every parallel routine; `0` means all cores
-/// (at most [`MAX_THREADS`]).
+/// (at most [`MAX_THREADS`]). A forked child keeps the count its parent set.
 pub fn set_num_threads(n: usize) {
-    let n = if n == 0 {
-        default_threads()
-    } else {
-        n.min(MAX_THREADS)
-    };
-    let pool = build(n);
-    let mut guard = match POOL.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    *guard = Some(pool);
+    let mut guard = lock();
+    REQUESTED.store(n.min(MAX_THREADS), Ordering::SeqCst);
+    *guard = Some(build(threads_for(n)));
 }
 
 /// Number of threads the parallel routines use.

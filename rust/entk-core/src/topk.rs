@@ -1,34 +1,72 @@
-//! Top-k eigenpairs of a dense symmetric matrix by thick-restarted block Krylov iteration
-//! (block Lanczos with full reorthogonalisation and Rayleigh–Ritz).
+//! Top-k eigenpairs of a symmetric operator by thick-restarted block Krylov iteration
+//! (block Lanczos with full reorthogonalisation and Rayleigh–Ritz), for a dense matrix or any
+//! [`SymmetricOperator`] that can multiply a block of vectors (matrix-free).
 //!
 //! A block method, not single-vector Lanczos, because eNTK spectra have exactly degenerate
 //! eigenvalues (cos/sin pairs of a Fourier family) that a single Krylov vector cannot resolve.
-//! The work is dominated by K·Q products (BLAS-3), so it scales like k·n² per cycle instead of
-//! the n³ of a full solve.
+//! A block of b random vectors finds up to b copies of each eigenvalue; when the block is
+//! smaller than k, converged pairs are then locked and the search restarted from fresh random
+//! blocks orthogonal to them, until no eigenvalue above the k-th is left, so that every copy
+//! of a repeated eigenvalue is found. The work is dominated by K·Q products (BLAS-3 on a dense
+//! K), so it scales like k·n² per cycle instead of the n³ of a full solve.
 
+use crate::alloc;
 use crate::check;
-use crate::eigen::{
-    ensure_finite, self_adjoint_ascending, self_adjoint_ascending_scaled, EigenPairs,
-};
+use crate::eigen::{ensure_finite, scaled_copy, self_adjoint_ascending, EigenPairs};
 use crate::error::{CoreError, CoreResult};
+use crate::policy;
 use crate::rng::SplitMix64;
 use crate::scalar::Scalar;
 use faer::linalg::matmul::matmul;
 use faer::reborrow::{Reborrow, ReborrowMut};
 use faer::{Accum, Mat, MatMut, MatRef, Par};
 
-/// Tuning of [`eigh_topk_with`]. The defaults suit kernels up to tens of thousands of rows.
+/// A symmetric linear operator K (n, n) known only through products with blocks of vectors.
+pub trait SymmetricOperator<T: Scalar> {
+    /// The order n of K.
+    fn dim(&self) -> usize;
+    /// Writes K·x into `out`; `x` and `out` are (n, b).
+    fn apply(&mut self, x: MatRef<'_, T>, out: MatMut<'_, T>, par: Par) -> CoreResult<()>;
+}
+
+/// A dense symmetric matrix as an operator (one GEMM per block).
+pub struct DenseOperator<'a, T> {
+    k: MatRef<'a, T>,
+}
+
+impl<'a, T: Scalar> DenseOperator<'a, T> {
+    pub fn new(k: MatRef<'a, T>) -> Self {
+        Self { k }
+    }
+}
+
+impl<T: Scalar> SymmetricOperator<T> for DenseOperator<'_, T> {
+    fn dim(&self) -> usize {
+        self.k.nrows()
+    }
+
+    fn apply(&mut self, x: MatRef<'_, T>, out: MatMut<'_, T>, par: Par) -> CoreResult<()> {
+        matmul(out, Accum::Replace, self.k, x, T::ONE, par);
+        Ok(())
+    }
+}
+
+/// Tuning of the top-k solvers. The defaults suit kernels up to tens of thousands of rows.
 #[derive(Debug, Clone, Copy)]
 pub struct TopkParams {
-    /// Extra block columns beyond k (guards against degenerate eigenvalues at the cut).
-    /// Block size = k + oversample.
+    /// Extra block columns beyond k when `block` is not given: block size = k + oversample
+    /// (guards against degenerate eigenvalues at the cut).
     pub oversample: usize,
+    /// Explicit block size (vectors per operator product); `None`: k + oversample. A block
+    /// smaller than k saves memory per product and still finds every copy of a repeated
+    /// eigenvalue (by locking and fresh restarts), at the price of more products.
+    pub block: Option<usize>,
     /// Krylov basis width as a multiple of the block size.
     pub basis_blocks: usize,
-    /// Relative residual ‖K u − λ u‖ / |λ_max| at which a pair counts as converged;
-    /// `None` picks 1e-11 for f64 and 1e-4 for f32.
+    /// Relative residual ‖K u − λ u‖ / max|λ| at which a pair counts as converged;
+    /// `None` picks [`policy::topk_tolerance`] (1e-11 for f64, 1e-4 for f32).
     pub tolerance: Option<f64>,
-    /// Restart cycles before falling back to the full solve.
+    /// Restart cycles before giving up (a dense K then falls back to the full solve).
     pub max_cycles: usize,
     /// Seed of the random start block.
     pub seed: u64,
@@ -38,6 +76,7 @@ impl Default for TopkParams {
     fn default() -> Self {
         Self {
             oversample: 8,
+            block: None,
             basis_blocks: 10,
             tolerance: None,
             max_cycles: 200,
@@ -51,33 +90,68 @@ impl Default for TopkParams {
 pub enum TopkMethod {
     /// The matrix was small enough that the full solve was cheaper.
     Dense,
-    /// Block Krylov converged after this many restart cycles.
-    Krylov { cycles: usize },
-    /// Block Krylov did not converge; the full solve was used instead.
+    /// Block Krylov iteration.
+    Krylov,
+    /// Block Krylov did not converge (or stagnated); the full solve was used instead.
     DenseFallback,
+}
+
+impl TopkMethod {
+    pub fn name(self) -> &'static str {
+        match self {
+            TopkMethod::Dense => "dense",
+            TopkMethod::Krylov => "krylov",
+            TopkMethod::DenseFallback => "dense-fallback",
+        }
+    }
+}
+
+/// What a top-k solve did and how accurate its answer is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopkInfo {
+    pub method: TopkMethod,
+    /// Krylov restart cycles run (0 for a direct dense solve).
+    pub cycles: usize,
+    /// Operator-vector products (a block of b vectors counts b).
+    pub n_matvec: usize,
+    /// Vectors per operator product.
+    pub block: usize,
+    /// ‖K v − λ v‖ / max(|λ|max, tiny) of each returned pair, |λ|max the largest |Ritz value|
+    /// (|λ_1| for a PSD K).
+    pub residuals: Vec<f64>,
+    pub max_residual: f64,
+    /// The tolerance the Krylov iteration worked to.
+    pub tolerance: f64,
+    /// Whether every returned pair met the tolerance.
+    pub converged: bool,
+    /// Whether the iteration stopped early because its residuals stopped improving.
+    pub stagnated: bool,
 }
 
 /// The k largest eigenpairs of the symmetric `k_mat` (n, n): values descending, vectors (n, k).
 pub fn eigh_topk<T: Scalar>(k_mat: MatRef<'_, T>, k: usize, par: Par) -> CoreResult<EigenPairs<T>> {
-    eigh_topk_with(k_mat, k, TopkParams::default(), par).map(|(pairs, _)| pairs)
+    eigh_topk_with(k_mat, k, TopkParams::default(), &mut || Ok(()), par).map(|(pairs, _)| pairs)
 }
 
-/// [`eigh_topk`] with explicit tuning; also reports the method used.
-pub fn eigh_topk_with<T: Scalar>(
-    kmat: MatRef<'_, T>,
-    k: usize,
-    params: TopkParams,
-    par: Par,
-) -> CoreResult<(EigenPairs<T>, TopkMethod)> {
-    check::symmetric_input("K", kmat)?;
-    let n = kmat.nrows();
+fn check_k(k: usize, n: usize, of: &str) -> CoreResult<()> {
     if k == 0 || k > n {
         return Err(CoreError::OutOfRange {
             arg: "k",
-            expected: format!("an integer in [1, {n}] (the order of K)"),
+            expected: format!("an integer in [1, {n}] ({of})"),
             got: k.to_string(),
         });
     }
+    Ok(())
+}
+
+/// Validated solver settings: block size, basis width, tolerance.
+struct Plan {
+    block: usize,
+    width: usize,
+    tol: f64,
+}
+
+fn plan<T: Scalar>(n: usize, k: usize, params: &TopkParams) -> CoreResult<Plan> {
     if params.basis_blocks < 3 || params.basis_blocks > 64 {
         return Err(CoreError::OutOfRange {
             arg: "basis_blocks",
@@ -85,72 +159,427 @@ pub fn eigh_topk_with<T: Scalar>(
             got: params.basis_blocks.to_string(),
         });
     }
-    let block = k.saturating_add(params.oversample).min(n);
-    let width = block * params.basis_blocks;
-    // The full solve wins when the Krylov basis would be a sizeable part of the space.
-    if 2 * width >= n {
-        return Ok((dense_top(kmat, k, par)?, TopkMethod::Dense));
+    let block = match params.block {
+        Some(b) if b == 0 || b > n => {
+            return Err(CoreError::OutOfRange {
+                arg: "block",
+                expected: format!("an integer in [1, {n}] (the order of K)"),
+                got: b.to_string(),
+            })
+        }
+        Some(b) => b,
+        None => k.saturating_add(params.oversample).min(n),
+    };
+    let tol = params.tolerance.unwrap_or(policy::topk_tolerance::<T>());
+    let min_tol = policy::topk_min_tolerance::<T>();
+    if !(tol.is_finite() && tol >= min_tol && tol < 1.0) {
+        return Err(CoreError::OutOfRange {
+            arg: "tol",
+            expected: format!("a number in [{min_tol:.1e}, 1) (a relative residual)"),
+            got: format!("{tol}"),
+        });
     }
-    let tol = params.tolerance.unwrap_or(if T::EPSILON.to_f64() < 1e-10 {
-        1e-11
-    } else {
-        1e-4
-    });
+    if params.max_cycles == 0 {
+        return Err(CoreError::OutOfRange {
+            arg: "maxiter",
+            expected: "a positive number of restart cycles".into(),
+            got: "0".into(),
+        });
+    }
+    // Room for the pairs kept across a restart (at least k + one block) and a new block.
+    let width = block
+        .saturating_mul(params.basis_blocks)
+        .max(k.saturating_add(block.saturating_mul(2)))
+        .min(n);
+    Ok(Plan { block, width, tol })
+}
+
+/// [`eigh_topk`] with explicit tuning and a `cancel` callback polled at least once per block
+/// product (return `Err(CoreError::Interrupted)` to stop); also reports how it was solved.
+pub fn eigh_topk_with<T: Scalar>(
+    kmat: MatRef<'_, T>,
+    k: usize,
+    params: TopkParams,
+    cancel: &mut dyn FnMut() -> CoreResult<()>,
+    par: Par,
+) -> CoreResult<(EigenPairs<T>, TopkInfo)> {
+    check::symmetric_input("K", kmat)?;
+    let n = kmat.nrows();
+    check_k(k, n, "the order of K")?;
+    let plan = plan::<T>(n, k, &params)?;
+    // The full solve wins when the Krylov basis would be a sizeable part of the space.
+    if 2 * plan.width >= n {
+        let pairs = dense_top(kmat, k, par)?;
+        let info = dense_info(kmat, &pairs, TopkMethod::Dense, 0, 0, &plan, false, par)?;
+        return Ok((pairs, info));
+    }
     // Krylov on a badly scaled K works on a power-of-two rescaled copy (exact to scale back).
-    let factor = check::rescale_factor::<T>(check::max_abs(kmat).to_f64());
+    let exponent = policy::rescale_exponent::<T>(check::max_abs(kmat).to_f64());
     let scaled;
-    let kmat = match factor {
-        Some(f) => {
-            let f = T::from_f64(f);
-            scaled = Mat::from_fn(n, n, |i, j| kmat[(i, j)] * f);
+    let kmat = match exponent {
+        Some(e) => {
+            scaled = scaled_copy("eigh_topk: rescaled copy of K", kmat, e)?;
             scaled.as_ref()
         }
         None => kmat,
     };
     let unscale = |mut pairs: EigenPairs<T>| {
-        if let Some(f) = factor {
-            let inv = T::from_f64(1.0 / f);
-            pairs.values.iter_mut().for_each(|v| *v *= inv);
+        if let Some(e) = exponent {
+            let back = policy::pow2_steps::<T>(-e);
+            pairs
+                .values
+                .iter_mut()
+                .for_each(|v| *v = policy::scale_pow2(*v, &back));
         }
         pairs
     };
-    let mut solver = BlockKrylov::new(kmat, block, width, params.seed, par);
-    for cycle in 1..=params.max_cycles {
-        solver.expand();
-        let ritz = solver.rayleigh_ritz(k)?;
-        if ritz.max_relative_residual <= tol {
-            let pairs = unscale(ritz.pairs);
-            ensure_finite(&pairs, "eigh_topk")?;
-            return Ok((pairs, TopkMethod::Krylov { cycles: cycle }));
-        }
-        solver.restart(&ritz);
+    let mut op = DenseOperator::new(kmat);
+    let run = krylov(
+        &mut op,
+        k,
+        &plan,
+        params.max_cycles,
+        params.seed,
+        cancel,
+        par,
+    )?;
+    if run.converged {
+        let info = run.info(TopkMethod::Krylov, &plan);
+        let pairs = unscale(run.pairs);
+        ensure_finite(&pairs, "eigh_topk")?;
+        return Ok((pairs, info));
     }
-    Ok((unscale(dense_top(kmat, k, par)?), TopkMethod::DenseFallback))
+    let pairs = dense_top(kmat, k, par)?;
+    let info = dense_info(
+        kmat,
+        &pairs,
+        TopkMethod::DenseFallback,
+        run.cycles,
+        run.n_matvec,
+        &plan,
+        run.stagnated,
+        par,
+    )?;
+    Ok((unscale(pairs), info))
+}
+
+/// The k largest eigenpairs of a symmetric operator `op`, matrix-free: values descending,
+/// vectors (n, k). Does not fail when the iteration does not converge: `info.converged` says
+/// so, and the best pairs found are returned.
+pub fn eigh_topk_operator<T: Scalar>(
+    op: &mut dyn SymmetricOperator<T>,
+    k: usize,
+    params: TopkParams,
+    cancel: &mut dyn FnMut() -> CoreResult<()>,
+    par: Par,
+) -> CoreResult<(EigenPairs<T>, TopkInfo)> {
+    let n = op.dim();
+    if n == 0 {
+        return Err(CoreError::OutOfRange {
+            arg: "n",
+            expected: "a positive operator order".into(),
+            got: "0".into(),
+        });
+    }
+    check_k(k, n, "the order n of the operator")?;
+    let plan = plan::<T>(n, k, &params)?;
+    let run = krylov(op, k, &plan, params.max_cycles, params.seed, cancel, par)?;
+    let info = run.info(TopkMethod::Krylov, &plan);
+    ensure_finite(&run.pairs, "eigh_topk_operator")?;
+    Ok((run.pairs, info))
 }
 
 fn dense_top<T: Scalar>(kmat: MatRef<'_, T>, k: usize, par: Par) -> CoreResult<EigenPairs<T>> {
     let n = kmat.nrows();
-    let (s, u) = self_adjoint_ascending_scaled(kmat, par)?;
+    let (s, u) = crate::eigen::self_adjoint_ascending_scaled(kmat, par)?;
     let s = s.column_vector();
     let pairs = EigenPairs {
         values: (0..k).map(|i| s[n - 1 - i]).collect(),
-        vectors: Mat::from_fn(n, k, |i, j| u[(i, n - 1 - j)]),
+        vectors: alloc::from_fn("eigh_topk: eigenvectors", n, k, |i, j| u[(i, n - 1 - j)])?,
     };
     ensure_finite(&pairs, "eigh_topk")?;
     Ok(pairs)
 }
 
-struct Ritz<T> {
+/// Residuals of pairs from a full solve (one product K·V), and the info record.
+#[allow(clippy::too_many_arguments)]
+fn dense_info<T: Scalar>(
+    kmat: MatRef<'_, T>,
+    pairs: &EigenPairs<T>,
+    method: TopkMethod,
+    cycles: usize,
+    n_matvec: usize,
+    plan: &Plan,
+    stagnated: bool,
+    par: Par,
+) -> CoreResult<TopkInfo> {
+    // Relative residuals are scale-invariant: compute them on a rescaled K when it is tiny or
+    // huge, so that they do not under- or overflow.
+    let exponent = policy::rescale_exponent::<T>(check::max_abs(kmat).to_f64());
+    let (scaled, values);
+    let (kmat, values) = match exponent {
+        Some(e) => {
+            scaled = scaled_copy("eigh_topk: rescaled copy of K", kmat, e)?;
+            let steps = policy::pow2_steps::<T>(e);
+            values = pairs
+                .values
+                .iter()
+                .map(|&v| policy::scale_pow2(v, &steps))
+                .collect::<Vec<_>>();
+            (scaled.as_ref(), values)
+        }
+        None => (kmat, pairs.values.clone()),
+    };
+    let k = values.len();
+    let mut r = alloc::zeros::<T>("eigh_topk: residuals", kmat.nrows(), k)?;
+    matmul(
+        r.as_mut(),
+        Accum::Replace,
+        kmat,
+        pairs.vectors.as_ref(),
+        T::ONE,
+        par,
+    );
+    let top = values
+        .iter()
+        .fold(0.0f64, |m, v| m.max(v.to_f64().abs()))
+        .max(f64::MIN_POSITIVE);
+    let residuals: Vec<f64> = (0..k)
+        .map(|j| {
+            let mut col = r.as_mut().col_mut(j);
+            let v = pairs.vectors.col(j);
+            for i in 0..col.nrows() {
+                col[i] -= values[j] * v[i];
+            }
+            col.rb().norm_l2().to_f64() / top
+        })
+        .collect();
+    let max_residual = residuals.iter().copied().fold(0.0, f64::max);
+    Ok(TopkInfo {
+        method,
+        cycles,
+        n_matvec,
+        block: plan.block,
+        residuals,
+        max_residual,
+        tolerance: plan.tol,
+        converged: true,
+        stagnated,
+    })
+}
+
+/// The result of the Krylov iteration.
+struct Run<T> {
     pairs: EigenPairs<T>,
+    residuals: Vec<f64>,
+    cycles: usize,
+    n_matvec: usize,
+    converged: bool,
+    stagnated: bool,
+}
+
+impl<T: Scalar> Run<T> {
+    fn info(&self, method: TopkMethod, plan: &Plan) -> TopkInfo {
+        TopkInfo {
+            method,
+            cycles: self.cycles,
+            n_matvec: self.n_matvec,
+            block: plan.block,
+            residuals: self.residuals.clone(),
+            max_residual: self.residuals.iter().copied().fold(0.0, f64::max),
+            tolerance: plan.tol,
+            converged: self.converged,
+            stagnated: self.stagnated,
+        }
+    }
+}
+
+/// Counters shared by the phases of one solve.
+struct Budget {
+    cycles: usize,
+    max_cycles: usize,
+    n_matvec: usize,
+}
+
+/// The outcome of one Krylov phase: the top `need` Ritz pairs of K restricted to the
+/// complement of the locked vectors.
+struct Phase<T> {
+    values: Vec<T>,
+    vectors: Mat<T>,
+    residuals: Vec<f64>,
+    converged: bool,
+    stagnated: bool,
+}
+
+/// Top-k by phases. Phase 1 runs from a random block. With a block of at least k vectors its
+/// answer is final (each eigenvalue needs at most k copies, and a block of b finds up to b).
+/// Otherwise, fresh random phases orthogonal to the pairs found look for eigenvalues above the
+/// k-th that were missed (copies of a repeated eigenvalue beyond the block size), merging them
+/// in until none is left.
+fn krylov<T: Scalar>(
+    op: &mut dyn SymmetricOperator<T>,
+    k: usize,
+    plan: &Plan,
+    max_cycles: usize,
+    seed: u64,
+    cancel: &mut dyn FnMut() -> CoreResult<()>,
+    par: Par,
+) -> CoreResult<Run<T>> {
+    let n = op.dim();
+    let mut rng = SplitMix64::new(seed);
+    let mut budget = Budget {
+        cycles: 0,
+        max_cycles,
+        n_matvec: 0,
+    };
+    let none = Mat::<T>::new();
+    let first = phase(
+        op,
+        none.as_ref(),
+        k,
+        plan,
+        &mut rng,
+        &mut budget,
+        cancel,
+        par,
+    )?;
+    let mut best = first;
+    if best.converged && plan.block < k && n > k {
+        // Half a block of candidates per round: they converge fast (the gap to the block's
+        // end), and every copy beyond them is found by a later round.
+        loop {
+            let need = (plan.block / 2).clamp(1, n - k);
+            let extra = phase(
+                op,
+                best.vectors.as_ref(),
+                need,
+                plan,
+                &mut rng,
+                &mut budget,
+                cancel,
+                par,
+            )?;
+            let scale = best
+                .values
+                .iter()
+                .chain(extra.values.iter())
+                .fold(f64::MIN_POSITIVE, |m, v| m.max(v.to_f64().abs()));
+            let cut = best.values[k - 1].to_f64() + plan.tol * scale;
+            let missed: Vec<usize> = (0..extra.values.len())
+                .filter(|&j| extra.values[j].to_f64() > cut)
+                .collect();
+            if missed.is_empty() {
+                break;
+            }
+            best = merge(best, extra, &missed, k)?;
+            if !best.converged {
+                break;
+            }
+        }
+    }
+    Ok(Run {
+        pairs: EigenPairs {
+            values: best.values,
+            vectors: best.vectors,
+        },
+        residuals: best.residuals,
+        cycles: budget.cycles,
+        n_matvec: budget.n_matvec,
+        converged: best.converged,
+        stagnated: best.stagnated,
+    })
+}
+
+/// The top k of the locked pairs `a` and the candidates `b[missed]` (orthogonal to them).
+fn merge<T: Scalar>(a: Phase<T>, b: Phase<T>, missed: &[usize], k: usize) -> CoreResult<Phase<T>> {
+    let mut all: Vec<(T, bool, usize)> = (0..a.values.len())
+        .map(|j| (a.values[j], false, j))
+        .chain(missed.iter().map(|&j| (b.values[j], true, j)))
+        .collect();
+    all.sort_by(|x, y| y.0.to_f64().total_cmp(&x.0.to_f64()));
+    all.truncate(k);
+    let n = a.vectors.nrows();
+    let pick = |&(_, from_b, j): &(T, bool, usize)| {
+        if from_b {
+            b.vectors.col(j)
+        } else {
+            a.vectors.col(j)
+        }
+    };
+    let vectors = alloc::from_fn("eigh_topk: eigenvectors", n, k, |i, c| pick(&all[c])[i])?;
+    let residuals = all
+        .iter()
+        .map(|&(_, from_b, j)| {
+            if from_b {
+                b.residuals[j]
+            } else {
+                a.residuals[j]
+            }
+        })
+        .collect();
+    Ok(Phase {
+        values: all.iter().map(|x| x.0).collect(),
+        vectors,
+        residuals,
+        converged: a.converged && b.converged,
+        stagnated: a.stagnated || b.stagnated,
+    })
+}
+
+/// One thick-restarted block Krylov run on K restricted to the complement of `locked`,
+/// until its top `need` Ritz pairs converge, stagnate, or the cycle budget runs out.
+#[allow(clippy::too_many_arguments)]
+fn phase<T: Scalar>(
+    op: &mut dyn SymmetricOperator<T>,
+    locked: MatRef<'_, T>,
+    need: usize,
+    plan: &Plan,
+    rng: &mut SplitMix64,
+    budget: &mut Budget,
+    cancel: &mut dyn FnMut() -> CoreResult<()>,
+    par: Par,
+) -> CoreResult<Phase<T>> {
+    let n = op.dim();
+    let free = n - locked.ncols();
+    let block = plan.block.min(free);
+    let width = plan.width.min(free).max(block);
+    let mut solver = BlockKrylov::new(n, block, width, rng, par)?;
+    let mut history = Vec::new();
+    loop {
+        budget.cycles += 1;
+        solver.expand(op, locked, rng, budget, cancel)?;
+        let ritz = solver.rayleigh_ritz(need)?;
+        history.push(ritz.max_residual);
+        let converged = ritz.max_residual <= plan.tol;
+        let stagnated = !converged && policy::stagnated(&history);
+        if converged || stagnated || budget.cycles >= budget.max_cycles {
+            let vectors = alloc::copy(
+                "eigh_topk: eigenvectors",
+                ritz.vectors.as_ref().subcols(0, need),
+            )?;
+            return Ok(Phase {
+                values: ritz.values[..need].to_vec(),
+                vectors,
+                residuals: ritz.residuals,
+                converged,
+                stagnated,
+            });
+        }
+        solver.restart(&ritz, need, plan.tol)?;
+    }
+}
+
+struct Ritz<T> {
     /// Ritz vectors (n, kept) and their images K·U, sorted by descending Ritz value.
     vectors: Mat<T>,
     images: Mat<T>,
     values: Vec<T>,
-    max_relative_residual: f64,
+    /// Relative residuals of the top `need` pairs.
+    residuals: Vec<f64>,
+    max_residual: f64,
 }
 
-struct BlockKrylov<'a, T: Scalar> {
-    kmat: MatRef<'a, T>,
+struct BlockKrylov<T: Scalar> {
     block: usize,
     /// Orthonormal basis Q (n, width) and P = K Q; the first `used` columns are valid.
     q: Mat<T>,
@@ -158,59 +587,73 @@ struct BlockKrylov<'a, T: Scalar> {
     used: usize,
     /// Next block to orthogonalise into the basis (n, block).
     next: Mat<T>,
-    rng: SplitMix64,
     par: Par,
 }
 
-impl<'a, T: Scalar> BlockKrylov<'a, T> {
-    fn new(kmat: MatRef<'a, T>, block: usize, width: usize, seed: u64, par: Par) -> Self {
-        let n = kmat.nrows();
-        let mut rng = SplitMix64::new(seed);
-        let next = Mat::from_fn(n, block, |_, _| T::from_f64(rng.symmetric_unit()));
-        Self {
-            kmat,
+impl<T: Scalar> BlockKrylov<T> {
+    fn new(
+        n: usize,
+        block: usize,
+        width: usize,
+        rng: &mut SplitMix64,
+        par: Par,
+    ) -> CoreResult<Self> {
+        let next = alloc::from_fn("eigh_topk: Krylov block", n, block, |_, _| {
+            T::from_f64(rng.symmetric_unit())
+        })?;
+        Ok(Self {
             block,
-            q: Mat::zeros(n, width),
-            p: Mat::zeros(n, width),
+            q: alloc::zeros("eigh_topk: Krylov basis", n, width)?,
+            p: alloc::zeros("eigh_topk: Krylov basis images", n, width)?,
             used: 0,
             next,
-            rng,
             par,
-        }
+        })
     }
 
-    /// Grows the basis block by block to its full width: Q_{j+1} ⟂ Q, from K Q_j.
-    fn expand(&mut self) {
+    /// Grows the basis block by block to its full width: Q_{j+1} ⟂ [locked, Q], from K Q_j.
+    fn expand(
+        &mut self,
+        op: &mut dyn SymmetricOperator<T>,
+        locked: MatRef<'_, T>,
+        rng: &mut SplitMix64,
+        budget: &mut Budget,
+        cancel: &mut dyn FnMut() -> CoreResult<()>,
+    ) -> CoreResult<()> {
         let width = self.q.ncols();
-        while self.used + self.block <= width {
-            let (start, b) = (self.used, self.block);
-            let mut z = std::mem::replace(&mut self.next, Mat::zeros(0, 0));
+        while self.used < width {
+            cancel()?;
+            let start = self.used;
+            let b = self.block.min(width - start);
+            let mut z = std::mem::replace(&mut self.next, Mat::new());
+            let mut z = z.as_mut().subcols_mut(0, b);
             orthonormalize_against(
+                locked,
                 self.q.as_ref().subcols(0, start),
-                z.as_mut(),
-                &mut self.rng,
+                z.rb_mut(),
+                rng,
                 self.par,
-            );
-            self.q.as_mut().subcols_mut(start, b).copy_from(&z);
-            matmul(
-                self.p.as_mut().subcols_mut(start, b),
-                Accum::Replace,
-                self.kmat,
+            )?;
+            self.q.as_mut().subcols_mut(start, b).copy_from(z.rb());
+            op.apply(
                 self.q.as_ref().subcols(start, b),
-                T::ONE,
+                self.p.as_mut().subcols_mut(start, b),
                 self.par,
-            );
-            self.next = self.p.as_ref().subcols(start, b).to_owned();
+            )?;
+            budget.n_matvec += b;
+            check::finite("matmat", self.p.as_ref().subcols(start, b))?;
+            self.next = alloc::copy("eigh_topk: Krylov block", self.p.as_ref().subcols(start, b))?;
             self.used += b;
         }
+        Ok(())
     }
 
-    /// Ritz pairs of K on span(Q), with the residuals of the top `k`.
-    fn rayleigh_ritz(&self, k: usize) -> CoreResult<Ritz<T>> {
-        let (n, m) = (self.kmat.nrows(), self.used);
+    /// Ritz pairs of K on span(Q), with the residuals of the top `need`.
+    fn rayleigh_ritz(&self, need: usize) -> CoreResult<Ritz<T>> {
+        let (n, m) = (self.q.nrows(), self.used);
         let q = self.q.as_ref().subcols(0, m);
         let p = self.p.as_ref().subcols(0, m);
-        let mut t = Mat::<T>::zeros(m, m);
+        let mut t = alloc::zeros::<T>("eigh_topk: projected matrix", m, m)?;
         matmul(
             t.as_mut(),
             Accum::Replace,
@@ -219,17 +662,35 @@ impl<'a, T: Scalar> BlockKrylov<'a, T> {
             T::ONE,
             self.par,
         );
+        let mut t_max = 0.0f64;
+        let mut asym = 0.0f64;
+        for j in 0..m {
+            for i in 0..m {
+                t_max = t_max.max(t[(i, j)].to_f64().abs());
+                asym = asym.max((t[(i, j)] - t[(j, i)]).to_f64().abs());
+            }
+        }
+        if asym > 1e3 * policy::symmetry_tolerance(T::from_f64(t_max)) {
+            return Err(CoreError::OutOfRange {
+                arg: "matmat",
+                expected: "a symmetric operator (V ↦ K V with K = Kᵀ)".into(),
+                got: format!("Qᵀ K Q asymmetric by {asym:.3e} (largest entry {t_max:.3e})"),
+            });
+        }
         let half = T::from_f64(0.5);
-        let t = Mat::from_fn(m, m, |i, j| half * (t[(i, j)] + t[(j, i)]));
+        let t = alloc::from_fn("eigh_topk: projected matrix", m, m, |i, j| {
+            half * (t[(i, j)] + t[(j, i)])
+        })?;
         let (theta, s) = self_adjoint_ascending(t.as_ref(), self.par)?;
         let theta = theta.column_vector();
-        // descending order
         let values: Vec<T> = (0..m).rev().map(|i| theta[i]).collect();
-        // Only the Ritz vectors a restart keeps (and the k reported) are formed: n·m·need work.
-        let need = self.restart_width().max(k).min(m);
-        let s_desc = Mat::from_fn(m, need, |i, j| s[(i, m - 1 - j)]);
-        let mut vectors = Mat::<T>::zeros(n, need);
-        let mut images = Mat::<T>::zeros(n, need);
+        // Only the Ritz vectors a restart keeps (and those reported) are formed.
+        let keep = self.restart_width(need).max(need).min(m);
+        let s_desc = alloc::from_fn("eigh_topk: Ritz coefficients", m, keep, |i, j| {
+            s[(i, m - 1 - j)]
+        })?;
+        let mut vectors = alloc::zeros::<T>("eigh_topk: Ritz vectors", n, keep)?;
+        let mut images = alloc::zeros::<T>("eigh_topk: Ritz vectors", n, keep)?;
         matmul(
             vectors.as_mut(),
             Accum::Replace,
@@ -250,46 +711,43 @@ impl<'a, T: Scalar> BlockKrylov<'a, T> {
             .iter()
             .fold(0.0f64, |acc, v| acc.max(v.to_f64().abs()))
             .max(f64::MIN_POSITIVE);
-        let mut residual = images.as_ref().subcols(0, k).to_owned();
-        let theta_k = Mat::from_fn(k, k, |i, j| if i == j { values[i] } else { T::ZERO });
-        matmul(
-            residual.as_mut(),
-            Accum::Add,
-            vectors.as_ref().subcols(0, k),
-            theta_k.as_ref(),
-            -T::ONE,
-            self.par,
-        );
-        let worst = (0..k)
-            .map(|j| residual.col(j).norm_l2().to_f64() / scale)
-            .fold(0.0f64, f64::max);
+        let residuals: Vec<f64> = (0..need)
+            .map(|j| {
+                let (u, w) = (vectors.col(j), images.col(j));
+                let mut sum = 0.0f64;
+                for i in 0..n {
+                    sum += (w[i] - values[j] * u[i]).to_f64().powi(2);
+                }
+                sum.sqrt() / scale
+            })
+            .collect();
+        let worst = residuals.iter().copied().fold(0.0f64, f64::max);
         if !worst.is_finite() {
             return Err(CoreError::Solver(
                 "eigh_topk: non-finite residual in the Krylov iteration".into(),
             ));
         }
-        let pairs = EigenPairs {
-            values: values[..k].to_vec(),
-            vectors: vectors.as_ref().subcols(0, k).to_owned(),
-        };
         Ok(Ritz {
-            pairs,
             vectors,
             images,
             values,
-            max_relative_residual: worst,
+            residuals,
+            max_residual: worst,
         })
     }
 
-    /// Ritz vectors kept across a restart: two blocks, leaving room for at least one new block.
-    fn restart_width(&self) -> usize {
-        (2 * self.block).min(self.q.ncols() - self.block)
+    /// Ritz vectors kept across a restart: at least two blocks and the wanted pairs plus one
+    /// block, leaving room for at least one new block.
+    fn restart_width(&self, need: usize) -> usize {
+        (2 * self.block)
+            .max(need + self.block)
+            .min(self.q.ncols().saturating_sub(self.block))
     }
 
-    /// Thick restart: keep the leading Ritz vectors, continue from their residual block.
-    fn restart(&mut self, ritz: &Ritz<T>) {
-        let b = self.block;
-        let keep = self.restart_width().min(ritz.vectors.ncols());
+    /// Thick restart: keep the leading Ritz vectors, continue from the residuals of the
+    /// leading pairs that have not converged yet.
+    fn restart(&mut self, ritz: &Ritz<T>, need: usize, tol: f64) -> CoreResult<()> {
+        let keep = self.restart_width(need).min(ritz.vectors.ncols());
         self.q
             .as_mut()
             .subcols_mut(0, keep)
@@ -299,56 +757,75 @@ impl<'a, T: Scalar> BlockKrylov<'a, T> {
             .subcols_mut(0, keep)
             .copy_from(ritz.images.as_ref().subcols(0, keep));
         self.used = keep;
-        let n = self.kmat.nrows();
-        self.next = Mat::from_fn(n, b, |i, j| {
+        let n = self.q.nrows();
+        let b = self.block;
+        // Residual directions of unconverged wanted pairs first, then of the following ones.
+        let mut order: Vec<usize> = (0..need.min(keep))
+            .filter(|&j| ritz.residuals[j] > tol)
+            .collect();
+        let rest: Vec<usize> = (0..keep).filter(|j| !order.contains(j)).collect();
+        order.extend(rest);
+        order.truncate(b);
+        while order.len() < b {
+            order.push(order.len() % keep.max(1));
+        }
+        self.next = alloc::from_fn("eigh_topk: Krylov block", n, b, |i, c| {
+            let j = order[c];
             ritz.images[(i, j)] - ritz.values[j] * ritz.vectors[(i, j)]
-        });
+        })?;
+        Ok(())
     }
 }
 
-/// Makes the columns of `z` orthonormal and orthogonal to the orthonormal `basis`.
+/// Makes the columns of `z` orthonormal and orthogonal to the orthonormal `locked` and `basis`.
 ///
-/// Block Gram–Schmidt against the basis, then a Householder QR of the block, twice ("twice is
-/// enough": the second pass removes what round-off left of the basis directions). Columns that lie numerically in the span already are replaced by random
-/// directions, so the Krylov basis keeps its full width when K has low rank.
+/// Block Gram–Schmidt against the bases, then a Householder QR of the block, twice ("twice is
+/// enough": the second pass removes what round-off left of the basis directions). Columns
+/// that lie numerically in the span already are replaced by random directions, so the Krylov
+/// basis keeps its full width when K has low rank.
 fn orthonormalize_against<T: Scalar>(
+    locked: MatRef<'_, T>,
     basis: MatRef<'_, T>,
     mut z: MatMut<'_, T>,
     rng: &mut SplitMix64,
     par: Par,
-) {
+) -> CoreResult<()> {
     let b = z.ncols();
-    let project = |mut z: MatMut<'_, T>| {
-        if basis.ncols() == 0 {
-            return;
+    let project = |mut z: MatMut<'_, T>| -> CoreResult<()> {
+        for basis in [locked, basis] {
+            if basis.ncols() == 0 {
+                continue;
+            }
+            let mut c = alloc::zeros::<T>("eigh_topk: projection", basis.ncols(), z.ncols())?;
+            matmul(
+                c.as_mut(),
+                Accum::Replace,
+                basis.transpose(),
+                z.rb(),
+                T::ONE,
+                par,
+            );
+            matmul(z.rb_mut(), Accum::Add, basis, c.as_ref(), -T::ONE, par);
         }
-        let mut c = Mat::<T>::zeros(basis.ncols(), z.ncols());
-        matmul(
-            c.as_mut(),
-            Accum::Replace,
-            basis.transpose(),
-            z.rb(),
-            T::ONE,
-            par,
-        );
-        matmul(z.rb_mut(), Accum::Add, basis, c.as_ref(), -T::ONE, par);
+        Ok(())
     };
     let mut reference: Vec<f64> = (0..b).map(|j| z.rb().col(j).norm_l2().to_f64()).collect();
     for attempt in 0..4 {
-        project(z.rb_mut());
+        project(z.rb_mut())?;
         let qr = z.rb().qr();
         let r = qr.thin_R();
         let deficient: Vec<usize> = (0..b)
             .filter(|&j| {
-                r[(j, j)].abs_val().to_f64() <= 1e-10 * reference[j].max(f64::MIN_POSITIVE)
+                r[(j, j)].abs_val().to_f64()
+                    <= policy::DEFICIENT_DIRECTION * reference[j].max(f64::MIN_POSITIVE)
             })
             .collect();
         if deficient.is_empty() || attempt == 3 {
             z.copy_from(qr.compute_thin_Q());
-            project(z.rb_mut());
+            project(z.rb_mut())?;
             let qr = z.rb().qr();
             z.copy_from(qr.compute_thin_Q());
-            return;
+            return Ok(());
         }
         for &j in &deficient {
             for i in 0..z.nrows() {
@@ -357,4 +834,5 @@ fn orthonormalize_against<T: Scalar>(
             reference[j] = z.rb().col(j).norm_l2().to_f64();
         }
     }
+    Ok(())
 }

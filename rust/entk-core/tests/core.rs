@@ -120,27 +120,307 @@ fn eigh_reconstructs_random_symmetric() {
     assert!(pairs.values.windows(2).all(|w| w[0] >= w[1]));
 }
 
+fn no_cancel() -> impl FnMut() -> CoreResult<()> {
+    || Ok(())
+}
+
+/// ‖P_a − P_b‖_max of the projectors onto the column spans of two orthonormal bases.
+fn projector_distance(a: MatRef<'_, f64>, b: MatRef<'_, f64>) -> f64 {
+    let pa = naive_abt(a, a);
+    let pb = naive_abt(b, b);
+    let mut worst = 0.0f64;
+    for j in 0..pa.ncols() {
+        for i in 0..pa.nrows() {
+            worst = worst.max((pa[(i, j)] - pb[(i, j)]).abs());
+        }
+    }
+    worst
+}
+
+/// Q diag(values) Qᵀ for a random orthogonal Q (n = values.len()).
+fn with_spectrum(values: &[f64], seed: u64) -> Mat<f64> {
+    let n = values.len();
+    let x = random(n, n, seed);
+    let q = x.qr().compute_thin_Q();
+    Mat::from_fn(n, n, |i, j| {
+        let s: f64 = (0..n).map(|c| q[(i, c)] * values[c] * q[(j, c)]).sum();
+        let t: f64 = (0..n).map(|c| q[(j, c)] * values[c] * q[(i, c)]).sum();
+        0.5 * (s + t)
+    })
+}
+
+/// max_j ‖K v_j − λ_j v_j‖ / |λ_1|, computed independently of the solver.
+fn residual_bound(k: MatRef<'_, f64>, values: &[f64], vectors: MatRef<'_, f64>) -> f64 {
+    let kv = naive_abt(k, vectors.transpose());
+    let top = values[0].abs().max(f64::MIN_POSITIVE);
+    (0..values.len())
+        .map(|j| {
+            (0..k.nrows())
+                .map(|i| (kv[(i, j)] - values[j] * vectors[(i, j)]).powi(2))
+                .sum::<f64>()
+                .sqrt()
+                / top
+        })
+        .fold(0.0, f64::max)
+}
+
 #[test]
-fn topk_matches_full_solve_on_krylov_path() {
+fn topk_matches_full_solve_on_krylov_path_values_and_vectors() {
     let j = random(700, 120, 7);
     let k = gram(j.as_ref(), Par::rayon(2)).unwrap();
-    let (top, method) =
-        eigh_topk_with(k.as_ref(), 6, TopkParams::default(), Par::rayon(2)).unwrap();
-    assert!(matches!(method, TopkMethod::Krylov { .. }), "{method:?}");
+    let (top, info) = eigh_topk_with(
+        k.as_ref(),
+        6,
+        TopkParams::default(),
+        &mut no_cancel(),
+        Par::rayon(2),
+    )
+    .unwrap();
+    assert_eq!(info.method, TopkMethod::Krylov, "{info:?}");
+    assert!(info.converged && info.n_matvec > 0 && info.cycles > 0);
     let full = eigh(k.as_ref(), Par::rayon(2)).unwrap();
     for i in 0..6 {
         assert!((top.values[i] - full.values[i]).abs() < 1e-10 * full.values[0]);
     }
+    // The spectrum of a random Gram is simple at the top: compare each eigenvector's span.
+    for i in 0..6 {
+        let d = projector_distance(
+            top.vectors.as_ref().subcols(i, 1),
+            full.vectors.as_ref().subcols(i, 1),
+        );
+        assert!(d < 1e-8, "vector {i}: {d}");
+    }
+    // The documented bound: every returned pair meets the tolerance (default 1e-11).
+    let bound = residual_bound(k.as_ref(), &top.values, top.vectors.as_ref());
+    assert!(bound <= 1e-11, "{bound}");
+    assert!(info.max_residual <= 1e-11 && (info.max_residual - bound).abs() < 1e-12);
 }
 
 #[test]
 fn topk_small_problem_uses_dense() {
     let x = random(10, 10, 8);
     let k = Mat::from_fn(10, 10, |i, j| x[(i, j)] + x[(j, i)]);
-    let (top, method) = eigh_topk_with(k.as_ref(), 3, TopkParams::default(), PAR).unwrap();
-    assert_eq!(method, TopkMethod::Dense);
+    let (top, info) =
+        eigh_topk_with(k.as_ref(), 3, TopkParams::default(), &mut no_cancel(), PAR).unwrap();
+    assert_eq!(info.method, TopkMethod::Dense);
     let full = eigh(k.as_ref(), PAR).unwrap();
     assert_eq!(top.values, full.values[..3].to_vec());
+    assert!(info.max_residual < 1e-13);
+}
+
+#[test]
+fn topk_degenerate_eigenvalues_subspaces_match() {
+    // Four copies of 10, three of 7, then a simple spectrum: k = 6 cuts through the 7s.
+    let n = 400;
+    let mut values: Vec<f64> = vec![10.0; 4];
+    values.extend([7.0; 3]);
+    values.extend((0..n - 7).map(|i| 3.0 * (1.0 - i as f64 / n as f64)));
+    let k = with_spectrum(&values, 9);
+    let params = TopkParams {
+        basis_blocks: 4,
+        ..TopkParams::default()
+    };
+    let (top, info) = eigh_topk_with(k.as_ref(), 6, params, &mut no_cancel(), PAR).unwrap();
+    assert_eq!(info.method, TopkMethod::Krylov, "{info:?}");
+    let full = eigh(k.as_ref(), PAR).unwrap();
+    for i in 0..6 {
+        assert!((top.values[i] - values[i]).abs() < 1e-10 * 10.0);
+    }
+    // The 10-eigenspace is returned whole; the 7s partly (any two of the three are right).
+    let d = projector_distance(
+        top.vectors.as_ref().subcols(0, 4),
+        full.vectors.as_ref().subcols(0, 4),
+    );
+    assert!(d < 1e-8, "{d}");
+    let seven = full.vectors.as_ref().subcols(4, 3);
+    for c in 4..6 {
+        let v = top.vectors.col(c);
+        let inside: f64 = (0..3)
+            .map(|s| (0..n).map(|i| v[i] * seven[(i, s)]).sum::<f64>().powi(2))
+            .sum();
+        assert!((inside - 1.0).abs() < 1e-8, "{inside}");
+    }
+}
+
+/// A dense matrix seen only through products, counting them.
+struct Counted<'a> {
+    k: MatRef<'a, f64>,
+    columns: usize,
+    widest: usize,
+}
+
+impl SymmetricOperator<f64> for Counted<'_> {
+    fn dim(&self) -> usize {
+        self.k.nrows()
+    }
+    fn apply(
+        &mut self,
+        x: MatRef<'_, f64>,
+        out: faer::MatMut<'_, f64>,
+        par: Par,
+    ) -> CoreResult<()> {
+        self.columns += x.ncols();
+        self.widest = self.widest.max(x.ncols());
+        DenseOperator::new(self.k).apply(x, out, par)
+    }
+}
+
+#[test]
+fn operator_finds_every_copy_beyond_block_size_and_k() {
+    // Multiplicity 12 at the top (more than k = 5 and than the block of 3), then 9 (×2).
+    let n = 300;
+    let mut values: Vec<f64> = vec![20.0; 12];
+    values.extend([9.0; 2]);
+    values.extend((0..n - 14).map(|i| 5.0 * (1.0 - i as f64 / n as f64)));
+    let k = with_spectrum(&values, 10);
+    for (want, block) in [(5, 3), (14, 3), (13, 4)] {
+        let mut op = Counted {
+            k: k.as_ref(),
+            columns: 0,
+            widest: 0,
+        };
+        let params = TopkParams {
+            block: Some(block),
+            ..TopkParams::default()
+        };
+        let (top, info) = eigh_topk_operator(&mut op, want, params, &mut no_cancel(), PAR).unwrap();
+        assert!(info.converged, "{info:?}");
+        assert_eq!(op.widest, block);
+        assert_eq!(info.n_matvec, op.columns, "{info:?}");
+        for i in 0..want {
+            assert!(
+                (top.values[i] - values[i]).abs() < 1e-9 * 20.0,
+                "k={want} b={block} {i}: {} vs {}",
+                top.values[i],
+                values[i]
+            );
+        }
+        let bound = residual_bound(k.as_ref(), &top.values, top.vectors.as_ref());
+        assert!(bound <= info.tolerance * 1.01, "{bound} {info:?}");
+        let full = eigh(k.as_ref(), PAR).unwrap();
+        if want >= 12 {
+            let d = projector_distance(
+                top.vectors.as_ref().subcols(0, 12),
+                full.vectors.as_ref().subcols(0, 12),
+            );
+            assert!(d < 1e-8, "{d}");
+        }
+    }
+}
+
+#[test]
+fn operator_f32_is_accurate_to_its_tolerance() {
+    let n = 300;
+    let values: Vec<f64> = (0..n).map(|i| 0.97f64.powi(i as i32)).collect();
+    let k = with_spectrum(&values, 12);
+    let k32 = Mat::<f32>::from_fn(n, n, |i, j| k[(i, j)] as f32);
+    let (top, info) = eigh_topk_with(
+        k32.as_ref(),
+        4,
+        TopkParams {
+            basis_blocks: 3,
+            ..TopkParams::default()
+        },
+        &mut no_cancel(),
+        PAR,
+    )
+    .unwrap();
+    assert_eq!(info.method, TopkMethod::Krylov, "{info:?}");
+    for i in 0..4 {
+        assert!(
+            // |θ − λ| ≤ ‖r‖ ≤ tol·λ_1 (Weyl), here with λ_1 = 1 and tol = 1e-4.
+            (top.values[i] as f64 - values[i]).abs() < info.tolerance,
+            "{i}: {} vs {} {info:?}",
+            top.values[i],
+            values[i]
+        );
+    }
+    let top64 = Mat::from_fn(n, 4, |i, j| top.vectors[(i, j)] as f64);
+    let values64: Vec<f64> = top.values.iter().map(|&v| v as f64).collect();
+    assert!(residual_bound(k.as_ref(), &values64, top64.as_ref()) < 2e-4);
+    // sin∠(v, u) ≤ ‖r‖ / gap (Davis–Kahan; gap ≥ 0.03 here).
+    let full = eigh(k.as_ref(), PAR).unwrap();
+    for i in 0..4 {
+        let d = projector_distance(
+            top64.as_ref().subcols(i, 1),
+            full.vectors.as_ref().subcols(i, 1),
+        );
+        assert!(d < 1e-4 / 0.03, "{i}: {d}");
+    }
+}
+
+#[test]
+fn cancel_callback_stops_the_iteration() {
+    let j = random(700, 120, 13);
+    let k = gram(j.as_ref(), PAR).unwrap();
+    let mut polls = 0;
+    let mut cancel = || {
+        polls += 1;
+        if polls >= 3 {
+            Err(CoreError::Interrupted)
+        } else {
+            Ok(())
+        }
+    };
+    let got = eigh_topk_with(k.as_ref(), 6, TopkParams::default(), &mut cancel, PAR);
+    assert!(matches!(got, Err(CoreError::Interrupted)));
+    assert_eq!(polls, 3);
+}
+
+#[test]
+fn unreachable_tolerance_stagnates_instead_of_running_all_cycles() {
+    let j = random(700, 120, 14);
+    let k = gram(j.as_ref(), PAR).unwrap();
+    let params = TopkParams {
+        tolerance: Some(f64::EPSILON),
+        ..TopkParams::default()
+    };
+    let (top, info) = eigh_topk_with(k.as_ref(), 6, params, &mut no_cancel(), PAR).unwrap();
+    assert_eq!(info.method, TopkMethod::DenseFallback, "{info:?}");
+    assert!(info.stagnated && info.cycles < 60, "{info:?}");
+    let full = eigh(k.as_ref(), PAR).unwrap();
+    assert_eq!(top.values, full.values[..6].to_vec());
+}
+
+#[test]
+fn subnormal_and_huge_scales_are_solved() {
+    for scale in [1e-310, 1e-300, 1e300] {
+        let k = Mat::from_fn(
+            4,
+            4,
+            |i, j| if i == j { (i + 1) as f64 * scale } else { 0.0 },
+        );
+        let pairs = eigh(k.as_ref(), PAR).unwrap();
+        for (i, v) in pairs.values.iter().enumerate() {
+            assert!(
+                (v - (4 - i) as f64 * scale).abs() <= 1e-12 * 4.0 * scale + 5e-324,
+                "{v}"
+            );
+        }
+        let a = Mat::from_fn(3, 1, |i, _| [1.0, 0.0, 0.0][i] * scale);
+        let b = Mat::from_fn(3, 1, |i, _| [1.0, 1.0, 0.0][i] * scale);
+        let angles = principal_angles(a.as_ref(), b.as_ref(), PAR).unwrap();
+        assert!((angles[0] - std::f64::consts::FRAC_PI_4).abs() < 1e-12);
+    }
+    let k32 = Mat::<f32>::from_fn(4, 4, |i, j| if i == j { 1e-40 } else { 0.0 });
+    let pairs = eigh(k32.as_ref(), PAR).unwrap();
+    assert!(pairs.values.iter().all(|&v| (v - 1e-40).abs() < 1e-44));
+}
+
+#[test]
+fn allocation_failure_is_an_error_not_a_panic() {
+    // A (1e7 × 1) Jacobian viewed without memory: its Gram would need 800 TB.
+    let one = [1.0f64];
+    let j = unsafe { MatRef::from_raw_parts(one.as_ptr(), 10_000_000, 1, 0, 0) };
+    match gram(j, PAR) {
+        Err(CoreError::OutOfMemory { what, bytes }) => {
+            assert_eq!(what, "gram");
+            assert_eq!(bytes, 8 * 10_000_000usize.pow(2));
+        }
+        other => panic!("{other:?}"),
+    }
+    let msg = gram(j, PAR).unwrap_err().to_string();
+    assert!(msg.starts_with("gram: could not allocate"), "{msg}");
 }
 
 #[test]
@@ -205,19 +485,37 @@ fn bad_input_is_an_error_not_a_panic() {
 }
 
 #[test]
-fn f32_paths_work() {
+fn f32_paths_work_and_are_accurate() {
     let j = Mat::<f32>::from_fn(30, 8, |i, p| ((i * 7 + p * 3) % 11) as f32 - 5.0);
     let k = gram(j.as_ref(), PAR).unwrap();
+    let j64 = Mat::from_fn(30, 8, |i, p| j[(i, p)] as f64);
+    let k64 = naive_abt(j64.as_ref(), j64.as_ref());
+    let k_err = Mat::from_fn(30, 30, |a, b| k[(a, b)] as f64);
+    assert!(max_rel(k_err.as_ref(), k64.as_ref()) < 1e-6);
     let pairs = eigh(k.as_ref(), PAR).unwrap();
-    assert!(pairs.values[0] > 0.0 && pairs.values.windows(2).all(|w| w[0] >= w[1]));
+    let want = eigh(k64.as_ref(), PAR).unwrap();
+    assert!(pairs.values.windows(2).all(|w| w[0] >= w[1]));
+    for i in 0..30 {
+        assert!((pairs.values[i] as f64 - want.values[i]).abs() < 1e-5 * want.values[0]);
+    }
+    let top = eigh_topk(k.as_ref(), 2, PAR).unwrap();
+    let v64 = Mat::from_fn(30, 2, |i, c| top.vectors[(i, c)] as f64);
+    assert!(projector_distance(v64.as_ref(), want.vectors.as_ref().subcols(0, 2)) < 1e-4);
 }
 
 #[test]
-fn thread_pool_resizes() {
+fn thread_pool_resizes_and_survives_a_fork_marker() {
     threads::set_num_threads(1);
     assert_eq!(threads::num_threads(), 1);
     let n = threads::install(|par| matches!(par, Par::Seq));
     assert!(n);
+    // A forked child rebuilds its pool with the count the parent set, not all cores...
+    threads::after_fork_in_child();
+    assert_eq!(threads::num_threads(), 1);
+    // ...and a count set first thing in the child is kept.
+    threads::after_fork_in_child();
+    threads::set_num_threads(3);
+    assert_eq!(threads::num_threads(), 3);
     threads::set_num_threads(0);
     assert!(threads::num_threads() >= 1);
 }

@@ -16,6 +16,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(linalg::hadamard_gram_cross, m)?)?;
     m.add_function(wrap_pyfunction!(linalg::eigh, m)?)?;
     m.add_function(wrap_pyfunction!(linalg::eigh_topk, m)?)?;
+    m.add_function(wrap_pyfunction!(linalg::eigh_topk_operator, m)?)?;
     m.add_function(wrap_pyfunction!(linalg::principal_angles, m)?)?;
     m.add_function(wrap_pyfunction!(linalg::subspace_overlap, m)?)?;
     m.add_function(wrap_pyfunction!(linalg::set_num_threads, m)?)?;

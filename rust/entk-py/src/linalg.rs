@@ -1,25 +1,260 @@
 //! Python functions over the core's linear algebra: unpack numpy, release the GIL, map errors.
+//!
+//! Two choke points run the work: [`detach`] (GIL released, core thread pool, errors mapped,
+//! panics caught) for calls that are short or cannot stop midway, and [`detach_serving`] for
+//! iterative solvers that poll for Ctrl-C and may call back into Python (a matrix-free
+//! operator). There the solver runs on a worker thread in the pool while the calling thread
+//! serves its callbacks, attaching the GIL only for them: signal handlers only run on the
+//! main thread, and torch's thread-local state (grad mode) is the caller's.
 
 use crate::convert::{
-    new_output, new_output_fortran, to_numpy, vector, view, view_mut, Matrix, MatrixMut,
+    matrix, matrix_mut, new_output, to_mat, to_numpy, vector, view, view_mut, Float,
 };
-use crate::errors::{to_py, type_error};
-use entk_core::{threads, CoreResult, Scalar, TopkMethod, TopkParams};
-use faer::Par;
-use numpy::{Element, PyReadonlyArray2, PyReadwriteArray2};
+use crate::errors::{invalid_argument, linalg_error, to_py, type_error};
+use entk_core::{
+    threads, CoreError, CoreResult, EigenPairs, Scalar, SymmetricOperator, TopkInfo, TopkParams,
+};
+use faer::{Mat, MatMut, MatRef, Par};
+use numpy::{Element, PyArray2, PyArrayMethods, PyReadonlyArray2, PyReadwriteArray2};
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
+
+/// Runs the same generic body for whichever dtype the arrays share, or refuses mixed dtypes.
+/// `dispatch!(py, "what(A, B)", [a, b] => |T| body)`: in `body`, each name is the borrowed
+/// array of element type `T`.
+macro_rules! dispatch {
+    ($py:expr, $what:expr, [$($m:ident),+] => |$t:ident| $body:expr) => {{
+        #[allow(unreachable_patterns)]
+        match ($($m,)+) {
+            ($(Float::F64($m),)+) => {
+                type $t = f64;
+                $body
+            }
+            ($(Float::F32($m),)+) => {
+                type $t = f32;
+                $body
+            }
+            _ => Err(type_error(
+                $py,
+                format!("{}: expected arrays of one dtype (all float32 or all float64)", $what),
+            )),
+        }
+    }};
+}
+
+/// A panic in the core (a bug, or an allocation deep inside faer) as a Python exception.
+fn panic_to_py(py: Python<'_>, payload: Box<dyn std::any::Any + Send>) -> PyErr {
+    let text = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default();
+    if text.contains("AllocError") || text.contains("alloc") || text.contains("capacity") {
+        pyo3::exceptions::PyMemoryError::new_err(format!(
+            "not enough memory for a workspace of the Rust core ({text})"
+        ))
+    } else {
+        linalg_error(py, format!("internal error in the Rust core: {text}"))
+    }
+}
 
 /// The choke point: run `work` without the GIL, inside the core's thread pool, and map errors.
 fn detach<T: Send>(py: Python<'_>, work: impl FnOnce(Par) -> CoreResult<T> + Send) -> PyResult<T> {
-    py.detach(|| threads::install(work))
-        .map_err(|e| to_py(py, e))
+    match py.detach(|| catch_unwind(AssertUnwindSafe(|| threads::install(work)))) {
+        Ok(result) => result.map_err(|e| to_py(py, e)),
+        Err(payload) => Err(panic_to_py(py, payload)),
+    }
 }
 
-fn dtype_mismatch(py: Python<'_>, what: &str) -> PyErr {
-    type_error(
-        py,
-        format!("{what}: expected arrays of one dtype (all float32 or all float64)"),
-    )
+/// What the solver thread asks of the calling thread.
+enum Request<T> {
+    /// Poll for Ctrl-C (and other pending signals).
+    Check,
+    /// Apply the Python operator to a block of vectors.
+    Apply(Mat<T>),
+}
+
+enum Reply<T> {
+    Go,
+    Applied(Mat<T>),
+    Stop,
+}
+
+/// The solver thread's end of the link to the calling thread.
+struct Relay<T> {
+    to_caller: mpsc::Sender<Request<T>>,
+    from_caller: mpsc::Receiver<Reply<T>>,
+    n: usize,
+}
+
+impl<T: Scalar> Relay<T> {
+    fn ask(&self, request: Request<T>) -> CoreResult<Reply<T>> {
+        self.to_caller
+            .send(request)
+            .map_err(|_| CoreError::Interrupted)?;
+        match self.from_caller.recv() {
+            Ok(Reply::Stop) | Err(_) => Err(CoreError::Interrupted),
+            Ok(reply) => Ok(reply),
+        }
+    }
+
+    fn check(&self) -> CoreResult<()> {
+        self.ask(Request::Check).map(|_| ())
+    }
+}
+
+impl<T: Scalar> SymmetricOperator<T> for &Relay<T> {
+    fn dim(&self) -> usize {
+        self.n
+    }
+
+    fn apply(&mut self, x: MatRef<'_, T>, mut out: MatMut<'_, T>, _par: Par) -> CoreResult<()> {
+        match self.ask(Request::Apply(x.to_owned()))? {
+            Reply::Applied(m) => {
+                out.copy_from(&m);
+                Ok(())
+            }
+            _ => Err(CoreError::Interrupted),
+        }
+    }
+}
+
+/// Calls `matmat(V)` for a block V and takes the result back, checking its shape.
+fn call_matmat<T: Element + Scalar>(
+    py: Python<'_>,
+    matmat: &Py<PyAny>,
+    x: &Mat<T>,
+) -> PyResult<Mat<T>> {
+    let v = to_numpy(py, x.as_ref())?;
+    let out = matmat.bind(py).call1((v,))?;
+    let array = out.cast::<PyArray2<T>>().map_err(|_| {
+        type_error(
+            py,
+            format!(
+                "matmat: expected the callable to return a 2-D {} array, got {}",
+                T::get_dtype(py),
+                out.get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
+            ),
+        )
+    })?;
+    let borrow = array
+        .try_readonly()
+        .map_err(|_| invalid_argument(py, "matmat: returned an array in use elsewhere".into()))?;
+    let got = view(py, "matmat", &borrow)?;
+    if got.nrows() != x.nrows() || got.ncols() != x.ncols() {
+        return Err(invalid_argument(
+            py,
+            format!(
+                "matmat: expected K @ V of shape ({}, {}) for V of that shape, got shape ({}, {})",
+                x.nrows(),
+                x.ncols(),
+                got.nrows(),
+                got.ncols()
+            ),
+        ));
+    }
+    to_mat(py, "matmat", &borrow)
+}
+
+/// The interruptible choke point: `work` runs in the core's pool on a worker thread, with a
+/// [`Relay`] through which it polls for signals and applies `matmat`; this thread serves
+/// those requests (GIL attached only meanwhile). An exception raised while serving (a
+/// KeyboardInterrupt, or one from `matmat`) stops the solver and is re-raised as is.
+fn detach_serving<T, R>(
+    py: Python<'_>,
+    n: usize,
+    matmat: Option<Py<PyAny>>,
+    work: impl FnOnce(&Relay<T>, Par) -> CoreResult<R> + Send,
+) -> PyResult<R>
+where
+    T: Element + Scalar,
+    R: Send,
+{
+    let (to_caller, requests) = mpsc::channel::<Request<T>>();
+    let (replies, from_caller) = mpsc::channel::<Reply<T>>();
+    let relay = Relay {
+        to_caller,
+        from_caller,
+        n,
+    };
+    let (raised, outcome) = py.detach(move || {
+        let mut raised: Option<PyErr> = None;
+        let outcome = std::thread::scope(|scope| {
+            let worker = scope.spawn(move || {
+                catch_unwind(AssertUnwindSafe(move || {
+                    threads::install(move |par| work(&relay, par))
+                }))
+            });
+            // Ends when the worker drops its relay, i.e. when the solver has returned.
+            for request in requests.iter() {
+                let reply = Python::attach(|py| match request {
+                    Request::Check => py.check_signals().map(|_| Reply::Go),
+                    Request::Apply(x) => match &matmat {
+                        Some(f) => call_matmat(py, f, &x).map(Reply::Applied),
+                        None => Err(linalg_error(py, "internal error: no operator".into())),
+                    },
+                });
+                let reply = reply.unwrap_or_else(|err| {
+                    raised = Some(err);
+                    Reply::Stop
+                });
+                if replies.send(reply).is_err() {
+                    break;
+                }
+            }
+            worker.join()
+        });
+        (raised, outcome)
+    });
+    if let Some(err) = raised {
+        return Err(err);
+    }
+    match outcome {
+        Ok(Ok(result)) => result.map_err(|e| to_py(py, e)),
+        Ok(Err(payload)) | Err(payload) => Err(panic_to_py(py, payload)),
+    }
+}
+
+/// A non-negative integer argument (Python has checked it is an int); ranges beyond that
+/// are the core's to check.
+fn count(py: Python<'_>, arg: &str, value: i128) -> PyResult<usize> {
+    usize::try_from(value).map_err(|_| {
+        let expected = if value < 0 {
+            "a non-negative integer".to_string()
+        } else {
+            format!("an integer ≤ {}", usize::MAX)
+        };
+        invalid_argument(py, format!("{arg}: expected {expected}, got {value}"))
+    })
+}
+
+fn opt_count(py: Python<'_>, arg: &str, value: Option<i128>) -> PyResult<Option<usize>> {
+    value.map(|v| count(py, arg, v)).transpose()
+}
+
+fn seed_arg(py: Python<'_>, value: Option<i128>) -> PyResult<Option<u64>> {
+    value
+        .map(|v| {
+            u64::try_from(v).map_err(|_| {
+                invalid_argument(
+                    py,
+                    format!("seed: expected an integer in [0, 2**64 - 1], got {v}"),
+                )
+            })
+        })
+        .transpose()
+}
+
+/// gram(J) -> J @ J.T (one triangle computed, mirrored).
+#[pyfunction]
+pub fn gram<'py>(py: Python<'py>, j: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let j = matrix("J", j)?;
+    dispatch!(py, "gram(J)", [j] => |T| gram_impl::<T>(py, &j))
 }
 
 fn gram_impl<'py, T: Element + Scalar>(
@@ -28,31 +263,11 @@ fn gram_impl<'py, T: Element + Scalar>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let jv = view(py, "J", j)?;
     let r = jv.nrows();
-    let (out, outv) = new_output::<T>(py, r, r)?;
+    let (out, mut borrow) = new_output::<T>(py, r, r, false)?;
+    let outv = view_mut(py, "out", &mut borrow)?;
     detach(py, move |par| entk_core::gram_into(outv, jv, par))?;
+    drop(borrow);
     Ok(out.into_any())
-}
-
-/// gram(J) -> J @ J.T (one triangle computed, mirrored).
-#[pyfunction]
-pub fn gram<'py>(py: Python<'py>, j: Matrix<'py>) -> PyResult<Bound<'py, PyAny>> {
-    match j {
-        Matrix::F64(j) => gram_impl(py, &j),
-        Matrix::F32(j) => gram_impl(py, &j),
-    }
-}
-
-fn accumulate_impl<T: Element + Scalar>(
-    py: Python<'_>,
-    k: &mut PyReadwriteArray2<'_, T>,
-    j: &PyReadonlyArray2<'_, T>,
-    alpha: f64,
-) -> PyResult<()> {
-    let jv = view(py, "J", j)?;
-    let kv = view_mut(py, "K", k)?;
-    detach(py, move |par| {
-        entk_core::gram_accumulate(kv, jv, T::from_f64(alpha), par)
-    })
 }
 
 /// gram_accumulate(K, J, alpha) -> None: K += alpha * J @ J.T in place.
@@ -60,15 +275,37 @@ fn accumulate_impl<T: Element + Scalar>(
 #[pyo3(signature = (k, j, alpha = 1.0))]
 pub fn gram_accumulate(
     py: Python<'_>,
-    k: MatrixMut<'_>,
-    j: Matrix<'_>,
+    k: &Bound<'_, PyAny>,
+    j: &Bound<'_, PyAny>,
     alpha: f64,
 ) -> PyResult<()> {
-    match (k, j) {
-        (MatrixMut::F64(mut k), Matrix::F64(j)) => accumulate_impl(py, &mut k, &j, alpha),
-        (MatrixMut::F32(mut k), Matrix::F32(j)) => accumulate_impl(py, &mut k, &j, alpha),
-        _ => Err(dtype_mismatch(py, "gram_accumulate(K, J)")),
-    }
+    let j = matrix("J", j)?;
+    let k = matrix_mut("K", k)?;
+    dispatch!(py, "gram_accumulate(K, J)", [k, j] => |T| accumulate_impl::<T>(py, k, &j, alpha))
+}
+
+fn accumulate_impl<T: Element + Scalar>(
+    py: Python<'_>,
+    mut k: PyReadwriteArray2<'_, T>,
+    j: &PyReadonlyArray2<'_, T>,
+    alpha: f64,
+) -> PyResult<()> {
+    let jv = view(py, "J", j)?;
+    let kv = view_mut(py, "K", &mut k)?;
+    detach(py, move |par| {
+        entk_core::gram_accumulate(kv, jv, T::from_f64(alpha), par)
+    })
+}
+
+/// gram_cross(A, B) -> A @ B.T.
+#[pyfunction]
+pub fn gram_cross<'py>(
+    py: Python<'py>,
+    a: &Bound<'py, PyAny>,
+    b: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (a, b) = (matrix("A", a)?, matrix("B", b)?);
+    dispatch!(py, "gram_cross(A, B)", [a, b] => |T| cross_impl::<T>(py, &a, &b))
 }
 
 fn cross_impl<'py, T: Element + Scalar>(
@@ -78,39 +315,11 @@ fn cross_impl<'py, T: Element + Scalar>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let av = view(py, "A", a)?;
     let bv = view(py, "B", b)?;
-    let (out, outv) = new_output::<T>(py, av.nrows(), bv.nrows())?;
+    let (out, mut borrow) = new_output::<T>(py, av.nrows(), bv.nrows(), false)?;
+    let outv = view_mut(py, "out", &mut borrow)?;
     detach(py, move |par| entk_core::gram_cross_into(outv, av, bv, par))?;
+    drop(borrow);
     Ok(out.into_any())
-}
-
-/// gram_cross(A, B) -> A @ B.T.
-#[pyfunction]
-pub fn gram_cross<'py>(
-    py: Python<'py>,
-    a: Matrix<'py>,
-    b: Matrix<'py>,
-) -> PyResult<Bound<'py, PyAny>> {
-    match (a, b) {
-        (Matrix::F64(a), Matrix::F64(b)) => cross_impl(py, &a, &b),
-        (Matrix::F32(a), Matrix::F32(b)) => cross_impl(py, &a, &b),
-        _ => Err(dtype_mismatch(py, "gram_cross(A, B)")),
-    }
-}
-
-fn hadamard_impl<T: Element + Scalar>(
-    py: Python<'_>,
-    k: &mut PyReadwriteArray2<'_, T>,
-    g: &PyReadonlyArray2<'_, T>,
-    s: &PyReadonlyArray2<'_, T>,
-    block: usize,
-    alpha: f64,
-) -> PyResult<()> {
-    let gv = view(py, "G", g)?;
-    let sv = view(py, "S", s)?;
-    let kv = view_mut(py, "K", k)?;
-    detach(py, move |par| {
-        entk_core::hadamard_gram_accumulate(kv, gv, sv, block, T::from_f64(alpha), par)
-    })
 }
 
 /// hadamard_gram_accumulate(K, G, S, block, alpha) -> None:
@@ -119,21 +328,53 @@ fn hadamard_impl<T: Element + Scalar>(
 #[pyo3(signature = (k, g, s, block = 1, alpha = 1.0))]
 pub fn hadamard_gram_accumulate(
     py: Python<'_>,
-    k: MatrixMut<'_>,
-    g: Matrix<'_>,
-    s: Matrix<'_>,
+    k: &Bound<'_, PyAny>,
+    g: &Bound<'_, PyAny>,
+    s: &Bound<'_, PyAny>,
+    block: i128,
+    alpha: f64,
+) -> PyResult<()> {
+    let block = count(py, "block", block)?;
+    let (g, s) = (matrix("G", g)?, matrix("S", s)?);
+    let k = matrix_mut("K", k)?;
+    dispatch!(py, "hadamard_gram_accumulate(K, G, S)", [k, g, s] => |T| {
+        hadamard_impl::<T>(py, k, &g, &s, block, alpha)
+    })
+}
+
+fn hadamard_impl<T: Element + Scalar>(
+    py: Python<'_>,
+    mut k: PyReadwriteArray2<'_, T>,
+    g: &PyReadonlyArray2<'_, T>,
+    s: &PyReadonlyArray2<'_, T>,
     block: usize,
     alpha: f64,
 ) -> PyResult<()> {
-    match (k, g, s) {
-        (MatrixMut::F64(mut k), Matrix::F64(g), Matrix::F64(s)) => {
-            hadamard_impl(py, &mut k, &g, &s, block, alpha)
-        }
-        (MatrixMut::F32(mut k), Matrix::F32(g), Matrix::F32(s)) => {
-            hadamard_impl(py, &mut k, &g, &s, block, alpha)
-        }
-        _ => Err(dtype_mismatch(py, "hadamard_gram_accumulate(K, G, S)")),
-    }
+    let gv = view(py, "G", g)?;
+    let sv = view(py, "S", s)?;
+    let kv = view_mut(py, "K", &mut k)?;
+    detach(py, move |par| {
+        entk_core::hadamard_gram_accumulate(kv, gv, sv, block, T::from_f64(alpha), par)
+    })
+}
+
+/// hadamard_gram_cross(Ga, Gb, S, block, alpha) -> out with
+/// out[i, j] = alpha * S[i // block, j // block] * <Ga[i], Gb[j]>.
+#[pyfunction]
+#[pyo3(signature = (ga, gb, s, block = 1, alpha = 1.0))]
+pub fn hadamard_gram_cross<'py>(
+    py: Python<'py>,
+    ga: &Bound<'py, PyAny>,
+    gb: &Bound<'py, PyAny>,
+    s: &Bound<'py, PyAny>,
+    block: i128,
+    alpha: f64,
+) -> PyResult<Bound<'py, PyAny>> {
+    let block = count(py, "block", block)?;
+    let (ga, gb, s) = (matrix("Ga", ga)?, matrix("Gb", gb)?, matrix("S", s)?);
+    dispatch!(py, "hadamard_gram_cross(Ga, Gb, S)", [ga, gb, s] => |T| {
+        hadamard_cross_impl::<T>(py, &ga, &gb, &s, block, alpha)
+    })
 }
 
 fn hadamard_cross_impl<'py, T: Element + Scalar>(
@@ -147,37 +388,23 @@ fn hadamard_cross_impl<'py, T: Element + Scalar>(
     let gav = view(py, "Ga", ga)?;
     let gbv = view(py, "Gb", gb)?;
     let sv = view(py, "S", s)?;
-    let (out, outv) = new_output::<T>(py, gav.nrows(), gbv.nrows())?;
+    let (out, mut borrow) = new_output::<T>(py, gav.nrows(), gbv.nrows(), false)?;
+    let outv = view_mut(py, "out", &mut borrow)?;
     detach(py, move |par| {
         entk_core::hadamard_gram_cross_into(outv, gav, gbv, sv, block, T::from_f64(alpha), par)
     })?;
+    drop(borrow);
     Ok(out.into_any())
 }
 
-/// hadamard_gram_cross(Ga, Gb, S, block, alpha) -> out with
-/// out[i, j] = alpha * S[i // block, j // block] * <Ga[i], Gb[j]>.
-#[pyfunction]
-#[pyo3(signature = (ga, gb, s, block = 1, alpha = 1.0))]
-pub fn hadamard_gram_cross<'py>(
-    py: Python<'py>,
-    ga: Matrix<'py>,
-    gb: Matrix<'py>,
-    s: Matrix<'py>,
-    block: usize,
-    alpha: f64,
-) -> PyResult<Bound<'py, PyAny>> {
-    match (ga, gb, s) {
-        (Matrix::F64(ga), Matrix::F64(gb), Matrix::F64(s)) => {
-            hadamard_cross_impl(py, &ga, &gb, &s, block, alpha)
-        }
-        (Matrix::F32(ga), Matrix::F32(gb), Matrix::F32(s)) => {
-            hadamard_cross_impl(py, &ga, &gb, &s, block, alpha)
-        }
-        _ => Err(dtype_mismatch(py, "hadamard_gram_cross(Ga, Gb, S)")),
-    }
-}
-
 type EigOut<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>);
+
+/// eigh(K) -> (eigenvalues descending (n,), eigenvectors (n, n) as columns).
+#[pyfunction]
+pub fn eigh<'py>(py: Python<'py>, k: &Bound<'py, PyAny>) -> PyResult<EigOut<'py>> {
+    let k = matrix("K", k)?;
+    dispatch!(py, "eigh(K)", [k] => |T| eigh_impl::<T>(py, &k))
+}
 
 fn eigh_impl<'py, T: Element + Scalar>(
     py: Python<'py>,
@@ -185,20 +412,81 @@ fn eigh_impl<'py, T: Element + Scalar>(
 ) -> PyResult<EigOut<'py>> {
     let kv = view(py, "K", k)?;
     let n = kv.nrows();
-    // Eigenvectors are written straight into the returned (Fortran-ordered) array.
-    let (vectors, vectors_view) =
-        new_output_fortran::<T>(py, n, if kv.ncols() == n { n } else { 0 })?;
+    // Eigenvectors are written straight into the returned (Fortran-ordered) array; a
+    // non-square K gets an empty one and the core's shape error.
+    let (vectors, mut borrow) = new_output::<T>(py, n, if kv.ncols() == n { n } else { 0 }, true)?;
+    let vectors_view = view_mut(py, "vectors", &mut borrow)?;
     let values = detach(py, move |par| entk_core::eigh_into(kv, vectors_view, par))?;
+    drop(borrow);
     Ok((vector(py, values).into_any(), vectors.into_any()))
 }
 
-/// eigh(K) -> (eigenvalues descending (n,), eigenvectors (n, n) as columns).
+type TopkOut<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyDict>);
+
+fn info_dict<'py>(py: Python<'py>, info: &TopkInfo) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("method", info.method.name())?;
+    d.set_item("cycles", info.cycles)?;
+    d.set_item("n_matvec", info.n_matvec)?;
+    d.set_item("block", info.block)?;
+    d.set_item("max_residual", info.max_residual)?;
+    d.set_item("residuals", vector(py, info.residuals.clone()))?;
+    d.set_item("tol", info.tolerance)?;
+    d.set_item("converged", info.converged)?;
+    d.set_item("stagnated", info.stagnated)?;
+    Ok(d)
+}
+
+fn topk_out<'py, T: Element + Scalar>(
+    py: Python<'py>,
+    pairs: EigenPairs<T>,
+    info: &TopkInfo,
+) -> PyResult<TopkOut<'py>> {
+    Ok((
+        vector(py, pairs.values).into_any(),
+        to_numpy(py, pairs.vectors.as_ref())?.into_any(),
+        info_dict(py, info)?,
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn params(
+    py: Python<'_>,
+    tol: Option<f64>,
+    seed: Option<i128>,
+    oversample: Option<i128>,
+    basis_blocks: Option<i128>,
+    block: Option<i128>,
+    maxiter: Option<i128>,
+) -> PyResult<TopkParams> {
+    let defaults = TopkParams::default();
+    Ok(TopkParams {
+        tolerance: tol,
+        seed: seed_arg(py, seed)?.unwrap_or(defaults.seed),
+        oversample: opt_count(py, "oversample", oversample)?.unwrap_or(defaults.oversample),
+        basis_blocks: opt_count(py, "basis_blocks", basis_blocks)?.unwrap_or(defaults.basis_blocks),
+        block: opt_count(py, "block", block)?,
+        max_cycles: opt_count(py, "maxiter", maxiter)?.unwrap_or(defaults.max_cycles),
+    })
+}
+
+/// eigh_topk(K, k, tol=None, seed=None, oversample=None, basis_blocks=None)
+/// -> (values (k,), vectors (n, k), info dict).
 #[pyfunction]
-pub fn eigh<'py>(py: Python<'py>, k: Matrix<'py>) -> PyResult<EigOut<'py>> {
-    match k {
-        Matrix::F64(k) => eigh_impl(py, &k),
-        Matrix::F32(k) => eigh_impl(py, &k),
-    }
+#[pyo3(signature = (k_matrix, k, tol = None, seed = None, oversample = None, basis_blocks = None))]
+pub fn eigh_topk<'py>(
+    py: Python<'py>,
+    k_matrix: &Bound<'py, PyAny>,
+    k: i128,
+    tol: Option<f64>,
+    seed: Option<i128>,
+    oversample: Option<i128>,
+    basis_blocks: Option<i128>,
+) -> PyResult<TopkOut<'py>> {
+    let nev = count(py, "k", k)?;
+    let params = params(py, tol, seed, oversample, basis_blocks, None, None)?;
+    let m = matrix("K", k_matrix)?;
+    dispatch!(py, "eigh_topk(K)", [m] => |T| topk_impl::<T>(py, &m, nev, params))
 }
 
 fn topk_impl<'py, T: Element + Scalar>(
@@ -206,107 +494,108 @@ fn topk_impl<'py, T: Element + Scalar>(
     k: &PyReadonlyArray2<'py, T>,
     nev: usize,
     params: TopkParams,
-) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>, String)> {
+) -> PyResult<TopkOut<'py>> {
     let kv = view(py, "K", k)?;
-    let (pairs, method) = detach(py, move |par| {
-        entk_core::eigh_topk_with(kv, nev, params, par)
+    let (pairs, info) = detach_serving::<T, _>(py, kv.nrows(), None, move |relay, par| {
+        entk_core::eigh_topk_with(kv, nev, params, &mut || relay.check(), par)
     })?;
-    let method = match method {
-        TopkMethod::Dense => "dense".to_string(),
-        TopkMethod::Krylov { cycles } => format!("krylov:{cycles}"),
-        TopkMethod::DenseFallback => "dense-fallback".to_string(),
-    };
-    Ok((
-        vector(py, pairs.values).into_any(),
-        to_numpy(py, &pairs.vectors)?.into_any(),
-        method,
-    ))
+    topk_out(py, pairs, &info)
 }
 
-/// eigh_topk(K, k, tolerance=None, seed=None, oversample=None, basis_blocks=None)
-/// -> (values (k,), vectors (n, k), method).
+/// eigh_topk_operator(matmat, n, k, dtype, block=None, tol=None, maxiter=None, seed=None)
+/// -> (values (k,), vectors (n, k), info dict); matmat(V (n, b)) -> K @ V.
 #[pyfunction]
-#[pyo3(signature = (k_matrix, k, tolerance = None, seed = None, oversample = None, basis_blocks = None))]
-pub fn eigh_topk<'py>(
+#[pyo3(signature = (matmat, n, k, dtype, block = None, tol = None, maxiter = None, seed = None))]
+#[allow(clippy::too_many_arguments)]
+pub fn eigh_topk_operator<'py>(
     py: Python<'py>,
-    k_matrix: Matrix<'py>,
-    k: usize,
-    tolerance: Option<f64>,
-    seed: Option<u64>,
-    oversample: Option<usize>,
-    basis_blocks: Option<usize>,
-) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>, String)> {
-    let defaults = TopkParams::default();
-    let params = TopkParams {
-        tolerance,
-        seed: seed.unwrap_or(defaults.seed),
-        oversample: oversample.unwrap_or(defaults.oversample),
-        basis_blocks: basis_blocks.unwrap_or(defaults.basis_blocks),
-        ..defaults
-    };
-    match k_matrix {
-        Matrix::F64(m) => topk_impl(py, &m, k, params),
-        Matrix::F32(m) => topk_impl(py, &m, k, params),
-    }
-}
-
-fn angles_impl<'py, T: Element + Scalar>(
-    py: Python<'py>,
-    a: &PyReadonlyArray2<'py, T>,
-    b: &PyReadonlyArray2<'py, T>,
-    overlap: bool,
-) -> PyResult<Bound<'py, PyAny>> {
-    let av = view(py, "A", a)?;
-    let bv = view(py, "B", b)?;
-    if overlap {
-        let v = detach(py, move |par| entk_core::subspace_overlap(av, bv, par))?;
-        Ok(v.into_pyobject(py)?.into_any())
-    } else {
-        let v = detach(py, move |par| entk_core::principal_angles(av, bv, par))?;
-        Ok(vector(py, v).into_any())
-    }
-}
-
-fn angles_dispatch<'py>(
-    py: Python<'py>,
-    a: Matrix<'py>,
-    b: Matrix<'py>,
-    overlap: bool,
-) -> PyResult<Bound<'py, PyAny>> {
-    match (a, b) {
-        (Matrix::F64(a), Matrix::F64(b)) => angles_impl(py, &a, &b, overlap),
-        (Matrix::F32(a), Matrix::F32(b)) => angles_impl(py, &a, &b, overlap),
-        _ => Err(dtype_mismatch(
+    matmat: Py<PyAny>,
+    n: i128,
+    k: i128,
+    dtype: &str,
+    block: Option<i128>,
+    tol: Option<f64>,
+    maxiter: Option<i128>,
+    seed: Option<i128>,
+) -> PyResult<TopkOut<'py>> {
+    let n = count(py, "n", n)?;
+    let nev = count(py, "k", k)?;
+    let params = params(py, tol, seed, None, None, block, maxiter)?;
+    if !matmat.bind(py).is_callable() {
+        return Err(type_error(
             py,
-            "principal_angles / subspace_overlap (A, B)",
+            "matmat: expected a callable V -> K @ V".to_string(),
+        ));
+    }
+    match dtype {
+        "float64" => operator_impl::<f64>(py, matmat, n, nev, params),
+        "float32" => operator_impl::<f32>(py, matmat, n, nev, params),
+        other => Err(type_error(
+            py,
+            format!("dtype: expected float32 or float64, got {other}"),
         )),
     }
+}
+
+fn operator_impl<'py, T: Element + Scalar>(
+    py: Python<'py>,
+    matmat: Py<PyAny>,
+    n: usize,
+    nev: usize,
+    params: TopkParams,
+) -> PyResult<TopkOut<'py>> {
+    let (pairs, info) = detach_serving::<T, _>(py, n, Some(matmat), move |relay, par| {
+        let mut op = relay;
+        entk_core::eigh_topk_operator(&mut op, nev, params, &mut || relay.check(), par)
+    })?;
+    topk_out(py, pairs, &info)
 }
 
 /// principal_angles(A, B) -> float64 angles in radians, ascending.
 #[pyfunction]
 pub fn principal_angles<'py>(
     py: Python<'py>,
-    a: Matrix<'py>,
-    b: Matrix<'py>,
+    a: &Bound<'py, PyAny>,
+    b: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    angles_dispatch(py, a, b, false)
+    let (a, b) = (matrix("A", a)?, matrix("B", b)?);
+    dispatch!(py, "principal_angles(A, B)", [a, b] => |T| {
+        let (av, bv) = (view::<T>(py, "A", &a)?, view::<T>(py, "B", &b)?);
+        let angles = detach(py, move |par| entk_core::principal_angles(av, bv, par))?;
+        Ok(vector(py, angles).into_any())
+    })
 }
 
 /// subspace_overlap(A, B) -> sum of squared cosines of the principal angles.
 #[pyfunction]
-pub fn subspace_overlap<'py>(
-    py: Python<'py>,
-    a: Matrix<'py>,
-    b: Matrix<'py>,
-) -> PyResult<Bound<'py, PyAny>> {
-    angles_dispatch(py, a, b, true)
+pub fn subspace_overlap(
+    py: Python<'_>,
+    a: &Bound<'_, PyAny>,
+    b: &Bound<'_, PyAny>,
+) -> PyResult<f64> {
+    let (a, b) = (matrix("A", a)?, matrix("B", b)?);
+    dispatch!(py, "subspace_overlap(A, B)", [a, b] => |T| {
+        let (av, bv) = (view::<T>(py, "A", &a)?, view::<T>(py, "B", &b)?);
+        detach(py, move |par| entk_core::subspace_overlap(av, bv, par))
+    })
 }
 
-/// set_num_threads(n) -> None; 0 means all cores.
+/// set_num_threads(n) -> None; None means all cores.
 #[pyfunction]
-pub fn set_num_threads(n: usize) {
-    threads::set_num_threads(n);
+#[pyo3(signature = (n = None))]
+pub fn set_num_threads(py: Python<'_>, n: Option<i128>) -> PyResult<()> {
+    let max = threads::MAX_THREADS as i128;
+    match n {
+        None => threads::set_num_threads(0),
+        Some(n) if (1..=max).contains(&n) => threads::set_num_threads(n as usize),
+        Some(n) => {
+            return Err(invalid_argument(
+                py,
+                format!("n: expected an integer in [1, {max}] (or None for all cores), got {n}"),
+            ))
+        }
+    }
+    Ok(())
 }
 
 /// get_num_threads() -> int.
