@@ -1,5 +1,8 @@
 //! Integration tests of entk-core against naive reference loops and closed forms.
 
+// Index loops mirror the formulas they check.
+#![allow(clippy::needless_range_loop)]
+
 use entk_core::*;
 use faer::{Mat, MatRef, Par};
 
