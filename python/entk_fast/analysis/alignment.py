@@ -28,7 +28,7 @@ def central_difference(steps: Any, values: Any) -> np.ndarray:
         )
     if np.any(np.diff(x) <= 0):
         raise InvalidArgumentError("steps: expected strictly increasing steps")
-    return np.gradient(y, x)
+    return np.gradient(y, x, edge_order=2 if x.size > 2 else 1)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ with the same ``--out`` continues where it stopped.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import sys
 import time
@@ -85,23 +87,40 @@ class Section:
 
 @dataclass(frozen=True)
 class Plan:
-    """Sizes of a reproduction: the paper's, or ``quick`` (a smoke test in under a minute)."""
+    """What a reproduction trains: the paper's sizes (:meth:`paper`), a smoke test in under a
+    minute (:meth:`quick`), or any configs (tests use other seeds and sizes). The first TMS
+    config is the dense one (the paper's (10, 0.3)), whose extra checks apply."""
 
-    quick: bool
+    tms: tuple[TMSConfig, ...]
+    modadd: ModAddConfig
+    quick: bool = False
 
-    def tms_config(self, hidden: int, sparsity: float) -> TMSConfig:
-        if self.quick:
-            return TMSConfig(n_hidden=hidden, sparsity=sparsity, n_points=120, steps=1500)
-        return TMSConfig(n_hidden=hidden, sparsity=sparsity)
+    @classmethod
+    def paper(cls) -> Plan:
+        return cls(
+            tuple(TMSConfig(n_hidden=m, sparsity=s) for m, s in TMS_SETTINGS), ModAddConfig()
+        )
 
-    def modadd_config(self) -> ModAddConfig:
-        if self.quick:
-            return ModAddConfig(p=23, hidden=256, epochs=300)
-        return ModAddConfig()
+    @classmethod
+    def reduced(cls) -> Plan:
+        tms = tuple(
+            TMSConfig(n_hidden=m, sparsity=s, n_points=120, steps=1500) for m, s in TMS_SETTINGS
+        )
+        return cls(tms, ModAddConfig(p=23, hidden=256, epochs=300), quick=True)
 
-    @property
-    def suffix(self) -> str:
-        return "-quick" if self.quick else ""
+
+def _tag(config: Any) -> str:
+    """A short digest of a config: run and cache names change whenever the config does."""
+    text = json.dumps(dataclasses.asdict(config), sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=3).hexdigest()
+
+
+def _tms_name(config: TMSConfig) -> str:
+    return f"tms-m{config.n_hidden}-s{config.sparsity:g}-{_tag(config)}"
+
+
+def _modadd_name(config: ModAddConfig) -> str:
+    return f"modadd-p{config.p}-{_tag(config)}"
 
 
 class _Log:
@@ -159,10 +178,10 @@ def run_tms(plan: Plan, runs: Path, cache: Path, log: _Log) -> Section:
     from .plots import feature_heatmap_figure, spectrum_figure
 
     section = Section()
-    for hidden, sparsity in TMS_SETTINGS:
-        name = f"{hidden}-{sparsity}"
-        config = plan.tms_config(hidden, sparsity)
-        run = _run(config, runs / f"tms-m{hidden}-s{sparsity}{plan.suffix}", log)
+    for position, config in enumerate(plan.tms):
+        hidden, sparsity = config.n_hidden, config.sparsity
+        name = f"{hidden}-{sparsity:g}"
+        run = _run(config, runs / _tms_name(config), log)
         model = run.load_checkpoint()
         x = config.dataset()
         importance = config.importance().numpy().astype(np.float64)
@@ -172,7 +191,7 @@ def run_tms(plan: Plan, runs: Path, cache: Path, log: _Log) -> Section:
         for beta in BETAS:
             start = time.perf_counter()
             spectrum = _cached_spectrum(
-                cache / f"tms-{name}-beta{beta}{plan.suffix}.npz",
+                cache / f"{_tms_name(config)}-beta{beta:g}.npz",
                 lambda model=model, x=x, w=importance**beta, k=n + 10: entk_spectrum(
                     model, x, k=k, output_metric=w, dtype="float64", progress=False
                 ),
@@ -201,7 +220,7 @@ def run_tms(plan: Plan, runs: Path, cache: Path, log: _Log) -> Section:
                     [c.index for c in report.cliffs[:2]],
                     title=f"TMS (m, S) = ({hidden}, {sparsity}): flattened eNTK, β = 0",
                 )
-            if beta == 0.0 or (hidden, sparsity) == TMS_SETTINGS[0]:
+            if beta == 0.0 or position == 0:
                 section.figures[f"tms_{name}_heatmap_beta{beta:g}"] = feature_heatmap_figure(
                     heat, title=f"TMS ({hidden}, {sparsity}), β = {beta:g}: top {n} eigenvectors"
                 )
@@ -209,7 +228,7 @@ def run_tms(plan: Plan, runs: Path, cache: Path, log: _Log) -> Section:
         zero = numbers["beta=0"]
         top2 = [index for index, _ in zero["cliffs"][:2]]
         section.checks[f"{name}: gap after n = {n} among the two largest"] = n in top2
-        if (hidden, sparsity) == TMS_SETTINGS[0]:
+        if position == 0:
             first, ratio = zero["cliffs"][0]
             second = zero["cliffs"][1][0]
             section.checks[f"{name}: gap after {n} is the largest, ratio > 10"] = (
@@ -252,10 +271,10 @@ def run_modadd(plan: Plan, runs: Path, cache: Path, log: _Log) -> Section:
     from .plots import fourier_heatmap_figure, layer_spectra_figure, spectrum_figure
 
     section = Section()
-    config = plan.modadd_config()
+    config = plan.modadd
     p = config.p
-    run = _run(config, runs / f"modadd-p{p}{plan.suffix}", log)
-    path = cache / f"modadd-p{p}-final{plan.suffix}.npz"
+    run = _run(config, runs / _modadd_name(config), log)
+    path = cache / f"{_modadd_name(config)}-final.npz"
     start = time.perf_counter()
     try:
         ntk = EmpiricalNTK.load(path)
@@ -360,14 +379,14 @@ def run_grokking(plan: Plan, runs: Path, cache: Path, log: _Log) -> Section:
     from .plots import alignment_figure
 
     section = Section()
-    config = plan.modadd_config()
+    config = plan.modadd
     p = config.p
     dim = p - 1
-    run = _run(config, runs / f"modadd-p{p}{plan.suffix}", log)
+    run = _run(config, runs / _modadd_name(config), log)
     x = config.dataset().inputs
     blocks = _modadd_blocks(p)
     (a1, b1), (a2, b2) = blocks[1], blocks[2]
-    cache_file = cache / f"grokking-p{p}{plan.suffix}.json"
+    cache_file = cache / f"{_modadd_name(config)}-grokking.json"
     done: dict[str, Any] = {}
     if cache_file.exists():
         try:
@@ -454,10 +473,12 @@ def reproduce(
     runs: str | Path | None = None,
     quick: bool = False,
     progress: bool = True,
+    plan: Plan | None = None,
 ) -> dict[str, Any]:
     """Run ``sections`` (of :data:`SECTIONS`) and write report.json, report.md and the PNGs.
 
-    Returns the report (what ``report.json`` holds).
+    ``quick``: reduced sizes (:meth:`Plan.reduced`); ``plan`` overrides both (other seeds or
+    sizes). Returns the report (what ``report.json`` holds).
     """
     from .plots import save_figure
 
@@ -473,10 +494,10 @@ def reproduce(
     runs_dir = out_dir / "runs" if runs is None else Path(runs)
     cache = out_dir / "cache"
     log = _Log(progress)
-    plan = Plan(quick)
+    plan = plan or (Plan.reduced() if quick else Plan.paper())
     report: dict[str, Any] = {
         "entk_fast": __version__,
-        "quick": quick,
+        "quick": plan.quick,
         "paper": "J. Lin, Feature Identification via the Empirical NTK, arXiv 2510.00468",
         "sections": {},
         "figures": {},
