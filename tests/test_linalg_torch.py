@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from entk_fast import InvalidTypeError, linalg
+from entk_fast import InvalidArgumentError, InvalidTypeError, linalg
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -42,3 +42,29 @@ def test_eigh_of_tensor_and_angles_of_tensors():
 def test_integer_tensor_is_a_type_error():
     with pytest.raises(InvalidTypeError, match="J: expected dtype float32 or float64, got int64"):
         linalg.gram(torch.ones(3, 3, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("which", ["gram_accumulate", "hadamard_gram_accumulate"])
+def test_accumulating_into_a_tensor_that_requires_grad_is_refused(which):
+    # torch refuses in-place ops on such leaves; a silent update would corrupt gradients.
+    k = torch.zeros(4, 4, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(
+        InvalidArgumentError, match="K: expected a tensor that does not require grad"
+    ):
+        if which == "gram_accumulate":
+            linalg.gram_accumulate(k, np.ones((4, 2)))
+        else:
+            linalg.hadamard_gram_accumulate(k, np.ones((4, 2)), np.eye(2), block=2)
+    assert torch.count_nonzero(k.detach()) == 0
+
+
+def test_in_place_update_is_seen_by_autograd():
+    # A tensor saved for backward and then changed by us must make backward fail loudly,
+    # as after any torch in-place op, instead of giving wrong gradients.
+    w = torch.ones(3, 3, dtype=torch.float64, requires_grad=True)
+    k = torch.zeros(3, 3, dtype=torch.float64)
+    y = (w * k).sum()  # saves k for backward
+    linalg.gram_accumulate(k, np.ones((3, 1)))
+    assert torch.equal(k, torch.ones(3, 3, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
