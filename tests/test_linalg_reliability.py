@@ -271,6 +271,8 @@ def _layout(a: np.ndarray, how: str) -> np.ndarray:
 
 
 def _ref_close(got: np.ndarray, want: np.ndarray, dtype, factor: float) -> bool:
+    if not np.all(np.isfinite(want)):
+        return False  # the true answer overflows: the call should have raised
     scale = max(float(np.max(np.abs(want), initial=0.0)), float(np.finfo(dtype).tiny))
     err = float(np.max(np.abs(got.astype(np.float64) - want), initial=0.0))
     return err <= factor * float(np.finfo(dtype).eps) * scale + 1e3 * float(
@@ -310,6 +312,11 @@ def test_fuzz_entry_points_answer_right_or_raise_a_package_error(
 ):
     rng = np.random.default_rng(seed)
     real = dtype in (np.float64, np.float32)
+    with np.errstate(all="ignore"):  # references of huge inputs may overflow: then we must raise
+        _fuzz_one(rng, real, op, rows, cols, dtype, kind, layout, symmetric, k, block)
+
+
+def _fuzz_one(rng, real, op, rows, cols, dtype, kind, layout, symmetric, k, block):
 
     def arr(r, c):
         if not real:
@@ -372,13 +379,15 @@ def test_fuzz_entry_points_answer_right_or_raise_a_package_error(
             if op == "principal_angles":
                 got = linalg.principal_angles(a, b)
                 assert np.all((got >= 0) & (got <= np.pi / 2 + 1e-12))
-                if kind == "normal" and real and rows > cols:  # full rank: scipy agrees
+                # Generic spans that need not intersect: scipy is accurate there (for forced
+                # intersections it returns ~1e-8 for angles that are 0).
+                if kind == "normal" and real and rows >= a.shape[1] + b.shape[1]:
                     want = np.sort(
                         scipy.linalg.subspace_angles(a.astype(np.float64), b.astype(np.float64))
                     )
                     assert np.allclose(got, want, atol=1e-9 if dtype == np.float64 else 1e-3)
             else:
                 got = linalg.subspace_overlap(a, b)
-                assert -1e-9 <= got <= min(a.shape[1], b.shape[1]) + 1e-6
+                assert 0 <= got <= min(a.shape[1], b.shape[1])
     except (ef.EntkError, MemoryError):
         pass  # a package error (its message names the argument; other tests check that)

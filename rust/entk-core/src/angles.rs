@@ -163,7 +163,8 @@ pub fn subspace_overlap<T: Scalar>(
             total += c[(i, j)].to_f64().powi(2);
         }
     }
-    Ok(total)
+    // Each cos² ≤ 1: round-off in the bases (f32) must not push the sum past its bound.
+    Ok(total.min(c.nrows().min(c.ncols()) as f64))
 }
 
 /// Orthonormal bases Q_A, Q_B of the two spans and C = Q_Aᵀ Q_B, whose singular values are
