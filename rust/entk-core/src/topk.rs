@@ -433,50 +433,89 @@ fn krylov<T: Scalar>(
         n_matvec: 0,
     };
     let none = Mat::<T>::new();
-    let first = phase(
+    if plan.block >= k {
+        let best = phase(
+            op,
+            none.as_ref(),
+            k,
+            plan,
+            &mut rng,
+            &mut budget,
+            cancel,
+            par,
+        )?;
+        return Ok(Run {
+            pairs: EigenPairs {
+                values: best.values,
+                vectors: best.vectors,
+            },
+            residuals: best.residuals,
+            cycles: budget.cycles,
+            n_matvec: budget.n_matvec,
+            converged: best.converged,
+            stagnated: best.stagnated,
+        });
+    }
+    // A block smaller than k: converge half a block at a time (the top pairs of a block
+    // Krylov space converge fast, whatever their multiplicity up to the block size) and lock
+    // them; then look for missed copies as below.
+    let half = (plan.block / 2).max(1);
+    let mut best = phase(
         op,
         none.as_ref(),
-        k,
+        half.min(k),
         plan,
         &mut rng,
         &mut budget,
         cancel,
         par,
     )?;
-    let mut best = first;
-    if best.converged && plan.block < k && n > k {
-        // Half a block of candidates per round: they converge fast (the gap to the block's
-        // end), and every copy beyond them is found by a later round.
-        loop {
-            let need = (plan.block / 2).clamp(1, n - k);
-            let extra = phase(
-                op,
-                best.vectors.as_ref(),
-                need,
-                plan,
-                &mut rng,
-                &mut budget,
-                cancel,
-                par,
-            )?;
-            let scale = best
-                .values
-                .iter()
-                .chain(extra.values.iter())
-                .fold(f64::MIN_POSITIVE, |m, v| m.max(v.to_f64().abs()));
-            let cut = best.values[k - 1].to_f64() + plan.tol * scale;
-            let missed: Vec<usize> = (0..extra.values.len())
-                .filter(|&j| extra.values[j].to_f64() > cut)
-                .collect();
-            if missed.is_empty() {
-                break;
-            }
-            best = merge(best, extra, &missed, k)?;
-            if !best.converged {
-                break;
-            }
-        }
+    while best.converged && best.values.len() < k {
+        let need = half.min(k - best.values.len());
+        let more = phase(
+            op,
+            best.vectors.as_ref(),
+            need,
+            plan,
+            &mut rng,
+            &mut budget,
+            cancel,
+            par,
+        )?;
+        let all: Vec<usize> = (0..more.values.len()).collect();
+        let total = best.values.len() + more.values.len();
+        best = merge(best, more, &all, total)?;
     }
+    // Fresh random phases orthogonal to the k pairs look for eigenvalues above the k-th that
+    // were missed (copies of a repeated eigenvalue beyond the block size), until none is left.
+    while best.converged && n > k {
+        let need = half.min(n - k);
+        let extra = phase(
+            op,
+            best.vectors.as_ref(),
+            need,
+            plan,
+            &mut rng,
+            &mut budget,
+            cancel,
+            par,
+        )?;
+        let scale = best
+            .values
+            .iter()
+            .chain(extra.values.iter())
+            .fold(f64::MIN_POSITIVE, |m, v| m.max(v.to_f64().abs()));
+        let cut = best.values[k - 1].to_f64() + plan.tol * scale;
+        let missed: Vec<usize> = (0..extra.values.len())
+            .filter(|&j| extra.values[j].to_f64() > cut)
+            .collect();
+        if missed.is_empty() {
+            break;
+        }
+        best = merge(best, extra, &missed, k)?;
+    }
+    // Pairs from several phases: measure their residuals on K itself (one more product each).
+    best.residuals = true_residuals(op, &best, plan.block, &mut budget, par)?;
     Ok(Run {
         pairs: EigenPairs {
             values: best.values,
@@ -488,6 +527,43 @@ fn krylov<T: Scalar>(
         converged: best.converged,
         stagnated: best.stagnated,
     })
+}
+
+/// ‖K v − λ v‖ / max|λ| of each pair, with products of at most `block` vectors.
+fn true_residuals<T: Scalar>(
+    op: &mut dyn SymmetricOperator<T>,
+    pairs: &Phase<T>,
+    block: usize,
+    budget: &mut Budget,
+    par: Par,
+) -> CoreResult<Vec<f64>> {
+    let (n, k) = pairs.vectors.shape();
+    let scale = pairs
+        .values
+        .iter()
+        .fold(f64::MIN_POSITIVE, |m, v| m.max(v.to_f64().abs()));
+    let mut image = alloc::zeros::<T>("eigh_topk: residuals", n, block.min(k))?;
+    let mut out = Vec::with_capacity(k);
+    let mut start = 0;
+    while start < k {
+        let b = block.min(k - start);
+        let mut img = image.as_mut().subcols_mut(0, b);
+        op.apply(pairs.vectors.as_ref().subcols(start, b), img.rb_mut(), par)?;
+        budget.n_matvec += b;
+        for j in 0..b {
+            let (v, w, lambda) = (
+                pairs.vectors.col(start + j),
+                img.rb().col(j),
+                pairs.values[start + j],
+            );
+            let sum: f64 = (0..n)
+                .map(|i| (w[i] - lambda * v[i]).to_f64().powi(2))
+                .sum();
+            out.push(sum.sqrt() / scale);
+        }
+        start += b;
+    }
+    Ok(out)
 }
 
 /// The top k of the locked pairs `a` and the candidates `b[missed]` (orthogonal to them).
@@ -548,7 +624,7 @@ fn phase<T: Scalar>(
     loop {
         budget.cycles += 1;
         solver.expand(op, locked, rng, budget, cancel)?;
-        let ritz = solver.rayleigh_ritz(need)?;
+        let ritz = solver.rayleigh_ritz(need, locked)?;
         history.push(ritz.max_residual);
         let converged = ritz.max_residual <= plan.tol;
         let stagnated = !converged && policy::stagnated(&history);
@@ -649,7 +725,11 @@ impl<T: Scalar> BlockKrylov<T> {
     }
 
     /// Ritz pairs of K on span(Q), with the residuals of the top `need`.
-    fn rayleigh_ritz(&self, need: usize) -> CoreResult<Ritz<T>> {
+    ///
+    /// With locked vectors X, convergence is judged on the residual of the deflated operator,
+    /// (I − X Xᵀ)(K u − θ u): the part along X is the locked pairs' own residual (they are
+    /// eigenvectors only to the tolerance), which no iteration on span(Q) can reduce.
+    fn rayleigh_ritz(&self, need: usize, locked: MatRef<'_, T>) -> CoreResult<Ritz<T>> {
         let (n, m) = (self.q.nrows(), self.used);
         let q = self.q.as_ref().subcols(0, m);
         let p = self.p.as_ref().subcols(0, m);
@@ -711,14 +791,32 @@ impl<T: Scalar> BlockKrylov<T> {
             .iter()
             .fold(0.0f64, |acc, v| acc.max(v.to_f64().abs()))
             .max(f64::MIN_POSITIVE);
+        let mut r = alloc::from_fn("eigh_topk: residuals", n, need, |i, j| {
+            images[(i, j)] - values[j] * vectors[(i, j)]
+        })?;
+        if locked.ncols() > 0 {
+            let mut c = alloc::zeros::<T>("eigh_topk: projection", locked.ncols(), need)?;
+            matmul(
+                c.as_mut(),
+                Accum::Replace,
+                locked.transpose(),
+                r.as_ref(),
+                T::ONE,
+                self.par,
+            );
+            matmul(
+                r.as_mut(),
+                Accum::Add,
+                locked,
+                c.as_ref(),
+                -T::ONE,
+                self.par,
+            );
+        }
         let residuals: Vec<f64> = (0..need)
             .map(|j| {
-                let (u, w) = (vectors.col(j), images.col(j));
-                let mut sum = 0.0f64;
-                for i in 0..n {
-                    sum += (w[i] - values[j] * u[i]).to_f64().powi(2);
-                }
-                sum.sqrt() / scale
+                let col = r.col(j);
+                (0..n).map(|i| col[i].to_f64().powi(2)).sum::<f64>().sqrt() / scale
             })
             .collect();
         let worst = residuals.iter().copied().fold(0.0f64, f64::max);
