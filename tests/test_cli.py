@@ -258,3 +258,19 @@ def test_python_dash_m_runs_the_cli() -> None:
         check=False,
     )
     assert done.returncode == 0 and done.stdout.startswith("entk-fast ")
+
+
+def test_runtime_failures_exit_1_and_usage_errors_2(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import entk_fast.experiments.train
+    from entk_fast.errors import MemoryBudgetError
+
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise MemoryBudgetError("max_memory = 1 kB is too small")
+
+    monkeypatch.setattr(entk_fast.experiments.train, "train", out_of_memory)
+    assert main(["train", "modadd", "--out", str(tmp_path / "r"), "--no-progress"]) == 1
+    assert "max_memory = 1 kB is too small" in capsys.readouterr().err
+    assert main(["train", "modadd", "--p", "0", "--out", str(tmp_path / "s")]) == 2
+    assert "p must be an integer >= 2" in capsys.readouterr().err

@@ -16,11 +16,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import EntkError
+from .errors import EntkError, InvalidArgumentError, InvalidTypeError, RunDirectoryError
 
 __all__ = ["main"]
 
 PROG = "entk-fast"
+#: Exit statuses: 2 for a request that cannot be carried out as given (a bad option value, a
+#: run directory that holds something else; argparse uses it too), 1 for a computation that
+#: failed (memory budget, solver, a corrupt checkpoint), 130 for Ctrl-C.
+USAGE_ERROR = 2
+RUNTIME_ERROR = 1
 
 # Subcommands defined in other modules: (name, module). Each is imported while the parser is
 # built; one that cannot be imported is replaced by a stub that explains why when invoked, so
@@ -41,9 +46,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(func(args) or 0)
-    except EntkError as e:
+    except (InvalidArgumentError, InvalidTypeError, RunDirectoryError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
+        return USAGE_ERROR
+    except EntkError as e:  # the request was fine; the computation failed
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return RUNTIME_ERROR
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted", file=sys.stderr)
         return 130
