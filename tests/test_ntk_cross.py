@@ -178,3 +178,15 @@ def test_load_refuses_other_kinds_versions_and_junk(tmp_path: Path) -> None:
         EmpiricalNTK.load(tmp_path / "missing.npz")
     assert zipfile.is_zipfile(tmp_path / "k.npz")
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_results_have_a_compact_repr() -> None:
+    model, x = make_case("mlp", n=5)
+    ntk = empirical_ntk(model, x, layerwise=True, progress=False)
+    text = repr(ntk)
+    assert "\n" not in text and len(text) < 300
+    assert "15 × 15 float64" in text and "flattened" in text and "layers.0" in text
+    assert "<table>" in ntk._repr_html_()
+    spec = ntk.spectrum()
+    assert "15 of a 15-row kernel" in repr(spec) and "dense" in repr(spec)
+    assert "largest cliffs" in spec._repr_html_()

@@ -122,7 +122,7 @@ class _Layout:
         return arr.reshape(n * c, *arr.shape[2:])
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class EmpiricalNTK(_Layout):
     """An empirical NTK and how it was computed.
 
@@ -158,6 +158,34 @@ class EmpiricalNTK(_Layout):
     def is_cross(self) -> bool:
         """Whether this is a cross kernel K(X, X2) (not symmetric, no spectrum)."""
         return self.n_samples2 is not None
+
+    def _summary(self) -> list[tuple[str, str]]:
+        paths = sorted(set(self.paths.values()))
+        rows = [
+            ("kernel", f"{self.shape[0]} × {self.shape[1]} {self.kernel.dtype}"),
+            ("reduction", self.reduction),
+            (
+                "samples",
+                f"N = {self.n_samples}" + (f", N2 = {self.n_samples2}" if self.is_cross else ""),
+            ),
+            ("outputs", f"C = {self.n_outputs}"),
+            ("parameters", f"{self.n_parameters} ({', '.join(paths) or '-'} path)"),
+        ]
+        if self.output_metric is not None:
+            rows.append(
+                ("output metric", f"{self.output_metric.shape[0]} × {self.output_metric.shape[1]}")
+            )
+        if self.layer_kernels:
+            names = list(self.layer_kernels)
+            shown = ", ".join(names[:6]) + (f", … ({len(names)} in all)" if len(names) > 6 else "")
+            rows.append(("layer kernels", shown))
+        return rows
+
+    def __repr__(self) -> str:
+        return _repr("EmpiricalNTK", self._summary())
+
+    def _repr_html_(self) -> str:
+        return _repr_html("EmpiricalNTK", self._summary())
 
     def spectrum(self, k: int | None = None, *, ridge: float = 0.0) -> NTKSpectrum:
         """Eigenpairs (descending) of this kernel; see :func:`entk_fast.entk_spectrum`."""
@@ -205,7 +233,7 @@ class EmpiricalNTK(_Layout):
             raise InvalidArgumentError(f"path: {path} is not a complete eNTK file: {exc}") from exc
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class NTKSpectrum(_Layout):
     """Top eigenpairs of a (reduced, metric-weighted) eNTK, eigenvalues descending.
 
@@ -231,6 +259,28 @@ class NTKSpectrum(_Layout):
 
     def __len__(self) -> int:
         return int(self.eigenvalues.shape[0])
+
+    def _summary(self) -> list[tuple[str, str]]:
+        values = self.eigenvalues
+        top = ", ".join(f"{v:.4g}" for v in values[:5]) + (", …" if len(values) > 5 else "")
+        rows = [
+            ("eigenpairs", f"{len(self)} of a {self.eigenvectors.shape[0]}-row kernel"),
+            ("method", self.method),
+            ("reduction", self.reduction),
+            ("top eigenvalues", top),
+        ]
+        if len(self) > 1:
+            gaps = ", ".join(f"{k}: {r:.3g}" for k, r in self.gaps(3))
+            rows.append(("largest cliffs", gaps))
+        if self.ridge:
+            rows.append(("ridge", f"{self.ridge:.3g}"))
+        return rows
+
+    def __repr__(self) -> str:
+        return _repr("NTKSpectrum", self._summary())
+
+    def _repr_html_(self) -> str:
+        return _repr_html("NTKSpectrum", self._summary())
 
     def gaps(self, top: int = 5) -> list[tuple[int, float]]:
         """The ``top`` largest spectral cliffs: (k, λ_k / λ_{k+1}) with k counted from 1.
@@ -281,6 +331,21 @@ class NTKSpectrum(_Layout):
             raise InvalidArgumentError(
                 f"path: {path} is not a complete spectrum file: {exc}"
             ) from exc
+
+
+def _repr(name: str, rows: list[tuple[str, str]]) -> str:
+    return f"{name}(" + ", ".join(f"{key}: {value}" for key, value in rows) + ")"
+
+
+def _repr_html(name: str, rows: list[tuple[str, str]]) -> str:
+    from html import escape
+
+    body = "".join(
+        f"<tr><th style='text-align:left'>{escape(k)}</th><td style='text-align:left'>"
+        f"{escape(v)}</td></tr>"
+        for k, v in rows
+    )
+    return f"<table><caption style='text-align:left'><b>{name}</b></caption>{body}</table>"
 
 
 def _jsonable(value: Any) -> Any:
