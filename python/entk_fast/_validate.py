@@ -22,8 +22,10 @@ __all__ = [
     "check_float",
     "check_int",
     "check_k",
+    "check_kernel_nonzero",
     "check_ridge",
     "check_seed",
+    "check_solver_options",
     "parse_memory",
 ]
 
@@ -109,6 +111,39 @@ def check_ridge(ridge: object) -> float:
             f"ridge is relative to mean(diag K) and must be at most 1e100, got {ridge!r}"
         )
     return eps
+
+
+def check_solver_options(
+    *, tol: object = None, maxiter: object = None, ncv: object = None, seed: object = 0
+) -> tuple[float | None, int | None, int | None, int]:
+    """``(tol, maxiter, ncv, seed)`` of an iterative eigensolver, checked before any work.
+
+    ``tol``: None (the solver's default) or a finite real > 0 (ARPACK would read 0 as machine
+    precision and a negative value silently; the dense top-k solver refuses both, so both
+    paths refuse them). ``maxiter``: None or an integer ≥ 1. ``ncv``: None or an integer ≥ 2
+    (its upper limit, the kernel's order, is checked once that is known). ``seed``: an
+    integer in [0, 2**63 - 1].
+    """
+    tol_value = None if tol is None else check_float("tol", tol, low=0.0, low_open=True)
+    iters = None if maxiter is None else check_int("maxiter", maxiter, minimum=1)
+    vectors = None if ncv is None else check_int("ncv", ncv, minimum=2)
+    return tol_value, iters, vectors, check_seed("seed", seed)
+
+
+def check_kernel_nonzero(magnitude: float) -> None:
+    """Refuse an identically zero eNTK before an eigensolver sees it.
+
+    ``magnitude``: trace(K), max |K|, or |K v| for a random v (zero only when K = 0, K being
+    PSD). A zero eNTK means the model's output does not depend on the selected parameters;
+    every vector is then an eigenvector of eigenvalue 0 and there are no features to find.
+    """
+    if magnitude == 0:
+        raise InvalidArgumentError(
+            "the eNTK is identically zero: the model's output does not depend on the selected "
+            "parameters (a .detach() or torch.no_grad() in forward, or params= naming "
+            "parameters the output does not use), so it has no spectrum to analyse; "
+            "empirical_ntk(...) returns that zero kernel"
+        )
 
 
 _UNITS = {

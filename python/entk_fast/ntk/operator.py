@@ -2,7 +2,9 @@
 
 Mᵀ v is the gradient of Σ_n ⟨v_n, R f(x_n)⟩ (one backward over a batch of samples), and M w is
 a forward-mode derivative along the parameter direction w. For ``trace`` the products run
-once per output (vmapped): K v = (1/C) Σ_c J_c (J_cᵀ v).
+once per output (vmapped): K v = (1/C) Σ_c J_c (J_cᵀ v). Each chunk's outputs and products are
+checked for NaN / inf, and a forward that fails on a chunk is rerun per sample, so an error
+names the sample (as on the dense paths).
 """
 
 from __future__ import annotations
@@ -15,8 +17,15 @@ import torch
 from torch import Tensor
 from torch.func import jvp, vjp, vmap
 
+from ..errors import LinAlgError
+from .checks import all_finite, require_finite
 from .problem import Problem
-from .sources.general import quiet_batching_fallback, sample_function, vmappable_forward
+from .sources.general import (
+    quiet_batching_fallback,
+    sample_failures,
+    sample_function,
+    vmappable_forward,
+)
 
 __all__ = ["KernelOperator"]
 
@@ -65,9 +74,14 @@ class KernelOperator:
         """Mᵀ v: Σ over samples of J_nᵀ v_n; ``cot`` (N, C_r), or (B, N, C_r) when batched."""
         total: Params | None = None
         for start, stop in self._slices():
-            pull = vjp(self._fn(start, stop), self.pack)[1]
+            with sample_failures(self.problem, start, stop):
+                result = vjp(self._fn(start, stop), self.pack)
+            out, pull = result[0], result[1]
+            require_finite(out, "output", self.problem.samples_from(start))
             part = cot[..., start:stop, :]
             grads = (vmap(pull)(part) if batched else pull(part))[0]
+            if not all(all_finite(g) for g in grads.values()):
+                self._blame(start, stop, cot, batched)
             if total is None:
                 total = dict(grads)
             else:
@@ -76,6 +90,20 @@ class KernelOperator:
             del pull, grads
         assert total is not None
         return total
+
+    def _blame(self, start: int, stop: int, cot: Tensor, batched: bool) -> None:
+        """Name the sample of ``start:stop`` whose Jacobian made Mᵀ v non-finite (one pullback
+        per sample; error path only)."""
+        for i in range(start, stop):
+            pull = vjp(self._fn(i, i + 1), self.pack)[1]
+            part = cot[..., i : i + 1, :]
+            grads = (vmap(pull)(part) if batched else pull(part))[0]
+            for g in grads.values():
+                require_finite(g.unsqueeze(0), "jacobian", self.problem.samples_from(i))
+        raise LinAlgError(
+            f"a kernel-vector product overflowed on samples {start}..{stop - 1} although each "
+            "sample's part is finite; rescale the model's outputs"
+        )
 
     def _push(self, tangent: Params, batched: bool) -> Tensor:
         """M w: (N, C_r) outputs along ``tangent``, or (B, N, C_r) when batched."""
@@ -86,7 +114,9 @@ class KernelOperator:
             def forward(t: Params, fn: Callable[[Params], Tensor] = fn) -> Tensor:
                 return jvp(fn, (self.pack,), (t,))[1]
 
-            parts.append(vmap(forward)(tangent) if batched else forward(tangent))
+            part = vmap(forward)(tangent) if batched else forward(tangent)
+            require_finite(part, "jacobian", self.problem.samples_from(start), dim=part.dim() - 2)
+            parts.append(part)
         return torch.cat(parts, dim=-2)
 
     def matvec(self, v: np.ndarray) -> np.ndarray:

@@ -22,10 +22,10 @@ from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
 from ..errors import InvalidArgumentError
-from .checks import close
+from .checks import close, require_finite, sample_namer
 from .sources.layers import LAYER_RULES
 
-__all__ = ["ProbeResult", "forward_batch", "probe_indices", "run_probe"]
+__all__ = ["ProbeResult", "failing_sample", "forward_batch", "probe_indices", "run_probe"]
 
 
 @dataclass
@@ -130,16 +130,19 @@ def run_probe(
     params: Mapping[str, Tensor],
     buffers: Mapping[str, Tensor],
     inputs: tuple[Tensor, ...],
+    sample_name: Callable[[int], str] | None = None,
 ) -> ProbeResult:
     """Run the model on a few samples (:func:`probe_indices`) batched and alone; record it.
 
     Each probe sample also runs alone: the model is batch independent when every sample's
     output is the same alone and inside the batch, and a Linear / Embedding layer sees the
     samples row by row (``per_sample_layers``) when, in every lone run, it ran once on one
-    row that equals the row of that sample in the batched run.
+    row that equals the row of that sample in the batched run. ``sample_name`` names a
+    sample in messages (default ``"sample i"``).
     """
     n_samples = inputs[0].shape[0]
     indices = probe_indices(n_samples)
+    name = sample_name or sample_namer(n_samples)
     batch = len(indices)
     if indices == tuple(range(batch)):
         head = tuple(x[:batch] for x in inputs)
@@ -175,13 +178,11 @@ def run_probe(
     counter = _UsageCounter(names_by_id)
     try:
         with torch.no_grad(), counter:
-            out = _checked_forward(model, params, buffers, head, batch)
-        out = _check_output(out, batch)
-        if not torch.isfinite(out).all():
-            raise InvalidArgumentError(
-                "the model's output contains NaN or infinite values on the probe samples "
-                f"{list(indices)}; the eNTK would be meaningless"
+            out = _checked_forward(
+                model, params, buffers, head, batch, names=lambda i: name(indices[i])
             )
+        out = _check_output(out, batch)
+        require_finite(out, "output", lambda i: name(indices[i]))
         batched_calls = Counter(calls)
         batched_inputs = dict(layer_inputs)
         record[0] = False
@@ -243,11 +244,21 @@ def _checked_forward(
     batch: int,
     *,
     lone: bool = False,
+    names: Callable[[int], str] | None = None,
 ) -> Any:
     try:
         return forward_batch(model, params, buffers, inputs)
     except Exception as exc:
         shapes = ", ".join(f"{tuple(x.shape[1:])} {x.dtype}" for x in inputs)
+        found = None
+        if not lone and names is not None:
+            found = failing_sample(model, params, buffers, inputs, others_run=True)
+        if found is not None and names is not None:  # fails alone where others run: name it
+            i, error = found
+            raise InvalidArgumentError(
+                f"the model's forward failed on {names(i)} (run alone; per-sample input "
+                f"shapes {shapes}): {type(error).__name__}: {error}"
+            ) from exc
         alone = (
             " run alone (the eNTK treats every sample on its own, so the forward must work "
             "on a batch of one: no batch statistics such as BatchNorm without running stats)"
@@ -258,3 +269,36 @@ def _checked_forward(
             f"the model's forward failed on {batch} sample(s) of inputs{alone} (per-sample "
             f"shapes {shapes}; samples along dim 0): {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def failing_sample(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    buffers: Mapping[str, Tensor],
+    inputs: tuple[Tensor, ...],
+    *,
+    others_run: bool = False,
+) -> tuple[int, Exception] | None:
+    """The first sample (index into ``inputs``) whose forward fails when run alone, with its
+    error, or None when every sample runs alone.
+
+    For the error path of a chunk whose forward failed: the eNTK treats each sample on its
+    own, so the sample to blame is the one that fails on its own. ``others_run``: blame it
+    only if another of ``inputs`` runs (else the forward fails everywhere, e.g. a wrong input
+    shape, and no sample is to blame).
+    """
+    first: tuple[int, Exception] | None = None
+    for i in range(int(inputs[0].shape[0])):
+        try:
+            with torch.no_grad():
+                forward_batch(model, params, buffers, tuple(x[i : i + 1] for x in inputs))
+        except Exception as exc:
+            if first is None:
+                first = (i, exc)
+                if not others_run:
+                    return first
+            continue
+        if first is not None:
+            return first
+        others_run = False  # one sample ran: the next failure is to blame
+    return None

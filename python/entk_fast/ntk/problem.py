@@ -17,7 +17,7 @@ and its traced and flattened forms).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from .. import linalg
 from .._validate import check_choice
 from ..errors import InvalidArgumentError, InvalidTypeError
+from .checks import sample_namer
 from .params import ParameterIndex, resolve_groups, resolve_selection
 from .probe import ProbeResult, forward_batch, run_probe
 
@@ -170,6 +171,15 @@ class Problem:
     @property
     def n_samples(self) -> int:
         return int(self.inputs[0].shape[0])
+
+    def sample_name(self, i: int) -> str:
+        """How messages name sample ``i`` of :attr:`inputs`: ``"sample 20"``, or for the
+        second input set of a cross kernel ``"x2 sample 3"`` (the user's own indices)."""
+        return sample_namer(self.n_samples, self.n_samples2)(i)
+
+    def samples_from(self, start: int) -> Callable[[int], str]:
+        """Names of the samples ``start, start + 1, ...`` (index 0 is ``start``)."""
+        return lambda i: self.sample_name(start + i)
 
     @property
     def n_outputs(self) -> int:
@@ -443,7 +453,7 @@ def prepare(
         second = normalise_inputs(inputs2, torch_dtype, device, name="x2")
         xs = _concatenate(xs, second)
         n_samples2 = int(second[0].shape[0])
-    probe = run_probe(model, tensors, buffers, xs)
+    probe = run_probe(model, tensors, buffers, xs, sample_namer(len(xs[0]), n_samples2))
     root = normalise_metric(output_metric, probe.n_outputs)
     out_map = red.output_map(root, probe.n_outputs, torch_dtype, device)
     return Problem(

@@ -3,7 +3,9 @@
 For a pack of parameters θ_p and samples n, the block J[n, :, θ_p] (n, C_r, P_p) comes from
 ``vmap(jacrev(f))``, where f maps the pack to one sample's reduced output R f(x_n) (C_r,).
 Each sample runs alone (batch of one), so the kernel is that of the per-sample function even
-for models whose samples would interact inside a batch.
+for models whose samples would interact inside a batch. Each chunk's outputs and Jacobian go
+through the one NaN / inf check (``checks.require_finite``), and a forward that fails on a
+chunk is rerun sample by sample, so errors name the sample.
 """
 
 from __future__ import annotations
@@ -18,15 +20,17 @@ from torch import Tensor
 from torch.func import jacrev, vmap
 
 from ... import linalg
-from ...errors import InvalidArgumentError
+from ...errors import EntkError, InvalidArgumentError
+from ..checks import StructuredFallback, require_finite
 from ..plan import Pack
-from ..probe import forward_batch
+from ..probe import failing_sample, forward_batch
 from ..problem import Problem
 
 __all__ = [
     "GeneralSource",
     "jacobian_block",
     "quiet_batching_fallback",
+    "sample_failures",
     "sample_function",
     "vmappable_forward",
 ]
@@ -74,6 +78,36 @@ def vmappable_forward() -> Iterator[None]:
         ) from exc
 
 
+@contextmanager
+def sample_failures(problem: Problem, start: int, stop: int) -> Iterator[None]:
+    """Name the sample when the model's forward fails on samples ``start:stop``.
+
+    A forward that runs on the probe samples may still fail on another (an embedding index
+    out of range, a shape that only one sample has); the failing chunk's samples are then
+    run alone, and the first that fails is named. Errors of the package itself, memory
+    errors and a failure no lone sample reproduces (a vmap limitation) pass unchanged.
+    """
+    try:
+        yield
+    except (EntkError, StructuredFallback, torch.OutOfMemoryError, MemoryError):
+        raise
+    except Exception as exc:
+        found = failing_sample(
+            problem.model,
+            problem.params,
+            problem.buffers,
+            tuple(x[start:stop] for x in problem.inputs),
+        )
+        if found is None:
+            raise
+        i, error = found
+        shapes = ", ".join(f"{tuple(x.shape[1:])} {x.dtype}" for x in problem.inputs)
+        raise InvalidArgumentError(
+            f"the model's forward failed on {problem.sample_name(start + i)} (run alone; "
+            f"per-sample input shapes {shapes}): {type(error).__name__}: {error}"
+        ) from exc
+
+
 def sample_function(problem: Problem) -> Callable[..., Tensor]:
     """f(pack, *x) -> R f(x) (C_r,): one sample's reduced output as a function of ``pack``.
 
@@ -96,25 +130,33 @@ def jacobian_block(
 ) -> Tensor:
     """J[start:stop] restricted to ``names``: (stop − start, C_r, P_pack), parameters in order.
 
-    Computed ``chunk`` samples at a time (each a ``vmap`` over samples of ``jacrev``).
+    Computed ``chunk`` samples at a time (each a ``vmap`` over samples of ``jacrev``); a
+    sample whose output or Jacobian is NaN or infinite, or whose forward fails, is named
+    in an :class:`InvalidArgumentError`.
     """
     f = sample_function(problem)
-    jac_fn = vmap(jacrev(f), in_dims=(None, *([0] * len(problem.inputs))))
+
+    def with_output(pack: Mapping[str, Tensor], *x: Tensor) -> tuple[Tensor, Tensor]:
+        y = f(pack, *x)
+        return y, y
+
+    jac_fn = vmap(jacrev(with_output, has_aux=True), in_dims=(None, *([0] * len(problem.inputs))))
     pack = {name: problem.params[name] for name in names}
     sizes = [problem.index.infos[name].numel for name in names]
     rows = problem.rows_per_sample
     out = torch.empty((stop - start, rows, sum(sizes)), dtype=problem.dtype, device=problem.device)
     for s in range(start, stop, max(1, chunk)):
         e = min(s + max(1, chunk), stop)
-        with quiet_batching_fallback(), vmappable_forward():
-            jac = jac_fn(pack, *(x[s:e] for x in problem.inputs))
+        with sample_failures(problem, s, e), quiet_batching_fallback(), vmappable_forward():
+            jac, y = jac_fn(pack, *(x[s:e] for x in problem.inputs))
+        require_finite(y, "output", problem.samples_from(s))
         offset = 0
         for name, size in zip(names, sizes, strict=True):
-            out[s - start : e - start, :, offset : offset + size] = jac[name].reshape(
-                e - s, rows, size
-            )
+            part = jac[name].reshape(e - s, rows, size)
+            require_finite(part, "jacobian", problem.samples_from(s))
+            out[s - start : e - start, :, offset : offset + size] = part
             offset += size
-        del jac
+        del jac, y
     return out
 
 

@@ -20,7 +20,10 @@ every chunk's batched forward is compared once with its samples run alone (one v
 forward, as the general path runs them); when a qualified layer misbehaves there (it does not
 run, runs twice or on another number of rows, its input rows or the outputs differ from the
 lone runs, or the batched forward / backward fails), :class:`StructuredFallback` names it and
-the caller redoes the work with it on the general path.
+the caller redoes the work with it on the general path. Each chunk's outputs, layer inputs
+and output cotangents go through the one NaN / inf check (``checks.require_finite``), so a
+non-finite Jacobian is reported by sample, as on the general path. An output that depends on
+no parameter (a ``.detach()`` in forward) has zero cotangents: its eNTK is exactly zero.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from torch import Tensor, nn
 from torch.func import vmap
 
 from ... import linalg
-from ..checks import StructuredFallback, close
+from ..checks import StructuredFallback, close, require_finite
 from ..plan import StructuredPass
 from ..problem import Problem
 from .general import quiet_batching_fallback, vmappable_forward
@@ -191,11 +194,7 @@ def verify_layers(problem: Problem, layers: Sequence[StructuredLayer]) -> list[S
         return verify_layers(problem, rest) if len(rest) < len(layers) else []
     gen = torch.Generator(device="cpu").manual_seed(0)
     weights = torch.randn(y.shape, generator=gen, dtype=y.dtype).to(y.device)
-    with torch.enable_grad():
-        loss = (y * weights).sum()
-        grads = torch.autograd.grad(
-            loss, [*probes, *(params[name] for name in leaves)], allow_unused=True
-        )
+    grads = _probe_grads(y, [*probes, *(params[name] for name in leaves)], weights)
     probe_grads = grads[: len(probes)]
     actual = dict(zip(leaves, grads[len(probes) :], strict=True))
     rtol = 1e-3 if problem.dtype == torch.float32 else 1e-8
@@ -204,14 +203,12 @@ def verify_layers(problem: Problem, layers: Sequence[StructuredLayer]) -> list[S
     for layer, probe, cot in zip(layers, probes, probe_grads, strict=True):
         cot = torch.zeros_like(probe) if cot is None else cot
         lone = alone.get(layer.path)
-        scale = max(float(cot.abs().max()), 1e-30)
-        ok = lone is not None and bool(torch.allclose(lone, cot, rtol=rtol, atol=rtol * scale))
+        ok = lone is not None and close(lone, cot, rtol=rtol)
         shape = params[layer.weight].shape if layer.weight is not None else None
         for name, pred in _predicted_grads(layer, acts[layer.path], cot, shape).items():
             true = actual[name]
             true = torch.zeros_like(pred) if true is None else true
-            scale = max(float(pred.abs().max()), float(true.abs().max()), 1e-30)
-            ok = ok and bool(torch.allclose(true, pred, rtol=rtol, atol=rtol * scale))
+            ok = ok and close(true, pred, rtol=rtol)
         if ok:
             kept.append(layer)
     return kept
@@ -238,8 +235,7 @@ def _lone_cotangents(
             if len(rest) == len(layers) or not rest:
                 return {}
             return _lone_cotangents(problem, rest, head, weights)
-        with torch.enable_grad():
-            grads = torch.autograd.grad((y * weights[i : i + 1]).sum(), probes, allow_unused=True)
+        grads = _probe_grads(y, probes, weights[i : i + 1])
         for layer, probe, grad in zip(layers, probes, grads, strict=True):
             parts[layer.path].append(torch.zeros_like(probe) if grad is None else grad)
     return {path: torch.cat(chunks) for path, chunks in parts.items()}
@@ -289,15 +285,16 @@ def gather(
         n = e - s
         inputs = tuple(x[s:e] for x in problem.inputs)
         y, probes, seen = _forward_with_probes(problem, layers, inputs, problem.params)
+        names = problem.samples_from(s)
+        require_finite(y, "output", names)
+        for layer in layers:
+            require_finite(seen[layer.path], "input", names, layer=layer.path)
         if check:
             check_alone(problem, layers, inputs, y, seen)
         eye = torch.eye(n_rows, dtype=y.dtype, device=y.device)[r0:r1]
         basis = eye.unsqueeze(1).expand(group, n, n_rows)
         try:
-            with quiet_batching_fallback():
-                grads = torch.autograd.grad(
-                    y, probes, grad_outputs=basis, is_grads_batched=True, allow_unused=True
-                )
+            grads = _probe_grads(y, probes, basis, batched=True)
         except torch.OutOfMemoryError:
             raise
         except Exception as exc:
@@ -308,13 +305,32 @@ def gather(
             if grad is None:
                 cots[layer.path][at] = 0
             else:
-                cots[layer.path][at] = grad.reshape(group, n, layer.out_features).transpose(0, 1)
+                grad = grad.reshape(group, n, layer.out_features)
+                require_finite(grad, "cotangent", names, dim=1, layer=layer.path)
+                cots[layer.path][at] = grad.transpose(0, 1)
             if want_acts:
                 acts[layer.path][at] = seen[layer.path].reshape(acts[layer.path][at].shape)
         del y, probes, seen, grads, basis
         if tick is not None:
             tick(1)
     return acts, cots
+
+
+def _probe_grads(
+    y: Tensor, inputs: Sequence[Tensor], weights: Tensor, *, batched: bool = False
+) -> tuple[Tensor | None, ...]:
+    """Gradients of ⟨weights, y⟩ with respect to ``inputs`` (None where y does not depend on
+    one); all None when y depends on nothing that requires grad (a ``.detach()`` in
+    forward), whose eNTK is exactly zero. ``batched``: ``weights`` holds one cotangent per
+    row group along dim 0."""
+    if not y.requires_grad:
+        return (None,) * len(inputs)
+    with torch.enable_grad(), quiet_batching_fallback():
+        if batched:
+            return torch.autograd.grad(
+                y, inputs, grad_outputs=weights, is_grads_batched=True, allow_unused=True
+            )
+        return torch.autograd.grad((y * weights).sum(), inputs, allow_unused=True)
 
 
 def check_alone(
