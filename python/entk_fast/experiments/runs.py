@@ -331,8 +331,13 @@ class Run:
 def load_run(path: str | os.PathLike[str]) -> Run:
     """Open the run directory ``path`` written by ``train_tms``/``train_modadd`` or the CLI."""
     run_path = Path(path)
-    if not run_path.is_dir():
+    if not run_path.exists():
         raise RunDirectoryError(f"run directory {run_path} does not exist")
+    if not run_path.is_dir():
+        raise RunDirectoryError(
+            f"{run_path} is not a directory: a run is the directory that training wrote "
+            f"(holding {CONFIG_FILE}, {HISTORY_FILE} and {CHECKPOINT_DIR}/)"
+        )
     kind, fields = read_config_file(run_path)
     try:
         config = config_from_dict(kind, fields)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import sys
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,13 +209,7 @@ def _loop(
     plot: bool,
 ) -> TrainResult:
     kind, total = config.kind, config.total_steps
-    start = 0
-    if run_dir is not None:
-        steps = runs.checkpoint_steps(run_dir)
-        if steps:
-            start = steps[-1]
-            state = runs.read_checkpoint(run_dir, start, kind=kind)
-            _restore(task, generator, history, state)
+    start = 0 if run_dir is None else _resume(run_dir, kind, task, generator, history)
 
     if start == 0 and not history["step"]:
         _log(history, 0, task.metrics())
@@ -299,6 +294,45 @@ def _save(
     }
     runs.save_checkpoint(run_dir, step, payload)
     runs.write_history(run_dir, kind, history, completed=step == config.total_steps)
+
+
+def _resume(
+    run_dir: Path,
+    kind: str,
+    task: Trainer,
+    generator: torch.Generator,
+    history: dict[str, list[Any]],
+) -> int:
+    """Restore the latest usable checkpoint of ``run_dir``; its step (0: none, start afresh).
+
+    A checkpoint that cannot be read or restored (a disk error, a file truncated outside
+    entk-fast's atomic writes) is skipped with a warning naming it, and training resumes from
+    the previous one; the skipped step is recomputed (deterministically) and its file
+    rewritten. When no checkpoint is usable, :class:`CheckpointError` says so and what to do.
+    """
+    steps = runs.checkpoint_steps(run_dir)
+    if not steps:
+        return 0
+    skipped: list[str] = []
+    for step in reversed(steps):
+        try:
+            _restore(task, generator, history, runs.read_checkpoint(run_dir, step, kind=kind))
+        except CheckpointError as e:
+            skipped.append(str(e))
+            continue
+        if skipped:
+            warnings.warn(
+                f"skipped {len(skipped)} unusable checkpoint(s) and resumed from step {step} "
+                f"(training redoes the steps after it): {'; '.join(skipped)}",
+                UserWarning,
+                stacklevel=5,
+            )
+        return step
+    raise CheckpointError(
+        f"no usable checkpoint in {run_dir / runs.CHECKPOINT_DIR}, so the run cannot be "
+        f"resumed: {'; '.join(skipped)}. Train again into a new directory (or delete "
+        f"{run_dir} first); the same config gives the same run"
+    )
 
 
 def _restore(
