@@ -7,6 +7,7 @@ drawn on the Agg canvas).
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from collections.abc import Mapping, Sequence
@@ -75,11 +76,25 @@ def plot_training_curve(
     return save_figure(fig, path, dpi=dpi)
 
 
-def _figure(width: float, height: float) -> Figure:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+@functools.cache
+def _figure_class() -> type[Figure]:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), layout="constrained")
+    class InlineFigure(Figure):
+        """A Figure that a notebook shows inline as PNG without pyplot (``_repr_png_``)."""
+
+        def _repr_png_(self) -> bytes:
+            buf = io.BytesIO()
+            self.savefig(buf, format="png", dpi=100)
+            return buf.getvalue()
+
+    return InlineFigure
+
+
+def _figure(width: float, height: float) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = _figure_class()(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
