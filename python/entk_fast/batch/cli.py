@@ -1,0 +1,246 @@
+"""The batch commands of the ``entk-fast`` CLI: ``batch``, ``batch-summary`` and ``spectrum``.
+
+Each ``add_*_parser(subparsers)`` registers one subcommand whose ``func(args)`` returns the
+exit status: 0 when everything succeeded, 1 when some jobs failed (recorded in
+``failures.json``); errors in the request raise :class:`~entk_fast.errors.EntkError`s that
+the main CLI reports. SIGTERM (a SLURM time limit) stops a batch like Ctrl-C: the tasks are
+cancelled, every finished result stays in the store, and a re-run continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .jobs import ANALYSES, DEFAULT_K
+
+__all__ = ["add_batch_parser", "add_spectrum_parser", "add_summary_parser"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {value}")
+    return value
+
+
+def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """``entk-fast batch RUNS_DIR --out RESULTS ...``."""
+    parser = subparsers.add_parser(
+        "batch",
+        help="analyse every checkpoint of many runs on a Dask cluster (resumable)",
+        description=(
+            "Run analyses (spectrum, overlaps) of every checkpoint of every run under RUNS_DIR "
+            "as Dask tasks: on a local cluster (--workers), an existing scheduler "
+            "(--scheduler) or SLURM/PBS through dask-jobqueue (--cluster). Each result is "
+            "written to RESULTS as it completes; a re-run skips results whose inputs are "
+            "unchanged. Jobs that keep failing are recorded in RESULTS/failures.json."
+        ),
+    )
+    parser.add_argument("runs_dir", metavar="RUNS_DIR", help="a run, or a folder of runs")
+    parser.add_argument("--out", required=True, metavar="RESULTS", help="results folder")
+    parser.add_argument(
+        "--analysis",
+        default=",".join(ANALYSES),
+        metavar="LIST",
+        help=f"comma-separated analyses among {', '.join(ANALYSES)} (default: all)",
+    )
+    parser.add_argument(
+        "--k", type=int, default=DEFAULT_K, help=f"eigenpairs per spectrum (default {DEFAULT_K})"
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler")
+    where.add_argument(
+        "--cluster",
+        choices=("slurm", "pbs"),
+        help="submit workers as batch jobs through dask-jobqueue",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="local cluster: worker processes (default: the usable cores; 0: no Dask, "
+        "run in this process); --cluster: workers to request (default 1)",
+    )
+    parser.add_argument(
+        "--cluster-config",
+        metavar="FILE",
+        help="YAML/JSON keyword arguments of SLURMCluster/PBSCluster (with --cluster)",
+    )
+    parser.add_argument(
+        "--retries", type=_positive_int, default=2, help="extra attempts of a failing job"
+    )
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        help="Rust/torch threads per task (default 1: one core per worker)",
+    )
+    parser.add_argument("--force", action="store_true", help="recompute valid results too")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_run_batch)
+    return parser
+
+
+def add_summary_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """``entk-fast batch-summary RESULTS``."""
+    parser = subparsers.add_parser(
+        "batch-summary",
+        help="summarise a results folder: table, failures, curves (PNG + CSV)",
+        description=(
+            "Print a table of the results in RESULTS (per run: results, final cliff-block "
+            "overlaps, test accuracy, alignment onset) and the failed jobs, and write the "
+            "curves (overlap vs epoch per run) as curves.csv and curves.png."
+        ),
+    )
+    parser.add_argument("results", metavar="RESULTS", help="a folder written by entk-fast batch")
+    parser.add_argument(
+        "--plots", metavar="DIR", help="where curves.csv/curves.png go (default: RESULTS)"
+    )
+    parser.add_argument("--no-plot", action="store_true", help="print the table only")
+    parser.set_defaults(func=_run_summary)
+    return parser
+
+
+def add_spectrum_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """``entk-fast spectrum RUN --step S --out FILE``."""
+    parser = subparsers.add_parser(
+        "spectrum",
+        help="analyse one checkpoint (one SLURM array task), as a batch job would",
+        description=(
+            "Compute the analyses of one checkpoint in this process and write the same files "
+            "as a batch job. --out is a results folder (files under jobs/RUN/, readable by "
+            "batch-summary and reused by batch) or a .json file (one analysis; its arrays "
+            "go next to it as .npz). A result with unchanged inputs is not recomputed."
+        ),
+    )
+    parser.add_argument("run", metavar="RUN", help="the run directory")
+    parser.add_argument("--step", type=_positive_int, required=True, help="checkpoint step")
+    parser.add_argument("--out", required=True, metavar="FILE", help="results folder or .json")
+    parser.add_argument(
+        "--analysis", default="spectrum", metavar="LIST", help="analyses (default: spectrum)"
+    )
+    parser.add_argument(
+        "--k", type=int, default=DEFAULT_K, help=f"eigenpairs (default {DEFAULT_K})"
+    )
+    parser.add_argument("--name", help="the run's name in a results folder (default: RUN's name)")
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="Rust/torch threads (default: unchanged; SLURM_CPUS_PER_TASK is a good value)",
+    )
+    parser.add_argument("--force", action="store_true", help="recompute a valid result")
+    parser.add_argument("--json", action="store_true", help="print the record(s) as JSON")
+    parser.set_defaults(func=_run_spectrum)
+    return parser
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt in the main thread for the block: a batch stops as
+    on Ctrl-C (tasks cancelled, report written, finished results kept)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    from ..errors import InvalidArgumentError
+    from .cluster import dashboard_address, open_client
+    from .jobs import parse_analyses, run_batch
+
+    analyses = parse_analyses(args.analysis)
+    if args.workers == 0 and (args.scheduler or args.cluster):
+        raise InvalidArgumentError(
+            "workers: 0 (run in this process) excludes --scheduler and --cluster"
+        )
+    if args.cluster_config and not args.cluster:
+        raise InvalidArgumentError("cluster-config: only used with --cluster slurm|pbs")
+    if args.threads == 0:
+        raise InvalidArgumentError("threads: expected an integer ≥ 1, got 0")
+    progress = not args.no_progress
+    options = {
+        "k": args.k,
+        "retries": args.retries,
+        "threads": args.threads,
+        "force": args.force,
+        "progress": progress,
+    }
+    with _sigterm_as_interrupt():
+        if args.workers == 0:
+            print("running in this process (no Dask)", file=sys.stderr)
+            report = run_batch(args.runs_dir, args.out, analyses, client=None, **options)
+        else:
+            with open_client(
+                workers=args.workers,
+                scheduler=args.scheduler,
+                cluster=args.cluster,
+                cluster_config=args.cluster_config,
+            ) as client:
+                link = dashboard_address(client)
+                info = client.scheduler_info()
+                print(
+                    f"dask scheduler {info.get('address', '?')} "
+                    f"({len(info.get('workers', {}))} workers now); dashboard: "
+                    + (link or "none (pip install bokeh for one)"),
+                    file=sys.stderr,
+                )
+                report = run_batch(args.runs_dir, args.out, analyses, client=client, **options)
+    print(report.summary())
+    return 1 if report.failed else 0
+
+
+def _run_summary(args: argparse.Namespace) -> int:
+    from .summary import summarize, write_curves
+
+    summary = summarize(args.results)
+    print(summary.text())
+    if not args.no_plot:
+        csv_path, png_path = write_curves(summary, args.plots or args.results)
+        print(f"\ncurves: {csv_path} and {png_path}")
+    return 0
+
+
+def _run_spectrum(args: argparse.Namespace) -> int:
+    from ..errors import InvalidArgumentError
+    from .jobs import run_checkpoint
+
+    if args.threads == 0:
+        raise InvalidArgumentError("threads: expected an integer ≥ 1, got 0")
+    records, computed = run_checkpoint(
+        args.run,
+        args.step,
+        args.out,
+        args.analysis,
+        k=args.k,
+        name=args.name,
+        threads=args.threads,
+        force=args.force,
+    )
+    if args.json:
+        print(json.dumps(records if len(records) != 1 else records[0], indent=2))
+    else:
+        state = "computed" if computed else "up to date (inputs unchanged; --force recomputes)"
+        for record in records:
+            print(f"{record['job']}: {state} -> {Path(args.out)}")
+    return 0

@@ -1,0 +1,469 @@
+"""A kernel too big for one process: assembled tile by tile on Dask workers into a chunked
+on-disk array, and its top-k spectrum by block products over the stored chunks.
+
+Each task computes one tile K(X_a, X_b) through the public tile seam
+(``empirical_ntk(model, x_a, x_b)``; the diagonal tiles as the square kernel K(X_a, X_a)),
+only for a ≤ b, and writes it and its mirror K(X_b, X_a) = K(X_a, X_b)ᵀ into the store: a
+Zarr array whose chunks are the tiles (one file per chunk, so workers never write the same
+file), or, without Zarr, a ``.npy`` file written through memory maps. The array is built
+under a temporary name and renamed onto ``out_path`` only when every tile is written, so
+``out_path`` is never a partial kernel.
+
+Limits (honest ones):
+
+* every worker holds the whole model and the inputs (they are broadcast once), and computes
+  Jacobians of a tile's samples: the tile size bounds a task's memory, not the model's;
+* the stored kernel has (N·C)² entries for the flattened reduction (N² for trace /
+  mean_pairs): 8 bytes each in float64, e.g. 80 GB for N·C = 100 000;
+* the workers must see ``out_path``'s folder (one machine, or a shared file system); the
+  ``.npy`` fallback needs workers on one machine (memory maps of one file from several
+  nodes are not safe on NFS), Zarr's chunk files work from any node;
+* :func:`stored_topk` reads the whole kernel once per block product (tens of products for
+  a top-k), in this process, one row block at a time: it is I/O bound, and holds one row
+  block (rows × N·C) plus the Krylov basis in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .. import linalg
+from .._io import atomic_write_json, fsync_dir
+from .._validate import check_choice, check_int
+from .._version import __version__
+from ..errors import InvalidArgumentError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from distributed import Client
+    from torch import nn
+
+__all__ = ["StoredKernel", "open_stored_kernel", "stored_topk", "tiled_kernel"]
+
+FORMATS = ("auto", "zarr", "npy")
+REDUCTIONS = ("flattened", "trace", "mean_pairs")
+
+
+@dataclass(frozen=True)
+class StoredKernel:
+    """A kernel written by :func:`tiled_kernel`: (order, order), row = n·C + c (flattened)
+    or n (trace / mean_pairs)."""
+
+    path: Path
+    format: str
+    order: int
+    n_samples: int
+    n_outputs: int
+    reduction: str
+    tile: int
+    dtype: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def array(self) -> Any:
+        """The stored array, read-only (a Zarr array or a numpy memmap)."""
+        return open_stored_kernel(self.path)
+
+    def load(self) -> np.ndarray:
+        """The whole kernel in memory (only for kernels that fit)."""
+        return np.asarray(self.array()[:, :])
+
+    def topk(self, k: int, **kwargs: Any) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """:func:`stored_topk` of this kernel."""
+        return stored_topk(self.path, k, **kwargs)
+
+
+def _zarr() -> Any:
+    try:
+        import zarr
+    except ImportError:
+        return None
+    return zarr
+
+
+def _slice(x: Any, start: int, stop: int) -> Any:
+    return tuple(t[start:stop] for t in x) if isinstance(x, tuple) else x[start:stop]
+
+
+def _n_samples(x: Any) -> int:
+    first = x[0] if isinstance(x, tuple) else x
+    shape = getattr(first, "shape", None)
+    if not shape:
+        raise InvalidArgumentError(
+            "x: expected a tensor (N, ...) or a tuple of tensors sharing dim 0"
+        )
+    return int(shape[0])
+
+
+def _n_outputs(model: nn.Module, x: Any) -> int:
+    import torch
+
+    first = _slice(x, 0, 1)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(*first) if isinstance(first, tuple) else model(first)
+    finally:
+        model.train(was_training)
+    return int(out[0].numel())
+
+
+#: Models unpickled on this worker, by the sha256 of their pickle (the last few only).
+_MODELS: dict[str, nn.Module] = {}
+
+
+def _model_of(model: nn.Module | tuple[str, bytes]) -> nn.Module:
+    """The model itself, or the model a ``(sha256, cloudpickle bytes)`` pair holds (Dask's
+    own serialisation of an nn.Module turns its hook dicts into plain dicts, which breaks
+    forward hooks; a pickle keeps the module intact)."""
+    if not isinstance(model, tuple):
+        return model
+    token, blob = model
+    found = _MODELS.get(token)
+    if found is None:
+        import pickle
+
+        found = pickle.loads(blob)  # cloudpickle output loads with plain pickle
+        while len(_MODELS) >= 2:
+            _MODELS.pop(next(iter(_MODELS)))
+        _MODELS[token] = found
+    return found
+
+
+def _kernel_tile(
+    model: nn.Module | tuple[str, bytes],
+    x: Any,
+    a: tuple[int, int],
+    b: tuple[int, int],
+    scale: int,
+    path: str,
+    fmt: str,
+    options: dict[str, Any],
+    threads: int | None,
+) -> tuple[int, int]:
+    """One task: the tile K(X[a], X[b]) (and its mirror) written into the array at ``path``."""
+    from ..ntk import empirical_ntk
+    from .jobs import _threads
+
+    model = _model_of(model)
+    with _threads(threads):
+        xa = _slice(x, *a)
+        if a == b:
+            tile = empirical_ntk(model, xa, progress=False, **options).kernel
+        else:
+            tile = empirical_ntk(model, xa, _slice(x, *b), progress=False, **options).kernel
+        rows = slice(a[0] * scale, a[1] * scale)
+        cols = slice(b[0] * scale, b[1] * scale)
+        if fmt == "zarr":
+            array = _zarr().open_array(path, mode="r+")
+            array[rows, cols] = tile
+            if a != b:
+                array[cols, rows] = tile.T
+        else:
+            mm = np.load(path, mmap_mode="r+")
+            mm[rows, cols] = tile
+            if a != b:
+                mm[cols, rows] = tile.T
+            mm.flush()
+            del mm
+    return a[0], b[0]
+
+
+def tiled_kernel(
+    model: nn.Module,
+    x: Any,
+    out_path: str | os.PathLike[str],
+    *,
+    tile: int = 1024,
+    client: Client | None = None,
+    reduction: str = "trace",
+    output_metric: Any = None,
+    params: Iterable[str] | str | None = None,
+    dtype: Any = "float64",
+    format: str = "auto",
+    retries: int = 1,
+    threads: int | None = 1,
+    overwrite: bool = False,
+) -> StoredKernel:
+    """Assemble the eNTK of ``model`` on ``x`` tile by tile into an on-disk array.
+
+    Args:
+        model, x, reduction, output_metric, params, dtype: as in
+            :func:`entk_fast.empirical_ntk` (the tiles are its cross kernels).
+        out_path: where the kernel goes: a Zarr directory, or a ``.npy`` file.
+        tile: samples per tile side; one task computes a tile of tile × tile samples
+            ((tile·C)² entries flattened). Its Jacobians bound a worker's memory.
+        client: a ``dask.distributed.Client``; None computes the tiles in this process.
+            The workers must see ``out_path``'s folder.
+        format: ``"zarr"``, ``"npy"`` or ``"auto"`` (Zarr when installed, else npy).
+        retries: extra attempts of a failed tile task.
+        threads: Rust and torch threads in each task (None: unchanged).
+        overwrite: replace an existing ``out_path``.
+
+    Returns:
+        A :class:`StoredKernel`. The array appears at ``out_path`` only once every tile is
+        written (it is assembled under a temporary name, then renamed); on an error the
+        temporary array is removed and the error propagates.
+    """
+    from torch import nn
+
+    if not isinstance(model, nn.Module):
+        raise InvalidArgumentError(f"model: expected a torch nn.Module, got {type(model).__name__}")
+    tile = check_int("tile", tile, minimum=1)
+    retries = check_int("retries", retries, minimum=0)
+    check_choice("reduction", reduction, REDUCTIONS)
+    fmt = check_choice("format", format, FORMATS)
+    if fmt == "auto":
+        fmt = "zarr" if _zarr() is not None else "npy"
+    elif fmt == "zarr" and _zarr() is None:
+        raise InvalidArgumentError("format: 'zarr' needs the zarr package (pip install zarr)")
+    target = Path(out_path)
+    if target.exists() or target.is_symlink():
+        if not overwrite:
+            raise InvalidArgumentError(
+                f"out_path: {target} exists; pass overwrite=True to replace it"
+            )
+    if not target.parent.is_dir():
+        raise InvalidArgumentError(f"out_path: the folder {target.parent} does not exist")
+    n = _n_samples(x)
+    c = _n_outputs(model, x)
+    scale = c if reduction == "flattened" else 1
+    order = n * scale
+    np_dtype = _float_dtype(dtype)
+    options = {
+        "reduction": reduction,
+        "output_metric": output_metric,
+        "params": params,
+        "dtype": str(np_dtype),
+    }
+    ranges = [(s, min(s + tile, n)) for s in range(0, n, tile)]
+    pairs = [(a, b) for i, a in enumerate(ranges) for b in ranges[i:]]
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.partial")
+    start = time.perf_counter()
+    try:
+        _create(tmp, fmt, order, tile * scale, np_dtype)
+        if client is None:
+            for a, b in pairs:
+                _kernel_tile(model, x, a, b, scale, str(tmp), fmt, options, threads)
+        else:
+            _run_tiles(client, model, x, pairs, scale, str(tmp), fmt, options, threads, retries)
+        meta = {
+            "format": "entk-fast-tiled-kernel",
+            "order": order,
+            "n_samples": n,
+            "n_outputs": c,
+            "reduction": reduction,
+            "tile": tile,
+            "dtype": str(np_dtype),
+            "entk_fast": __version__,
+            "tiles": len(pairs),
+            "seconds": time.perf_counter() - start,
+        }
+        _finalise(tmp, target, fmt, meta, overwrite)
+    except BaseException:
+        _remove(tmp)
+        raise
+    return StoredKernel(
+        target, fmt, order, n, c, reduction, tile, str(np_dtype), {"tiles": len(pairs)}
+    )
+
+
+def _float_dtype(dtype: Any) -> np.dtype:
+    name = str(dtype).removeprefix("torch.")
+    try:
+        dt = np.dtype(name)
+    except TypeError:
+        dt = None
+    if dt not in (np.dtype("float32"), np.dtype("float64")):
+        raise InvalidArgumentError(f"dtype: expected float32 or float64, got {dtype!r}")
+    return dt
+
+
+def _create(path: Path, fmt: str, order: int, chunk: int, dtype: np.dtype) -> None:
+    if fmt == "zarr":
+        zarr = _zarr()
+        zarr.create_array(
+            store=str(path),
+            shape=(order, order),
+            chunks=(min(chunk, order), min(chunk, order)),
+            dtype=dtype,
+            compressors=None,  # kernel entries do not compress; skip the cost
+            fill_value=np.nan,  # an unwritten tile would read as NaN, never as zeros
+        )
+    else:
+        mm = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(order, order))
+        mm[...] = np.nan
+        mm.flush()
+        del mm
+
+
+def _run_tiles(
+    client: Client,
+    model: nn.Module,
+    x: Any,
+    pairs: list[tuple[tuple[int, int], tuple[int, int]]],
+    scale: int,
+    path: str,
+    fmt: str,
+    options: dict[str, Any],
+    threads: int | None,
+    retries: int,
+) -> None:
+    from distributed import wait
+
+    # One copy of the model and inputs per worker, not one per task. cloudpickle (a Dask
+    # dependency) also ships a model class defined in a script's __main__.
+    blob = importlib.import_module("cloudpickle").dumps(model)
+    model_f = client.scatter((hashlib.sha256(blob).hexdigest(), blob), broadcast=True)
+    x_f = client.scatter(x, broadcast=True)
+    futures = [
+        client.submit(
+            _kernel_tile,
+            model_f,
+            x_f,
+            a,
+            b,
+            scale,
+            path,
+            fmt,
+            options,
+            threads,
+            retries=retries,
+            pure=False,
+        )
+        for a, b in pairs
+    ]
+    try:
+        wait(futures)
+        for future in futures:
+            if future.status != "finished":
+                future.result()  # raises the task's error, with its remote traceback
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.cancel(futures)
+        raise
+    finally:
+        for future in [model_f, x_f, *futures]:
+            with contextlib.suppress(Exception):
+                future.release()
+
+
+def _finalise(tmp: Path, target: Path, fmt: str, meta: dict[str, Any], overwrite: bool) -> None:
+    if fmt == "zarr":
+        array = _zarr().open_array(str(tmp), mode="r+")
+        array.attrs.update(meta)
+        for f in tmp.rglob("*"):  # make every chunk durable before the rename publishes them
+            if f.is_file():
+                _fsync_file(f)
+    else:
+        _fsync_file(tmp)
+        atomic_write_json(target.with_name(target.name + ".json"), meta)
+    if overwrite:
+        _remove(target)
+    os.replace(tmp, target)
+    fsync_dir(target.parent)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def open_stored_kernel(path: str | os.PathLike[str]) -> Any:
+    """The kernel array at ``path`` (a Zarr directory or a ``.npy`` file), read-only."""
+    p = Path(path)
+    if p.is_dir():
+        zarr = _zarr()
+        if zarr is None:
+            raise InvalidArgumentError(f"path: {p} is a Zarr array; reading it needs zarr")
+        try:
+            array = zarr.open_array(str(p), mode="r")
+        except Exception as e:  # zarr raises several types for a folder that is no array
+            raise InvalidArgumentError(f"path: {p} is not a Zarr array: {e}") from None
+    elif p.is_file():
+        try:
+            array = np.load(p, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise InvalidArgumentError(f"path: {p} is not a .npy array: {e}") from None
+    else:
+        raise InvalidArgumentError(f"path: {p} does not exist")
+    shape = tuple(array.shape)
+    if len(shape) != 2 or shape[0] != shape[1] or shape[0] == 0:
+        raise InvalidArgumentError(f"path: expected a square kernel, got shape {shape}")
+    if np.dtype(array.dtype) not in (np.dtype("float32"), np.dtype("float64")):
+        raise InvalidArgumentError(f"path: expected float32/float64, got {array.dtype}")
+    return array
+
+
+def stored_topk(
+    path: str | os.PathLike[str],
+    k: int,
+    *,
+    rows: int | None = None,
+    block: int | None = None,
+    tol: float | None = None,
+    maxiter: int | None = None,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Top-k eigenpairs of a stored symmetric kernel by block Krylov products over its chunks.
+
+    Each product K @ V reads the kernel one row block at a time (``rows`` rows, default the
+    Zarr chunk's, or about 64 MB of a ``.npy``) and multiplies it in memory; the iteration is
+    :func:`entk_fast.linalg.eigh_topk_operator`.
+
+    Returns:
+        ``(values (k,) descending, vectors (order, k), info)``; ``info["n_matvec"]`` counts
+        products, ``info["bytes_read"]`` the bytes read from the store.
+    """
+    array = open_stored_kernel(path)
+    order = int(array.shape[0])
+    k = check_int("k", k, minimum=1)
+    if k > order:
+        raise InvalidArgumentError(f"k must be in [1, {order}] (the kernel's order), got {k}")
+    dt = np.dtype(array.dtype)
+    if rows is None:
+        chunks = getattr(array, "chunks", None)
+        rows = int(chunks[0]) if chunks else max(1, (64 << 20) // (order * dt.itemsize))
+    rows = check_int("rows", rows, minimum=1)
+    read = [0]
+
+    def matmat(v: np.ndarray) -> np.ndarray:
+        out = np.empty((order, v.shape[1]), dtype=dt)
+        for r0 in range(0, order, rows):
+            r1 = min(r0 + rows, order)
+            part = np.asarray(array[r0:r1, :], dtype=dt)
+            if not np.all(np.isfinite(part)):
+                raise InvalidArgumentError(
+                    f"path: rows {r0}..{r1 - 1} of the stored kernel hold non-finite values "
+                    "(an unwritten tile?)"
+                )
+            out[r0:r1] = part @ v
+            read[0] += part.nbytes
+        return out
+
+    values, vectors, info = linalg.eigh_topk_operator(
+        matmat, order, k, dtype=dt, block=block, tol=tol, maxiter=maxiter, seed=seed
+    )
+    return values, vectors, {**dict(info), "bytes_read": read[0], "rows": rows}
