@@ -419,7 +419,7 @@ def test_float32_kernel_accuracy_at_n_200(reduction: str, structured: bool) -> N
 
 def test_solver_option_checks() -> None:
     assert check_solver_options() == (None, None, None, 0)
-    assert check_solver_options(tol=np.float64(1e-6), maxiter=np.int64(5), ncv=7, seed=3) == (
+    assert check_solver_options(tol=np.float64(1e-6), maxiter=np.int64(5), block=7, seed=3) == (
         1e-6,
         5,
         7,
@@ -432,8 +432,8 @@ def test_solver_option_checks() -> None:
         ({"tol": 0.0}, InvalidArgumentError, "tol"),
         ({"maxiter": 0}, InvalidArgumentError, "maxiter"),
         ({"maxiter": 2.5}, InvalidTypeError, "maxiter"),
-        ({"ncv": "a"}, InvalidTypeError, "ncv"),
-        ({"ncv": 1}, InvalidArgumentError, "ncv"),
+        ({"block": "a"}, InvalidTypeError, "block"),
+        ({"block": 0}, InvalidArgumentError, "block"),
         ({"seed": -1}, InvalidArgumentError, "seed"),
         ({"seed": 2**64}, InvalidArgumentError, "seed"),
         ({"seed": "x"}, InvalidTypeError, "seed"),
@@ -448,10 +448,6 @@ def test_zero_kernel_check() -> None:
         check_kernel_nonzero(0.0)
 
 
-WIRING = pytest.mark.xfail(strict=True, reason="needs spectrum.py wiring")
-
-
-@WIRING
 @pytest.mark.parametrize(
     "kwargs, error, name",
     [
@@ -460,8 +456,8 @@ WIRING = pytest.mark.xfail(strict=True, reason="needs spectrum.py wiring")
         ({"tol": -1.0}, InvalidArgumentError, "tol"),
         ({"seed": -1}, InvalidArgumentError, "seed"),
         ({"seed": "x"}, InvalidTypeError, "seed"),
-        ({"ncv": "a"}, InvalidTypeError, "ncv"),
-        ({"ncv": 7.5}, InvalidTypeError, "ncv"),
+        ({"block": "a"}, InvalidTypeError, "block"),
+        ({"block": 7.5}, InvalidTypeError, "block"),
         ({"maxiter": 0}, InvalidArgumentError, "maxiter"),
         ({"maxiter": "x"}, InvalidTypeError, "maxiter"),
     ],
@@ -472,14 +468,12 @@ def test_entk_topk_options_are_checked(kwargs: dict, error: type, name: str) -> 
         ef.entk_topk(model, x, 2, progress=False, **kwargs)
 
 
-@WIRING
 def test_entk_spectrum_seed_is_checked() -> None:
     model, x = small_mlp(20)
     with pytest.raises(InvalidArgumentError, match="seed"):
         ef.entk_spectrum(model, x, 2, method="matrix_free", seed=-1, progress=False)
 
 
-@WIRING
 @pytest.mark.parametrize("method", ["matrix_free", "dual"])
 def test_spectrum_of_a_zero_kernel_is_a_clear_error(method: str) -> None:
     model = DetachedOutput().double()
@@ -491,7 +485,6 @@ def test_spectrum_of_a_zero_kernel_is_a_clear_error(method: str) -> None:
             ef.entk_topk(model, x, 2, progress=False)
 
 
-@WIRING
 def test_dense_spectrum_of_a_zero_kernel_is_the_same_clear_error() -> None:
     model = DetachedOutput().double()
     with pytest.raises(InvalidArgumentError, match="identically zero"):

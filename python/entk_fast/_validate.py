@@ -114,19 +114,18 @@ def check_ridge(ridge: object) -> float:
 
 
 def check_solver_options(
-    *, tol: object = None, maxiter: object = None, ncv: object = None, seed: object = 0
+    *, tol: object = None, maxiter: object = None, block: object = None, seed: object = 0
 ) -> tuple[float | None, int | None, int | None, int]:
-    """``(tol, maxiter, ncv, seed)`` of an iterative eigensolver, checked before any work.
+    """``(tol, maxiter, block, seed)`` of an iterative eigensolver, checked before any work.
 
-    ``tol``: None (the solver's default) or a finite real > 0 (ARPACK would read 0 as machine
-    precision and a negative value silently; the dense top-k solver refuses both, so both
-    paths refuse them). ``maxiter``: None or an integer ≥ 1. ``ncv``: None or an integer ≥ 2
+    ``tol``: None (the solver's default) or a finite real > 0 (both top-k solvers refuse 0 and
+    negative values). ``maxiter``: None or an integer ≥ 1. ``block``: None or an integer ≥ 1
     (its upper limit, the kernel's order, is checked once that is known). ``seed``: an
     integer in [0, 2**63 - 1].
     """
     tol_value = None if tol is None else check_float("tol", tol, low=0.0, low_open=True)
     iters = None if maxiter is None else check_int("maxiter", maxiter, minimum=1)
-    vectors = None if ncv is None else check_int("ncv", ncv, minimum=2)
+    vectors = None if block is None else check_int("block", block, minimum=1)
     return tol_value, iters, vectors, check_seed("seed", seed)
 
 

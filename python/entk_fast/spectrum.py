@@ -3,7 +3,7 @@
 * dense: form K (with the structured fast paths) and diagonalise it.
 * dual: when the Jacobian M (R × Q, K = alpha·M Mᵀ) has fewer columns than rows, diagonalise
   the Q × Q Gram alpha·Mᵀ M instead; eigenvectors map back by u = √alpha · M v / √λ.
-* matrix_free: Lanczos (``scipy.sparse.linalg.eigsh``) on K v = alpha·M (Mᵀ v), never forming
+* matrix_free: block Krylov (the Rust core) on K V = alpha·M (Mᵀ V), never forming
   K or M; for kernels too large to store.
 """
 
@@ -14,13 +14,18 @@ from typing import Any
 
 import numpy as np
 import psutil
-from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch import nn
 
 from . import linalg
 from ._progress import progress_bar
-from ._validate import check_choice, check_k, check_ridge
-from .errors import InvalidArgumentError, LinAlgError, MemoryBudgetError
+from ._validate import (
+    check_choice,
+    check_k,
+    check_kernel_nonzero,
+    check_ridge,
+    check_solver_options,
+)
+from .errors import InvalidArgumentError, MemoryBudgetError
 from .ntk.kernel import check_model, compute_kernel, describe_kernel
 from .ntk.operator import KernelOperator
 from .ntk.plan import format_bytes, work_budget
@@ -31,6 +36,9 @@ from .results import NTKSpectrum, spectrum_of_kernel
 __all__ = ["entk_spectrum", "entk_topk"]
 
 METHODS = ("auto", "dense", "dual", "matrix_free")
+# Matrix-free transients: at most this fraction of the working budget (and at least the floor).
+_TRANSIENT_FRACTION = 0.05
+_TRANSIENT_FLOOR = 64 * 2**20
 
 
 def _dual_columns(problem: Problem) -> int:
@@ -83,6 +91,7 @@ def _dual(
                 stored.append(block)
             bar.update(1)
         trace = float(np.trace(gram_dual))  # = trace(K)
+        check_kernel_nonzero(trace)
         values, vectors = linalg.eigh(gram_dual)
         del gram_dual
         eps = np.finfo(dtype).eps
@@ -138,77 +147,80 @@ def _matrix_free(
     max_memory: Any,
     tol: float | None,
     maxiter: int | None,
-    ncv: int | None,
+    block: int | None,
     seed: int,
     progress: bool,
 ) -> NTKSpectrum:
+    """Top-k by the Rust thick-restarted block Krylov on K V = scale · M (Mᵀ V), V (R, b).
+
+    Every copy of a repeated eigenvalue is found (a single-vector Lanczos misses copies).
+    """
     size = problem.kernel_size
     if k >= size:
         raise InvalidArgumentError(
             f"k = {k} must be smaller than the kernel's order {size} for the matrix-free "
             "solver; use entk_spectrum(..., method='dense') for the full spectrum"
         )
-    lanczos = min(size, max(2 * k + 1, 20)) if ncv is None else int(ncv)
-    if not k < lanczos <= size:
-        raise InvalidArgumentError(f"ncv must be in ({k}, {size}], got {ncv}")
+    width = min(size, k + 8) if block is None else int(block)
+    if not 1 <= width <= size:
+        raise InvalidArgumentError(f"block must be in [1, {size}], got {block}")
     it = problem.itemsize
     numel = problem.numel(problem.selected)
     rows = problem.rows_per_sample
     copies = rows if problem.reduction.rows_concatenated else 1
-    fixed = (lanczos + 2) * size * 8 + 3 * copies * numel * it
+    # The Krylov basis (a few blocks beyond k), the block V and K V in the problem's dtype.
+    fixed = (4 * (k + width) + 2 * width) * size * it
     budget = work_budget(
         max_memory,
-        size * k * 8,
+        size * k * it,
         f"the {size}×{k} eigenvector block",
         suggest_reduction=problem.reduction.per_output and rows > 1,
     )
+    per_vector = 3 * copies * numel * it  # a vector's parameter-sized pullback and tangent
     per_sample = it * (copies + 3) * (problem.probe.activation_numel + rows)
-    if fixed + per_sample > budget:
+    if fixed + per_vector + per_sample > budget:
         raise MemoryBudgetError(
-            f"{budget.describe()} is too small for the matrix-free solver: "
-            f"the Lanczos basis and parameter-sized vectors need {format_bytes(fixed)} and a "
-            f"sample {format_bytes(per_sample)}"
+            f"{budget.describe()} is too small for the matrix-free solver: the Krylov basis "
+            f"needs {format_bytes(fixed)}, a vector's parameter-sized products "
+            f"{format_bytes(per_vector)} and a sample {format_bytes(per_sample)}"
         )
-    chunk = int(min(problem.n_samples, max(1, (budget - fixed) // per_sample)))
-    op = KernelOperator(problem, chunk)
-    if tol is None:
-        tol = 1e-10 if problem.dtype.itemsize == 8 else 1e-5
+    # Transients (per-vector pullbacks, vmapped backward intermediates) are capped like the
+    # dense paths': more, smaller torch calls rather than a peak near the whole budget.
+    transient = int(min(budget - fixed, max(_TRANSIENT_FLOOR, _TRANSIENT_FRACTION * budget)))
+    columns = int(min(width, max(1, transient // (2 * per_vector))))
+    chunk = int(
+        min(problem.n_samples, max(1, (transient - columns * per_vector) // (per_sample * columns)))
+    )
+    op = KernelOperator(problem, chunk, columns)
     with progress_bar(progress, None, "eNTK top-k", unit="matvec") as bar:
 
-        def matvec(v: np.ndarray) -> np.ndarray:
-            out = op.matvec(v)
-            bar.update(1)
+        def matmat(v: np.ndarray) -> np.ndarray:
+            out = op.matmat(v)
+            if op.n_matvec == v.shape[1]:  # the random start block: K V = 0 only if K = 0
+                check_kernel_nonzero(float(np.abs(out).max()))
+            bar.update(v.shape[1])
             return out
 
-        operator = LinearOperator((size, size), matvec=matvec, dtype=np.float64)
-        v0 = np.random.default_rng(seed).standard_normal(size)
-        try:
-            values, vectors = eigsh(
-                operator, k=k, which="LA", tol=tol, v0=v0, ncv=lanczos, maxiter=maxiter
-            )
-        except ArpackNoConvergence as exc:
-            raise LinAlgError(
-                f"the Lanczos solver did not converge to tol={tol:g} for k={k} after "
-                f"{op.n_matvec} kernel-vector products; raise maxiter or ncv, or loosen tol"
-            ) from exc
-    order = np.argsort(values)[::-1]
-    dtype = problem.numpy_dtype
+        values, vectors, info = linalg.eigh_topk_operator(
+            matmat,
+            size,
+            k,
+            dtype=problem.numpy_dtype,
+            block=width,
+            tol=tol,
+            maxiter=maxiter,
+            seed=seed,
+        )
     return NTKSpectrum(
-        eigenvalues=np.ascontiguousarray(values[order]).astype(dtype),
-        eigenvectors=np.ascontiguousarray(vectors[:, order]).astype(dtype),
+        eigenvalues=values,
+        eigenvectors=vectors,
         method="matrix_free",
         n_samples=problem.n_samples,
         n_outputs=problem.n_outputs,
         reduction=problem.reduction.name,
         n_parameters=numel,
         output_metric=problem.metric,
-        info={
-            "n_matvec": op.n_matvec,
-            "tol": tol,
-            "ncv": lanczos,
-            "chunk": chunk,
-            "solver": "scipy.eigsh",
-        },
+        info={**info, "chunk": chunk, "columns": columns, "solver": "eigh_topk_operator"},
     )
 
 
@@ -274,6 +286,7 @@ def entk_spectrum(
     check_model(model)
     check_choice("method", method, METHODS)
     eps = check_ridge(ridge)
+    tol, _, _, seed = check_solver_options(tol=tol, seed=seed)
     with evaluation_mode(model):
         problem = prepare(
             model,
@@ -295,6 +308,7 @@ def entk_spectrum(
                 structured=structured,
                 progress=progress,
             )
+            check_kernel_nonzero(float(np.abs(ntk.kernel).max()))
             return spectrum_of_kernel(ntk, kk, ridge=eps, tol=tol, in_place=True)
         if eps > 0:
             raise InvalidArgumentError("ridge is not available on the matrix-free path")
@@ -305,7 +319,7 @@ def entk_spectrum(
             max_memory=max_memory,
             tol=tol,
             maxiter=None,
-            ncv=None,
+            block=None,
             seed=seed,
             progress=progress,
         )
@@ -322,21 +336,29 @@ def entk_topk(
     dtype: Any = None,
     tol: float | None = None,
     maxiter: int | None = None,
-    ncv: int | None = None,
+    block: int | None = None,
     seed: int = 0,
     max_memory: int | float | str | None = None,
     progress: bool = True,
 ) -> NTKSpectrum:
     """The top-k eigenpairs of the reduced, metric-weighted eNTK without forming it.
 
-    Lanczos (ARPACK via ``scipy.sparse.linalg.eigsh``) on K v = J (Jᵀ v): each product is a
-    VJP and a JVP over the samples (C of each for ``trace``), in chunks, so memory stays at
-    the Lanczos basis (``ncv`` vectors of N·C) plus parameter-sized vectors. Arguments as in
-    :func:`entk_fast.empirical_ntk`; ``tol`` is ARPACK's relative accuracy (default 1e-10 in
-    float64, 1e-5 in float32), ``seed`` fixes the start vector. ``info["n_matvec"]`` counts
-    the products.
+    The Rust thick-restarted block Krylov solver (:func:`entk_fast.linalg.eigh_topk_operator`)
+    on K V = J (Jᵀ V) for blocks V of ``block`` vectors (default k + 8): each block product is
+    one vmapped VJP and one vmapped JVP over the samples (C_r of each per vector for
+    ``trace``), in chunks, so memory stays at the Krylov basis (a few blocks of N·C) plus
+    parameter-sized vectors. Every copy of a repeated eigenvalue is found — cos/sin pairs of
+    Fourier features, a linear model's C-fold eigenvalues — also when the multiplicity exceeds
+    the block. Arguments as in :func:`entk_fast.empirical_ntk`; ``tol`` is the relative
+    residual target ‖K v − λ v‖ / λ₁ (default 1e-11 in float64, 1e-4 in float32),
+    ``maxiter`` the most restart cycles, ``seed`` fixes the random start blocks.
+    ``info`` reports ``n_matvec`` (vector products), ``residuals``, ``max_residual`` and
+    ``converged``; a ``RuntimeWarning`` says when the solver did not converge.
     """
     check_model(model)
+    tol, maxiter, block, seed = check_solver_options(
+        tol=tol, maxiter=maxiter, block=block, seed=seed
+    )
     with evaluation_mode(model):
         problem = prepare(
             model,
@@ -354,7 +376,7 @@ def entk_topk(
             max_memory=max_memory,
             tol=tol,
             maxiter=maxiter,
-            ncv=ncv,
+            block=block,
             seed=seed,
             progress=progress,
         )

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.func import jvp, vjp, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..errors import LinAlgError
 from .checks import all_finite, require_finite
@@ -47,11 +48,13 @@ def _load_forward_ad() -> None:
 
 
 class KernelOperator:
-    """K v for a prepared problem, ``chunk`` samples at a time; counts its products."""
+    """K V for a prepared problem: ``chunk`` samples and ``columns`` vectors of V per torch call
+    (one vmapped VJP and one vmapped JVP each); counts its products (one per vector)."""
 
-    def __init__(self, problem: Problem, chunk: int) -> None:
+    def __init__(self, problem: Problem, chunk: int, columns: int = 1) -> None:
         self.problem = problem
         self.chunk = max(1, int(chunk))
+        self.columns = max(1, int(columns))
         f = sample_function(problem)
         self._batched = vmap(f, in_dims=(None, *([0] * len(problem.inputs))))
         self.pack: Params = {name: problem.params[name] for name in problem.selected}
@@ -112,25 +115,44 @@ class KernelOperator:
             fn = self._fn(start, stop)
 
             def forward(t: Params, fn: Callable[[Params], Tensor] = fn) -> Tensor:
-                return jvp(fn, (self.pack,), (t,))[1]
+                # The fused CPU attention kernels have no forward-mode derivative; the math
+                # backend (matmul, softmax) computes the same attention and has one.
+                with sdpa_kernel([SDPBackend.MATH]):
+                    return jvp(fn, (self.pack,), (t,))[1]
 
             part = vmap(forward)(tangent) if batched else forward(tangent)
             require_finite(part, "jacobian", self.problem.samples_from(start), dim=part.dim() - 2)
             parts.append(part)
         return torch.cat(parts, dim=-2)
 
-    def matvec(self, v: np.ndarray) -> np.ndarray:
-        """K v for v (R,) (any float dtype); returns float64 (R,)."""
+    def matmat(self, block: np.ndarray) -> np.ndarray:
+        """K V for V (R, b) (any float dtype); returns (R, b) in the problem's dtype."""
         problem = self.problem
         n, rows = problem.n_samples, problem.rows_per_sample
-        vec = torch.as_tensor(np.asarray(v).reshape(-1), device=problem.device).to(problem.dtype)
+        vectors = torch.as_tensor(np.ascontiguousarray(np.asarray(block).T), device=problem.device)
+        vectors = vectors.to(problem.dtype)  # (b, R)
+        parts = []
         with torch.no_grad(), quiet_batching_fallback(), vmappable_forward():
-            if not problem.reduction.rows_concatenated:
-                out = self._push(self._pullback(vec.reshape(n, rows), False), False).reshape(-1)
-            else:
-                eye = torch.eye(rows, dtype=problem.dtype, device=problem.device)
-                cot = vec[None, :, None] * eye[:, None, :]  # (C_r, N, C_r): output c carries v
-                pushed = self._push(self._pullback(cot, True), True)  # (C_r, N, C_r)
-                out = torch.diagonal(pushed, dim1=0, dim2=2).sum(dim=1) * problem.kernel_scale
-        self.n_matvec += 1
-        return out.detach().cpu().numpy().astype(np.float64)
+            for start in range(0, vectors.shape[0], self.columns):
+                part = vectors[start : start + self.columns]
+                m = part.shape[0]
+                if not problem.reduction.rows_concatenated:
+                    cot = part.reshape(m, n, rows)
+                    pushed = self._push(self._pullback(cot, True), True)  # (m, N, C_r)
+                    parts.append(pushed.reshape(m, -1))
+                else:
+                    # output c carries v: cotangents (m·C_r, N, C_r), then the diagonal c = c'
+                    eye = torch.eye(rows, dtype=problem.dtype, device=problem.device)
+                    cot = (part[:, None, :, None] * eye[None, :, None, :]).reshape(
+                        m * rows, n, rows
+                    )
+                    pushed = self._push(self._pullback(cot, True), True).reshape(m, rows, n, rows)
+                    diagonal = torch.diagonal(pushed, dim1=1, dim2=3).sum(dim=-1)  # (m, N)
+                    parts.append(diagonal * problem.kernel_scale)
+        self.n_matvec += vectors.shape[0]
+        out = torch.cat(parts).T.detach().cpu().numpy()
+        return np.ascontiguousarray(out, dtype=problem.numpy_dtype)
+
+    def matvec(self, v: np.ndarray) -> np.ndarray:
+        """K v for v (R,) (any float dtype); returns float64 (R,)."""
+        return self.matmat(np.asarray(v).reshape(-1, 1))[:, 0].astype(np.float64)

@@ -399,6 +399,10 @@ struct Budget {
     cycles: usize,
     max_cycles: usize,
     n_matvec: usize,
+    /// Largest |entry| of any projected matrix Qᵀ K Q so far: the operator's scale, against
+    /// which the symmetry of a later projection is judged (a deflated search in K's null
+    /// space projects to round-off, whose own largest entry is no scale).
+    scale: f64,
 }
 
 /// The outcome of one Krylov phase: the top `need` Ritz pairs of K restricted to the
@@ -431,6 +435,7 @@ fn krylov<T: Scalar>(
         cycles: 0,
         max_cycles,
         n_matvec: 0,
+        scale: 0.0,
     };
     let none = Mat::<T>::new();
     if plan.block >= k {
@@ -624,7 +629,7 @@ fn phase<T: Scalar>(
     loop {
         budget.cycles += 1;
         solver.expand(op, locked, rng, budget, cancel)?;
-        let ritz = solver.rayleigh_ritz(need, locked)?;
+        let ritz = solver.rayleigh_ritz(need, locked, &mut budget.scale)?;
         history.push(ritz.max_residual);
         let converged = ritz.max_residual <= plan.tol;
         let stagnated = !converged && policy::stagnated(&history);
@@ -729,7 +734,12 @@ impl<T: Scalar> BlockKrylov<T> {
     /// With locked vectors X, convergence is judged on the residual of the deflated operator,
     /// (I − X Xᵀ)(K u − θ u): the part along X is the locked pairs' own residual (they are
     /// eigenvectors only to the tolerance), which no iteration on span(Q) can reduce.
-    fn rayleigh_ritz(&self, need: usize, locked: MatRef<'_, T>) -> CoreResult<Ritz<T>> {
+    fn rayleigh_ritz(
+        &self,
+        need: usize,
+        locked: MatRef<'_, T>,
+        scale: &mut f64,
+    ) -> CoreResult<Ritz<T>> {
         let (n, m) = (self.q.nrows(), self.used);
         let q = self.q.as_ref().subcols(0, m);
         let p = self.p.as_ref().subcols(0, m);
@@ -750,7 +760,8 @@ impl<T: Scalar> BlockKrylov<T> {
                 asym = asym.max((t[(i, j)] - t[(j, i)]).to_f64().abs());
             }
         }
-        if asym > 1e3 * policy::symmetry_tolerance(T::from_f64(t_max)) {
+        *scale = scale.max(t_max);
+        if asym > 1e3 * policy::symmetry_tolerance(T::from_f64(*scale)) {
             return Err(CoreError::OutOfRange {
                 arg: "matmat",
                 expected: "a symmetric operator (V ↦ K V with K = Kᵀ)".into(),
