@@ -220,7 +220,7 @@ def _run_train(args: argparse.Namespace) -> int:
             config,
             args.out,
             resume=args.resume,
-            progress=not args.no_progress,
+            progress=False if args.no_progress else None,
             plot=not args.no_plot,
             threads=args.threads,
         )

@@ -47,7 +47,7 @@ def _dual_columns(problem: Problem) -> int:
 
 
 def _dual(
-    problem: Problem, k: int | None, ridge: float, max_memory: Any, progress: bool
+    problem: Problem, k: int | None, ridge: float, max_memory: Any, progress: bool | None
 ) -> NTKSpectrum:
     """Spectrum from the Q × Q Gram alpha·Mᵀ M, mapped back to kernel eigenvectors."""
     n = problem.n_samples
@@ -149,7 +149,7 @@ def _matrix_free(
     maxiter: int | None,
     block: int | None,
     seed: int,
-    progress: bool,
+    progress: bool | None,
 ) -> NTKSpectrum:
     """Top-k by the Rust thick-restarted block Krylov on K V = scale · M (Mᵀ V), V (R, b).
 
@@ -265,7 +265,7 @@ def entk_spectrum(
     max_memory: int | float | str | None = None,
     structured: bool = True,
     seed: int = 0,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> NTKSpectrum:
     """Eigenvalues (descending) and eigenvectors of the reduced, metric-weighted eNTK.
 
@@ -339,7 +339,7 @@ def entk_topk(
     block: int | None = None,
     seed: int = 0,
     max_memory: int | float | str | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> NTKSpectrum:
     """The top-k eigenpairs of the reduced, metric-weighted eNTK without forming it.
 

@@ -53,7 +53,10 @@ def _run(args: argparse.Namespace) -> int:
         summary = run_synthetic_demo(seed=args.seed)
     else:
         summary = run_modadd_demo(
-            p=args.p, epochs=args.epochs, seed=args.seed, progress=not args.no_progress
+            p=args.p,
+            epochs=args.epochs,
+            seed=args.seed,
+            progress=False if args.no_progress else None,
         )
     if args.out is not None:
         from .._io import atomic_write_json
@@ -91,7 +94,7 @@ def _print_cliffs(values: np.ndarray, label: str) -> list[dict[str, float]]:
 
 
 def run_modadd_demo(
-    *, p: int = 29, epochs: int = 500, seed: int = 0, progress: bool = True
+    *, p: int = 29, epochs: int = 500, seed: int = 0, progress: bool | None = None
 ) -> dict[str, Any]:
     """Train, compute the eNTK, print the Fourier-feature overlaps; returns the summary."""
     from ..ntk import empirical_ntk

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._progress import interactive
 from .._validate import check_int
 from ..errors import CheckpointError, InvalidArgumentError, InvalidTypeError
 from . import runs
@@ -78,8 +79,7 @@ def tqdm_progress(desc: str, **tqdm_kwargs: Any) -> ProgressFn:
     def update(step: int, total: int, metrics: Mapping[str, float]) -> None:
         nonlocal bar
         if bar is None:
-            # disable=None: tqdm draws only when stderr is a terminal (quiet in logs and CI).
-            kwargs = {"file": sys.stderr, "dynamic_ncols": True, "disable": None, **tqdm_kwargs}
+            kwargs = {"file": sys.stderr, "dynamic_ncols": True, **tqdm_kwargs}
             bar = tqdm(total=total, initial=step, desc=desc, unit="step", **kwargs)
         else:
             bar.update(step - bar.n)
@@ -119,7 +119,8 @@ def train(
         out: run directory to write (config, history, checkpoints, training-curve PNG); it must
             not exist, be empty, or (with ``resume``) hold this very run. ``None``: write nothing.
         resume: continue the run in ``out`` from its last checkpoint.
-        progress: ``True`` for a tqdm bar, or a :class:`ProgressFn`.
+        progress: ``True`` for a tqdm bar, ``None`` (default) for one when interactive (a
+            terminal or Jupyter), ``False`` for none, or a :class:`ProgressFn`.
         plot: write ``training_curve.png`` into ``out`` at the end.
         threads: torch CPU threads during training (restored afterwards); ``None`` keeps the
             current setting. The models are tiny, so one thread is fastest, and a fixed thread
@@ -255,7 +256,9 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
 def _progress_fn(progress: ProgressFn | bool | None, kind: str) -> ProgressFn:
     if progress is True:
         return tqdm_progress(f"train {kind}")
-    if progress is None or progress is False:
+    if progress is None:
+        return tqdm_progress(f"train {kind}") if interactive() else (lambda s, t, m: None)
+    if progress is False:
         return lambda step, total, metrics: None
     if not callable(progress):
         raise InvalidTypeError(

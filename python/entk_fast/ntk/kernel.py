@@ -48,7 +48,7 @@ def compute_kernel(
     layerwise: bool,
     max_memory: Any,
     structured: bool,
-    progress: bool,
+    progress: bool | None,
     n_rows: int | None = None,
 ) -> EmpiricalNTK:
     """Plan, then assemble the kernel (and layer kernels) of a prepared problem.
@@ -84,7 +84,7 @@ def _assemble(
     budget: int,
     output_bytes: int,
     layerwise: bool,
-    progress: bool,
+    progress: bool | None,
     n_rows: int | None,
 ) -> EmpiricalNTK:
     n = problem.n_samples
@@ -170,7 +170,7 @@ def empirical_ntk(
     dtype: Any = None,
     max_memory: int | float | str | None = None,
     structured: bool = True,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> EmpiricalNTK:
     """The empirical NTK K = J Jᵀ of ``model`` on ``inputs``, reduced over outputs.
 
@@ -208,7 +208,8 @@ def empirical_ntk(
             of the RAM available once the kernels are allocated). Raises
             ``MemoryBudgetError`` before any work when the kernels or one chunk cannot fit.
         structured: use the exact Linear/Embedding fast path where it applies.
-        progress: show a progress bar (only when stderr is a terminal).
+        progress: ``True`` shows a progress bar (a widget in Jupyter), ``False`` never, ``None``
+            (default) when interactive: stderr is a terminal or the code runs in Jupyter.
 
     Returns:
         An :class:`EmpiricalNTK`.
