@@ -564,8 +564,8 @@ def test_num_threads_round_trip_and_same_result():
 
 def test_top_level_reexports():
     assert ef.gram is linalg.gram and ef.eigh_topk is linalg.eigh_topk
-    # eigh_topk_operator joins the top level with the package restructuring (issue 7).
-    assert set(linalg.__all__) - {"as_float_matrix", "eigh_topk_operator"} <= set(ef.__all__)
+    assert ef.eigh_topk_operator is linalg.eigh_topk_operator
+    assert set(linalg.__all__) - {"as_float_matrix"} <= set(ef.__all__)
 
 
 def test_linalg_does_not_import_torch():

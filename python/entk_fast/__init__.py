@@ -31,6 +31,7 @@ _LAZY: dict[str, str] = {
     "hadamard_gram_cross": "linalg",
     "eigh": "linalg",
     "eigh_topk": "linalg",
+    "eigh_topk_operator": "linalg",
     "principal_angles": "linalg",
     "subspace_overlap": "linalg",
     "set_num_threads": "linalg",
@@ -90,6 +91,7 @@ if TYPE_CHECKING:  # pragma: no cover - what static type checkers see for the la
     from .linalg import (  # noqa: F401
         eigh,
         eigh_topk,
+        eigh_topk_operator,
         get_num_threads,
         gram,
         gram_accumulate,
