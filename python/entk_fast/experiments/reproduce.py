@@ -539,8 +539,8 @@ def _markdown(report: dict[str, Any]) -> str:
         "# Reproduction of *Feature Identification via the Empirical NTK* (arXiv 2510.00468)",
         "",
         f"entk-fast {report['entk_fast']}"
-        + (" — **quick** (reduced sizes)" if report["quick"] else ""),
-        f"; total {report['seconds']['all']:.0f} s.",
+        + (" — **quick** (reduced sizes)" if report["quick"] else "")
+        + f"; total {report['seconds']['all']:.0f} s.",
         "",
     ]
     sections = report["sections"]
