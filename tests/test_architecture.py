@@ -17,6 +17,7 @@ STAGES: dict[str, int] = {
     "_io": 0,
     "_progress": 0,
     "_version": 0,
+    "_resources": 0,
     "_core": 0,
     "linalg": 0,
     "results": 0,

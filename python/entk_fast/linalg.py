@@ -25,6 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _core
+from ._resources import threads_from_environment
 from .errors import InvalidArgumentError, InvalidTypeError
 
 __all__ = [
@@ -395,12 +396,18 @@ def subspace_overlap(A: Any, B: Any) -> float:
 
 
 def set_num_threads(n: int | None = None) -> None:
-    """Threads used by every Rust routine, in [1, 1024]; ``None`` means all cores.
+    """Threads used by every Rust routine, in [1, 1024]; ``None`` means the default: the first
+    of RAYON_NUM_THREADS, OMP_NUM_THREADS, SLURM_CPUS_PER_TASK that is set, else every CPU
+    this process may run on (its affinity mask and cgroup CPU quota).
 
-    A process forked after this call (torch DataLoader workers, multiprocessing) keeps the
-    count.
+    The default applies from import on, so Dask workers (which set OMP_NUM_THREADS=1) and
+    SLURM tasks do not oversubscribe their node. A process forked after this call (torch
+    DataLoader workers, multiprocessing) keeps the count.
     """
-    _core.set_num_threads(None if n is None else _as_int(n, "n"))
+    if n is None:
+        _core.set_num_threads(threads_from_environment())
+    else:
+        _core.set_num_threads(_as_int(n, "n"))
 
 
 def get_num_threads() -> int:
@@ -423,3 +430,7 @@ def _as_float(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InvalidTypeError(f"{name}: expected a real number, got {type(value).__name__}")
     return float(value)
+
+
+if threads_from_environment() is not None:  # the environment's thread count, from import on
+    _core.set_num_threads(threads_from_environment())

@@ -13,11 +13,11 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-import psutil
 from torch import nn
 
 from . import linalg
 from ._progress import progress_bar
+from ._resources import available_memory
 from ._validate import (
     check_choice,
     check_k,
@@ -227,7 +227,7 @@ def _matrix_free(
 def _choose(problem: Problem, k: int | None, method: str) -> str:
     size = problem.kernel_size
     q = _dual_columns(problem)
-    available = psutil.virtual_memory().available
+    available = available_memory().available
     it = problem.itemsize
     dual_ok = q < size and (k is None or k <= q) and q * q * it <= 0.5 * available
     if method == "dual" and not (q < size and (k is None or k <= q)):

@@ -11,8 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import psutil
-
+from .._resources import available_memory
 from .._validate import parse_memory
 from ..errors import MemoryBudgetError
 from .problem import Problem
@@ -63,19 +62,22 @@ def format_bytes(n: float) -> str:
 
 
 class Budget(int):
-    """Bytes of working memory, remembering whether the user set them."""
+    """Bytes of working memory, remembering whether the user set them and where the default
+    came from (the free RAM, or a cgroup limit)."""
 
     explicit: bool
+    source: str
 
-    def __new__(cls, value: int, explicit: bool) -> Budget:
+    def __new__(cls, value: int, explicit: bool, source: str = "the free RAM") -> Budget:
         obj = super().__new__(cls, value)
         obj.explicit = explicit
+        obj.source = source
         return obj
 
     def describe(self) -> str:
         if self.explicit:
             return f"max_memory = {format_bytes(self)}"
-        return f"the default working memory ({format_bytes(self)}, half of the free RAM)"
+        return f"the default working memory ({format_bytes(self)}, half of {self.source})"
 
 
 def work_budget(
@@ -88,18 +90,20 @@ def work_budget(
     kernel with C > 1), so the message may suggest one.
     """
     explicit = parse_memory(max_memory)
-    available = int(psutil.virtual_memory().available)
+    memory = available_memory()
+    available = memory.available
     if output_bytes > 0.9 * available:
         raise MemoryBudgetError(
             f"{what} needs {format_bytes(output_bytes)} but only {format_bytes(available)} of "
-            "memory is available; use "
+            f"memory is available ({memory.source}); use "
             + ("reduction='trace' or 'mean_pairs' (an N×N kernel), " if suggest_reduction else "")
             + "fewer samples or outputs, or entk_topk(...), which finds the top eigenpairs "
             "without forming the kernel"
         )
     if explicit is not None:
         return Budget(explicit, True)
-    return Budget(max(int(_DEFAULT_FRACTION * (available - output_bytes)), _MIN_DEFAULT), False)
+    default = max(int(_DEFAULT_FRACTION * (available - output_bytes)), _MIN_DEFAULT)
+    return Budget(default, False, memory.source)
 
 
 @dataclass(frozen=True)
