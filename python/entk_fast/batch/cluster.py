@@ -160,8 +160,14 @@ def _usable_cores() -> int:
 
 
 def dashboard_address(client: Client) -> str | None:
-    """The dashboard's URL, or None when the scheduler runs none (bokeh not installed)."""
+    """The dashboard's URL, or None when the scheduler serves none. Its pages need bokeh
+    where the scheduler runs (a note says so when bokeh is missing here)."""
     with contextlib.suppress(Exception):
         if "dashboard" in client.scheduler_info().get("services", {}):
-            return str(client.dashboard_link)
+            link = str(client.dashboard_link)
+            try:
+                importlib.import_module("bokeh")
+            except ImportError:
+                link += " (its pages need bokeh: pip install bokeh)"
+            return link
     return None

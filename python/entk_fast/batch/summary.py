@@ -146,6 +146,7 @@ def summarize(out: str | os.PathLike[str]) -> BatchSummary:
         lambda: defaultdict(dict)
     )
     rows: list[dict[str, Any]] = []
+    run_paths: dict[str, str] = {}
     for record in store.iter_records():
         name = str(record.get("run"))
         step = int(record.get("step", -1))
@@ -154,6 +155,7 @@ def summarize(out: str | os.PathLike[str]) -> BatchSummary:
         run = runs.setdefault(name, RunSummary(name, kind))
         steps[name][analysis].add(step)
         metrics = record.get("metrics") or {}
+        run_paths.setdefault(name, str(record.get("provenance", {}).get("run_path", "")))
         if "test_acc" in metrics:
             accs[name][step] = float(metrics["test_acc"])
         if analysis != "overlaps":
@@ -178,9 +180,25 @@ def summarize(out: str | os.PathLike[str]) -> BatchSummary:
     for name, run in runs.items():
         run.steps = {a: sorted(s) for a, s in sorted(steps[name].items())}
         run.curves = {key: sorted(v.items()) for key, v in points[name].items()}
-        run.test_acc = sorted(accs[name].items())
+        run.test_acc = _full_accuracy(run_paths.get(name)) or sorted(accs[name].items())
     rows.sort(key=lambda r: (r["run"], _block_start(r["block"]), r["family"], r["step"]))
     return BatchSummary(root, runs, store.read_failures(), store.read_report(), rows)
+
+
+def _full_accuracy(path: str | None) -> list[tuple[int, float]]:
+    """The run's whole test-accuracy curve when its folder is still readable here (the
+    records hold it at the checkpoints only)."""
+    from ..errors import EntkError
+    from ..experiments.runs import load_run
+
+    if not path:
+        return []
+    try:
+        history = load_run(path).history
+        steps, acc = history["step"], history["test_acc"]
+    except (EntkError, KeyError):
+        return []
+    return [(int(s), float(a)) for s, a in zip(steps, acc, strict=True)]
 
 
 def write_curves(summary: BatchSummary, directory: str | os.PathLike[str]) -> tuple[Path, Path]:
