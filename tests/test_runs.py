@@ -290,3 +290,17 @@ def test_a_run_in_use_by_another_process_is_refused(tmp_path: Path) -> None:
             train_modadd(SMALL, out, resume=True)
     assert load_run(out).checkpoint_steps == [0, 10]
     train_modadd(SMALL, out, resume=True)  # the lock is released again
+
+
+def test_a_file_system_without_locks_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import fcntl
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(RunDirectoryError, match="does not support file locks.*No locks available"):
+        train_modadd(ModAddConfig(p=5, hidden=8, epochs=2), tmp_path / "run")

@@ -202,7 +202,7 @@ def _resume_config(out: Path, spec: Any, given: dict[str, Any]) -> Any:
 
 def _run_train(args: argparse.Namespace) -> int:
     from .experiments import runs
-    from .experiments.train import train
+    from .experiments.train import Terminated, train
 
     spec = args.task
     cls = spec.config_cls
@@ -224,15 +224,16 @@ def _run_train(args: argparse.Namespace) -> int:
             plot=not args.no_plot,
             threads=args.threads,
         )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         steps = runs.checkpoint_steps(args.out)
         last = f"last checkpoint: step {steps[-1]}" if steps else "no checkpoint yet"
+        how = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
         print(
-            f"\n{PROG}: interrupted ({last}); continue with: {PROG} train {spec.kind} "
+            f"\n{PROG}: {how} ({last}); continue with: {PROG} train {spec.kind} "
             f"--out {args.out} --resume",
             file=sys.stderr,
         )
-        return 130
+        return 143 if isinstance(stop, Terminated) else 130
     print(f"run directory: {result.out}")
     for line in spec.summary(config, result.history):
         print(line)

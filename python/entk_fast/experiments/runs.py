@@ -153,6 +153,13 @@ def run_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise RunDirectoryError(f"{path} is in use by another training process") from None
+        except OSError as e:  # NFS / Lustre mounted without lock support: ENOLCK, EOPNOTSUPP
+            raise RunDirectoryError(
+                f"cannot lock run directory {path}: its file system does not support file "
+                f"locks ({e.strerror or e}); put the run directory on a file system that does "
+                "(a local disk, or a parallel file system mounted with locking, e.g. Lustre's "
+                "'flock' option), so that two jobs can never write one run"
+            ) from e
         yield
     finally:
         os.close(fd)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ from .tms import TMSConfig
 
 __all__ = [
     "ProgressFn",
+    "Terminated",
     "TrainResult",
     "train",
     "train_modadd",
@@ -210,20 +213,22 @@ def _loop(
     plot: bool,
 ) -> TrainResult:
     kind, total = config.kind, config.total_steps
-    start = 0 if run_dir is None else _resume(run_dir, kind, task, generator, history)
-
-    if start == 0 and not history["step"]:
-        _log(history, 0, task.metrics())
-        _save(run_dir, kind, 0, task, generator, history, config)
-    report(start, total, _last_row(history))
-
-    for step in range(start + 1, total + 1):
-        task.step()
-        if step % config.log_every == 0 or step == total:
-            _log(history, step, task.metrics())
-        if step % config.checkpoint_every == 0 or step == total:
-            _save(run_dir, kind, step, task, generator, history, config)
-        report(step, total, _last_row(history))
+    with _sigterm_flag() as terminated:
+        start = 0 if run_dir is None else _resume(run_dir, kind, task, generator, history)
+        if start == 0 and not history["step"]:
+            _log(history, 0, task.metrics())
+            _save(run_dir, kind, 0, task, generator, history, config)
+        report(start, total, _last_row(history))
+        for step in range(start + 1, total + 1):
+            task.step()
+            if step % config.log_every == 0 or step == total:
+                _log(history, step, task.metrics())
+            saved = step % config.checkpoint_every == 0 or step == total
+            if saved or terminated[0]:
+                _save(run_dir, kind, step, task, generator, history, config)
+            report(step, total, _last_row(history))
+            if terminated[0] and step < total:
+                raise Terminated(step)
 
     if run_dir is not None:
         runs.write_history(run_dir, kind, history, completed=True)
@@ -233,6 +238,34 @@ def _loop(
             plot_training_curve(history, kind, run_dir / runs.PLOT_FILE)
     task.model.eval()
     return TrainResult(config=config, model=task.model, history=_as_arrays(history), out=run_dir)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (a cluster's time limit, ``kill``): training saved a checkpoint of the
+    step it had finished and stopped; resuming continues bit-identically."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"terminated by SIGTERM after step {step} (checkpoint saved)")
+        self.step = step
+
+
+@contextlib.contextmanager
+def _sigterm_flag() -> Iterator[list[bool]]:
+    """Turn SIGTERM into a flag the loop checks after each step (main thread only; signal
+    handlers cannot be installed elsewhere). The previous handler is restored afterwards."""
+    flag = [False]
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        flag[0] = True
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
