@@ -27,12 +27,15 @@ PROG = "entk-fast"
 USAGE_ERROR = 2
 RUNTIME_ERROR = 1
 
-# Subcommands defined in other modules: (name, module). Each is imported while the parser is
-# built; one that cannot be imported is replaced by a stub that explains why when invoked, so
-# a missing optional part never breaks the other commands.
-_EXTERNAL_COMMANDS: tuple[tuple[str, str], ...] = (
-    ("demo", "entk_fast.experiments.demo"),
-    ("reproduce", "entk_fast.experiments.reproduce"),
+# Subcommands defined in other modules: (name, module, function that registers it). Each is
+# imported while the parser is built; one that cannot be imported is replaced by a stub that
+# explains why when invoked, so a missing optional part never breaks the other commands.
+_EXTERNAL_COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("demo", "entk_fast.experiments.demo", "add_parser"),
+    ("reproduce", "entk_fast.experiments.reproduce", "add_parser"),
+    ("batch", "entk_fast.batch.cli", "add_batch_parser"),
+    ("batch-summary", "entk_fast.batch.cli", "add_summary_parser"),
+    ("spectrum", "entk_fast.batch.cli", "add_spectrum_parser"),
 )
 
 
@@ -67,14 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     add_train_parser(subparsers)
-    for name, module in _EXTERNAL_COMMANDS:
-        _add_external(subparsers, name, module)
+    for name, module, function in _EXTERNAL_COMMANDS:
+        _add_external(subparsers, name, module, function)
     return parser
 
 
-def _add_external(subparsers: Any, name: str, module: str) -> None:
+def _add_external(subparsers: Any, name: str, module: str, function: str) -> None:
     try:
-        add_parser = importlib.import_module(module).add_parser
+        add_parser = getattr(importlib.import_module(module), function)
     except (ImportError, AttributeError) as e:
         reason = f"{type(e).__name__}: {e}"
         stub = subparsers.add_parser(name, help=f"(unavailable: {reason})")
