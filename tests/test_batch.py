@@ -23,6 +23,7 @@ import torch
 from entk_fast import __version__
 from entk_fast.analysis import block_overlaps
 from entk_fast.batch import (
+    JobId,
     ResultStore,
     open_client,
     run_batch,
@@ -513,6 +514,47 @@ def test_bad_arguments_give_clear_errors(runs_dir: Path, tmp_path: Path) -> None
     with pytest.raises(InvalidArgumentError, match="cluster: expected one of slurm, pbs"):
         with open_client(cluster="lsf"):
             pass
+
+
+_CLI_SCRIPT = """
+import argparse, sys
+from entk_fast.batch.cli import add_batch_parser
+parser = argparse.ArgumentParser()
+add_batch_parser(parser.add_subparsers())
+args = parser.parse_args(sys.argv[1:])
+try:
+    sys.exit(args.func(args))
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def test_sigterm_during_a_batch_keeps_every_finished_result(tmp_path: Path) -> None:
+    """SLURM's time limit sends SIGTERM: the batch stops, its report says interrupted, the
+    results written so far are complete, and the next invocation computes only the rest."""
+    import subprocess
+    import sys
+
+    config = ModAddConfig(p=11, hidden=64, epochs=300, checkpoint_every=3)
+    train_modadd(config, tmp_path / "runs" / "long", plot=False)
+    out = tmp_path / "res"
+    argv = [sys.executable, "-c", _CLI_SCRIPT, "batch", str(tmp_path / "runs"), "--out", str(out)]
+    proc = subprocess.Popen([*argv, "--workers", "0", "--analysis", "spectrum", "--no-progress"])
+    deadline = time.monotonic() + 60
+    while len(list(out.glob("jobs/long/*.json"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    report = json.loads((out / "batch.json").read_text())
+    assert report["interrupted"] is True
+    done = set(_records(out))
+    assert 3 <= len(done) < 101 and len(done) == report["counts"]["succeeded"]
+    for job in done:  # complete: record and arrays agree
+        assert ResultStore(out).valid_record(
+            JobId("long", int(job.split("/")[1][5:]), "spectrum"), _records(out)[job]["inputs"]
+        )
+    again = run_batch(tmp_path / "runs", out, "spectrum")
+    assert sorted(again.skipped) == sorted(done) and len(again.succeeded) == 101 - len(done)
 
 
 def test_sigterm_stops_a_batch_like_ctrl_c() -> None:
