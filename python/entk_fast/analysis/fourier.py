@@ -162,7 +162,7 @@ def smoothness_rotation(block: np.ndarray, p: int, families: tuple[str, str]) ->
     b = np.asarray(block, dtype=np.float64)
     if b.ndim != 2 or b.shape[0] != p * p or b.shape[1] < 2:
         raise InvalidArgumentError(f"block: expected ({p * p}, k ≥ 2), got {b.shape}")
-    along, across = ROTATION_DIRECTIONS[key]  # type: ignore[index]
+    along, across = ROTATION_DIRECTIONS[(families[0], families[1])]
     q, _ = np.linalg.qr(b)
     _, split = np.linalg.eigh(q.T @ orbit_laplacian(p, along) @ q)
     q = q @ split

@@ -54,6 +54,7 @@ from ..analysis import (
 from ..errors import InvalidArgumentError
 from .modadd import ModAddConfig, first_step_above
 from .tms import TMSConfig
+from .train import torch_threads
 
 __all__ = ["SECTIONS", "add_parser", "reproduce"]
 
@@ -62,7 +63,7 @@ TMS_SETTINGS = ((10, 0.3), (10, 0.9), (40, 0.9))
 BETAS = (0.0, 0.3, 1.0)
 
 # The paper's numbers (arXiv 2510.00468), for the report's comparison columns.
-PAPER = {
+PAPER: dict[str, Any] = {
     "tms_reconstructed": {"10-0.3": "≈ 10", "10-0.9": "≈ 21", "40-0.9": "≈ 42"},
     "tms_cliff": "largest gap right after index n = 50; for (10, 0.3) a second gap at the "
     "number of reconstructed features",
@@ -190,12 +191,16 @@ def run_tms(plan: Plan, runs: Path, cache: Path, log: _Log) -> Section:
         numbers: dict[str, Any] = {"n_reconstructed": n_rec}
         for beta in BETAS:
             start = time.perf_counter()
-            spectrum = _cached_spectrum(
-                cache / f"{_tms_name(config)}-beta{beta:g}.npz",
-                lambda model=model, x=x, w=importance**beta, k=n + 10: entk_spectrum(
+            weights = importance**beta
+
+            def compute(
+                model: Any = model, x: Any = x, w: np.ndarray = weights, k: int = n + 10
+            ) -> Any:
+                return entk_spectrum(
                     model, x, k=k, output_metric=w, dtype="float64", progress=False
-                ),
-            )
+                )
+
+            spectrum = _cached_spectrum(cache / f"{_tms_name(config)}-beta{beta:g}.npz", compute)
             seconds = time.perf_counter() - start
             report = feature_cliffs(spectrum.eigenvalues, top=3, within=n + 10)
             heat = feature_heatmap(spectrum.eigenvectors[:, :n], x.numpy())
@@ -508,7 +513,10 @@ def reproduce(
     for name in sections:
         log(f"[{name}]")
         start = time.perf_counter()
-        section = _RUNNERS[name](plan, runs_dir, cache, log)
+        # One torch thread: the models are small, and torch's spinning intra-op threads slow
+        # everything down many-fold when the machine is shared (Rust keeps its own pool).
+        with torch_threads(1):
+            section = _RUNNERS[name](plan, runs_dir, cache, log)
         report["sections"][name] = _plain(section.numbers)
         report["checks"][name] = section.checks
         report["seconds"][name] = {"total": time.perf_counter() - start, **section.seconds}

@@ -38,6 +38,7 @@ __all__ = [
     "TrainResult",
     "train",
     "train_modadd",
+    "torch_threads",
     "train_tms",
     "tqdm_progress",
 ]
@@ -130,7 +131,7 @@ def train(
             count keeps results reproducible across machines.
     """
     spec = task_of_config(config)
-    with _torch_threads(threads):
+    with torch_threads(threads):
         return _train(config, spec, out, resume, progress, plot)
 
 
@@ -269,7 +270,9 @@ def _sigterm_flag() -> Iterator[list[bool]]:
 
 
 @contextlib.contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's CPU threads set to ``threads`` inside the block, restored afterwards (None:
+    unchanged); checked to be in [1, MAX_THREADS]."""
     if threads is None:
         yield
         return
