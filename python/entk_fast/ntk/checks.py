@@ -52,8 +52,8 @@ def close(a: Tensor, b: Tensor, *, rtol: float | None = None) -> bool:
         return bool(torch.equal(a, b))
     if rtol is None:
         rtol = 1e-4 if a.dtype != torch.float64 else 1e-9
-    finite_a, finite_b = torch.isfinite(a), torch.isfinite(b)
-    if not bool(finite_a.all() and finite_b.all()):
+    if not (all_finite(a) and all_finite(b)):  # one cheap pass each; masks only if needed
+        finite_a, finite_b = torch.isfinite(a), torch.isfinite(b)
         if not torch.equal(finite_a, finite_b):
             return False
         odd = ~finite_a
