@@ -39,3 +39,24 @@ def test_demo_rejects_bad_modulus(capsys):
     assert "entk-fast: error: p: expected an odd integer ≥ 3, got 1" in capsys.readouterr().err
     assert main(["demo", "--p", "10"]) == 2  # refused before training, not after
     assert "p: expected an odd integer ≥ 3, got 10" in capsys.readouterr().err
+
+
+def test_demo_refuses_bad_out_and_seed_before_any_work(tmp_path, capsys):
+    import os
+
+    assert main(["demo", "--synthetic", "--out", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert main(["demo", "--synthetic", "--out", str(tmp_path / "missing" / "s.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if not os.access(locked, os.W_OK):  # root may write anywhere
+            assert main(["demo", "--synthetic", "--out", str(locked / "s.json")]) == 2
+            assert "not writable" in capsys.readouterr().err
+    finally:
+        locked.chmod(0o700)
+    assert main(["demo", "--seed", "-1"]) == 2
+    err = capsys.readouterr()
+    assert "--seed must be an integer >= 0" in err.err and "[1/3]" not in err.out

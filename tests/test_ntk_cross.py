@@ -190,3 +190,12 @@ def test_results_have_a_compact_repr() -> None:
     spec = ntk.spectrum()
     assert "15 of a 15-row kernel" in repr(spec) and "dense" in repr(spec)
     assert "largest cliffs" in spec._repr_html_()
+
+
+@pytest.mark.parametrize("metric", [np.full(3, 1e-310), np.eye(3) * 1e-310])
+def test_subnormal_output_metric_scales_the_kernel_exactly(metric: np.ndarray) -> None:
+    model, x = make_case("mlp", n=4)
+    plain = empirical_ntk(model, x, progress=False).kernel
+    scaled = empirical_ntk(model, x, output_metric=metric, progress=False).kernel
+    assert np.all(np.isfinite(scaled)) and np.abs(scaled).max() > 0
+    np.testing.assert_allclose(scaled / 1e-310, plain, rtol=1e-9, atol=1e-9 * np.abs(plain).max())
