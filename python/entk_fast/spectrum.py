@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -257,6 +257,7 @@ def entk_spectrum(
     *,
     reduction: str = "flattened",
     output_metric: Any = None,
+    output_fn: Callable[[Any], Any] | None = None,
     params: Iterable[str] | str | None = None,
     dtype: Any = None,
     method: str = "auto",
@@ -293,6 +294,7 @@ def entk_spectrum(
             inputs,
             reduction=reduction,
             output_metric=output_metric,
+            output_fn=output_fn,
             params=params,
             dtype=dtype,
         )
@@ -332,6 +334,7 @@ def entk_topk(
     *,
     reduction: str = "flattened",
     output_metric: Any = None,
+    output_fn: Callable[[Any], Any] | None = None,
     params: Iterable[str] | str | None = None,
     dtype: Any = None,
     tol: float | None = None,
@@ -365,6 +368,7 @@ def entk_topk(
             inputs,
             reduction=reduction,
             output_metric=output_metric,
+            output_fn=output_fn,
             params=params,
             dtype=dtype,
         )

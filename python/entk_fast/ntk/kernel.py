@@ -162,6 +162,7 @@ def empirical_ntk(
     inputs: Any,
     x2: Any = None,
     *,
+    output_fn: Callable[[Any], Any] | None = None,
     reduction: str = "flattened",
     output_metric: Any = None,
     layerwise: bool = False,
@@ -183,10 +184,15 @@ def empirical_ntk(
         model: any ``nn.Module`` whose forward is a function of its parameters. It is run in
             eval mode (a warning is given when that changes BatchNorm / dropout layers);
             each sample is treated alone.
-        inputs: a tensor (N, ...) or a tuple of tensors sharing dim 0 (several positional
-            inputs). Integer inputs (token ids) are passed as they are; floating ones are
-            cast to ``dtype``. The model's output (N, ...) is flattened to C values a sample.
+        inputs: a tensor (N, ...), a tuple of tensors sharing dim 0 (several positional
+            inputs), or a dict of keyword tensors sharing dim 0 (e.g. ``input_ids`` and
+            ``attention_mask``). Integer inputs (token ids) are passed as they are; floating
+            ones are cast to ``dtype``. The model's output (N, ...) is flattened to C values a
+            sample.
         x2: None, or second inputs (N2, ...) of the same structure as ``inputs``.
+        output_fn: what of the model's output to differentiate: a callable mapping it (a
+            tensor, a Hugging Face ``ModelOutput``, a tuple) to a tensor (N, ...), e.g.
+            ``lambda o: o.logits[:, -1]``. Default: the output itself (a tensor).
         reduction: ``"flattened"`` (N·C, N·C) with row = n·C + c; ``"trace"`` (N, N), the mean
             over outputs of K[:, :, c, c]; ``"mean_pairs"`` (N, N), the mean over all output
             pairs (the eNTK of the mean output).
@@ -228,6 +234,7 @@ def empirical_ntk(
             model,
             inputs,
             inputs2=x2,
+            output_fn=output_fn,
             reduction=reduction,
             output_metric=output_metric,
             params=params,

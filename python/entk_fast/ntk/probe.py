@@ -25,7 +25,15 @@ from ..errors import InvalidArgumentError
 from .checks import close, require_finite, sample_namer
 from .sources.layers import LAYER_RULES
 
-__all__ = ["ProbeResult", "failing_sample", "forward_batch", "probe_indices", "run_probe"]
+__all__ = [
+    "DEFAULT_CALL",
+    "ModelCall",
+    "ProbeResult",
+    "failing_sample",
+    "forward_batch",
+    "probe_indices",
+    "run_probe",
+]
 
 
 @dataclass
@@ -78,14 +86,37 @@ class _UsageCounter(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+@dataclass(frozen=True)
+class ModelCall:
+    """How the model is called on the input tensors, and what of its output is differentiated.
+
+    ``keys`` has one entry per input tensor: None for a positional argument, a name for a
+    keyword argument (inputs given as a dict); empty means all positional. ``output_fn`` maps
+    the model's output (a tensor, a dataclass such as a Hugging Face ``ModelOutput``, a
+    tuple) to the tensor (n, ...) whose eNTK is computed, e.g. ``lambda o: o.logits[:, -1]``.
+    """
+
+    keys: tuple[str | None, ...] = ()
+    output_fn: Callable[[Any], Any] | None = None
+
+
+DEFAULT_CALL = ModelCall()
+
+
 def forward_batch(
     model: nn.Module,
     params: Mapping[str, Tensor],
     buffers: Mapping[str, Tensor],
     inputs: tuple[Tensor, ...],
-) -> Tensor:
-    """The model's output on a batch, with ``params`` and ``buffers`` substituted."""
-    return functional_call(model, (dict(params), dict(buffers)), inputs)
+    call: ModelCall = DEFAULT_CALL,
+) -> Any:
+    """The model's output on a batch (through ``call.output_fn``), with ``params`` and
+    ``buffers`` substituted."""
+    keys = call.keys or (None,) * len(inputs)
+    args = tuple(x for x, key in zip(inputs, keys, strict=True) if key is None)
+    kwargs = {key: x for x, key in zip(inputs, keys, strict=True) if key is not None}
+    out = functional_call(model, (dict(params), dict(buffers)), args, kwargs)
+    return out if call.output_fn is None else call.output_fn(out)
 
 
 def _numel(value: Any) -> int:
@@ -95,8 +126,9 @@ def _numel(value: Any) -> int:
 def _check_output(out: Any, batch: int) -> Tensor:
     if not isinstance(out, Tensor):
         raise InvalidArgumentError(
-            f"the model must return a single tensor, got {type(out).__name__}; wrap it so "
-            "that forward returns the outputs whose eNTK you want"
+            f"the model must return a single tensor, got {type(out).__name__}; pass "
+            "output_fn= to pick the outputs whose eNTK you want (e.g. output_fn=lambda o: "
+            "o.logits[:, -1] for a language model's last-position logits)"
         )
     if not (out.is_floating_point() or out.is_complex()):
         raise InvalidArgumentError(f"the model's output must be floating point, got {out.dtype}")
@@ -131,6 +163,7 @@ def run_probe(
     buffers: Mapping[str, Tensor],
     inputs: tuple[Tensor, ...],
     sample_name: Callable[[int], str] | None = None,
+    call: ModelCall = DEFAULT_CALL,
 ) -> ProbeResult:
     """Run the model on a few samples (:func:`probe_indices`) batched and alone; record it.
 
@@ -179,7 +212,7 @@ def run_probe(
     try:
         with torch.no_grad(), counter:
             out = _checked_forward(
-                model, params, buffers, head, batch, names=lambda i: name(indices[i])
+                model, params, buffers, head, batch, names=lambda i: name(indices[i]), call=call
             )
         out = _check_output(out, batch)
         require_finite(out, "output", lambda i: name(indices[i]))
@@ -193,7 +226,13 @@ def run_probe(
             layer_inputs.clear()
             with torch.no_grad():
                 single = _checked_forward(
-                    model, params, buffers, tuple(x[i : i + 1] for x in head), 1, lone=batch > 1
+                    model,
+                    params,
+                    buffers,
+                    tuple(x[i : i + 1] for x in head),
+                    1,
+                    lone=batch > 1,
+                    call=call,
                 )
             alone.append(_check_output(single, 1))
             for path in list(rowwise):
@@ -245,14 +284,15 @@ def _checked_forward(
     *,
     lone: bool = False,
     names: Callable[[int], str] | None = None,
+    call: ModelCall = DEFAULT_CALL,
 ) -> Any:
     try:
-        return forward_batch(model, params, buffers, inputs)
+        return forward_batch(model, params, buffers, inputs, call)
     except Exception as exc:
         shapes = ", ".join(f"{tuple(x.shape[1:])} {x.dtype}" for x in inputs)
         found = None
         if not lone and names is not None:
-            found = failing_sample(model, params, buffers, inputs, others_run=True)
+            found = failing_sample(model, params, buffers, inputs, others_run=True, call=call)
         if found is not None and names is not None:  # fails alone where others run: name it
             i, error = found
             raise InvalidArgumentError(
@@ -265,8 +305,9 @@ def _checked_forward(
             if lone
             else ""
         )
+        what = "forward (with output_fn)" if call.output_fn is not None else "forward"
         raise InvalidArgumentError(
-            f"the model's forward failed on {batch} sample(s) of inputs{alone} (per-sample "
+            f"the model's {what} failed on {batch} sample(s) of inputs{alone} (per-sample "
             f"shapes {shapes}; samples along dim 0): {type(exc).__name__}: {exc}"
         ) from exc
 
@@ -278,6 +319,7 @@ def failing_sample(
     inputs: tuple[Tensor, ...],
     *,
     others_run: bool = False,
+    call: ModelCall = DEFAULT_CALL,
 ) -> tuple[int, Exception] | None:
     """The first sample (index into ``inputs``) whose forward fails when run alone, with its
     error, or None when every sample runs alone.
@@ -291,7 +333,7 @@ def failing_sample(
     for i in range(int(inputs[0].shape[0])):
         try:
             with torch.no_grad():
-                forward_batch(model, params, buffers, tuple(x[i : i + 1] for x in inputs))
+                forward_batch(model, params, buffers, tuple(x[i : i + 1] for x in inputs), call)
         except Exception as exc:
             if first is None:
                 first = (i, exc)

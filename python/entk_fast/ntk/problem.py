@@ -31,7 +31,7 @@ from .._validate import check_choice
 from ..errors import InvalidArgumentError, InvalidTypeError
 from .checks import sample_namer
 from .params import ParameterIndex, resolve_groups, resolve_selection
-from .probe import ProbeResult, forward_batch, run_probe
+from .probe import DEFAULT_CALL, ModelCall, ProbeResult, forward_batch, run_probe
 
 __all__ = ["REDUCTIONS", "OutputMap", "Problem", "Reduction", "evaluation_mode", "prepare"]
 
@@ -167,6 +167,8 @@ class Problem:
     device: torch.device
     n_samples2: int = 0
     """For a cross kernel K(X, X2): the last ``n_samples2`` samples are X2 (0: no X2)."""
+    call: ModelCall = DEFAULT_CALL
+    """How the input tensors become the model's arguments, and ``output_fn``."""
 
     @property
     def n_samples(self) -> int:
@@ -224,7 +226,7 @@ class Problem:
         self, inputs: tuple[Tensor, ...], params: Mapping[str, Tensor] | None = None
     ) -> Tensor:
         """Batched model output (n, C) with this problem's parameters (or ``params``)."""
-        out = forward_batch(self.model, params or self.params, self.buffers, inputs)
+        out = forward_batch(self.model, params or self.params, self.buffers, inputs, self.call)
         return out.reshape(out.shape[0], -1)
 
 
@@ -301,10 +303,29 @@ def resolve_dtype(dtype: Any, model: nn.Module) -> torch.dtype:
     )
 
 
+def split_keywords(inputs: Any, name: str = "inputs") -> tuple[Any, tuple[str | None, ...]]:
+    """A dict of keyword tensors as (its values, its keys); anything else as (it, ())."""
+    if not isinstance(inputs, Mapping):
+        return inputs, ()
+    if not inputs:
+        raise InvalidArgumentError(f"{name} is an empty dict: give at least one keyword tensor")
+    keys = tuple(inputs)
+    bad = [key for key in keys if not isinstance(key, str)]
+    if bad:
+        raise InvalidTypeError(f"{name}: keyword names must be strings, got {bad[0]!r}")
+    return list(inputs.values()), keys
+
+
 def normalise_inputs(
-    inputs: Any, dtype: torch.dtype, device: torch.device, *, name: str = "inputs"
+    inputs: Any,
+    dtype: torch.dtype,
+    device: torch.device,
+    *,
+    name: str = "inputs",
+    keys: tuple[str | None, ...] = (),
 ) -> tuple[Tensor, ...]:
-    """The model's positional inputs as tensors sharing the sample dimension N ≥ 1 (dim 0)."""
+    """The model's inputs as tensors sharing the sample dimension N ≥ 1 (dim 0): a tensor, a
+    sequence of positional tensors, or the values of a dict of keyword tensors (``keys``)."""
     if isinstance(inputs, Tensor | np.ndarray):
         raw: tuple[Any, ...] = (inputs,)
     elif isinstance(inputs, tuple | list):
@@ -313,12 +334,18 @@ def normalise_inputs(
             raise InvalidArgumentError(f"{name} is an empty sequence: give at least one tensor")
     else:
         raise InvalidTypeError(
-            f"{name} must be a tensor (N, ...) or a tuple of tensors that share dim 0 (one per "
-            f"positional argument of the model), got {type(inputs).__name__}"
+            f"{name} must be a tensor (N, ...), a tuple of tensors that share dim 0 (one per "
+            "positional argument of the model) or a dict of keyword tensors, got "
+            f"{type(inputs).__name__}"
         )
     out: list[Tensor] = []
     for i, value in enumerate(raw):
-        where = name if len(raw) == 1 and not isinstance(inputs, tuple | list) else f"{name}[{i}]"
+        if keys:
+            where = f"{name}[{keys[i]!r}]"
+        elif len(raw) == 1 and not isinstance(inputs, tuple | list):
+            where = name
+        else:
+            where = f"{name}[{i}]"
         if isinstance(value, np.ndarray):
             if value.dtype.kind not in "biuf":
                 raise InvalidTypeError(f"{where} must be numeric, got numpy dtype {value.dtype}")
@@ -418,6 +445,7 @@ def prepare(
     inputs: Any,
     *,
     inputs2: Any = None,
+    output_fn: Callable[[Any], Any] | None = None,
     reduction: Any = "flattened",
     output_metric: Any = None,
     params: Iterable[str] | str | None = None,
@@ -447,13 +475,25 @@ def prepare(
         name: (b.detach().to(torch_dtype) if b.is_floating_point() else b.detach())
         for name, b in model.named_buffers()
     }
-    xs = normalise_inputs(inputs, torch_dtype, device)
+    if output_fn is not None and not callable(output_fn):
+        raise InvalidTypeError(
+            f"output_fn must be a callable (model output -> tensor (N, ...)), got "
+            f"{type(output_fn).__name__}"
+        )
+    values, keys = split_keywords(inputs)
+    xs = normalise_inputs(values, torch_dtype, device, keys=keys)
     n_samples2 = 0
     if inputs2 is not None:
-        second = normalise_inputs(inputs2, torch_dtype, device, name="x2")
+        values2, keys2 = split_keywords(inputs2, "x2")
+        if keys2 != keys:
+            raise InvalidArgumentError(
+                f"x2 must have the structure of inputs: keywords {list(keys)}, got {list(keys2)}"
+            )
+        second = normalise_inputs(values2, torch_dtype, device, name="x2", keys=keys2)
         xs = _concatenate(xs, second)
         n_samples2 = int(second[0].shape[0])
-    probe = run_probe(model, tensors, buffers, xs, sample_namer(len(xs[0]), n_samples2))
+    call = ModelCall(keys, output_fn)
+    probe = run_probe(model, tensors, buffers, xs, sample_namer(len(xs[0]), n_samples2), call=call)
     root = normalise_metric(output_metric, probe.n_outputs)
     out_map = red.output_map(root, probe.n_outputs, torch_dtype, device)
     return Problem(
@@ -471,6 +511,7 @@ def prepare(
         dtype=torch_dtype,
         device=device,
         n_samples2=n_samples2,
+        call=call,
     )
 
 

@@ -97,6 +97,7 @@ def sample_failures(problem: Problem, start: int, stop: int) -> Iterator[None]:
             problem.params,
             problem.buffers,
             tuple(x[start:stop] for x in problem.inputs),
+            call=problem.call,
         )
         if found is None:
             raise
@@ -118,7 +119,7 @@ def sample_function(problem: Problem) -> Callable[..., Tensor]:
         merged = dict(problem.params)
         merged.update(pack)
         out = forward_batch(
-            problem.model, merged, problem.buffers, tuple(t.unsqueeze(0) for t in x)
+            problem.model, merged, problem.buffers, tuple(t.unsqueeze(0) for t in x), problem.call
         )
         return problem.out_map.apply(out.reshape(-1))
 
