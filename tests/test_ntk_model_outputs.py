@@ -110,3 +110,44 @@ def test_clear_errors_for_outputs_and_keywords() -> None:
         empirical_ntk(model, x, {"input_ids": x["input_ids"]}, output_fn=lambda o: o.logits[:, -1])
     with pytest.raises(InvalidArgumentError, match="empty dict"):
         empirical_ntk(model, {}, progress=False)
+
+
+class DataDependent(nn.Module):
+    """A forward torch.func.vmap refuses: Python control flow on a tensor value, ``.item()``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(3, 4)
+        self.b = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        if h.sum().item() > 0:  # per sample: each sample takes its own branch
+            h = torch.tanh(h)
+        else:
+            h = h * h
+        return self.b(h)
+
+
+@pytest.mark.parametrize("reduction", ["flattened", "trace", "mean_pairs"])
+def test_a_forward_vmap_refuses_gets_its_exact_ntk_with_one_warning(reduction: str) -> None:
+    torch.manual_seed(3)
+    model = DataDependent().double().eval()
+    x = torch.randn(6, 3, dtype=torch.float64)
+    expected = reference_kernel(reference_jacobian(model, (x,)), reduction)
+    with pytest.warns(UserWarning, match="per-sample autograd") as caught:
+        result = empirical_ntk(model, x, reduction=reduction, layerwise=True, progress=False)
+    assert len([w for w in caught if "per-sample autograd" in str(w.message)]) == 1
+    assert relative_error(result.kernel, expected) < 1e-10
+    assert set(result.paths.values()) == {"general"}
+
+
+def test_the_dual_spectrum_of_a_forward_vmap_refuses() -> None:
+    torch.manual_seed(4)
+    model = DataDependent().double().eval()  # 26 parameters < N·C = 60 rows: the dual path
+    x = torch.randn(30, 3, dtype=torch.float64)
+    expected = reference_kernel(reference_jacobian(model, (x,)), "flattened")
+    with pytest.warns(UserWarning, match="per-sample autograd"):
+        spec = entk_spectrum(model, x, k=5, method="dual", progress=False)
+    top = np.linalg.eigvalsh(expected)[::-1][:5]
+    np.testing.assert_allclose(spec.eigenvalues, top, rtol=1e-8)

@@ -169,6 +169,8 @@ class Problem:
     """For a cross kernel K(X, X2): the last ``n_samples2`` samples are X2 (0: no X2)."""
     call: ModelCall = DEFAULT_CALL
     """How the input tensors become the model's arguments, and ``output_fn``."""
+    lone_autograd: bool = False
+    """Set once the forward proved not vmappable: Jacobians by per-sample autograd."""
 
     @property
     def n_samples(self) -> int:

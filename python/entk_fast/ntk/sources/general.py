@@ -54,6 +54,17 @@ def quiet_batching_fallback() -> Iterator[None]:
         yield
 
 
+class NotVmappable(InvalidArgumentError):
+    """The model's forward cannot run under ``torch.func.vmap`` (the message says why).
+
+    ``random``: it draws random numbers — its eNTK is not a function of the parameters, so no
+    fallback computes one; otherwise (``.item()``, data-dependent control flow) the general
+    path falls back to per-sample autograd.
+    """
+
+    random: bool = False
+
+
 @contextmanager
 def vmappable_forward() -> Iterator[None]:
     """Turn torch.func's errors about a forward that cannot be vmapped into a clear one.
@@ -67,7 +78,7 @@ def vmappable_forward() -> Iterator[None]:
         message = str(exc)
         if not any(marker in message for marker in _VMAP_MARKERS):
             raise
-        raise InvalidArgumentError(
+        error = NotVmappable(
             "the model's forward must be vmappable per sample: the eNTK runs it on one sample "
             "at a time under torch.func.vmap, which does not allow random operations in "
             "forward (torch.randn, dropout in train mode, ...), .item() / .tolist() on tensors, "
@@ -75,7 +86,9 @@ def vmappable_forward() -> Iterator[None]:
             "indexing, data-dependent routing), nor in-place updates of parameters or buffers "
             f"(e.g. Embedding(max_norm=...)); write those with torch.where or move them out of "
             f"the forward. torch said: {message.splitlines()[0] if message else type(exc).__name__}"
-        ) from exc
+        )
+        error.random = "randomness" in message
+        raise error from exc
 
 
 @contextmanager
@@ -148,8 +161,17 @@ def jacobian_block(
     out = torch.empty((stop - start, rows, sum(sizes)), dtype=problem.dtype, device=problem.device)
     for s in range(start, stop, max(1, chunk)):
         e = min(s + max(1, chunk), stop)
-        with sample_failures(problem, s, e), quiet_batching_fallback(), vmappable_forward():
-            jac, y = jac_fn(pack, *(x[s:e] for x in problem.inputs))
+        if problem.lone_autograd:
+            jac, y = _lone_jacobians(problem, names, s, e)
+        else:
+            try:
+                with sample_failures(problem, s, e), quiet_batching_fallback(), vmappable_forward():
+                    jac, y = jac_fn(pack, *(x[s:e] for x in problem.inputs))
+            except NotVmappable as exc:
+                if exc.random:
+                    raise
+                _warn_lone_autograd(problem, exc)
+                jac, y = _lone_jacobians(problem, names, s, e)
         require_finite(y, "output", problem.samples_from(s))
         offset = 0
         for name, size in zip(names, sizes, strict=True):
@@ -159,6 +181,59 @@ def jacobian_block(
             offset += size
         del jac, y
     return out
+
+
+def _warn_lone_autograd(problem: Problem, reason: NotVmappable) -> None:
+    """Switch the problem to per-sample autograd, with one warning that says why and the cost."""
+    problem.lone_autograd = True
+    why = str(reason).split("torch said: ")[-1]
+    warnings.warn(
+        "the model's forward cannot run under torch.func.vmap (" + why + "); the eNTK is "
+        "computed exactly with per-sample autograd instead: one forward and C_r backward "
+        "passes per sample, much slower than the vmapped path. If the forward draws random "
+        "numbers, the kernel is that of one draw.",
+        UserWarning,
+        stacklevel=2,
+    )
+
+
+def _lone_jacobians(
+    problem: Problem, names: Sequence[str], start: int, stop: int
+) -> tuple[dict[str, Tensor], Tensor]:
+    """({name: J[start:stop] (n, C_r, *shape)}, R f (n, C_r)) by plain autograd, one sample at a
+    time: the exact fallback for forwards that cannot be vmapped (``.item()``, data-dependent
+    control flow)."""
+    rows = problem.rows_per_sample
+    grads: dict[str, list[Tensor]] = {name: [] for name in names}
+    outputs = []
+    for i in range(start, stop):
+        leaves = {name: problem.params[name].detach().clone().requires_grad_() for name in names}
+        params = {**problem.params, **leaves}
+        with torch.enable_grad(), sample_failures(problem, i, i + 1):
+            out = forward_batch(
+                problem.model,
+                params,
+                problem.buffers,
+                tuple(x[i : i + 1] for x in problem.inputs),
+                problem.call,
+            )
+            y = problem.out_map.apply(out.reshape(-1))
+            per_row: list[tuple[Tensor | None, ...]] = []
+            for c in range(rows):
+                per_row.append(
+                    torch.autograd.grad(
+                        y[c],
+                        list(leaves.values()),
+                        retain_graph=c < rows - 1,
+                        allow_unused=True,
+                    )
+                )
+        for k, name in enumerate(names):
+            zero = torch.zeros_like(leaves[name])
+            stacked = [zero if g[k] is None else g[k] for g in per_row]
+            grads[name].append(torch.stack(stacked))  # type: ignore[arg-type]
+        outputs.append(y.detach())
+    return {name: torch.stack(parts) for name, parts in grads.items()}, torch.stack(outputs)
 
 
 class GeneralSource:

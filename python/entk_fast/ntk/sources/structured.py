@@ -42,7 +42,7 @@ from ... import linalg
 from ..checks import StructuredFallback, close, require_finite
 from ..plan import StructuredPass
 from ..problem import Problem
-from .general import quiet_batching_fallback, vmappable_forward
+from .general import NotVmappable, quiet_batching_fallback, vmappable_forward
 from .layers import LAYER_RULES, StructuredLayer
 
 __all__ = ["StructuredSource", "find_layers", "gather", "verify_layers"]
@@ -370,8 +370,14 @@ def check_alone(
             raise StructuredFallback(missing, "does not run on a lone sample")
         return problem.out_map.apply(out)[0], tuple(found[path] for path in paths)
 
-    with torch.no_grad(), quiet_batching_fallback(), vmappable_forward():
-        out, acts = vmap(lone)(*inputs)
+    try:
+        with torch.no_grad(), quiet_batching_fallback(), vmappable_forward():
+            out, acts = vmap(lone)(*inputs)
+    except NotVmappable as exc:
+        if exc.random:
+            raise
+        # the general path's per-sample autograd fallback computes these layers exactly
+        raise StructuredFallback(paths, "the forward cannot run under vmap") from exc
     batched = y.detach()
     if not close(out, batched):
         raise StructuredFallback(paths, "the samples interact in the batched forward")
