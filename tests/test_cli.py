@@ -309,3 +309,25 @@ def test_sigterm_saves_a_checkpoint_and_resumes_bit_identically(tmp_path: Path) 
     model = load_run(out).load_checkpoint()
     for a, b in zip(model.parameters(), reference.model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_verbose_logs_and_json_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+    import logging
+
+    out = tmp_path / "run"
+    args = ["train", "modadd", "--p", "5", "--hidden", "8", "--epochs", "20", "--out", str(out)]
+    try:
+        assert main(["-v", *args, "--no-progress", "--json"]) == 0
+    finally:
+        logger = logging.getLogger("entk_fast")
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["kind"] == "modadd" and summary["final"]["step"] == 20
+    assert 0.0 <= summary["final"]["test_acc"] <= 1.0
+    assert "entk_fast: train modadd: step 10/20" in captured.err
+    assert main([*args[:-2], "--out", str(tmp_path / "quiet"), "--no-progress"]) == 0
+    assert "entk_fast:" not in capsys.readouterr().err  # quiet by default

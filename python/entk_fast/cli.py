@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -47,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help(sys.stderr)
         return 2
+    _configure_logging(args.verbose)
     try:
         return int(func(args) or 0)
     except (InvalidArgumentError, InvalidTypeError, RunDirectoryError) as e:
@@ -60,6 +63,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _configure_logging(verbose: int) -> None:
+    """``-v``: what is computed, the planned memory, the chosen path and times (INFO) on
+    stderr, with timestamps for cluster logs; ``-vv``: DEBUG. Quiet by default."""
+    if verbose <= 0:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    logger = logging.getLogger("entk_fast")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if verbose == 1 else logging.DEBUG)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ._version import __version__
 
@@ -68,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Find the features a trained network uses from its empirical NTK.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log what is computed, planned memory, chosen paths and times to stderr (-vv: more)",
+    )
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     add_train_parser(subparsers)
     for name, module, function in _EXTERNAL_COMMANDS:
@@ -164,6 +186,9 @@ def _common_options(parser: argparse.ArgumentParser, defaults: Any, *, unit: str
     parser.add_argument("--no-progress", action="store_true", help="do not draw a progress bar")
     parser.add_argument("--no-plot", action="store_true", help="do not write training_curve.png")
     parser.add_argument(
+        "--json", action="store_true", help="print the summary as one JSON object on stdout"
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -237,6 +262,10 @@ def _run_train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 143 if isinstance(stop, Terminated) else 130
+    if args.json:
+        final = {k: v[-1].item() for k, v in result.history.items()}
+        print(json.dumps({"run_directory": str(result.out), "kind": spec.kind, "final": final}))
+        return 0
     print(f"run directory: {result.out}")
     for line in spec.summary(config, result.history):
         print(line)

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -32,6 +33,8 @@ from .ntk.plan import format_bytes, work_budget
 from .ntk.problem import Problem, evaluation_mode, prepare
 from .ntk.sources.general import jacobian_block
 from .results import NTKSpectrum, spectrum_of_kernel
+
+log = logging.getLogger("entk_fast")
 
 __all__ = ["entk_spectrum", "entk_topk"]
 
@@ -300,6 +303,7 @@ def entk_spectrum(
         )
         kk = check_k(k, problem.kernel_size, required=method == "matrix_free")
         chosen = _choose(problem, kk, method)
+        log.info("spectrum: method %s (asked %r), k = %s", chosen, method, kk)
         if chosen == "dual":
             return _dual(problem, kk, eps, max_memory, progress)
         if chosen == "dense":

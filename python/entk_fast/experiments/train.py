@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import signal
 import sys
 import threading
@@ -31,6 +32,8 @@ from .modadd import ModAddConfig
 from .registry import build_model, task_of_config
 from .task import TaskSpec, Trainer, stream_seed
 from .tms import TMSConfig
+
+log = logging.getLogger("entk_fast")
 
 __all__ = [
     "ProgressFn",
@@ -227,6 +230,7 @@ def _loop(
             saved = step % config.checkpoint_every == 0 or step == total
             if saved or terminated[0]:
                 _save(run_dir, kind, step, task, generator, history, config)
+                log.info("train %s: step %d/%d %s", kind, step, total, _postfix(_last_row(history)))
             report(step, total, _last_row(history))
             if terminated[0] and step < total:
                 raise Terminated(step)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -14,11 +16,13 @@ from ..errors import InvalidTypeError
 from ..results import EmpiricalNTK
 from .assemble import TileSource, assemble_cross, assemble_square, cross_units, square_units
 from .checks import StructuredFallback
-from .plan import plan_general, plan_structured, work_budget
+from .plan import format_bytes, plan_general, plan_structured, work_budget
 from .problem import Problem, evaluation_mode, prepare
 from .sources.general import GeneralSource
 from .sources.layers import StructuredLayer
 from .sources.structured import StructuredSource, find_layers, verify_layers
+
+log = logging.getLogger("entk_fast")
 
 __all__ = ["check_model", "compute_kernel", "describe_kernel", "empirical_ntk"]
 
@@ -68,12 +72,23 @@ def compute_kernel(
         suggest_reduction=problem.reduction.per_output and problem.rows_per_sample > 1,
     )
 
+    start = time.perf_counter()
     layers = verify_layers(problem, find_layers(problem)) if structured else []
+    log.info(
+        "eNTK: %s, %s; working memory %s; structured layers: %s",
+        describe_kernel(problem, count, shape),
+        format_bytes(output_bytes),
+        budget.describe(),
+        ", ".join(layer.path for layer in layers) or "none",
+    )
     while True:
         try:
-            return _assemble(problem, layers, budget, output_bytes, layerwise, progress, n_rows)
+            ntk = _assemble(problem, layers, budget, output_bytes, layerwise, progress, n_rows)
+            log.info("eNTK: done in %.2f s", time.perf_counter() - start)
+            return ntk
         except StructuredFallback as exc:
             # A layer misbehaved on the full batch: start over with it on the general path.
+            log.info("eNTK: %s; redoing them on the general path", exc)
             kept = [layer for layer in layers if layer.path not in exc.paths]
             layers = kept if len(kept) < len(layers) else []
 
