@@ -379,6 +379,21 @@ struct Run<T> {
 }
 
 impl<T: Scalar> Run<T> {
+    /// The answer of a run whose pairs are `best`, with the products `budget` counted.
+    fn from_phase(best: Phase<T>, budget: &Budget) -> Self {
+        Run {
+            pairs: EigenPairs {
+                values: best.values,
+                vectors: best.vectors,
+            },
+            residuals: best.residuals,
+            cycles: budget.cycles,
+            n_matvec: budget.n_matvec,
+            converged: best.converged,
+            stagnated: best.stagnated,
+        }
+    }
+
     fn info(&self, method: TopkMethod, plan: &Plan) -> TopkInfo {
         TopkInfo {
             method,
@@ -449,17 +464,7 @@ fn krylov<T: Scalar>(
             cancel,
             par,
         )?;
-        return Ok(Run {
-            pairs: EigenPairs {
-                values: best.values,
-                vectors: best.vectors,
-            },
-            residuals: best.residuals,
-            cycles: budget.cycles,
-            n_matvec: budget.n_matvec,
-            converged: best.converged,
-            stagnated: best.stagnated,
-        });
+        return Ok(Run::from_phase(best, &budget));
     }
     // A block smaller than k: converge half a block at a time (the top pairs of a block
     // Krylov space converge fast, whatever their multiplicity up to the block size) and lock
@@ -521,17 +526,7 @@ fn krylov<T: Scalar>(
     }
     // Pairs from several phases: measure their residuals on K itself (one more product each).
     best.residuals = true_residuals(op, &best, plan.block, &mut budget, par)?;
-    Ok(Run {
-        pairs: EigenPairs {
-            values: best.values,
-            vectors: best.vectors,
-        },
-        residuals: best.residuals,
-        cycles: budget.cycles,
-        n_matvec: budget.n_matvec,
-        converged: best.converged,
-        stagnated: best.stagnated,
-    })
+    Ok(Run::from_phase(best, &budget))
 }
 
 /// ‖K v − λ v‖ / max|λ| of each pair, with products of at most `block` vectors.
