@@ -16,10 +16,11 @@ from ..errors import InvalidArgumentError, InvalidTypeError
 from .modadd import MODADD_TASK
 from .task import TaskSpec, stream_seed
 from .tms import TMS_TASK
+from .transformer import TRANSFORMER_TASK
 
 __all__ = ["TASKS", "build_model", "config_from_dict", "task_of", "task_of_config"]
 
-TASKS: dict[str, TaskSpec] = {spec.kind: spec for spec in (TMS_TASK, MODADD_TASK)}
+TASKS: dict[str, TaskSpec] = {spec.kind: spec for spec in (TMS_TASK, MODADD_TASK, TRANSFORMER_TASK)}
 
 
 def task_of(kind: str) -> TaskSpec:

@@ -195,7 +195,11 @@ def _train(
         raise InvalidArgumentError("resume=True needs the run directory `out`")
     report = _progress_fn(progress, kind)
     trainer = spec.trainer(config, build_model(config))
-    generator = torch.Generator().manual_seed(stream_seed(config.seed, "train"))
+    # A trainer that draws random numbers (minibatch order) owns a `generator`; checkpoints
+    # save and restore it, so a resumed run draws what an uninterrupted one would.
+    generator = getattr(trainer, "generator", None)
+    if not isinstance(generator, torch.Generator):
+        generator = torch.Generator().manual_seed(stream_seed(config.seed, "train"))
     history: dict[str, list[Any]] = {c: [] for c in spec.columns}
     if run_dir is None:
         return _loop(config, trainer, history, None, generator, report, plot)
