@@ -1,6 +1,7 @@
 """Eigenpairs -> numbers, torch-free (J. Lin, arXiv 2510.00468): spectral cliffs and blocks
 (``cliffs``), TMS feature recovery (``tms``), the Fourier families of modular arithmetic and
-their graph-smoothness rotation (``fourier``), and alignment over training (``alignment``)."""
+their graph-smoothness rotation (``fourier``), alignment over training (``alignment``), and the
+key frequencies of the modular-addition transformer (``transformer``)."""
 
 from __future__ import annotations
 
@@ -31,13 +32,24 @@ from .fourier import (
     torus_laplacian,
 )
 from .tms import FeatureMatch, feature_heatmap, feature_indicators, match_features
+from .transformer import (
+    KEY_FAMILIES,
+    KeyFrequencies,
+    fourier_norms,
+    kernel_key_overlaps,
+    key_family,
+    key_frequencies,
+    key_overlaps,
+)
 
 __all__ = [
     "FAMILIES",
+    "KEY_FAMILIES",
     "RIDGE_EPSILON",
     "AlignmentCurve",
     "CliffReport",
     "FeatureMatch",
+    "KeyFrequencies",
     "SpectralCliff",
     "alignment_curve",
     "atoms_found",
@@ -50,7 +62,12 @@ __all__ = [
     "feature_heatmap",
     "feature_indicators",
     "fourier_family",
+    "fourier_norms",
     "frequency_heatmap",
+    "kernel_key_overlaps",
+    "key_family",
+    "key_frequencies",
+    "key_overlaps",
     "match_features",
     "orbit_laplacian",
     "principal_angles_degrees",
