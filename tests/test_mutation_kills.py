@@ -1,0 +1,237 @@
+"""Tests that kill mutants tools/mutate.py found alive: each pins a number the mutated code
+would get wrong, against an independent reference (brute-force loops, numpy / scipy, closed
+forms). Grouped by the module they guard; the names carry the module so that
+``tools/mutate.py`` can map them (see ``TARGETS`` there).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from ntk_reference import make_case, reference_jacobian, reference_kernel, relative_error
+
+from entk_fast import empirical_ntk, entk_spectrum
+from entk_fast.ntk.assemble import (
+    assemble_cross,
+    assemble_square,
+    cross_units,
+    spans,
+    square_units,
+)
+from entk_fast.ntk.checks import all_finite, close, first_nonfinite, sample_namer
+from entk_fast.ntk.problem import REDUCTIONS, normalise_metric
+
+# --- ntk/problem.py: reductions, output map, metric ---------------------------------------
+
+
+def _metric(kind: str, c: int) -> np.ndarray | None:
+    rng = np.random.default_rng(11)
+    if kind == "none":
+        return None
+    if kind == "vector":
+        return rng.uniform(0.2, 2.0, c)
+    a = rng.standard_normal((c, c))
+    return a @ a.T + 0.3 * np.eye(c)
+
+
+@pytest.mark.parametrize("metric_kind", ["none", "vector", "matrix"])
+@pytest.mark.parametrize("reduction", ["flattened", "trace", "mean_pairs"])
+def test_problem_reductions_match_brute_force(reduction: str, metric_kind: str) -> None:
+    model, x = make_case("mlp", n=4)
+    jac = reference_jacobian(model, x)
+    metric = _metric(metric_kind, jac.shape[1])
+    got = empirical_ntk(model, x, reduction=reduction, output_metric=metric, progress=False)
+    assert relative_error(got.kernel, reference_kernel(jac, reduction, metric)) < 1e-10
+
+
+def test_problem_reduction_objects_closed_form() -> None:
+    trace, flat, mean = REDUCTIONS["trace"], REDUCTIONS["flattened"], REDUCTIONS["mean_pairs"]
+    assert (trace.scale(4), flat.scale(4), mean.scale(4)) == (0.25, 1.0, 1.0)
+    assert (trace.kernel_rows_per_sample(3), flat.kernel_rows_per_sample(3)) == (1, 3)
+    assert (trace.dual_columns(3, 10), flat.dual_columns(3, 10)) == (30, 10)
+    assert (flat.per_output, trace.per_output, mean.per_output) == (True, False, False)
+    block = torch.arange(2 * 3 * 5, dtype=torch.float64).reshape(2, 3, 5)
+    assert torch.equal(trace.arrange(block), block.reshape(2, 15))
+    assert torch.equal(flat.arrange(block), block.reshape(6, 5))
+
+
+def test_problem_metric_root_squares_to_the_metric() -> None:
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((4, 2))
+    s = a @ a.T  # rank 2: the root keeps the null space
+    sym, root, diagonal = normalise_metric(s, 4)
+    assert not diagonal
+    np.testing.assert_allclose(sym, s, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(root @ root, s, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(root, root.T, rtol=0, atol=1e-15)
+    w = np.array([0.0, 0.25, 4.0])
+    full, half, diagonal = normalise_metric(w, 3)
+    assert diagonal
+    np.testing.assert_array_equal(full, np.diag(w))
+    np.testing.assert_array_equal(half, [0.0, 0.5, 2.0])
+
+
+# --- ntk/checks.py: the batched-vs-lone comparison and the NaN checks ----------------------
+
+
+def test_checks_close_tolerance_and_nonfinite() -> None:
+    a64 = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)
+    assert close(a64, a64 * (1 + 3e-10))
+    assert not close(a64, a64 * (1 + 3e-8))
+    a32 = a64.float()
+    assert close(a32, a32 * (1 + 3e-5))
+    assert not close(a32, a32 * (1 + 3e-3))
+    assert close(a64, a64 * (1 + 3e-7), rtol=1e-6)
+    assert not close(a64, a64.float())  # dtype differs
+    assert not close(a64, a64[:2])  # shape differs
+    ints = torch.tensor([1, 2, 3])
+    assert close(ints, ints.clone()) and not close(ints, ints + 1)
+    nan, inf = float("nan"), float("inf")
+    x = torch.tensor([1.0, nan, inf], dtype=torch.float64)
+    assert close(x, x.clone())
+    assert not close(x, torch.tensor([1.0, inf, nan], dtype=torch.float64))
+    assert not close(x, torch.tensor([1.0, nan, -inf], dtype=torch.float64))
+    assert not close(x, torch.tensor([1.1, nan, inf], dtype=torch.float64))
+    empty = torch.zeros(0, dtype=torch.float64)
+    assert close(empty, empty)
+
+
+def test_checks_finite_helpers_and_names() -> None:
+    x = torch.zeros(3, 4, dtype=torch.float64)
+    assert all_finite(x) and first_nonfinite(x) is None
+    x[2, 1] = float("nan")
+    x[1, 3] = float("inf")
+    assert not all_finite(x)
+    assert first_nonfinite(x) == 1
+    assert first_nonfinite(x, dim=1) == 1
+    assert all_finite(torch.tensor([1, 2])) and all_finite(torch.zeros(0))
+    name = sample_namer(5, 2)
+    assert [name(i) for i in (0, 2, 3, 4)] == ["sample 0", "sample 2", "x2 sample 0", "x2 sample 1"]
+    assert sample_namer(4)(3) == "sample 3"
+
+
+# --- ntk/assemble.py: the tile loop, against J Jᵀ -------------------------------------------
+
+
+class _Rows:
+    """A tile source over fixed rows J (n·per, p): the kernel is J Jᵀ (or J Jᵀ₂)."""
+
+    def __init__(self, jac: np.ndarray, per: int, target: np.ndarray) -> None:
+        self.jac, self.per, self.target = jac, per, target
+        self.loads: list[tuple[int, int, bool]] = []
+        self.whole = 0
+
+    def load(self, start: int, stop: int, *, check: bool) -> np.ndarray:
+        self.loads.append((start, stop, check))
+        return self.jac[start * self.per : stop * self.per]
+
+    def add_diagonal(self, tile: np.ndarray, rows: slice) -> None:
+        self.target[rows, rows] += tile @ tile.T
+
+    def cross(self, left: np.ndarray, right: np.ndarray):  # type: ignore[no-untyped-def]
+        yield self.target, left @ right.T
+
+    def add_whole(self, tick) -> None:  # type: ignore[no-untyped-def]
+        self.whole += 1
+        self.target += self.jac @ self.jac.T
+        tick(1)
+
+
+def test_assemble_spans_and_units() -> None:
+    assert spans(0, 10, 3) == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    assert spans(4, 6, 5) == [(4, 6)]
+    assert spans(0, 3, 0) == [(0, 1), (1, 2), (2, 3)]
+    assert square_units(10, 3) == 10 and square_units(3, 3) == 1
+    assert cross_units(10, 7, 3) == 12 and cross_units(2, 2, 5) == 1
+
+
+@pytest.mark.parametrize("tile", [1, 2, 3, 7, 9])
+def test_assemble_square_is_the_gram(tile: int) -> None:
+    n, per = 7, 2
+    jac = np.random.default_rng(tile).standard_normal((n * per, 5))
+    k = np.zeros((n * per, n * per))
+    source = _Rows(jac, per, k)
+    ticks: list[int] = []
+    assemble_square(source, n, tile, per, ticks.append)
+    np.testing.assert_allclose(k, jac @ jac.T, rtol=0, atol=1e-12)
+    if tile >= n:
+        assert source.whole == 1 and not source.loads and sum(ticks) == 1
+    else:
+        assert sum(ticks) == square_units(n, tile) and source.whole == 0
+        checked = [(a, b) for a, b, check in source.loads if check]
+        assert checked == spans(0, n, tile)  # each tile verified exactly once
+
+
+@pytest.mark.parametrize("tile", [1, 2, 4, 10])
+def test_assemble_cross_is_the_cross_gram(tile: int) -> None:
+    n, n2, per = 5, 4, 3
+    jac = np.random.default_rng(tile).standard_normal(((n + n2) * per, 6))
+    k = np.zeros((n * per, n2 * per))
+    source = _Rows(jac, per, k)
+    ticks: list[int] = []
+    assemble_cross(source, n, n2, tile, per, ticks.append)
+    np.testing.assert_allclose(k, jac[: n * per] @ jac[n * per :].T, rtol=0, atol=1e-12)
+    assert sum(ticks) == cross_units(n, n2, tile)
+    checked = sorted((a, b) for a, b, check in source.loads if check)
+    assert checked == sorted(spans(0, n, tile) + spans(n, n + n2, tile))
+
+
+# --- spectrum.py: dense / dual / matrix-free against numpy's eigh of the reference ------
+
+
+def _small_model() -> tuple[torch.nn.Module, tuple[torch.Tensor]]:
+    """P = 14 parameters, C = 2 outputs, N = 40: the dual Gram (≤ 28 columns) is smaller than
+    the kernel for every reduction."""
+    gen = torch.Generator().manual_seed(5)
+    torch.manual_seed(5)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(3, 2), torch.nn.Tanh(), torch.nn.Linear(2, 2)
+    ).double()
+    return model.eval(), (torch.randn(40, 3, generator=gen, dtype=torch.float64),)
+
+
+def _reference_spectrum(reduction: str, metric: np.ndarray | None = None):  # type: ignore[no-untyped-def]
+    model, x = _small_model()
+    kernel = reference_kernel(reference_jacobian(model, x), reduction, metric)
+    values, vectors = np.linalg.eigh(kernel)
+    return model, x, kernel, values[::-1], vectors[:, ::-1]
+
+
+def _check_pairs(spec, kernel, want, k: int, tol: float) -> None:  # type: ignore[no-untyped-def]
+    got = spec.eigenvalues[:k]
+    np.testing.assert_allclose(got, want[:k], rtol=tol, atol=tol * want[0])
+    vecs = spec.eigenvectors[:, :k]
+    np.testing.assert_allclose(vecs.T @ vecs, np.eye(k), atol=1e-8)
+    residual = np.linalg.norm(kernel @ vecs - vecs * got, axis=0).max()
+    assert residual < 1e-7 * want[0]
+
+
+@pytest.mark.parametrize("reduction", ["flattened", "trace", "mean_pairs"])
+def test_spectrum_dual_matches_numpy(reduction: str) -> None:
+    model, x, kernel, want, _ = _reference_spectrum(reduction)
+    spec = entk_spectrum(model, x, reduction=reduction, method="dual", progress=False)
+    assert spec.method == "dual"
+    rank = int((want > want[0] * 1e-10).sum())
+    assert spec.info["rank"] == rank == len(spec.eigenvalues)
+    _check_pairs(spec, kernel, want, rank, 1e-9)
+
+
+def test_spectrum_dual_with_k_and_ridge() -> None:
+    model, x, kernel, want, _ = _reference_spectrum("trace")
+    ridge = 1e-3
+    spec = entk_spectrum(model, x, 4, reduction="trace", method="dual", ridge=ridge, progress=False)
+    shift = ridge * np.trace(kernel) / kernel.shape[0]
+    assert math.isclose(spec.ridge, shift, rel_tol=1e-12)
+    np.testing.assert_allclose(spec.eigenvalues, want[:4] + shift, rtol=1e-9)
+    assert spec.info["n_dropped"] == 0 and len(spec.eigenvalues) == 4
+
+
+@pytest.mark.parametrize("method", ["dense", "matrix_free"])
+def test_spectrum_dense_and_matrix_free_match_numpy(method: str) -> None:
+    model, x, kernel, want, _ = _reference_spectrum("flattened")
+    spec = entk_spectrum(model, x, 5, method=method, progress=False)
+    assert spec.method == method
+    _check_pairs(spec, kernel, want, 5, 1e-9)
