@@ -405,6 +405,12 @@ def test_cli_batch_summary_and_spectrum(
     summary = summarize(out)
     final = records["seed0/step-000040/overlaps"]["result"]["blocks"]["2-13"]["a"]
     assert summary.runs["seed0"].final("2-13", "a") == final
+    assert _cli(["batch-summary", str(out), "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)  # one object, nothing else on stdout
+    assert document["n_results"] == N_JOBS and document["failures"] == {}
+    assert document["runs"]["seed0"]["final_overlaps"]["2-13"]["a"] == final
+    assert document["last_batch"]["counts"]["succeeded"] == N_JOBS
+    assert document["curves"]["csv"] == str(out / "curves.csv")
 
     # one checkpoint through `spectrum` (a job-array task): the same record into a folder ...
     run0 = runs_dir / "seed0"
@@ -424,7 +430,9 @@ def test_cli_batch_summary_and_spectrum(
         )
         == 0
     )
-    printed = json.loads(capsys.readouterr().out)
+    document = json.loads(capsys.readouterr().out)
+    assert document["computed"] is True and document["step"] == 20
+    printed = document["records"]
     assert [r["job"] for r in printed] == [
         "seed0/step-000020/spectrum",
         "seed0/step-000020/overlaps",
@@ -481,6 +489,23 @@ def test_cli_runs_without_dask_and_reports_failures_with_exit_status_1(
     assert _cli(["batch-summary", str(out), "--no-plot"]) == 0
     text = capsys.readouterr().out
     assert "1 failed jobs" in text and "CheckpointError" in text
+    # --json: the same report as one JSON object on stdout; the narration goes to stderr
+    argv = ["batch", str(runs), "--out", str(out), "--workers", "0", "--analysis", "overlaps"]
+    assert _cli([*argv, "--retries", "0", "--no-progress", "--json"]) == 1
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["counts"] == {
+        "succeeded": 0,
+        "skipped": N_STEPS - 1,
+        "failed": 1,
+        "recomputed": 0,
+    }
+    assert report["failed"] == ["seed0/step-000000/overlaps"]
+    assert "running in this process" in captured.err
+    assert _cli(["batch-summary", str(out), "--no-plot", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["curves"] is None
+    assert document["failures"]["seed0/step-000000/overlaps"].startswith("CheckpointError")
 
 
 def test_bad_arguments_give_clear_errors(runs_dir: Path, tmp_path: Path) -> None:

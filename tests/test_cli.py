@@ -331,3 +331,19 @@ def test_verbose_logs_and_json_summary(tmp_path: Path, capsys: pytest.CaptureFix
     assert "entk_fast: train modadd: step 10/20" in captured.err
     assert main([*args[:-2], "--out", str(tmp_path / "quiet"), "--no-progress"]) == 0
     assert "entk_fast:" not in capsys.readouterr().err  # quiet by default
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("train", "modadd"),
+        ("train", "tms"),
+        ("demo",),
+        ("batch",),
+        ("batch-summary",),
+        ("spectrum",),
+    ],
+)
+def test_summary_commands_offer_json(command: tuple[str, ...]) -> None:
+    help_text = _subparser(build_parser(), *command).format_help()
+    assert "--json" in help_text and "one JSON object on stdout" in " ".join(help_text.split())

@@ -18,6 +18,17 @@ def test_synthetic_demo_via_cli_finds_the_planted_cliff(tmp_path, capsys):
     assert "principal angles" in capsys.readouterr().out
 
 
+def test_demo_json_prints_one_object_and_narrates_on_stderr(tmp_path, capsys):
+    out = tmp_path / "summary.json"
+    assert main(["demo", "--synthetic", "--json", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["demo"] == "synthetic" and summary["cliffs"][0]["index"] == 12
+    assert captured.out.count("\n") == 1
+    assert "principal angles" in captured.err and f"summary written to {out}" in captured.err
+    assert json.loads(out.read_text())["rank"] == 12
+
+
 def test_modadd_demo_finds_the_fourier_cliffs():
     summary = run_modadd_demo(p=29, epochs=500, seed=0, progress=False)
     assert summary["accuracy"] == "train acc 100%, test acc 100%"

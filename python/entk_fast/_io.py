@@ -1,4 +1,5 @@
-"""Atomic file writes: a temporary file next to the target, fsync, then ``os.replace``.
+"""Atomic file writes: a temporary file next to the target, fsync, then ``os.replace``; and
+the one JSON object a CLI command prints with ``--json``.
 
 A crash or Ctrl-C leaves either the old file or the new one, never a torn one.
 """
@@ -9,6 +10,7 @@ import contextlib
 import json
 import os
 import secrets
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -22,6 +24,9 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "fsync_dir",
+    "json_default",
+    "print_json",
+    "stdout_to_stderr",
 ]
 
 #: Names of the temporary files :func:`atomic_open` writes (``.NAME.<12 hex>.tmp``).
@@ -81,3 +86,26 @@ def fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def json_default(obj: Any) -> Any:
+    """``json.dumps(default=...)``: numpy scalars and arrays, paths and sets as JSON."""
+    if hasattr(obj, "tolist") and type(obj).__module__ == "numpy":
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def print_json(obj: Any) -> None:
+    """A command's ``--json`` output: ``obj`` as one JSON object on one line of stdout."""
+    sys.stdout.write(json.dumps(obj, default=json_default) + "\n")
+    sys.stdout.flush()
+
+
+def stdout_to_stderr(enabled: bool = True) -> contextlib.AbstractContextManager[Any]:
+    """While a ``--json`` command computes, its human-readable lines go to stderr, so stdout
+    holds nothing but the JSON object printed after the block."""
+    return contextlib.redirect_stdout(sys.stderr) if enabled else contextlib.nullcontext()

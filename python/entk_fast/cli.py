@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -229,6 +228,7 @@ def _resume_config(out: Path, spec: Any, given: dict[str, Any]) -> Any:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from ._io import print_json, stdout_to_stderr
     from .experiments import runs
     from .experiments.train import Terminated, train
 
@@ -244,14 +244,15 @@ def _run_train(args: argparse.Namespace) -> int:
     else:
         config = cls(**given)
     try:
-        result = train(
-            config,
-            args.out,
-            resume=args.resume,
-            progress=False if args.no_progress else None,
-            plot=not args.no_plot,
-            threads=args.threads,
-        )
+        with stdout_to_stderr(args.json):
+            result = train(
+                config,
+                args.out,
+                resume=args.resume,
+                progress=False if args.no_progress else None,
+                plot=not args.no_plot,
+                threads=args.threads,
+            )
     except KeyboardInterrupt as stop:
         steps = runs.checkpoint_steps(args.out)
         last = f"last checkpoint: step {steps[-1]}" if steps else "no checkpoint yet"
@@ -263,8 +264,8 @@ def _run_train(args: argparse.Namespace) -> int:
         )
         return 143 if isinstance(stop, Terminated) else 130
     if args.json:
-        final = {k: v[-1].item() for k, v in result.history.items()}
-        print(json.dumps({"run_directory": str(result.out), "kind": spec.kind, "final": final}))
+        final = {k: v[-1] for k, v in result.history.items()}
+        print_json({"run_directory": result.out, "kind": spec.kind, "final": final})
         return 0
     print(f"run directory: {result.out}")
     for line in spec.summary(config, result.history):

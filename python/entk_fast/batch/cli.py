@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import signal
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .jobs import ANALYSES, DEFAULT_K
+
+if TYPE_CHECKING:
+    from .summary import BatchSummary
 
 __all__ = ["add_batch_parser", "add_spectrum_parser", "add_summary_parser"]
 
@@ -88,6 +90,9 @@ def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--force", action="store_true", help="recompute valid results too")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--json", action="store_true", help="print the summary as one JSON object on stdout"
+    )
     parser.set_defaults(func=_run_batch)
     return parser
 
@@ -108,6 +113,9 @@ def add_summary_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--plots", metavar="DIR", help="where curves.csv/curves.png go (default: RESULTS)"
     )
     parser.add_argument("--no-plot", action="store_true", help="print the table only")
+    parser.add_argument(
+        "--json", action="store_true", help="print the summary as one JSON object on stdout"
+    )
     parser.set_defaults(func=_run_summary)
     return parser
 
@@ -141,7 +149,9 @@ def add_spectrum_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="Rust/torch threads (default: unchanged; SLURM_CPUS_PER_TASK is a good value)",
     )
     parser.add_argument("--force", action="store_true", help="recompute a valid result")
-    parser.add_argument("--json", action="store_true", help="print the record(s) as JSON")
+    parser.add_argument(
+        "--json", action="store_true", help="print the record(s) as one JSON object on stdout"
+    )
     parser.set_defaults(func=_run_spectrum)
     return parser
 
@@ -165,6 +175,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def _run_batch(args: argparse.Namespace) -> int:
+    from .._io import print_json, stdout_to_stderr
     from ..errors import InvalidArgumentError
     from .cluster import dashboard_address, open_client
     from .jobs import parse_analyses, run_batch
@@ -186,7 +197,7 @@ def _run_batch(args: argparse.Namespace) -> int:
         "force": args.force,
         "progress": progress,
     }
-    with _sigterm_as_interrupt():
+    with _sigterm_as_interrupt(), stdout_to_stderr(args.json):
         if args.workers == 0:
             print("running in this process (no Dask)", file=sys.stderr)
             report = run_batch(args.runs_dir, args.out, analyses, client=None, **options)
@@ -206,22 +217,64 @@ def _run_batch(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 report = run_batch(args.runs_dir, args.out, analyses, client=client, **options)
-    print(report.summary())
+    if args.json:
+        print_json({"results": report.out, **report.as_dict()})
+    else:
+        print(report.summary())
     return 1 if report.failed else 0
 
 
 def _run_summary(args: argparse.Namespace) -> int:
+    from .._io import print_json
     from .summary import summarize, write_curves
 
     summary = summarize(args.results)
-    print(summary.text())
+    if not args.json:
+        print(summary.text())
+    curves = None
     if not args.no_plot:
         csv_path, png_path = write_curves(summary, args.plots or args.results)
-        print(f"\ncurves: {csv_path} and {png_path}")
+        curves = {"csv": csv_path, "png": png_path}
+        if not args.json:
+            print(f"\ncurves: {csv_path} and {png_path}")
+    if args.json:
+        print_json({**_summary_json(summary), "curves": curves})
     return 0
 
 
+def _summary_json(summary: BatchSummary) -> dict[str, Any]:
+    """What ``batch-summary`` prints, as data: per run the results per analysis, the final
+    overlaps of each cliff block with each family (of ``dimension``), the final test
+    accuracy and the alignment onset; the failed jobs' errors; the last batch's report."""
+    runs = {}
+    for name, run in sorted(summary.runs.items()):
+        acc = {"step": run.test_acc[-1][0], "value": run.test_acc[-1][1]} if run.test_acc else None
+        final: dict[str, dict[str, float]] = {}
+        for (block, family), points in sorted(run.curves.items()):
+            final.setdefault(block, {})[family] = points[-1][1]
+        runs[name] = {
+            "kind": run.kind,
+            "steps": run.steps,
+            "dimension": run.dimension,
+            "final_overlaps": final,
+            "test_acc": acc,
+            "onset": run.onset(),
+        }
+    failures = {
+        job: str(entry.get("error", "")).splitlines()[0] if entry.get("error") else None
+        for job, entry in sorted(summary.failures.items())
+    }
+    return {
+        "results": summary.out,
+        "n_results": summary.n_results,
+        "runs": runs,
+        "failures": failures,
+        "last_batch": summary.last_batch,
+    }
+
+
 def _run_spectrum(args: argparse.Namespace) -> int:
+    from .._io import print_json
     from ..errors import InvalidArgumentError
     from .jobs import run_checkpoint
 
@@ -238,7 +291,15 @@ def _run_spectrum(args: argparse.Namespace) -> int:
         force=args.force,
     )
     if args.json:
-        print(json.dumps(records if len(records) != 1 else records[0], indent=2))
+        print_json(
+            {
+                "run": args.run,
+                "step": args.step,
+                "out": args.out,
+                "computed": computed,
+                "records": records,
+            }
+        )
     else:
         state = "computed" if computed else "up to date (inputs unchanged; --force recomputes)"
         for record in records:

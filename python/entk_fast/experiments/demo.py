@@ -42,27 +42,35 @@ def add_parser(subparsers: Any) -> None:
         help="torch-free: planted low-rank Jacobian, its Gram, spectrum and principal angles",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the summary as one JSON object on stdout (the narration goes to stderr)",
+    )
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    from .._io import atomic_write_json, print_json, stdout_to_stderr
+
     check_seed("--seed", args.seed)
     if args.out is not None:
         _check_writable(args.out)
-    if args.synthetic:
-        summary = run_synthetic_demo(seed=args.seed)
-    else:
-        summary = run_modadd_demo(
-            p=args.p,
-            epochs=args.epochs,
-            seed=args.seed,
-            progress=False if args.no_progress else None,
-        )
-    if args.out is not None:
-        from .._io import atomic_write_json
-
-        atomic_write_json(args.out, summary)
-        print(f"summary written to {args.out}")
+    with stdout_to_stderr(args.json):
+        if args.synthetic:
+            summary = run_synthetic_demo(seed=args.seed)
+        else:
+            summary = run_modadd_demo(
+                p=args.p,
+                epochs=args.epochs,
+                seed=args.seed,
+                progress=False if args.no_progress else None,
+            )
+        if args.out is not None:
+            atomic_write_json(args.out, summary)
+            print(f"summary written to {args.out}")
+    if args.json:
+        print_json({"demo": "synthetic" if args.synthetic else "modadd", **summary})
     return 0
 
 
