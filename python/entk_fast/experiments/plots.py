@@ -26,6 +26,8 @@ __all__ = [
     "alignment_figure",
     "feature_heatmap_figure",
     "fourier_heatmap_figure",
+    "frequency_norms_figure",
+    "layer_overlaps_figure",
     "layer_spectra_figure",
     "plot_training_curve",
     "save_figure",
@@ -213,4 +215,50 @@ def alignment_figure(
     right.set_ylabel("accuracy (%)")
     right.legend()
     fig.suptitle("eNTK alignment over training" + ("" if onset is None else f" (onset {onset})"))
+    return fig
+
+
+def frequency_norms_figure(
+    norms: Any, keys: Sequence[int] = (), *, title: str = "Fourier norms of the embedding"
+) -> Figure:
+    """Bars of the norm of each frequency k = 1..K (``norms[k - 1]``), the ``keys`` in red."""
+    v = np.asarray(norms, dtype=np.float64)
+    fig = _figure(6.5, 3.5)
+    ax = fig.subplots()
+    freqs = np.arange(1, v.size + 1)
+    colors = ["C3" if k in set(keys) else "C0" for k in freqs]
+    ax.bar(freqs, v, color=colors)
+    ax.set_xticks(freqs)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.set_xlabel("frequency k (key frequencies in red)")
+    ax.set_ylabel("norm")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    return fig
+
+
+def layer_overlaps_figure(
+    overlaps: Mapping[str, Mapping[str, float]],
+    maximum: float,
+    *,
+    title: str = "layer kernels: top eigenvectors vs Fourier families",
+) -> Figure:
+    """Grouped bars: for each layer (x axis), its overlap with each family (one colour each),
+    out of ``maximum`` (a dashed line)."""
+    layers = list(overlaps)
+    families = list(next(iter(overlaps.values()))) if layers else []
+    fig = _figure(max(6.5, 0.8 * len(layers) + 2), 4)
+    ax = fig.subplots()
+    width = 0.8 / max(len(families), 1)
+    x = np.arange(len(layers))
+    for i, family in enumerate(families):
+        values = [overlaps[layer][family] for layer in layers]
+        ax.bar(x + (i - (len(families) - 1) / 2) * width, values, width, label=family)
+    ax.axhline(maximum, color="k", ls="--", lw=0.8)
+    ax.set_xticks(x, layers, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(f"overlap (of {maximum:g})")
+    ax.set_ylim(0, maximum * 1.08)
+    ax.legend()
+    ax.grid(alpha=0.3, axis="y")
+    ax.set_title(title)
     return fig

@@ -12,6 +12,9 @@ Sections (J. Lin, *Feature Identification via the Empirical NTK*, arXiv 2510.004
   the families inside each block, and the layerwise kernels of W₁ and W₂.
 * ``grokking``: at every checkpoint, the overlap of eigenvectors 58–113 with the a+b family,
   its derivative and the epoch where it rises fastest, beside the accuracy curves.
+* ``transformer``: the 1-layer modular-addition transformer (p = 29): its key frequencies and
+  the overlap of each layer kernel's top eigenvectors with the Fourier modes at those
+  frequencies, at the end and over training (:mod:`.reproduce_transformer`).
 
 Everything lands in ``--out``: ``report.json`` (every number, named), one PNG per figure, and
 ``report.md`` (the figures and our numbers next to the paper's). Runs are trained into
@@ -55,10 +58,11 @@ from ..errors import InvalidArgumentError
 from .modadd import ModAddConfig, first_step_above
 from .tms import TMSConfig
 from .train import torch_threads
+from .transformer import TransformerConfig
 
 __all__ = ["SECTIONS", "add_parser", "reproduce"]
 
-SECTIONS = ("tms", "modadd", "grokking")
+SECTIONS = ("tms", "modadd", "grokking", "transformer")
 TMS_SETTINGS = ((10, 0.3), (10, 0.9), (40, 0.9))
 BETAS = (0.0, 0.3, 1.0)
 
@@ -94,6 +98,7 @@ class Plan:
 
     tms: tuple[TMSConfig, ...]
     modadd: ModAddConfig
+    transformer: TransformerConfig = TransformerConfig()
     quick: bool = False
 
     @classmethod
@@ -107,7 +112,9 @@ class Plan:
         tms = tuple(
             TMSConfig(n_hidden=m, sparsity=s, n_points=120, steps=1500) for m, s in TMS_SETTINGS
         )
-        return cls(tms, ModAddConfig(p=23, hidden=256, epochs=300), quick=True)
+        from .reproduce_transformer import QUICK
+
+        return cls(tms, ModAddConfig(p=23, hidden=256, epochs=300), QUICK, quick=True)
 
 
 def _tag(config: Any) -> str:
@@ -461,10 +468,18 @@ def run_grokking(plan: Plan, runs: Path, cache: Path, log: _Log) -> Section:
     return section
 
 
+def run_transformer(plan: Plan, runs: Path, cache: Path, log: _Log) -> Section:
+    """The transformer section (:mod:`.reproduce_transformer`, which imports this module)."""
+    from .reproduce_transformer import run_transformer as run
+
+    return run(plan, runs, cache, log)
+
+
 _RUNNERS: dict[str, Callable[[Plan, Path, Path, _Log], Section]] = {
     "tms": run_tms,
     "modadd": run_modadd,
     "grokking": run_grokking,
+    "transformer": run_transformer,
 }
 
 
@@ -615,6 +630,10 @@ def _markdown(report: dict[str, Any]) -> str:
             "",
         ]
         lines += _figures(report, "grokking_")
+    if "transformer" in sections:
+        from .reproduce_transformer import markdown
+
+        lines += markdown(report)
     lines += ["## Checks", ""]
     for name, checks in report["checks"].items():
         for text, ok in checks.items():
@@ -636,7 +655,8 @@ def _figures(report: dict[str, Any], prefix: str) -> list[str]:
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "reproduce",
-        help="reproduce the paper's findings (TMS, modular addition, grokking) into a report",
+        help="reproduce the paper's findings (TMS, modular addition, grokking, transformer) into "
+        "a report",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
