@@ -14,6 +14,7 @@ import torch
 from ntk_reference import make_case, reference_jacobian, reference_kernel, relative_error
 
 from entk_fast import empirical_ntk, entk_spectrum
+from entk_fast.errors import InvalidArgumentError, InvalidTypeError
 from entk_fast.ntk.assemble import (
     assemble_cross,
     assemble_square,
@@ -32,7 +33,9 @@ def _metric(kind: str, c: int) -> np.ndarray | None:
     if kind == "none":
         return None
     if kind == "vector":
-        return rng.uniform(0.2, 2.0, c)
+        w = rng.uniform(0.2, 2.0, c)
+        w[1] = 0.0  # a zero weight is PSD: allowed
+        return w
     a = rng.standard_normal((c, c))
     return a @ a.T + 0.3 * np.eye(c)
 
@@ -72,6 +75,50 @@ def test_problem_metric_root_squares_to_the_metric() -> None:
     assert diagonal
     np.testing.assert_array_equal(full, np.diag(w))
     np.testing.assert_array_equal(half, [0.0, 0.5, 2.0])
+
+
+def test_problem_metric_tolerances_scale_with_dtype_and_size() -> None:
+    # float32: asymmetry is allowed up to 8·eps32·C·max|S| (here 1.9e-6), no further.
+    for d, ok in ((1e-6, True), (3e-6, False)):
+        s = np.array([[1.0, 0.5], [0.5 + d, 1.0]], dtype=np.float32)
+        if ok:
+            sym, _, _ = normalise_metric(s, 2)
+            np.testing.assert_allclose(sym, sym.T, rtol=0, atol=0)
+        else:
+            with pytest.raises(InvalidArgumentError, match="symmetric"):
+                normalise_metric(s, 2)
+    # float64: 1e-10·C·max|S| with C = 3 (3e-10).
+    for d, ok in ((2e-10, True), (4e-10, False)):
+        s = np.eye(3)
+        s[0, 1] = 0.25
+        s[1, 0] = 0.25 + d
+        if ok:
+            normalise_metric(s, 3)
+        else:
+            with pytest.raises(InvalidArgumentError, match="symmetric"):
+                normalise_metric(s, 3)
+
+
+def test_problem_keyword_inputs_and_partial_nan() -> None:
+    model, (x,) = make_case("mlp", n=4)
+
+    class Keyword(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, *, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x)
+
+    wrapped = Keyword()
+    by_key = empirical_ntk(wrapped, {"x": x}, progress=False).kernel
+    np.testing.assert_array_equal(by_key, empirical_ntk(model, x, progress=False).kernel)
+    with pytest.raises(InvalidTypeError, match="keyword names must be strings"):
+        empirical_ntk(wrapped, {1: x}, progress=False)
+    bad = x.clone()
+    bad[2, 1] = float("nan")  # one feature of one sample
+    with pytest.raises(InvalidArgumentError, match="first at sample 2"):
+        empirical_ntk(model, bad, progress=False)
 
 
 # --- ntk/checks.py: the batched-vs-lone comparison and the NaN checks ----------------------

@@ -54,6 +54,8 @@ TARGETS: dict[str, list[str]] = {
         K + "test_problem_reductions_match_brute_force",
         K + "test_problem_reduction_objects_closed_form",
         K + "test_problem_metric_root_squares_to_the_metric",
+        K + "test_problem_metric_tolerances_scale_with_dtype_and_size",
+        K + "test_problem_keyword_inputs_and_partial_nan",
     ],
     "ntk/checks.py": [
         "tests/test_ntk_batch_checks.py",

@@ -100,6 +100,110 @@ fn hadamard_accumulate_matches_kron_formula() {
 }
 
 #[test]
+fn hadamard_positions_accumulate_matches_the_sum_over_position_pairs() {
+    // 3 positions, 130 samples of 2 rows (260 rows: two row tiles of 256 rows), inputs of
+    // width 4; position 2's inputs never meet the others' (a zero block of S is skipped).
+    let (t, n, block, q) = (3, 130, 2, 6);
+    let r = n * block;
+    let g = random(t * r, q, 11);
+    let mut a = random(t * n, 4, 12);
+    for i in 2 * n..3 * n {
+        for c in 0..2 {
+            a[(i, c)] = 0.0;
+        }
+    }
+    for i in 0..2 * n {
+        for c in 2..4 {
+            a[(i, c)] = 0.0;
+        }
+    }
+    let s = naive_abt(a.as_ref(), a.as_ref());
+    let mut k = Mat::<f64>::from_fn(r, r, |i, j| ((i + j) % 7) as f64);
+    let before = k.clone();
+    entk_core::hadamard::hadamard_gram_positions_accumulate(
+        k.as_mut(),
+        g.as_ref(),
+        s.as_ref(),
+        t,
+        block,
+        0.25,
+        Par::rayon(2),
+    )
+    .unwrap();
+    let gg = naive_abt(g.as_ref(), g.as_ref());
+    let want = Mat::from_fn(r, r, |i, j| {
+        let mut sum = before[(i, j)];
+        for pt in 0..t {
+            for pu in 0..t {
+                sum += 0.25
+                    * s[(pt * n + i / block, pu * n + j / block)]
+                    * gg[(pt * r + i, pu * r + j)];
+            }
+        }
+        sum
+    });
+    assert!(max_rel(k.as_ref(), want.as_ref()) < 1e-13);
+    // rows of G that are not a multiple of the positions: an error naming the argument
+    let err = entk_core::hadamard::hadamard_gram_positions_accumulate(
+        k.as_mut(),
+        g.subrows(0, t * r - 1),
+        s.as_ref(),
+        t,
+        block,
+        1.0,
+        PAR,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("positions"), "{err}");
+}
+
+#[test]
+fn hadamard_factored_accumulate_equals_the_input_gram_form() {
+    // 2 positions, 150 samples of 3 rows (450 rows: several 128-row tiles, tiles that start
+    // inside a sample's block of rows).
+    let (t, n, block, q, d) = (2, 150, 3, 5, 4);
+    let r = n * block;
+    let g = random(t * r, q, 21);
+    let a = random(t * n, d, 22);
+    let s = naive_abt(a.as_ref(), a.as_ref());
+    let start = Mat::<f64>::from_fn(r, r, |i, j| ((i * j) % 5) as f64);
+    let mut want = start.clone();
+    entk_core::hadamard::hadamard_gram_positions_accumulate(
+        want.as_mut(),
+        g.as_ref(),
+        s.as_ref(),
+        t,
+        block,
+        0.5,
+        PAR,
+    )
+    .unwrap();
+    let mut k = start.clone();
+    entk_core::hadamard::hadamard_gram_factored_accumulate(
+        k.as_mut(),
+        g.as_ref(),
+        a.as_ref(),
+        t,
+        block,
+        0.5,
+        Par::rayon(2),
+    )
+    .unwrap();
+    assert!(max_rel(k.as_ref(), want.as_ref()) < 1e-13);
+    let err = entk_core::hadamard::hadamard_gram_factored_accumulate(
+        k.as_mut(),
+        g.as_ref(),
+        a.subrows(0, t * n - 1),
+        t,
+        block,
+        1.0,
+        PAR,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains('A'), "{err}");
+}
+
+#[test]
 fn eigh_diagonal_closed_form_descending() {
     let d = [3.0f64, -1.0, 7.0, 0.5];
     let k = Mat::from_fn(4, 4, |i, j| if i == j { d[i] } else { 0.0 });
@@ -521,4 +625,31 @@ fn thread_pool_resizes_and_survives_a_fork_marker() {
     assert_eq!(threads::num_threads(), 3);
     threads::set_num_threads(0);
     assert!(threads::num_threads() >= 1);
+}
+
+// --- Tests that kill mutants cargo-mutants found alive (README, "Mutation testing") ---
+
+#[test]
+fn gram_accumulate_refuses_exactly_the_updates_that_could_overflow() {
+    let refused = |k0: f64, j: &Mat<f64>, alpha: f64| {
+        let mut k = Mat::from_fn(j.nrows(), j.nrows(), |a, b| if a == b { k0 } else { 0.0 });
+        let got = gram_accumulate(k.as_mut(), j.as_ref(), alpha, PAR);
+        if got.is_err() {
+            assert!(matches!(got, Err(CoreError::Solver(_))), "{got:?}");
+            assert_eq!(k[(0, 0)], k0, "K must be left unchanged");
+        }
+        got.is_err()
+    };
+    let big = f64::MAX;
+    // K's own entries count: 0.3·MAX is already past the 4× margin below MAX.
+    assert!(refused(0.3 * big, &Mat::from_fn(1, 1, |_, _| 0.5), 1.0));
+    // Every column adds a square: 1000 columns of 1e153 sum to 1e309.
+    assert!(refused(0.0, &Mat::from_fn(1, 1000, |_, _| 1e153), 1.0));
+    // alpha multiplies the squares: 1e300 · (1e5)² = 1e310.
+    assert!(refused(0.0, &Mat::from_fn(1, 1, |_, _| 1e5), 1e300));
+    // Well inside the range the update is made, exactly: 10 · (1e152)² = 1e305.
+    let j = Mat::from_fn(1, 10, |_, _| 1e152);
+    let mut k = Mat::<f64>::zeros(1, 1);
+    gram_accumulate(k.as_mut(), j.as_ref(), 1.0, PAR).unwrap();
+    assert!((k[(0, 0)] / 1e305 - 1.0).abs() < 1e-14, "{}", k[(0, 0)]);
 }
