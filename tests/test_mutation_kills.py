@@ -48,6 +48,11 @@ def test_problem_reductions_match_brute_force(reduction: str, metric_kind: str) 
     metric = _metric(metric_kind, jac.shape[1])
     got = empirical_ntk(model, x, reduction=reduction, output_metric=metric, progress=False)
     assert relative_error(got.kernel, reference_kernel(jac, reduction, metric)) < 1e-10
+    if metric is None:
+        assert got.output_metric is None
+    else:  # the result reports S itself (a matrix), not its square root
+        full = np.diag(metric) if metric.ndim == 1 else metric
+        np.testing.assert_allclose(got.output_metric, full, rtol=0, atol=1e-15)
 
 
 def test_problem_reduction_objects_closed_form() -> None:
@@ -70,6 +75,11 @@ def test_problem_metric_root_squares_to_the_metric() -> None:
     np.testing.assert_allclose(sym, s, rtol=0, atol=1e-15)
     np.testing.assert_allclose(root @ root, s, rtol=0, atol=1e-12)
     np.testing.assert_allclose(root, root.T, rtol=0, atol=1e-15)
+    # Round-off eigenvalues are cut relative to the largest: at scale 1e8 the root must still
+    # vanish on S's null space (keeping them would put √(1e-8)-sized noise there).
+    _, big_root, _ = normalise_metric(1e8 * s, 4)
+    null = np.linalg.svd(a.T)[2][2:].T  # (4, 2), orthogonal to a's columns
+    assert np.abs(big_root @ null).max() < 1e-6
     w = np.array([0.0, 0.25, 4.0])
     full, half, diagonal = normalise_metric(w, 3)
     assert diagonal

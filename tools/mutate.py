@@ -428,18 +428,23 @@ def run_tests(copy_root: Path, args: list[str], timeout: float, log: Path) -> tu
     pid = os.fork()
     if pid == 0:
         _run_child(copy_root, args, log)
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status), time.monotonic() - start
-        if time.monotonic() - start > timeout:
+    done = 0
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(status), time.monotonic() - start
+            if time.monotonic() - start > timeout:
+                break
+            time.sleep(0.05)
+    finally:  # a timeout, or the run stopped (Ctrl-C, SIGTERM): end this mutant's child
+        if not done:
             try:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
             os.waitpid(pid, 0)
-            return -1, time.monotonic() - start
-        time.sleep(0.05)
+    return -1, time.monotonic() - start
 
 
 def _status(code: int) -> str:
@@ -504,6 +509,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    {m.before}\n →  {m.after}")
         return 0
 
+    # SIGTERM (and SIGINT, which background shells ignore) stop the run with a report so far.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
     os.environ.setdefault("CI", "1")  # the derandomised hypothesis profile: reproducible kills
     sys.dont_write_bytecode = True
@@ -560,6 +568,8 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
                 records.append(m)
+    except KeyboardInterrupt:
+        print("stopped: reporting the mutants run so far", flush=True)
     finally:
         if opts.json:
             opts.json.write_text("".join(json.dumps(asdict(m)) + "\n" for m in records))
