@@ -660,7 +660,10 @@ fn policy_closed_forms() {
     let p2 = |e: i32| 2f64.powi(e);
     // Asymmetry allowed: √eps of the largest entry, per dtype.
     assert_eq!(symmetry_tolerance(4.0f64), f64::EPSILON.sqrt() * 4.0);
-    assert_eq!(symmetry_tolerance(4.0f32), (f32::EPSILON as f64).sqrt() * 4.0);
+    assert_eq!(
+        symmetry_tolerance(4.0f32),
+        (f32::EPSILON as f64).sqrt() * 4.0
+    );
     let mut k = Mat::from_fn(2, 2, |i, j| if i == j { 1e4 } else { 1.0 });
     k[(1, 0)] = 1.0 + 1e-4; // 1e-4 < √eps · 1e4 ≈ 1.5e-4: symmetric enough
     assert!(eigh(k.as_ref(), PAR).is_ok());
