@@ -135,13 +135,15 @@ def test_problem_keyword_inputs_and_partial_nan() -> None:
 
 
 def test_checks_close_tolerance_and_nonfinite() -> None:
+    # allclose with rtol and atol = rtol·max|x|: the largest entry may move by 2·rtol of itself.
     a64 = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)
-    assert close(a64, a64 * (1 + 3e-10))
-    assert not close(a64, a64 * (1 + 3e-8))
+    assert close(a64, a64 * (1 + 1.5e-9))
+    assert not close(a64, a64 * (1 + 3e-9))
     a32 = a64.float()
-    assert close(a32, a32 * (1 + 3e-5))
-    assert not close(a32, a32 * (1 + 3e-3))
-    assert close(a64, a64 * (1 + 3e-7), rtol=1e-6)
+    assert close(a32, a32 * (1 + 1.5e-4))
+    assert not close(a32, a32 * (1 + 3e-4))
+    assert close(a64, a64 * (1 + 1.5e-6), rtol=1e-6)
+    assert not close(a64, a64 * (1 + 3e-6), rtol=1e-6)
     assert not close(a64, a64.float())  # dtype differs
     assert not close(a64, a64[:2])  # shape differs
     ints = torch.tensor([1, 2, 3])
