@@ -156,6 +156,8 @@ def test_checks_close_tolerance_and_nonfinite() -> None:
     assert not close(x, torch.tensor([1.1, nan, inf], dtype=torch.float64))
     empty = torch.zeros(0, dtype=torch.float64)
     assert close(empty, empty)
+    one = torch.ones(1, dtype=torch.float64)
+    assert close(one, one.clone()) and not close(one, 2 * one)
 
 
 def test_checks_finite_helpers_and_names() -> None:
