@@ -76,10 +76,22 @@ TARGETS: dict[str, list[str]] = {
         K + "test_spectrum_dense_and_matrix_free_match_numpy",
     ],
     "linalg.py": ["tests/test_linalg.py", "tests/test_linalg_operator.py"],
-    "analysis/alignment.py": ["tests/test_analysis.py", "tests/test_cliffs_fourier.py"],
-    "analysis/cliffs.py": ["tests/test_analysis.py", "tests/test_cliffs_fourier.py"],
+    "analysis/alignment.py": [
+        "tests/test_analysis.py",
+        "tests/test_cliffs_fourier.py",
+        K + "test_analysis_alignment_closed_form",
+    ],
+    "analysis/cliffs.py": [
+        "tests/test_analysis.py",
+        "tests/test_cliffs_fourier.py",
+        K + "test_analysis_feature_cliffs_closed_form",
+    ],
     "analysis/fourier.py": ["tests/test_analysis.py", "tests/test_cliffs_fourier.py"],
-    "analysis/tms.py": ["tests/test_analysis.py", "tests/test_cliffs_fourier.py"],
+    "analysis/tms.py": [
+        "tests/test_analysis.py",
+        "tests/test_cliffs_fourier.py",
+        K + "test_analysis_tms_heatmap_closed_form",
+    ],
 }
 
 _BINOP_SWAP: dict[type, type] = {
