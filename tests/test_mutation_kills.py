@@ -320,6 +320,7 @@ def test_analysis_feature_cliffs_closed_form() -> None:
     low = feature_cliffs(values, top=1, mean_diagonal=1e-5)  # floor 1e-13: 1e-12 is a feature
     assert [c.index for c in low.cliffs] == [5] and low.rank == 6
     assert [c.index for c in low.rank_cliffs] == [6]
+    assert len(feature_cliffs(2.0 ** -np.arange(9)).cliffs) == 5  # the default top
     assert cliff_blocks((113, 1, 57, 57), 120) == [(1, 1), (2, 57), (58, 113)]
     assert cliff_blocks([5], 5) == [(1, 5)] and cliff_blocks([], 3) == []
     with pytest.raises(InvalidArgumentError):
