@@ -20,6 +20,7 @@ from entk_fast.analysis.alignment import (
     principal_angles_degrees,
 )
 from entk_fast.analysis.cliffs import RIDGE_EPSILON, cliff_blocks, feature_cliffs
+from entk_fast.analysis.fourier import fourier_family, smoothness_rotation
 from entk_fast.analysis.tms import feature_heatmap, feature_indicators, match_features
 from entk_fast.errors import InvalidArgumentError, InvalidTypeError
 from entk_fast.ntk.assemble import (
@@ -321,6 +322,7 @@ def test_analysis_feature_cliffs_closed_form() -> None:
     assert [c.index for c in low.cliffs] == [5] and low.rank == 6
     assert [c.index for c in low.rank_cliffs] == [6]
     assert len(feature_cliffs(2.0 ** -np.arange(9)).cliffs) == 5  # the default top
+    assert [c.index for c in feature_cliffs(values, within=2).cliffs] == [1]  # smallest within
     assert cliff_blocks((113, 1, 57, 57), 120) == [(1, 1), (2, 57), (58, 113)]
     assert cliff_blocks([5], 5) == [(1, 5)] and cliff_blocks([], 3) == []
     with pytest.raises(InvalidArgumentError):
@@ -367,3 +369,14 @@ def test_analysis_tms_heatmap_closed_form() -> None:
     assert math.isclose(match.mean_column_max, (1.0 + 0.5**0.5) / 2)
     assert not match.in_order(1)
     assert match_features(np.eye(3)).in_order(3) and not match_features(np.eye(3)[::-1]).in_order(2)
+
+
+def test_analysis_fourier_rotation_of_a_two_column_block() -> None:
+    p = 5
+    fa, fb = fourier_family(p, "a")[:, 0], fourier_family(p, "b")[:, 0]
+    block = np.stack([fa + fb, fa - fb], axis=1) / 2**0.5
+    rotated = smoothness_rotation(block, p, ("a", "b"))
+    # First the family invariant along a (functions of b), then the other one.
+    assert abs(rotated[:, 0] @ fb) > 1 - 1e-12 and abs(rotated[:, 1] @ fa) > 1 - 1e-12
+    with pytest.raises(InvalidArgumentError, match="block"):
+        smoothness_rotation(block[:, :1], p, ("a", "b"))

@@ -86,7 +86,11 @@ TARGETS: dict[str, list[str]] = {
         "tests/test_cliffs_fourier.py",
         K + "test_analysis_feature_cliffs_closed_form",
     ],
-    "analysis/fourier.py": ["tests/test_analysis.py", "tests/test_cliffs_fourier.py"],
+    "analysis/fourier.py": [
+        "tests/test_analysis.py",
+        "tests/test_cliffs_fourier.py",
+        K + "test_analysis_fourier_rotation_of_a_two_column_block",
+    ],
     "analysis/tms.py": [
         "tests/test_analysis.py",
         "tests/test_cliffs_fourier.py",
