@@ -89,7 +89,9 @@ class SharedParameter(nn.Module):
 
 
 class Sequence(nn.Module):
-    """A Linear applied at every position of a sequence (T = 3): general path."""
+    """An Embedding and a narrow Linear applied at every position of a sequence (T = 3): the
+    embedding takes the structured sequence path, the 3→3 Linear is cheaper on the general
+    path (6 position pairs × (3 + 3) > 3 · 3)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -157,14 +159,15 @@ def test_tms_tied_weight_uses_general_path() -> None:
     assert set(paths.values()) == {"general"}
 
 
-def test_sequence_layers_fall_back() -> None:
+def test_sequence_layers_take_the_path_their_cost_picks() -> None:
     torch.manual_seed(3)
     model = Sequence().double().eval()
     tokens = torch.randint(0, 5, (4, 3))
-    for reduction in ("flattened", "trace"):
+    for reduction in ("flattened", "trace", "mean_pairs"):
         paths = _reference_check(model, (tokens,), reduction)
-    assert paths["emb.weight"] == paths["mix.weight"] == "general"
-    assert paths["out.weight"] == "structured"
+        assert paths["emb.weight"] == "structured"
+        assert paths["mix.weight"] == paths["mix.bias"] == "general"
+        assert paths["out.weight"] == "structured"
 
 
 def test_batch_interaction_disables_structured_and_uses_per_sample_function() -> None:

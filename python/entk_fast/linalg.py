@@ -39,6 +39,7 @@ __all__ = [
     "gram_cross",
     "hadamard_gram_accumulate",
     "hadamard_gram_cross",
+    "hadamard_gram_factored_accumulate",
     "principal_angles",
     "set_num_threads",
     "subspace_overlap",
@@ -166,24 +167,77 @@ def gram_cross(A: Any, B: Any) -> FloatArray:
     return _core.gram_cross(a, b)
 
 
-def hadamard_gram_accumulate(K: Any, G: Any, S: Any, *, block: int = 1, alpha: float = 1.0) -> None:
+def hadamard_gram_accumulate(
+    K: Any, G: Any, S: Any, *, block: int = 1, alpha: float = 1.0, positions: int = 1
+) -> None:
     """In place ``K[i, j] += alpha · S[i // block, j // block] · ⟨G[i], G[j]⟩``.
 
     The exact eNTK block of a linear layer used once: S = A Aᵀ is the Gram of its input
     activations (N, N) and G stacks the cotangents ∂f_c/∂y at its output.
 
+    With ``positions`` = T > 1 (a layer applied at T positions of each sample, e.g. every
+    token of a sequence) G stacks T blocks of R rows, one per position, S is the (T·m, T·m)
+    Gram of the inputs over (position, sample) with m = R // block, and
+
+        K[i, j] += alpha · Σ_{t,u} S[t·m + i // block, u·m + j // block] · ⟨G[t·R + i], G[u·R + j]⟩
+
+    (Σ_{t,u} ⟨a_t, a'_u⟩ ⟨g_t, g'_u⟩: J. Lin, arXiv 2510.00468, the cheap exact paths), with K
+    read and written once for all T² position pairs.
+
     Args:
         K: (R, R) symmetric writable array.
-        G: (R, Q) matrix; R must be a multiple of ``block``.
-        S: (R // block, R // block) symmetric matrix.
+        G: (T·R, Q) matrix; R must be a multiple of ``block``.
+        S: (T·R // block, T·R // block) symmetric matrix.
         block: rows of G per row of S (C for a flattened kernel, 1 for reduced ones).
         alpha: finite scale factor (1/C for ``trace``, 1/C² for ``mean_pairs``).
+        positions: T, the positions per sample (default 1).
     """
     k = _writable_matrix(K, "K")
     g = _detached_from(k, as_float_matrix(G, "G"))
     s = _detached_from(k, as_float_matrix(S, "S"))
     _same_dtype("hadamard_gram_accumulate(K, G, S)", k, g, s)
-    _core.hadamard_gram_accumulate(k, g, s, _as_int(block, "block"), _as_float(alpha, "alpha"))
+    _core.hadamard_gram_accumulate(
+        k,
+        g,
+        s,
+        _as_int(block, "block"),
+        _as_float(alpha, "alpha"),
+        _as_int(positions, "positions"),
+    )
+    _updated_in_place(K)
+
+
+def hadamard_gram_factored_accumulate(
+    K: Any, G: Any, A: Any, *, block: int = 1, alpha: float = 1.0, positions: int = 1
+) -> None:
+    """:func:`hadamard_gram_accumulate` with S = A Aᵀ given by its factor, never formed.
+
+    ``K[i, j] += alpha · Σ_{t,u} ⟨A[t·m + i // block], A[u·m + j // block]⟩ ·
+    ⟨G[t·R + i], G[u·R + j]⟩`` with m = R // block: a layer's eNTK block from its inputs A
+    and output cotangents G, position by position (T = ``positions``). Each row tile of K
+    takes the input and cotangent products of every position pair in cache, so neither the
+    (T·m)² input Gram nor a (T·R)² product is held: the fast form when the inputs are narrow.
+
+    Args:
+        K: (R, R) symmetric writable array.
+        G: (T·R, Q) matrix; R must be a multiple of ``block``.
+        A: (T·R // block, D) matrix of inputs.
+        block: rows of G per input row (C for a flattened kernel, 1 for reduced ones).
+        alpha: finite scale factor.
+        positions: T, the positions per sample (default 1).
+    """
+    k = _writable_matrix(K, "K")
+    g = _detached_from(k, as_float_matrix(G, "G"))
+    a = _detached_from(k, as_float_matrix(A, "A"))
+    _same_dtype("hadamard_gram_factored_accumulate(K, G, A)", k, g, a)
+    _core.hadamard_gram_factored_accumulate(
+        k,
+        g,
+        a,
+        _as_int(block, "block"),
+        _as_float(alpha, "alpha"),
+        _as_int(positions, "positions"),
+    )
     _updated_in_place(K)
 
 

@@ -36,13 +36,13 @@ _MIN_DEFAULT = 64 * 2**20
 # sweep keeps anyway (its Jacobian buffer or cotangents), but allowed at least the floor:
 # peak memory stays near "outputs + one buffer" at the cost of a few more, smaller passes.
 _TRANSIENT_FRACTION = 0.1
-_TRANSIENT_FLOOR = 4 * 2**20
+_TRANSIENT_FLOOR = 64 * 2**20
 # The structured path holds its cotangents and activation Grams within this fraction of the
 # outputs (at least the floor) even when the budget is larger: trace / mean_pairs then take
 # the output rows a few at a time (only the cheap forward is repeated), so the peak stays
 # near "kernel + one chunk".
 _STRUCTURED_FRACTION = 0.5
-_STRUCTURED_FLOOR = 32 * 2**20
+_STRUCTURED_FLOOR = 128 * 2**20
 # The plan fills only this fraction of that cap: the allocator's fragmentation (torch's
 # transients, the Rust kernels' scratch in their threads' arenas) takes the rest.
 _STRUCTURED_SLACK = 0.8
@@ -303,8 +303,13 @@ def _plan_sweep(
 def _structured_transient(problem: Problem, layers: Sequence[Any], rows: int) -> int:
     """Bytes per sample of one forward + batched backward over ``rows`` output rows."""
     act = problem.probe.activation_numel
-    outs = sum(layer.out_features for layer in layers)
+    outs = sum(layer.positions * layer.out_features for layer in layers)
     return problem.itemsize * ((rows + 2) * act + 2 * rows * outs)
+
+
+def _input_width(layer: Any) -> int:
+    """Values a sample's inputs to ``layer`` take (T positions of d_in, at least 2)."""
+    return layer.positions * max(layer.in_features, 2)
 
 
 def _untiled(problem: Problem, layers: Sequence[Any], limit: int) -> StructuredPass | None:
@@ -312,18 +317,20 @@ def _untiled(problem: Problem, layers: Sequence[Any], limit: int) -> StructuredP
     n = problem.n_samples
     it = problem.itemsize
     rows = problem.rows_per_sample
-    # Per layer its inputs and an N×N matrix (the activation Gram, or the cotangent Gram summed
-    # over row groups), and one more N×N (an all-ones weight, or a Gram being formed).
-    fixed = it * (
-        len(layers) * n * n + n * sum(max(layer.in_features, 2) for layer in layers) + n * n
-    )
-    outs = sum(layer.out_features for layer in layers)
+    # Per layer its inputs; with all rows in one sweep, a (T·N)² input Gram over positions and
+    # two N×N (an all-ones weight, a Gram being formed); with row groups, an N×N per layer and
+    # position pair (the cotangent Grams summed over groups) and two more.
+    inputs = n * sum(_input_width(layer) for layer in layers)
+    grams = sum(layer.position_pairs for layer in layers)
+    squares = max(layer.positions**2 for layer in layers)  # an input Gram over positions
+    outs = sum(layer.positions * layer.out_features for layer in layers)
     choices = range(rows, 0, -1) if problem.reduction.rows_concatenated else (rows,)
     # First choice: the most rows that leave the transients their usual room (fewer, larger
     # forward / backward calls); else the most rows that fit at all.
     for roomy in (True, False):
         for group in choices:
-            kept = fixed + n * group * outs * it
+            square = 2 + squares if group >= rows else grams + 2
+            kept = it * (inputs + square * n * n) + n * group * outs * it
             per = max(1, _structured_transient(problem, layers, group))
             room = min(n * per, max(_TRANSIENT_FRACTION * kept, _TRANSIENT_FLOOR)) if roomy else per
             if kept + room > limit:
@@ -339,13 +346,16 @@ def _tiled(problem: Problem, layers: Sequence[Any], limit: int) -> StructuredPas
     it = problem.itemsize
     rows = problem.rows_per_sample
     per_row = problem.kernel_rows_per_sample
-    per_sample = sum(max(layer.in_features, 2) + rows * layer.out_features for layer in layers)
+    per_sample = sum(
+        _input_width(layer) + rows * layer.positions * layer.out_features for layer in layers
+    )
     per = max(1, _structured_transient(problem, layers, rows))
+    squares = max(layer.positions**2 for layer in layers)
 
     def kept(t: int) -> int:
         # two tiles of inputs and cotangents, an activation tile (and an all-ones one), and a
         # cross tile of the kernel with its transpose being added
-        return it * (2 * t * per_sample + 2 * t * t + 2 * (t * per_row) ** 2)
+        return it * (2 * t * per_sample + (squares + 1) * t * t + 2 * (t * per_row) ** 2)
 
     if kept(1) + per > limit:
         return None

@@ -6,7 +6,7 @@ use crate::check;
 use crate::error::{CoreError, CoreResult};
 use crate::policy;
 use crate::scalar::Scalar;
-use crate::symmetric::{mirror_lower, SharedMut};
+use crate::symmetric::{mirror_lower, RawRef, SharedMut};
 use faer::linalg::matmul::matmul;
 use faer::reborrow::{Reborrow, ReborrowMut};
 use faer::{Accum, MatMut, MatRef, Par};
@@ -20,32 +20,87 @@ const TILE: usize = 256;
 /// `k`: symmetric (R, R); `g`: (R, Q); `s`: symmetric (R / block, R / block); `block ≥ 1`
 /// divides R. Only the lower triangle is computed (in row tiles) and then mirrored.
 pub fn hadamard_gram_accumulate<T: Scalar>(
-    mut k: MatMut<'_, T>,
+    k: MatMut<'_, T>,
     g: MatRef<'_, T>,
     s: MatRef<'_, T>,
     block: usize,
     alpha: T,
     par: Par,
 ) -> CoreResult<()> {
+    hadamard_gram_positions_accumulate(k, g, s, 1, block, alpha, par)
+}
+
+/// In place `K[i, j] += alpha · Σ_{t,u} S[t·m + i / block, u·m + j / block] · ⟨G[t·R + i],
+/// G[u·R + j]⟩` over `positions` = T positions, m = R / block: the eNTK block of a linear layer
+/// applied at T positions of each sample, Σ_{t,u} ⟨a_t, a'_u⟩ ⟨g_t, g'_u⟩, with G's rows the
+/// output cotangents position by position and S the Gram of the inputs over (position, sample).
+///
+/// `k`: symmetric (R, R); `g`: (T·R, Q); `s`: symmetric (T·m, T·m). K is touched once per row
+/// tile for all T² position pairs (pairs whose block of S is zero are skipped); only the lower
+/// triangle is computed and then mirrored.
+pub fn hadamard_gram_positions_accumulate<T: Scalar>(
+    mut k: MatMut<'_, T>,
+    g: MatRef<'_, T>,
+    s: MatRef<'_, T>,
+    positions: usize,
+    block: usize,
+    alpha: T,
+    par: Par,
+) -> CoreResult<()> {
     check::non_empty("G", g)?;
+    if positions == 0 || g.nrows() % positions != 0 {
+        return Err(CoreError::OutOfRange {
+            arg: "positions",
+            expected: format!("a positive divisor of the {} rows of G", g.nrows()),
+            got: positions.to_string(),
+        });
+    }
     let g_max = check::finite_max_abs("G", g)?;
     let k_max = check::symmetric_input("K", k.rb())?;
     let s_max = check::symmetric_input("S", s)?;
-    let r = g.nrows();
-    check::rows("K", k.rb(), r, "one per row of G")?;
+    let r = g.nrows() / positions;
+    check::rows(
+        "K",
+        k.rb(),
+        r,
+        if positions == 1 {
+            "one per row of G"
+        } else {
+            "one per row of G divided by positions"
+        },
+    )?;
     if block == 0 || r % block != 0 {
         return Err(CoreError::OutOfRange {
             arg: "block",
-            expected: format!("a positive divisor of the {r} rows of G"),
+            expected: if positions == 1 {
+                format!("a positive divisor of the {r} rows of G")
+            } else {
+                format!("a positive divisor of the {r} rows of G per position")
+            },
             got: block.to_string(),
         });
     }
-    check::rows("S", s, r / block, "rows of G divided by block")?;
+    let m = r / block;
+    check::rows(
+        "S",
+        s,
+        positions * m,
+        if positions == 1 {
+            "rows of G divided by block"
+        } else {
+            "positions × rows of G per position divided by block"
+        },
+    )?;
     check::finite_scalar("alpha", alpha)?;
 
     // K is updated in place: refuse before touching it if the sum could overflow.
+    let terms = (positions * positions) as f64;
     let bound = k_max.to_f64()
-        + alpha.abs_val().to_f64() * s_max.to_f64() * g_max.to_f64().powi(2) * g.ncols() as f64;
+        + alpha.abs_val().to_f64()
+            * s_max.to_f64()
+            * g_max.to_f64().powi(2)
+            * g.ncols() as f64
+            * terms;
     if !policy::overflow_safe::<T>(bound.sqrt(), 1) {
         return Err(CoreError::Solver(
             "hadamard_gram_accumulate: the update could overflow this dtype; K was left \
@@ -53,37 +108,175 @@ pub fn hadamard_gram_accumulate<T: Scalar>(
                 .into(),
         ));
     }
-    let mut scratch = alloc::zeros::<T>("hadamard_gram_accumulate: workspace", TILE.min(r), r)?;
+    let pairs: Vec<(usize, usize)> = (0..positions)
+        .flat_map(|t| (0..positions).map(move |u| (t, u)))
+        .filter(|&(t, u)| positions == 1 || !is_zero(s.submatrix(t * m, u * m, m, m)))
+        .collect();
+    // Scratch holds the transposed tile, tileᵀ[j, i] = ⟨G_u[j], G_t[start + i]⟩ (column-major),
+    // so row i of the tile is one contiguous column.
+    let mut scratch = alloc::zeros::<T>("hadamard_gram_accumulate: workspace", r, TILE.min(r))?;
     let shared = SharedMut::new(&mut k);
     let mut start = 0;
     while start < r {
         let end = (start + TILE).min(r);
         let rows = end - start;
-        // tile[i, j] = ⟨G[start + i], G[j]⟩ for j < end (the part at or below the diagonal).
-        let mut tile = scratch.as_mut().submatrix_mut(0, 0, rows, end);
-        matmul(
-            tile.rb_mut(),
-            Accum::Replace,
-            g.subrows(start, rows),
-            g.subrows(0, end).transpose(),
-            T::ONE,
-            par,
-        );
-        let tile = tile.rb();
-        (0..rows).into_par_iter().for_each(|i| {
-            let gi = start + i;
-            let si = gi / block;
-            for j in 0..=gi {
-                // SAFETY: task i writes only row gi of K; rows are disjoint across tasks.
+        for &(t, u) in &pairs {
+            let g_t = g.subrows(t * r, r);
+            let g_u = g.subrows(u * r, r);
+            let weights = RawRef::new(s.submatrix(t * m, u * m, m, m));
+            let mut tile_t = scratch.as_mut().submatrix_mut(0, 0, end, rows);
+            matmul(
+                tile_t.rb_mut(),
+                Accum::Replace,
+                g_u.subrows(0, end),
+                g_t.subrows(start, rows).transpose(),
+                T::ONE,
+                par,
+            );
+            let tile_t = tile_t.rb();
+            (0..rows).into_par_iter().for_each(|i| {
+                let gi = start + i;
+                // SAFETY: column i of the scratch holds `end` ≥ gi + 1 contiguous entries.
+                let products =
+                    unsafe { std::slice::from_raw_parts(tile_t.col(i).as_ptr(), gi + 1) };
+                // SAFETY: task i writes only row gi of K (columns 0..=gi); rows are disjoint
+                // across tasks, and S is only read.
                 unsafe {
-                    *shared.at(gi, j) += alpha * s[(si, j / block)] * tile[(i, j)];
-                }
-            }
-        });
+                    weighted_row_add(shared, gi, products, weights, gi / block, block, alpha)
+                };
+            });
+        }
         start = end;
     }
     mirror_lower(k);
     Ok(())
+}
+
+/// In place `K[i, j] += alpha · Σ_{t,u} ⟨A[t·m + i / block], A[u·m + j / block]⟩ ·
+/// ⟨G[t·R + i], G[u·R + j]⟩` over `positions` = T positions, m = R / block: the same block as
+/// [`hadamard_gram_positions_accumulate`] with S = A Aᵀ given by its factor, so the (T·m)²
+/// input Gram is never formed: each row tile of K takes, for every position pair, one tile of
+/// input products and one of cotangent products, both in cache, and K is read and written
+/// once per tile.
+///
+/// `k`: symmetric (R, R); `g`: (T·R, Q) output cotangents position by position; `a`: (T·m, D)
+/// the layer's inputs position by position.
+pub fn hadamard_gram_factored_accumulate<T: Scalar>(
+    mut k: MatMut<'_, T>,
+    g: MatRef<'_, T>,
+    a: MatRef<'_, T>,
+    positions: usize,
+    block: usize,
+    alpha: T,
+    par: Par,
+) -> CoreResult<()> {
+    check::non_empty("G", g)?;
+    check::non_empty("A", a)?;
+    if positions == 0 || g.nrows() % positions != 0 {
+        return Err(CoreError::OutOfRange {
+            arg: "positions",
+            expected: format!("a positive divisor of the {} rows of G", g.nrows()),
+            got: positions.to_string(),
+        });
+    }
+    let g_max = check::finite_max_abs("G", g)?;
+    let a_max = check::finite_max_abs("A", a)?;
+    let k_max = check::symmetric_input("K", k.rb())?;
+    let r = g.nrows() / positions;
+    check::rows("K", k.rb(), r, "one per row of G divided by positions")?;
+    if block == 0 || r % block != 0 {
+        return Err(CoreError::OutOfRange {
+            arg: "block",
+            expected: format!("a positive divisor of the {r} rows of G per position"),
+            got: block.to_string(),
+        });
+    }
+    let m = r / block;
+    check::rows(
+        "A",
+        a,
+        positions * m,
+        "positions × rows of G per position divided by block",
+    )?;
+    check::finite_scalar("alpha", alpha)?;
+    let terms = (positions * positions) as f64;
+    let bound = k_max.to_f64()
+        + alpha.abs_val().to_f64()
+            * a_max.to_f64().powi(2)
+            * a.ncols() as f64
+            * g_max.to_f64().powi(2)
+            * g.ncols() as f64
+            * terms;
+    if !policy::overflow_safe::<T>(bound.sqrt(), 1) {
+        return Err(CoreError::Solver(
+            "hadamard_gram_accumulate: the update could overflow this dtype; K was left \
+             unchanged (rescale G or A, or use float64)"
+                .into(),
+        ));
+    }
+    let tile = FACTORED_TILE.min(r);
+    let mut products = alloc::zeros::<T>("hadamard_gram_accumulate: workspace", r, tile)?;
+    let mut inputs = alloc::zeros::<T>(
+        "hadamard_gram_accumulate: workspace",
+        m,
+        tile.div_ceil(block) + 1,
+    )?;
+    let shared = SharedMut::new(&mut k);
+    let mut start = 0;
+    while start < r {
+        let end = (start + tile).min(r);
+        let rows = end - start;
+        // Sample rows of S this tile needs: m0..m1 (rows), 0..m1 (columns).
+        let (m0, m1) = (start / block, (end - 1) / block + 1);
+        for t in 0..positions {
+            for u in 0..positions {
+                let mut products_t = products.as_mut().submatrix_mut(0, 0, end, rows);
+                matmul(
+                    products_t.rb_mut(),
+                    Accum::Replace,
+                    g.subrows(u * r, end),
+                    g.subrows(t * r + start, rows).transpose(),
+                    T::ONE,
+                    par,
+                );
+                let mut inputs_t = inputs.as_mut().submatrix_mut(0, 0, m1, m1 - m0);
+                matmul(
+                    inputs_t.rb_mut(),
+                    Accum::Replace,
+                    a.subrows(u * m, m1),
+                    a.subrows(t * m + m0, m1 - m0).transpose(),
+                    T::ONE,
+                    par,
+                );
+                let products_t = products_t.rb();
+                // S tile: row si - m0, column sj (rows contiguous).
+                let weights = RawRef::new(inputs_t.rb().transpose());
+                (0..rows).into_par_iter().for_each(|i| {
+                    let gi = start + i;
+                    // SAFETY: column i of the scratch holds `end` ≥ gi + 1 contiguous entries.
+                    let row =
+                        unsafe { std::slice::from_raw_parts(products_t.col(i).as_ptr(), gi + 1) };
+                    // SAFETY: task i writes only row gi of K (columns 0..=gi); rows are
+                    // disjoint across tasks; the S tile has rows m0..m1 and columns 0..m1.
+                    unsafe {
+                        weighted_row_add(shared, gi, row, weights, gi / block - m0, block, alpha)
+                    };
+                });
+            }
+        }
+        start = end;
+    }
+    mirror_lower(k);
+    Ok(())
+}
+
+/// Rows of K per tile of the factored accumulation: its two scratch tiles stay in cache.
+const FACTORED_TILE: usize = 128;
+
+/// Whether every entry of `a` is zero (a position pair that never meets, e.g. two fixed
+/// embedding indices).
+fn is_zero<T: Scalar>(a: MatRef<'_, T>) -> bool {
+    a.col_iter().all(|col| col.iter().all(|&x| x == T::ZERO))
 }
 
 /// Writes `out[i, j] = alpha · S[i / block, j / block] · ⟨Ga[i], Gb[j]⟩`: an off-diagonal
@@ -122,12 +315,82 @@ pub fn hadamard_gram_cross_into<T: Scalar>(
     matmul(out.rb_mut(), Accum::Replace, ga, gb.transpose(), alpha, par);
     let cols = out.ncols();
     let shared = SharedMut::new(&mut out);
+    let weights = RawRef::new(s);
     (0..ga.nrows()).into_par_iter().for_each(|i| {
-        let si = i / block;
-        for j in 0..cols {
-            // SAFETY: task i touches only row i of `out`.
-            unsafe { *shared.at(i, j) *= s[(si, j / block)] };
-        }
+        // SAFETY: task i touches only row i of `out` (columns 0..cols); S is only read.
+        unsafe { weighted_row_scale(shared, i, cols, weights, i / block, block) };
     });
     check::finite_result("hadamard_gram_cross", out.rb())
+}
+
+/// `K[row, j] += alpha · S[si, j / block] · products[j]` for j < products.len(), with no
+/// per-entry division or bounds check: each run of `block` columns shares one weight, and a
+/// contiguous row of K and S takes a plain slice loop the compiler vectorises.
+///
+/// # Safety
+/// Row `row` of K must hold `products.len()` columns, row `si` of S `⌈len / block⌉`, and no
+/// other task may touch that row of K concurrently.
+unsafe fn weighted_row_add<T: Scalar>(
+    k: SharedMut<T>,
+    row: usize,
+    products: &[T],
+    s: RawRef<T>,
+    si: usize,
+    block: usize,
+    alpha: T,
+) {
+    let len = products.len();
+    if block == 1 && k.col_stride() == 1 && s.col_stride() == 1 {
+        let out = std::slice::from_raw_parts_mut(k.at(row, 0), len);
+        let w = std::slice::from_raw_parts(s.at(si, 0), len);
+        for ((o, &p), &sw) in out.iter_mut().zip(products).zip(w) {
+            *o += alpha * sw * p;
+        }
+        return;
+    }
+    let mut j = 0;
+    let mut sj = 0;
+    while j < len {
+        let weight = alpha * *s.at(si, sj);
+        let stop = (j + block).min(len);
+        for (jj, &p) in (j..stop).zip(&products[j..stop]) {
+            *k.at(row, jj) += weight * p;
+        }
+        j = stop;
+        sj += 1;
+    }
+}
+
+/// `out[row, j] *= S[si, j / block]` for j < cols (see [`weighted_row_add`]).
+///
+/// # Safety
+/// Row `row` of `out` must hold `cols` columns, row `si` of S `⌈cols / block⌉`, and no other
+/// task may touch that row of `out` concurrently.
+unsafe fn weighted_row_scale<T: Scalar>(
+    out: SharedMut<T>,
+    row: usize,
+    cols: usize,
+    s: RawRef<T>,
+    si: usize,
+    block: usize,
+) {
+    if block == 1 && out.col_stride() == 1 && s.col_stride() == 1 {
+        let o = std::slice::from_raw_parts_mut(out.at(row, 0), cols);
+        let w = std::slice::from_raw_parts(s.at(si, 0), cols);
+        for (o, &sw) in o.iter_mut().zip(w) {
+            *o *= sw;
+        }
+        return;
+    }
+    let mut j = 0;
+    let mut sj = 0;
+    while j < cols {
+        let weight = *s.at(si, sj);
+        let stop = (j + block).min(cols);
+        for jj in j..stop {
+            *out.at(row, jj) *= weight;
+        }
+        j = stop;
+        sj += 1;
+    }
 }

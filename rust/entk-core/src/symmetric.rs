@@ -1,7 +1,7 @@
 //! Mirroring a lower triangle into the upper one, in parallel.
 
 use crate::scalar::Scalar;
-use faer::MatMut;
+use faer::{MatMut, MatRef};
 use rayon::prelude::*;
 
 /// Side of the square tiles in which symmetric pairs (i, j), (j, i) are compared or copied:
@@ -35,6 +35,46 @@ impl<T: Copy> SharedMut<T> {
     pub(crate) unsafe fn at(&self, i: usize, j: usize) -> *mut T {
         self.ptr
             .offset(i as isize * self.row_stride + j as isize * self.col_stride)
+    }
+
+    /// Distance between neighbouring entries of a row.
+    pub(crate) fn col_stride(&self) -> isize {
+        self.col_stride
+    }
+}
+
+/// A raw read-only view of a matrix for inner loops without bounds checks.
+#[derive(Clone, Copy)]
+pub(crate) struct RawRef<T> {
+    ptr: *const T,
+    row_stride: isize,
+    col_stride: isize,
+}
+
+// SAFETY: only reads, of a matrix borrowed for the duration of the parallel section.
+unsafe impl<T: Sync> Send for RawRef<T> {}
+unsafe impl<T: Sync> Sync for RawRef<T> {}
+
+impl<T: Copy> RawRef<T> {
+    pub(crate) fn new(m: MatRef<'_, T>) -> Self {
+        Self {
+            ptr: m.as_ptr(),
+            row_stride: m.row_stride(),
+            col_stride: m.col_stride(),
+        }
+    }
+
+    /// # Safety
+    /// `(i, j)` must be in bounds of the matrix this view was made from, still alive.
+    #[inline(always)]
+    pub(crate) unsafe fn at(&self, i: usize, j: usize) -> *const T {
+        self.ptr
+            .offset(i as isize * self.row_stride + j as isize * self.col_stride)
+    }
+
+    /// Distance between neighbouring entries of a row.
+    pub(crate) fn col_stride(&self) -> isize {
+        self.col_stride
     }
 }
 

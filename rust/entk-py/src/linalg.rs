@@ -322,10 +322,11 @@ fn cross_impl<'py, T: Element + Scalar>(
     Ok(out.into_any())
 }
 
-/// hadamard_gram_accumulate(K, G, S, block, alpha) -> None:
-/// K[i, j] += alpha * S[i // block, j // block] * <G[i], G[j]> in place.
+/// hadamard_gram_accumulate(K, G, S, block, alpha, positions) -> None:
+/// K[i, j] += alpha * sum_{t,u} S[t*m + i // block, u*m + j // block] * <G[t*R + i], G[u*R + j]>
+/// in place (R = rows of K, m = R // block; positions = 1: S[i // block, j // block] <G[i], G[j]>).
 #[pyfunction]
-#[pyo3(signature = (k, g, s, block = 1, alpha = 1.0))]
+#[pyo3(signature = (k, g, s, block = 1, alpha = 1.0, positions = 1))]
 pub fn hadamard_gram_accumulate(
     py: Python<'_>,
     k: &Bound<'_, PyAny>,
@@ -333,12 +334,14 @@ pub fn hadamard_gram_accumulate(
     s: &Bound<'_, PyAny>,
     block: i128,
     alpha: f64,
+    positions: i128,
 ) -> PyResult<()> {
     let block = count(py, "block", block)?;
+    let positions = count(py, "positions", positions)?;
     let (g, s) = (matrix("G", g)?, matrix("S", s)?);
     let k = matrix_mut("K", k)?;
     dispatch!(py, "hadamard_gram_accumulate(K, G, S)", [k, g, s] => |T| {
-        hadamard_impl::<T>(py, k, &g, &s, block, alpha)
+        hadamard_impl::<T>(py, k, &g, &s, (positions, block), alpha)
     })
 }
 
@@ -347,14 +350,68 @@ fn hadamard_impl<T: Element + Scalar>(
     mut k: PyReadwriteArray2<'_, T>,
     g: &PyReadonlyArray2<'_, T>,
     s: &PyReadonlyArray2<'_, T>,
-    block: usize,
+    (positions, block): (usize, usize),
     alpha: f64,
 ) -> PyResult<()> {
     let gv = view(py, "G", g)?;
     let sv = view(py, "S", s)?;
     let kv = view_mut(py, "K", &mut k)?;
     detach(py, move |par| {
-        entk_core::hadamard_gram_accumulate(kv, gv, sv, block, T::from_f64(alpha), par)
+        entk_core::hadamard::hadamard_gram_positions_accumulate(
+            kv,
+            gv,
+            sv,
+            positions,
+            block,
+            T::from_f64(alpha),
+            par,
+        )
+    })
+}
+
+/// hadamard_gram_factored_accumulate(K, G, A, block, alpha, positions) -> None: as
+/// hadamard_gram_accumulate with S = A A^T, never formed.
+#[pyfunction]
+#[pyo3(signature = (k, g, a, block = 1, alpha = 1.0, positions = 1))]
+pub fn hadamard_gram_factored_accumulate(
+    py: Python<'_>,
+    k: &Bound<'_, PyAny>,
+    g: &Bound<'_, PyAny>,
+    a: &Bound<'_, PyAny>,
+    block: i128,
+    alpha: f64,
+    positions: i128,
+) -> PyResult<()> {
+    let block = count(py, "block", block)?;
+    let positions = count(py, "positions", positions)?;
+    let (g, a) = (matrix("G", g)?, matrix("A", a)?);
+    let k = matrix_mut("K", k)?;
+    dispatch!(py, "hadamard_gram_factored_accumulate(K, G, A)", [k, g, a] => |T| {
+        factored_impl::<T>(py, k, &g, &a, (positions, block), alpha)
+    })
+}
+
+fn factored_impl<T: Element + Scalar>(
+    py: Python<'_>,
+    mut k: PyReadwriteArray2<'_, T>,
+    g: &PyReadonlyArray2<'_, T>,
+    a: &PyReadonlyArray2<'_, T>,
+    (positions, block): (usize, usize),
+    alpha: f64,
+) -> PyResult<()> {
+    let gv = view(py, "G", g)?;
+    let av = view(py, "A", a)?;
+    let kv = view_mut(py, "K", &mut k)?;
+    detach(py, move |par| {
+        entk_core::hadamard::hadamard_gram_factored_accumulate(
+            kv,
+            gv,
+            av,
+            positions,
+            block,
+            T::from_f64(alpha),
+            par,
+        )
     })
 }
 

@@ -1,16 +1,21 @@
 """The structured exact path for layers with a rule in ``layers.LAYER_RULES``, used once.
 
-For y = W a (+ b) applied once per sample, the layer's eNTK block is
+For y_t = W a_t (+ b) applied at T positions of each sample (T = 1: once per sample), the
+layer's eNTK block is
 
-    K[(n, c), (n', c')] = ⟨a_n, a_n'⟩ · ⟨g_nc, g_n'c'⟩  (+ ⟨g_nc, g_n'c'⟩ for the bias),
+    K[(n, c), (n', c')] = Σ_{t, t'} ⟨a_nt, a_n't'⟩ · ⟨g_nct, g_n'c't'⟩  (+ the same without the
+    input Gram for the bias, which is the Gram of Σ_t g_nct),
 
-with a the layer's input and g_nc = ∂(R f)_c(x_n)/∂y_n the output cotangent; an embedding is the
-one-hot case, ⟨a_n, a_n'⟩ = [i_n = i_n'] (0 on the padding index). The two small Gram matrices
-meet in the Rust ``hadamard_gram_accumulate``. Cotangents come from one batched forward with a
-zero "probe" added to each layer's output and one batched backward per sweep.
+with a_t the layer's input and g_nct = ∂(R f)_c(x_n)/∂y_nt the output cotangent at position t;
+an embedding is the one-hot case, ⟨a_nt, a_n't'⟩ = [i_nt = i_n't'] (0 on the padding index).
+The two small Gram matrices of each position pair meet in the Rust ``hadamard_gram_accumulate``
+(t = t') / ``hadamard_gram_cross`` (t ≠ t', added with its transpose); a pair whose input Gram
+is zero (embedding indices that never meet, such as two fixed positions) is skipped.
+Cotangents come from one batched forward with a zero "probe" added to each layer's output and
+one batched backward per sweep.
 
 A layer qualifies only if it is an exact ``nn.Linear`` / ``nn.Embedding`` that ran once in the
-probe pass, on one vector (index) per sample, whose parameters no other operation touched, in
+probe pass, on T vectors (indices) per sample, whose parameters no other operation touched, in
 a model whose samples do not interact; the probe also runs each of its samples alone and
 requires row i of the layer's batched input to be that layer's input for sample i alone
 (a Linear applied to learned prototypes, or to permuted / sorted rows, fails this); a numeric
@@ -158,8 +163,9 @@ def _forward_with_probes(
 def _predicted_grads(
     layer: StructuredLayer, act: Tensor, cot: Tensor, weight_shape: torch.Size | None
 ) -> dict[str, Tensor]:
-    """Parameter gradients implied by the layer's single use: Σ_n g_n a_nᵀ (and Σ_n g_n)."""
-    g = cot.reshape(cot.shape[0], layer.out_features)
+    """Parameter gradients implied by the layer's single use: Σ_{n,t} g_nt a_ntᵀ (and
+    Σ_{n,t} g_nt)."""
+    g = cot.reshape(-1, layer.out_features)  # (samples × positions, d_out)
     out: dict[str, Tensor] = {}
     if layer.weight is not None:
         assert weight_shape is not None
@@ -252,7 +258,8 @@ def gather(
     want_acts: bool = True,
     check: bool | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Inputs (n, d_in) or indices (n,) and cotangents (n, rows, d_out) of the sweep's layers.
+    """Inputs (n, T, d_in) or indices (n, T) and cotangents (n, rows, T, d_out) of the sweep's
+    layers (T: each layer's positions).
 
     For the samples ``start:stop`` and the output rows ``r0:r1`` of R f, ``sweep.chunk``
     samples per forward and batched backward; ``tick(1)`` after each chunk. ``storage`` (flat
@@ -270,7 +277,7 @@ def gather(
     acts: dict[str, Tensor] = {}
     cots: dict[str, Tensor] = {}
     for layer in layers:
-        shape = (stop - start, group, layer.out_features)
+        shape = (stop - start, group, layer.positions, layer.out_features)
         if storage is None:
             cots[layer.path] = torch.empty(shape, dtype=problem.dtype, device=problem.device)
         else:
@@ -305,7 +312,7 @@ def gather(
             if grad is None:
                 cots[layer.path][at] = 0
             else:
-                grad = grad.reshape(group, n, layer.out_features)
+                grad = grad.reshape(group, n, layer.positions, layer.out_features)
                 require_finite(grad, "cotangent", names, dim=1, layer=layer.path)
                 cots[layer.path][at] = grad.transpose(0, 1)
             if want_acts:
@@ -394,7 +401,7 @@ def check_alone(
 def _activation_gram(
     problem: Problem, layer: StructuredLayer, act: Tensor, other: Tensor | None = None
 ) -> np.ndarray:
-    """⟨a_n, a_n'⟩ between two sample sets (one: its Gram)."""
+    """⟨a_n, a_n'⟩ between two sample sets at one position each (one: its Gram)."""
     return layer.rule.input_gram(layer.shape, act, other, problem.numpy_dtype)
 
 
@@ -405,26 +412,116 @@ def _kernel_rows(problem: Problem, cot: Tensor) -> tuple[np.ndarray, int]:
 
 
 @dataclass
+class _Rows:
+    """One layer's cotangents of a sample set as Hadamard-Gram rows: stacked position by
+    position (T·R, Q), each position's R rows, and their sum over positions (the bias's
+    Jacobian Σ_t g_t), with the rows per S entry."""
+
+    stacked: np.ndarray
+    at: list[np.ndarray]
+    total: np.ndarray
+    block: int
+
+
+def _position_rows(problem: Problem, cot: Tensor, *, total: bool = True) -> _Rows:
+    """Cotangents (n, rows, T, d_out) as :class:`_Rows` (``total``: also their position sum)."""
+    positions = cot.shape[2]
+    per_position = cot.permute(2, 0, 1, 3).contiguous()  # (T, n, rows, d_out)
+    parts = [_kernel_rows(problem, per_position[t]) for t in range(positions)]
+    block = parts[0][1]
+    stacked = np.concatenate([rows for rows, _ in parts]) if positions > 1 else parts[0][0]
+    count = parts[0][0].shape[0]
+    at = [stacked[t * count : (t + 1) * count] for t in range(positions)]
+    if positions == 1:
+        return _Rows(stacked, at, at[0], block)
+    summed = _kernel_rows(problem, cot.sum(dim=2))[0] if total else at[0][:0]
+    return _Rows(stacked, at, summed, block)
+
+
+def _by_position(layer: StructuredLayer, act: Tensor) -> Tensor:
+    """A tile's inputs (n, T, ...) as (T·n, ...), position-major."""
+    return act.transpose(0, 1).reshape(layer.positions * act.shape[0], *act.shape[2:])
+
+
+def _position_gram(problem: Problem, layer: StructuredLayer, act: Tensor) -> np.ndarray:
+    """The Gram of a layer's inputs over (position, sample), (T·n, T·n), position-major:
+    entry (t·n + i, u·n + j) is ⟨a_it, a_ju⟩."""
+    return _activation_gram(problem, layer, _by_position(layer, act))
+
+
+def _position_factor(problem: Problem, layer: StructuredLayer, act: Tensor) -> np.ndarray | None:
+    """Factor rows (T·n, D) of :func:`_position_gram`, when the rule gives them."""
+    return layer.rule.input_factor(layer.shape, _by_position(layer, act), problem.numpy_dtype)
+
+
+def _shared_inputs(
+    layers: Sequence[StructuredLayer], acts: Mapping[str, Tensor], others: Mapping[str, Tensor]
+) -> list[list[StructuredLayer]]:
+    """The layers grouped by equal inputs on these samples (Q, K and V projections of one
+    residual stream), so each position pair's input Gram is formed once per group."""
+    groups: list[list[StructuredLayer]] = []
+    for layer in layers:
+        for group in groups:
+            first = group[0]
+            if (
+                first.rule is layer.rule
+                and first.shape == layer.shape
+                and torch.equal(acts[first.path], acts[layer.path])
+                and torch.equal(others[first.path], others[layer.path])
+            ):
+                group.append(layer)
+                break
+        else:
+            groups.append([layer])
+    return groups
+
+
+def _input_pairs(
+    problem: Problem, layer: StructuredLayer, act: Tensor, other: Tensor | None
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(t, t', S) with S = ⟨a_t, a'_t'⟩ for the position pairs of a block: t ≤ t' on a square
+    block (``other`` None), every pair on a cross block; at T > 1, pairs whose S is zero are
+    skipped."""
+    positions = layer.positions
+    for t in range(positions):
+        for u in range(t if other is None else 0, positions):
+            if other is None:
+                right = None if u == t else act[:, u]
+            else:
+                right = other[:, u]
+            s = _activation_gram(problem, layer, act[:, t], right)
+            if positions > 1 and not s.any():
+                continue
+            yield t, u, s
+
+
+@dataclass
 class _Targets:
     """Where a layer's weight and bias blocks go (the same array when they share a kernel)."""
 
     weight: np.ndarray | None
     bias: np.ndarray | None
     merged: bool
-    """Weight and bias share a target: one Hadamard weight S + 1 covers both."""
+    """Weight and bias share a target at T = 1: one Hadamard weight S + 1 covers both (at
+    T > 1 the bias is one Gram of Σ_t g_t, cheaper than T(T + 1)/2 weights S + 1)."""
 
 
 def _targets_of(layer: StructuredLayer, targets: Callable[[str], np.ndarray]) -> _Targets:
     weight = targets(layer.weight) if layer.weight is not None else None
     bias = targets(layer.bias) if layer.bias is not None else None
-    if weight is not None and bias is weight:
+    if weight is not None and bias is weight and layer.positions == 1:
         return _Targets(weight, None, True)
     return _Targets(weight, bias, False)
 
 
+def _plus_one(s: np.ndarray, merged: bool) -> np.ndarray:
+    return s + 1.0 if merged else s
+
+
 class StructuredSource:
-    """A sweep of structured layers as a tile source: K += scale · (A ∘ G Gᵀ) per layer, with A
-    the input Gram (plus 1 where the bias shares the target) and G the cotangent rows."""
+    """A sweep of structured layers as a tile source: K += scale · Σ_{t,t'} (S_tt' ∘ G_t G_t'ᵀ)
+    per layer, with S_tt' the input Gram of a position pair (plus 1 where the bias shares the
+    target) and G_t the cotangent rows at position t."""
 
     def __init__(
         self, problem: Problem, sweep: StructuredPass, targets: Callable[[str], np.ndarray]
@@ -437,49 +534,90 @@ class StructuredSource:
         acts, cots = gather(
             self.problem, self.sweep, (start, stop), (0, self.problem.rows_per_sample), check=check
         )
-        rows = {path: _kernel_rows(self.problem, cot) for path, cot in cots.items()}
+        rows = {path: _position_rows(self.problem, cot) for path, cot in cots.items()}
         return _Tile(acts, rows, stop - start)
+
+    def _weighted(self, layers: Sequence[StructuredLayer]) -> list[StructuredLayer]:
+        return [layer for layer in layers if self.where[layer.path].weight is not None]
 
     def add_diagonal(self, tile: _Tile, rows: slice) -> None:
         problem = self.problem
+        alpha = problem.kernel_scale
+        weighted = self._weighted(self.sweep.layers)
+        for group in _shared_inputs(weighted, tile.acts, tile.acts):
+            first = group[0]
+            factor = _position_factor(problem, first, tile.acts[first.path])
+            s: np.ndarray | None = None
+            # Layers with equal inputs and one target (Q, K and V of the full kernel) add up
+            # to one Hadamard-Gram of their cotangents side by side.
+            shared: dict[tuple[int, bool], list[StructuredLayer]] = {}
+            for layer in group:
+                into = self.where[layer.path]
+                assert into.weight is not None
+                shared.setdefault((id(into.weight), into.merged), []).append(layer)
+            for (_, merged), layers in shared.items():
+                target = self.where[layers[0].path].weight
+                assert target is not None
+                parts = [tile.rows[layer.path].stacked for layer in layers]
+                g = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+                options = {
+                    "block": tile.rows[first.path].block,
+                    "alpha": alpha,
+                    "positions": first.positions,
+                }
+                if factor is not None:  # S (+ 1) = [F, 1][F, 1]ᵀ, formed tile by tile
+                    f = np.hstack([factor, np.ones_like(factor[:, :1])]) if merged else factor
+                    linalg.hadamard_gram_factored_accumulate(target[rows, rows], g, f, **options)
+                else:
+                    s = _position_gram(problem, first, tile.acts[first.path]) if s is None else s
+                    weight = _plus_one(s, merged)
+                    linalg.hadamard_gram_accumulate(target[rows, rows], g, weight, **options)
+                del g, parts
+            del s, factor
         for layer in self.sweep.layers:
-            g, block = tile.rows[layer.path]
             into = self.where[layer.path]
-            if into.weight is not None:
-                s = _activation_gram(problem, layer, tile.acts[layer.path])
-                if into.merged:
-                    s += 1.0
-                linalg.hadamard_gram_accumulate(
-                    into.weight[rows, rows], g, s, block=block, alpha=problem.kernel_scale
-                )
-                del s
             if into.bias is not None:
+                g = tile.rows[layer.path]
                 ones = np.ones((tile.n, tile.n), dtype=problem.numpy_dtype)
                 linalg.hadamard_gram_accumulate(
-                    into.bias[rows, rows], g, ones, block=block, alpha=problem.kernel_scale
+                    into.bias[rows, rows], g.total, ones, block=g.block, alpha=alpha
                 )
                 del ones
 
     def cross(self, left: _Tile, right: _Tile) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         problem = self.problem
-        for layer in self.sweep.layers:
-            g, block = left.rows[layer.path]
-            h, _ = right.rows[layer.path]
-            into = self.where[layer.path]
-            if into.weight is not None:
-                s = _activation_gram(problem, layer, left.acts[layer.path], right.acts[layer.path])
-                if into.merged:
-                    s += 1.0
-                yield (
-                    into.weight,
-                    linalg.hadamard_gram_cross(g, h, s, block=block, alpha=problem.kernel_scale),
-                )
+        alpha = problem.kernel_scale
+        weighted = self._weighted(self.sweep.layers)
+        blocks: dict[str, np.ndarray] = {}
+        for group in _shared_inputs(weighted, left.acts, right.acts):
+            first = group[0].path
+            for t, u, s in _input_pairs(problem, group[0], left.acts[first], right.acts[first]):
+                for layer in group:
+                    g = left.rows[layer.path]
+                    h = right.rows[layer.path]
+                    weight = _plus_one(s, self.where[layer.path].merged)
+                    x = linalg.hadamard_gram_cross(
+                        g.at[t], h.at[u], weight, block=g.block, alpha=alpha
+                    )
+                    if layer.path in blocks:
+                        blocks[layer.path] += x
+                    else:
+                        blocks[layer.path] = x
+                    del x
                 del s
+        for layer in self.sweep.layers:
+            into = self.where[layer.path]
+            block = blocks.pop(layer.path, None)
+            if into.weight is not None and block is not None:
+                yield into.weight, block
+            del block
             if into.bias is not None:
+                g = left.rows[layer.path]
+                h = right.rows[layer.path]
                 ones = np.ones((left.n, right.n), dtype=problem.numpy_dtype)
                 yield (
                     into.bias,
-                    linalg.hadamard_gram_cross(g, h, ones, block=block, alpha=problem.kernel_scale),
+                    linalg.hadamard_gram_cross(g.total, h.total, ones, block=g.block, alpha=alpha),
                 )
 
     def add_whole(self, tick: Callable[[int], object]) -> None:
@@ -498,11 +636,10 @@ class StructuredSource:
 
 @dataclass
 class _Tile:
-    """One sample tile of a sweep: each layer's inputs and its cotangent rows (with the rows
-    per Hadamard-weight entry)."""
+    """One sample tile of a sweep: each layer's inputs and its cotangent rows."""
 
     acts: dict[str, Tensor]
-    rows: dict[str, tuple[np.ndarray, int]]
+    rows: dict[str, _Rows]
     n: int
 
 
@@ -517,16 +654,27 @@ def _add_row_groups(
     """
     n = problem.n_samples
     rows = problem.rows_per_sample
-    # Row groups (trace / mean_pairs only): K = alpha · S ∘ Σ_groups G_g G_gᵀ, so the Gram of
-    # the cotangents is summed over groups first and the activation Gram applied once at the
-    # end (one N×N buffer per layer, and only Gram updates inside the loop).
+    scale = problem.kernel_scale
+    # Row groups (trace / mean_pairs only): K = alpha · Σ_{t,t'} S_tt' ∘ Σ_groups G_gt G_gt'ᵀ,
+    # so the cotangent Grams of each position pair are summed over groups first and the
+    # activation Grams applied once at the end (one N×N buffer per layer and position pair,
+    # and only Gram updates inside the loop).
     storage = {
         layer.path: torch.empty(
-            n * sweep.group * layer.out_features, dtype=problem.dtype, device=problem.device
+            n * sweep.group * layer.positions * layer.out_features,
+            dtype=problem.dtype,
+            device=problem.device,
         )
         for layer in sweep.layers
     }
-    grams = {layer.path: np.zeros((n, n), dtype=problem.numpy_dtype) for layer in sweep.layers}
+    grams = {
+        layer.path: {
+            (t, u): np.zeros((n, n), dtype=problem.numpy_dtype)
+            for t in range(layer.positions)
+            for u in range(t, layer.positions)
+        }
+        for layer in sweep.layers
+    }
     acts: dict[str, Tensor] = {}
     for r0 in range(0, rows, sweep.group):
         r1 = min(r0 + sweep.group, rows)
@@ -535,22 +683,33 @@ def _add_row_groups(
         )
         acts.update(seen)
         for layer in sweep.layers:
-            g, _ = _kernel_rows(problem, cots.pop(layer.path))
-            linalg.gram_accumulate(grams[layer.path], g)
+            g = _position_rows(problem, cots.pop(layer.path), total=False)
+            for (t, u), m in grams[layer.path].items():
+                if t == u:
+                    linalg.gram_accumulate(m, g.at[t])
+                else:
+                    m += linalg.gram_cross(g.at[t], g.at[u])
             del g
         del seen, cots
     del storage
-    for layer in sweep.layers:
-        m = grams.pop(layer.path)
+    for layer in sweep.layers:  # the bias: the Gram of Σ_t g_t, every pair in both orders
         into = where[layer.path]
         if into.bias is not None:
-            into.bias += problem.kernel_scale * m
-        if into.weight is not None:
-            s = _activation_gram(problem, layer, acts.pop(layer.path))
-            if into.merged:
-                s += 1.0
-            m *= s
+            for (t, u), m in grams[layer.path].items():
+                into.bias += scale * m
+                if t != u:
+                    into.bias += scale * m.T
+    weighted = [layer for layer in sweep.layers if where[layer.path].weight is not None]
+    for group in _shared_inputs(weighted, acts, acts):
+        for t, u, s in _input_pairs(problem, group[0], acts[group[0].path], None):
+            for layer in group:
+                into = where[layer.path]
+                assert into.weight is not None
+                m = grams[layer.path][(t, u)]
+                m *= _plus_one(s, into.merged)
+                m *= scale
+                into.weight += m
+                if t != u:
+                    into.weight += m.T
             del s
-            m *= problem.kernel_scale
-            into.weight += m
-        del m
+    grams.clear()
