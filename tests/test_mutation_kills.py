@@ -331,6 +331,13 @@ def test_analysis_feature_cliffs_closed_form() -> None:
 
 def test_analysis_alignment_closed_form() -> None:
     np.testing.assert_allclose(central_difference([0.0, 2.0], [1.0, 5.0]), [2.0, 2.0])
+    for steps, values in (
+        ([[0.0, 1.0]], [[0.0, 1.0]]),
+        ([0.0, 1.0], [0.0, 1.0, 2.0]),
+        ([0.0], [1.0]),
+    ):
+        with pytest.raises(InvalidArgumentError, match="same length"):
+            central_difference(steps, values)
     for steps in ([0.0, 1.0, 1.0], [0.0, 2.0, 1.0]):
         with pytest.raises(InvalidArgumentError, match="increasing"):
             central_difference(steps, [0.0, 1.0, 2.0])
@@ -368,6 +375,14 @@ def test_analysis_tms_heatmap_closed_form() -> None:
     np.testing.assert_allclose(match.strength, [1.0, 0.5**0.5])
     assert math.isclose(match.mean_column_max, (1.0 + 0.5**0.5) / 2)
     assert not match.in_order(1)
+    skew = match_features([[0.9, 0.1, 0.8], [0.1, 0.9, 0.2]])  # (features, eigenvectors)
+    assert skew.best.tolist() == [0, 1, 0] and skew.strength.tolist() == [0.9, 0.9, 0.8]
+    assert match_features([[0.5]]).best.tolist() == [0]
+    for bad in (np.ones(3), np.zeros((0, 2))):
+        with pytest.raises(InvalidArgumentError, match="heatmap"):
+            match_features(bad)
+    # One sample (N = 1) with C = 3 outputs: each eigenvector e_c is feature c's indicator.
+    np.testing.assert_allclose(feature_heatmap(np.eye(3), [[1.0, 2.0, 3.0]]), np.eye(3))
     assert match_features(np.eye(3)).in_order(3) and not match_features(np.eye(3)[::-1]).in_order(2)
 
 
