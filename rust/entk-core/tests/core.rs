@@ -715,3 +715,10 @@ fn policy_closed_forms() {
     late[2 * w - 1] = 0.5; // progress in the last cycle alone counts
     assert!(!stagnated(&late));
 }
+
+#[test]
+fn topk_method_names_are_the_bindings_strings() {
+    assert_eq!(TopkMethod::Dense.name(), "dense");
+    assert_eq!(TopkMethod::Krylov.name(), "krylov");
+    assert_eq!(TopkMethod::DenseFallback.name(), "dense-fallback");
+}
