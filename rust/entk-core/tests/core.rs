@@ -722,3 +722,35 @@ fn topk_method_names_are_the_bindings_strings() {
     assert_eq!(TopkMethod::Krylov.name(), "krylov");
     assert_eq!(TopkMethod::DenseFallback.name(), "dense-fallback");
 }
+
+#[test]
+fn topk_settings_are_checked_at_their_bounds() {
+    let k = Mat::from_fn(10, 10, |i, j| if i == j { (10 - i) as f64 } else { 0.0 });
+    let solve = |params: TopkParams| {
+        eigh_topk_with(k.as_ref(), 2, params, &mut no_cancel(), PAR).map(|(top, _)| top.values)
+    };
+    let arg = |params: TopkParams| match solve(params) {
+        Err(CoreError::OutOfRange { arg, .. }) => arg,
+        other => panic!("{other:?}"),
+    };
+    let with = |f: fn(&mut TopkParams)| {
+        let mut p = TopkParams::default();
+        f(&mut p);
+        p
+    };
+    assert_eq!(arg(with(|p| p.block = Some(0))), "block");
+    assert_eq!(arg(with(|p| p.block = Some(11))), "block");
+    assert_eq!(
+        solve(with(|p| p.block = Some(10))).unwrap(),
+        vec![10.0, 9.0]
+    );
+    assert_eq!(arg(with(|p| p.tolerance = Some(1.0))), "tol");
+    assert_eq!(arg(with(|p| p.tolerance = Some(f64::EPSILON / 2.0))), "tol");
+    assert!(solve(with(|p| p.tolerance = Some(f64::EPSILON))).is_ok());
+    assert!(solve(with(|p| p.tolerance = Some(0.5))).is_ok());
+    assert_eq!(arg(with(|p| p.basis_blocks = 2)), "basis_blocks");
+    assert_eq!(arg(with(|p| p.basis_blocks = 65)), "basis_blocks");
+    assert!(solve(with(|p| p.basis_blocks = 3)).is_ok());
+    assert!(solve(with(|p| p.basis_blocks = 64)).is_ok());
+    assert_eq!(arg(with(|p| p.max_cycles = 0)), "maxiter");
+}
