@@ -754,3 +754,24 @@ fn topk_settings_are_checked_at_their_bounds() {
     assert!(solve(with(|p| p.basis_blocks = 64)).is_ok());
     assert_eq!(arg(with(|p| p.max_cycles = 0)), "maxiter");
 }
+
+#[test]
+fn topk_krylov_on_badly_scaled_matrices_scales_back() {
+    let n = 300;
+    let values: Vec<f64> = (0..n).map(|i| 0.97f64.powi(i as i32)).collect();
+    let k = with_spectrum(&values, 15);
+    for e in [-400, 400] {
+        let s = 2f64.powi(e); // exact: the scaled matrix has the scaled spectrum
+        let ks = Mat::from_fn(n, n, |i, j| k[(i, j)] * s);
+        let (top, info) =
+            eigh_topk_with(ks.as_ref(), 3, TopkParams::default(), &mut no_cancel(), PAR).unwrap();
+        assert_eq!(info.method, TopkMethod::Krylov, "{info:?}");
+        for i in 0..3 {
+            assert!(
+                (top.values[i] / s - values[i]).abs() < 1e-9,
+                "2^{e}: {:?}",
+                top.values
+            );
+        }
+    }
+}
