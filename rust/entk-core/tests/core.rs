@@ -775,3 +775,30 @@ fn topk_krylov_on_badly_scaled_matrices_scales_back() {
         }
     }
 }
+
+#[test]
+fn operator_reports_the_true_residuals() {
+    // Repeated top eigenvalue (6 copies, block 2): pairs come from several phases, and the
+    // reported residuals are remeasured on K; they must match an independent computation.
+    let n = 200;
+    let mut values: Vec<f64> = vec![4.0; 6];
+    values.extend((0..n - 6).map(|i| 2.0 * (1.0 - i as f64 / n as f64)));
+    let k = with_spectrum(&values, 16);
+    let mut op = Counted {
+        k: k.as_ref(),
+        columns: 0,
+        widest: 0,
+    };
+    let params = TopkParams {
+        block: Some(2),
+        ..TopkParams::default()
+    };
+    let (top, info) = eigh_topk_operator(&mut op, 4, params, &mut no_cancel(), PAR).unwrap();
+    assert!(info.converged, "{info:?}");
+    let bound = residual_bound(k.as_ref(), &top.values, top.vectors.as_ref());
+    assert!(
+        (info.max_residual - bound).abs() < 1e-13,
+        "{} vs {bound}",
+        info.max_residual
+    );
+}
