@@ -75,7 +75,11 @@ TARGETS: dict[str, list[str]] = {
         K + "test_spectrum_dual_with_k_and_ridge",
         K + "test_spectrum_dense_and_matrix_free_match_numpy",
     ],
-    "linalg.py": ["tests/test_linalg.py", "tests/test_linalg_operator.py"],
+    "linalg.py": [
+        "tests/test_linalg.py",
+        "tests/test_linalg_operator.py",
+        K + "test_linalg_overlap_of_a_vector_and_integer_range",
+    ],
     "analysis/alignment.py": [
         "tests/test_analysis.py",
         "tests/test_cliffs_fourier.py",
