@@ -413,3 +413,11 @@ def test_linalg_overlap_of_a_vector_and_integer_range() -> None:
     for n in (2**127, -(2**127) - 1):
         with pytest.raises(InvalidArgumentError, match="128 bits"):
             linalg.set_num_threads(n)
+
+
+def test_spectrum_auto_takes_dual_only_with_fewer_columns_than_rows() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2, bias=False).double().eval()  # Q = P = 6, C = 2
+    for n, method in ((3, "dense"), (4, "dual")):  # kernel side N·C = 6 (= Q), then 8 (> Q)
+        x = torch.randn(n, 3, dtype=torch.float64)
+        assert entk_spectrum(model, x, progress=False).method == method

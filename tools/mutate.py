@@ -74,6 +74,7 @@ TARGETS: dict[str, list[str]] = {
         K + "test_spectrum_dual_matches_numpy",
         K + "test_spectrum_dual_with_k_and_ridge",
         K + "test_spectrum_dense_and_matrix_free_match_numpy",
+        K + "test_spectrum_auto_takes_dual_only_with_fewer_columns_than_rows",
     ],
     "linalg.py": [
         "tests/test_linalg.py",
