@@ -311,3 +311,81 @@ def test_position_kernels_name_a_bad_positions_argument() -> None:
         linalg.hadamard_gram_accumulate(k, g, np.eye(12), positions=0)
     with pytest.raises(InvalidArgumentError, match="A"):
         linalg.hadamard_gram_factored_accumulate(k, g, np.ones((11, 3)), positions=3)
+
+
+class TorchAttentionModel(nn.Module):
+    """Token + position embeddings, one ``nn.MultiheadAttention`` (packed in_proj with bias,
+    out_proj) and a residual; masks and attention weights as a user would pass them."""
+
+    def __init__(self, *, batch_first: bool, padding: bool, weights: bool) -> None:
+        super().__init__()
+        self.batch_first, self.padding, self.weights = batch_first, padding, weights
+        self.embed = nn.Embedding(7, 16)
+        self.pos_embed = nn.Embedding(3, 16)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=batch_first)
+        self.unembed = nn.Linear(16, 4)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
+        x = self.embed(tokens) + self.pos_embed(positions)
+        causal = torch.triu(torch.ones(3, 3, dtype=torch.bool, device=x.device), 1)
+        padding = tokens == 0 if self.padding else None  # token 0 is padding
+        h = x if self.batch_first else x.transpose(0, 1)
+        a, w = self.attn(
+            h, h, h, attn_mask=causal, key_padding_mask=padding, need_weights=self.weights
+        )
+        a = a if self.batch_first else a.transpose(0, 1)
+        out = self.unembed((x + a)[:, -1])
+        return out + w[:, -1, :1] if self.weights else out
+
+
+class CrossAttention(nn.Module):
+    """Queries from one embedding, keys and values from another: not self-attention."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(7, 16)
+        self.memory = nn.Embedding(7, 16)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.unembed = nn.Linear(16, 3)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x, m = self.embed(tokens), self.memory(tokens)
+        return self.unembed(self.attn(x, m, m, need_weights=False)[0][:, -1])
+
+
+@pytest.mark.parametrize(
+    ("batch_first", "padding", "weights"),
+    [(True, False, False), (False, True, False), (True, True, True)],
+)
+def test_multihead_attention_projections_take_the_structured_path(
+    batch_first: bool, padding: bool, weights: bool
+) -> None:
+    torch.manual_seed(8)
+    model = TorchAttentionModel(batch_first=batch_first, padding=padding, weights=weights)
+    model = model.double().eval()
+    tokens = _tokens(6, seed=8)
+    tokens[:, 0] = tokens[:, 0].clamp(min=1)  # a padded first key would mask a whole row
+    tokens[0, 1] = 0  # one padded key
+    for reduction in REDUCTIONS:
+        result = empirical_ntk(model, tokens, reduction=reduction, layerwise=True, progress=False)
+        for name in ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"):
+            assert result.paths[f"attn.{name}"] == "structured"
+        expected = reference_kernel(reference_jacobian(model, (tokens,)), reduction)
+        assert relative_error(result.kernel, expected) < TOL
+        general = empirical_ntk(
+            model, tokens, reduction=reduction, layerwise=True, structured=False, progress=False
+        )
+        for key, kernel in general.layer_kernels.items():
+            assert relative_error(result.layer_kernels[key], kernel) < TOL
+
+
+def test_cross_attention_falls_back_to_the_general_path() -> None:
+    torch.manual_seed(9)
+    model = CrossAttention().double().eval()
+    tokens = _tokens(5, seed=9)
+    result = empirical_ntk(model, tokens, reduction="trace", progress=False)
+    assert result.paths["attn.in_proj_weight"] == result.paths["attn.out_proj.weight"] == "general"
+    assert result.paths["unembed.weight"] == "structured"
+    expected = reference_kernel(reference_jacobian(model, (tokens,)), "trace")
+    assert relative_error(result.kernel, expected) < TOL

@@ -62,6 +62,21 @@ class ProbeResult:
     that layer's input when the sample runs alone (the structured path needs this)."""
 
 
+_METADATA = frozenset(
+    {"dtype", "device", "shape", "requires_grad", "is_cuda", "ndim", "layout", "is_sparse"}
+)
+"""Tensor attributes whose reads do not use the values (``nn.MultiheadAttention`` checks its
+projection's dtype and device before using it)."""
+
+
+def _reads_metadata(func: Callable[..., Any]) -> bool:
+    """Whether ``func`` is the getter of a tensor attribute in :data:`_METADATA`."""
+    owner = getattr(func, "__self__", None)
+    return (
+        getattr(func, "__name__", "") == "__get__" and getattr(owner, "__name__", "") in _METADATA
+    )
+
+
 class _UsageCounter(TorchFunctionMode):
     """Counts the torch operations that receive each parameter tensor as an argument."""
 
@@ -78,6 +93,8 @@ class _UsageCounter(TorchFunctionMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
+        if _reads_metadata(func):
+            return func(*args, **kwargs)
         for leaf in pytree.tree_leaves((args, kwargs)):
             if isinstance(leaf, Tensor):
                 name = self.names_by_id.get(id(leaf))
@@ -195,6 +212,10 @@ def run_probe(
             calls[path] += 1
             if record[0]:
                 act[0] += _numel(output)
+            if isinstance(module, nn.MultiheadAttention) and record[0] and args:
+                query, out = args[0], output[0] if isinstance(output, tuple) else output
+                if isinstance(query, Tensor) and isinstance(out, Tensor):
+                    io_shapes.setdefault(path, (tuple(query.shape), tuple(out.shape)))
             if isinstance(module, structured_types) and path not in layer_inputs:
                 first = args[0] if args else None
                 if isinstance(first, Tensor):

@@ -214,64 +214,74 @@ pub fn hadamard_gram_factored_accumulate<T: Scalar>(
                 .into(),
         ));
     }
+    // Row tiles of K run in parallel, each with its own scratch and all T² position pairs in
+    // turn (sequential products): one parallel section per call, K's rows owned by one task.
+    // Tiles further down the triangle hold more work: they are handed out first.
     let tile = FACTORED_TILE.min(r);
-    let mut products = alloc::zeros::<T>("hadamard_gram_accumulate: workspace", r, tile)?;
-    let mut inputs = alloc::zeros::<T>(
-        "hadamard_gram_accumulate: workspace",
-        m,
-        tile.div_ceil(block) + 1,
-    )?;
+    let tiles: Vec<(usize, usize)> = (0..r.div_ceil(tile))
+        .rev()
+        .map(|i| (i * tile, ((i + 1) * tile).min(r)))
+        .collect();
     let shared = SharedMut::new(&mut k);
-    let mut start = 0;
-    while start < r {
-        let end = (start + tile).min(r);
-        let rows = end - start;
-        // Sample rows of S this tile needs: m0..m1 (rows), 0..m1 (columns).
-        let (m0, m1) = (start / block, (end - 1) / block + 1);
-        for t in 0..positions {
-            for u in 0..positions {
-                let mut products_t = products.as_mut().submatrix_mut(0, 0, end, rows);
-                matmul(
-                    products_t.rb_mut(),
-                    Accum::Replace,
-                    g.subrows(u * r, end),
-                    g.subrows(t * r + start, rows).transpose(),
-                    T::ONE,
-                    par,
-                );
-                let mut inputs_t = inputs.as_mut().submatrix_mut(0, 0, m1, m1 - m0);
-                matmul(
-                    inputs_t.rb_mut(),
-                    Accum::Replace,
-                    a.subrows(u * m, m1),
-                    a.subrows(t * m + m0, m1 - m0).transpose(),
-                    T::ONE,
-                    par,
-                );
-                let products_t = products_t.rb();
-                // S tile: row si - m0, column sj (rows contiguous).
-                let weights = RawRef::new(inputs_t.rb().transpose());
-                (0..rows).into_par_iter().for_each(|i| {
-                    let gi = start + i;
-                    // SAFETY: column i of the scratch holds `end` ≥ gi + 1 contiguous entries.
-                    let row =
-                        unsafe { std::slice::from_raw_parts(products_t.col(i).as_ptr(), gi + 1) };
-                    // SAFETY: task i writes only row gi of K (columns 0..=gi); rows are
-                    // disjoint across tasks; the S tile has rows m0..m1 and columns 0..m1.
-                    unsafe {
-                        weighted_row_add(shared, gi, row, weights, gi / block - m0, block, alpha)
-                    };
-                });
+    let _ = par; // the pool installed by the caller sets the parallelism of the tiles
+    tiles
+        .into_par_iter()
+        .try_for_each(|(start, end)| -> CoreResult<()> {
+            let rows = end - start;
+            // Sample rows of S this tile needs: m0..m1 (rows), 0..m1 (columns).
+            let (m0, m1) = (start / block, (end - 1) / block + 1);
+            let mut products = alloc::zeros::<T>("hadamard_gram_accumulate: workspace", end, rows)?;
+            let mut inputs = alloc::zeros::<T>("hadamard_gram_accumulate: workspace", m1, m1 - m0)?;
+            for t in 0..positions {
+                for u in 0..positions {
+                    // productsᵀ[j, i] = ⟨G_u[j], G_t[start + i]⟩: row i of the tile is a column.
+                    matmul(
+                        products.as_mut(),
+                        Accum::Replace,
+                        g.subrows(u * r, end),
+                        g.subrows(t * r + start, rows).transpose(),
+                        T::ONE,
+                        Par::Seq,
+                    );
+                    matmul(
+                        inputs.as_mut(),
+                        Accum::Replace,
+                        a.subrows(u * m, m1),
+                        a.subrows(t * m + m0, m1 - m0).transpose(),
+                        T::ONE,
+                        Par::Seq,
+                    );
+                    // S tile: row si - m0, column sj (rows contiguous).
+                    let weights = RawRef::new(inputs.as_ref().transpose());
+                    for i in 0..rows {
+                        let gi = start + i;
+                        // SAFETY: column i of `products` holds `end` ≥ gi + 1 contiguous entries.
+                        let row =
+                            unsafe { std::slice::from_raw_parts(products.col(i).as_ptr(), gi + 1) };
+                        // SAFETY: this task alone writes rows start..end of K (columns 0..=gi);
+                        // the S tile has rows m0..m1 and columns 0..m1.
+                        unsafe {
+                            weighted_row_add(
+                                shared,
+                                gi,
+                                row,
+                                weights,
+                                gi / block - m0,
+                                block,
+                                alpha,
+                            )
+                        };
+                    }
+                }
             }
-        }
-        start = end;
-    }
+            Ok(())
+        })?;
     mirror_lower(k);
     Ok(())
 }
 
 /// Rows of K per tile of the factored accumulation: its two scratch tiles stay in cache.
-const FACTORED_TILE: usize = 128;
+const FACTORED_TILE: usize = 64;
 
 /// Whether every entry of `a` is zero (a position pair that never meets, e.g. two fixed
 /// embedding indices).

@@ -226,6 +226,15 @@ class StructuredLayer:
     bias: str | None
     sample_shape: tuple[int, ...]
     """The layer's output shape for one sample (probe shape, without the batch dim)."""
+    owner: str | None = None
+    """For a projection inside a module (``nn.MultiheadAttention``): that module's path; the
+    layer's own ``path`` is ``"<owner>:<site>"``."""
+    site: str | None = None
+
+    @property
+    def module_path(self) -> str:
+        """The module whose forward the structured passes hook."""
+        return self.path if self.owner is None else self.owner
 
     @property
     def in_features(self) -> int:

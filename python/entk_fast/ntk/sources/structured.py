@@ -47,8 +47,9 @@ from ... import linalg
 from ..checks import StructuredFallback, close, require_finite
 from ..plan import StructuredPass
 from ..problem import Problem
+from . import attention
 from .general import NotVmappable, quiet_batching_fallback, vmappable_forward
-from .layers import LAYER_RULES, StructuredLayer
+from .layers import LAYER_RULES, LayerShape, StructuredLayer, position_pairs
 
 __all__ = ["StructuredSource", "find_layers", "gather", "verify_layers"]
 
@@ -66,6 +67,9 @@ def find_layers(problem: Problem) -> list[StructuredLayer]:
     batch = probe.batch
     found: list[StructuredLayer] = []
     for path, module in problem.model.named_modules():
+        if attention.qualifies(module):
+            found.extend(_attention_layers(problem, path, module, selected))
+            continue
         rule = LAYER_RULES.get(type(module))
         if rule is None:
             continue
@@ -99,6 +103,92 @@ def find_layers(problem: Problem) -> list[StructuredLayer]:
     return found
 
 
+def _attention_layers(
+    problem: Problem, path: str, module: nn.Module, selected: set[str]
+) -> list[StructuredLayer]:
+    """The projections of a self-attention module that qualify, as layers at T positions."""
+    probe = problem.probe
+    if probe.calls.get(path, 0) != 1 or path not in probe.io_shapes:
+        return []
+    query, _ = probe.io_shapes[path]
+    assert isinstance(module, nn.MultiheadAttention)
+    if len(query) != 3:
+        return []
+    positions = query[1] if module.batch_first else query[0]
+    if (query[0] if module.batch_first else query[1]) != probe.batch:
+        return []
+    d = module.embed_dim
+    layers = []
+    for site, d_out in (("in_proj", 3 * d), ("out_proj", d)):
+        if position_pairs(positions) * (d + d_out) > d * d_out:
+            continue  # cheaper on the general path
+        weight, bias = (_param_name(problem, path, local) for local in attention.site_names(site))
+        weight = weight if weight in selected and probe.usage.get(weight, 0) == 1 else None
+        bias = bias if bias in selected and probe.usage.get(bias, 0) == 1 else None
+        if weight is None and bias is None:
+            continue
+        layers.append(
+            StructuredLayer(
+                path=f"{path}:{site}",
+                rule=LAYER_RULES[nn.Linear],
+                shape=LayerShape(d, d_out, positions=positions),
+                weight=weight,
+                bias=bias,
+                sample_shape=(positions, d_out),
+                owner=path,
+                site=site,
+            )
+        )
+    return layers
+
+
+def _hook_layers(
+    problem: Problem,
+    layers: Sequence[StructuredLayer],
+    on_call: Callable[[StructuredLayer, Tensor, Tensor], Tensor],
+) -> list[Any]:
+    """Hooks that pass each layer's (input (n, ...), output (n, ...)) through ``on_call``, whose
+    result replaces the output; attention projections are reached by recomputing their
+    module's output (:func:`attention.attention_forward`). Returns the hook handles."""
+    handles = []
+    plain = [layer for layer in layers if layer.owner is None]
+    for layer in plain:
+
+        def hook(
+            _module: nn.Module, args: tuple[Any, ...], output: Any, layer: StructuredLayer = layer
+        ) -> Any:
+            first = args[0] if args else None
+            if not isinstance(first, Tensor) or not isinstance(output, Tensor):
+                raise StructuredFallback([layer.path], "ran on something other than a tensor")
+            return on_call(layer, first, output)
+
+        handles.append(problem.model.get_submodule(layer.path).register_forward_hook(hook))
+    owners: dict[str, dict[str, StructuredLayer]] = {}
+    for layer in layers:
+        if layer.owner is not None and layer.site is not None:
+            owners.setdefault(layer.owner, {})[layer.site] = layer
+    for owner, sites in owners.items():
+        module = problem.model.get_submodule(owner)
+
+        def attention_hook(
+            module: nn.Module,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+            _output: Any,
+            sites: dict[str, StructuredLayer] = sites,
+            owner: str = owner,
+        ) -> Any:
+            def on_site(site: str, x: Tensor, y: Tensor) -> Tensor:
+                layer = sites.get(site)
+                return y if layer is None else on_call(layer, x, y)
+
+            assert isinstance(module, nn.MultiheadAttention)
+            return attention.attention_forward(module, args, kwargs, on_site, owner)
+
+        handles.append(module.register_forward_hook(attention_hook, with_kwargs=True))
+    return handles
+
+
 def _forward_with_probes(
     problem: Problem,
     layers: Sequence[StructuredLayer],
@@ -114,32 +204,22 @@ def _forward_with_probes(
         for layer in layers
     ]
     acts: dict[str, Tensor] = {}
+    probe_of = {layer.path: probe for layer, probe in zip(layers, probes, strict=True)}
 
-    def make_hook(path: str, probe: Tensor) -> Callable[..., Tensor]:
-        def hook(_module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
-            first = args[0] if args else None
-            if path in acts:
-                raise StructuredFallback([path], "ran more than once on this batch")
-            if (
-                not isinstance(first, Tensor)
-                or not isinstance(output, Tensor)
-                or first.dim() == 0
-                or first.shape[0] != n
-                or output.shape != probe.shape
-            ):
-                shape = tuple(first.shape) if isinstance(first, Tensor) else None
-                raise StructuredFallback(
-                    [path], f"ran on input {shape} instead of one row for each of {n} samples"
-                )
-            acts[path] = first.detach()
-            return output + probe
+    def on_call(layer: StructuredLayer, first: Tensor, output: Tensor) -> Tensor:
+        path = layer.path
+        probe = probe_of[path]
+        if path in acts:
+            raise StructuredFallback([path], "ran more than once on this batch")
+        if first.dim() == 0 or first.shape[0] != n or output.shape != probe.shape:
+            raise StructuredFallback(
+                [path],
+                f"ran on input {tuple(first.shape)} instead of one row for each of {n} samples",
+            )
+        acts[path] = first.detach()
+        return output + probe
 
-        return hook
-
-    handles = [
-        problem.model.get_submodule(layer.path).register_forward_hook(make_hook(layer.path, probe))
-        for layer, probe in zip(layers, probes, strict=True)
-    ]
+    handles = _hook_layers(problem, layers, on_call)
     try:
         with torch.enable_grad():
             y = problem.out_map.apply(problem.forward(inputs, params))
@@ -351,22 +431,17 @@ def check_alone(
     path runs them): R f and each layer's input rows must agree, else the layers (all of them
     when the outputs differ: the samples interact) go to the general path."""
     paths = [layer.path for layer in layers]
-    modules = [problem.model.get_submodule(path) for path in paths]
 
     def lone(*x: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
         found: dict[str, Tensor] = {}
 
-        def make_hook(path: str) -> Callable[..., None]:
-            def hook(_module: nn.Module, args: tuple[Any, ...], _output: Any) -> None:
-                if path in found or not args or not isinstance(args[0], Tensor):
-                    raise StructuredFallback([path], "runs differently on a lone sample")
-                found[path] = args[0]
+        def on_call(layer: StructuredLayer, first: Tensor, output: Tensor) -> Tensor:
+            if layer.path in found:
+                raise StructuredFallback([layer.path], "runs differently on a lone sample")
+            found[layer.path] = first
+            return output
 
-            return hook
-
-        handles = [
-            m.register_forward_hook(make_hook(p)) for m, p in zip(modules, paths, strict=True)
-        ]
+        handles = _hook_layers(problem, layers, on_call)
         try:
             out = problem.forward(tuple(t.unsqueeze(0) for t in x))
         finally:
@@ -388,6 +463,12 @@ def check_alone(
     batched = y.detach()
     if not close(out, batched):
         raise StructuredFallback(paths, "the samples interact in the batched forward")
+    recomputed = [layer.path for layer in layers if layer.owner is not None]
+    if recomputed:  # the attention recomputation against the module's own forward
+        with torch.no_grad():
+            own = problem.out_map.apply(problem.forward(inputs))
+        if not close(own, batched):
+            raise StructuredFallback(recomputed, "its recomputed attention differs")
     bad = [
         path
         for path, act in zip(paths, acts, strict=True)
@@ -477,11 +558,15 @@ def _shared_inputs(
 
 
 def _input_pairs(
-    problem: Problem, layer: StructuredLayer, act: Tensor, other: Tensor | None
+    problem: Problem,
+    layer: StructuredLayer,
+    act: Tensor,
+    other: Tensor | None,
+    skip_zero: bool = True,
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     """(t, t', S) with S = ⟨a_t, a'_t'⟩ for the position pairs of a block: t ≤ t' on a square
     block (``other`` None), every pair on a cross block; at T > 1, pairs whose S is zero are
-    skipped."""
+    skipped (``skip_zero``; not where a bias adds 1 to S)."""
     positions = layer.positions
     for t in range(positions):
         for u in range(t if other is None else 0, positions):
@@ -490,7 +575,7 @@ def _input_pairs(
             else:
                 right = other[:, u]
             s = _activation_gram(problem, layer, act[:, t], right)
-            if positions > 1 and not s.any():
+            if skip_zero and positions > 1 and not s.any():
                 continue
             yield t, u, s
 
@@ -502,14 +587,14 @@ class _Targets:
     weight: np.ndarray | None
     bias: np.ndarray | None
     merged: bool
-    """Weight and bias share a target at T = 1: one Hadamard weight S + 1 covers both (at
-    T > 1 the bias is one Gram of Σ_t g_t, cheaper than T(T + 1)/2 weights S + 1)."""
+    """Weight and bias share a target: one Hadamard weight S + 1 (a ones column appended to
+    the input factor) covers both."""
 
 
 def _targets_of(layer: StructuredLayer, targets: Callable[[str], np.ndarray]) -> _Targets:
     weight = targets(layer.weight) if layer.weight is not None else None
     bias = targets(layer.bias) if layer.bias is not None else None
-    if weight is not None and bias is weight and layer.positions == 1:
+    if weight is not None and bias is weight:
         return _Targets(weight, None, True)
     return _Targets(weight, bias, False)
 
@@ -574,15 +659,12 @@ class StructuredSource:
                     linalg.hadamard_gram_accumulate(target[rows, rows], g, weight, **options)
                 del g, parts
             del s, factor
-        for layer in self.sweep.layers:
+        for layer in self.sweep.layers:  # a bias apart: the Gram of Σ_t g_t (S is all ones)
             into = self.where[layer.path]
             if into.bias is not None:
-                g = tile.rows[layer.path]
-                ones = np.ones((tile.n, tile.n), dtype=problem.numpy_dtype)
-                linalg.hadamard_gram_accumulate(
-                    into.bias[rows, rows], g.total, ones, block=g.block, alpha=alpha
+                linalg.gram_accumulate(
+                    into.bias[rows, rows], tile.rows[layer.path].total, alpha=alpha
                 )
-                del ones
 
     def cross(self, left: _Tile, right: _Tile) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         problem = self.problem
@@ -591,7 +673,9 @@ class StructuredSource:
         blocks: dict[str, np.ndarray] = {}
         for group in _shared_inputs(weighted, left.acts, right.acts):
             first = group[0].path
-            for t, u, s in _input_pairs(problem, group[0], left.acts[first], right.acts[first]):
+            skip = not any(self.where[layer.path].merged for layer in group)
+            pairs = _input_pairs(problem, group[0], left.acts[first], right.acts[first], skip)
+            for t, u, s in pairs:
                 for layer in group:
                     g = left.rows[layer.path]
                     h = right.rows[layer.path]
@@ -614,11 +698,10 @@ class StructuredSource:
             if into.bias is not None:
                 g = left.rows[layer.path]
                 h = right.rows[layer.path]
-                ones = np.ones((left.n, right.n), dtype=problem.numpy_dtype)
-                yield (
-                    into.bias,
-                    linalg.hadamard_gram_cross(g.total, h.total, ones, block=g.block, alpha=alpha),
-                )
+                cross = linalg.gram_cross(g.total, h.total)
+                if alpha != 1.0:
+                    cross *= alpha
+                yield into.bias, cross
 
     def add_whole(self, tick: Callable[[int], object]) -> None:
         """All samples, ``sweep.group`` output rows per backward sweep."""
@@ -701,7 +784,8 @@ def _add_row_groups(
                     into.bias += scale * m.T
     weighted = [layer for layer in sweep.layers if where[layer.path].weight is not None]
     for group in _shared_inputs(weighted, acts, acts):
-        for t, u, s in _input_pairs(problem, group[0], acts[group[0].path], None):
+        skip = not any(where[layer.path].merged for layer in group)
+        for t, u, s in _input_pairs(problem, group[0], acts[group[0].path], None, skip):
             for layer in group:
                 into = where[layer.path]
                 assert into.weight is not None
