@@ -11,7 +11,7 @@ import pytest
 
 from entk_fast.analysis.transformer import kernel_key_overlaps, key_frequencies
 from entk_fast.cli import main
-from entk_fast.experiments.reproduce_transformer import QUICK, _name
+from entk_fast.experiments.reproduce_transformer import QUICK, SWEEP_EVERY, _name
 from entk_fast.experiments.runs import load_run
 from entk_fast.results import EmpiricalNTK
 
@@ -62,12 +62,19 @@ def test_quick_reproduction_writes_a_consistent_report(
     # the sweep's last checkpoint is the final model: its unembedding kernel (params=) gives
     # the same overlap as the layerwise kernel's unembedding block
     sweep = t["sweep"]
-    assert sweep["n_checkpoints"] == len(run.checkpoint_steps) == QUICK.epochs // 20 + 1
-    assert sweep["curve"]["steps"] == run.checkpoint_steps
+    assert run.checkpoint_steps == list(range(0, QUICK.epochs + 1, 20))
+    assert sweep["curve"]["steps"] == list(range(0, QUICK.epochs + 1, SWEEP_EVERY))
+    assert sweep["n_checkpoints"] == QUICK.epochs // SWEEP_EVERY + 1
     last = sweep["overlaps"]["a+b"][-1]
     assert last == pytest.approx(t["overlaps"]["unembed"]["a+b"], abs=1e-6)
     percent = np.asarray(sweep["curve"]["overlap_percent"])
     np.testing.assert_allclose(percent, 50 * np.asarray(sweep["overlaps"]["a+b"]) / len(keys))
+    accuracy = dict(
+        zip(run.history["step"].tolist(), run.history["test_acc"].tolist(), strict=True)
+    )
+    assert sweep["test_acc"] == [accuracy[s] for s in sweep["curve"]["steps"]]
+    r = np.corrcoef(percent, sweep["test_acc"])[0, 1]
+    assert sweep["correlation_with_test_acc"] == pytest.approx(r, abs=1e-12)
 
     figures = {
         "transformer_embedding_fourier",

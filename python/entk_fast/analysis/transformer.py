@@ -155,7 +155,7 @@ def kernel_key_overlaps(
         raise InvalidArgumentError(f"n_vectors: expected an integer in [1, {p * p}], got {m}")
     out: dict[str, dict[str, Any]] = {}
     for name, kernel in kernels.items():
-        values, vectors = linalg.eigh(np.asarray(kernel, dtype=np.float64))
+        values, vectors = linalg.eigh_topk(np.asarray(kernel, dtype=np.float64), min(m + 1, p * p))
         out[name] = {
             "overlaps": key_overlaps(vectors[:, :m], p, freqs, families),
             "top_eigenvalues": values[: m + 1].tolist(),

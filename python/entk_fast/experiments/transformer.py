@@ -237,7 +237,7 @@ class TransformerConfig:
     n_heads: int = 4
     d_mlp: int = 256
     train_fraction: float = 0.5
-    lr: float = 3e-4
+    lr: float = 1e-3
     weight_decay: float = 1.0
     beta1: float = 0.9
     beta2: float = 0.999
