@@ -10,16 +10,28 @@ Cases:
 * ``a``: the paper's modular-addition MLP (p = 29, H = 512, all 841 inputs), ``trace``.
 * ``b``: a 3-layer ReLU MLP of width 512 (32 → 512 → 512 → 8, biases), N = 512 so
   N·C = 4096, ``flattened``.
+* ``mha`` / ``mha-layers``: a 1-layer, 4-head ``nn.MultiheadAttention`` model (token and
+  position embeddings, d_model 64, ReLU MLP 256 at every position, residuals, unembedding of
+  the last position to 30 logits, biases), 3 tokens, N = 400, ``mean_pairs``: all parameters /
+  one kernel per layer (the recipe keeps its per-parameter contractions apart).
+* ``transformer`` / ``transformer-layers``: the paper's 1-layer modular-addition transformer
+  (``ModAddTransformer(29)``, untrained), all N = 841 inputs, ``mean_pairs``.
 
-Each (case, method) runs in its own subprocess: build model and inputs (seeded), warm up on
-2 samples, read the RSS baseline, then time the full computation while a thread samples the
+For ``mean_pairs`` the recipe differentiates the mean logit (one Jacobian row a sample), as a
+user would.
+
+Each (case, method) runs in its own subprocess: build model and inputs (seeded), time the
+first full call (the warm-up), read the RSS baseline, then time the full computation while a thread samples the
 RSS every millisecond; peak memory is the largest RSS above the baseline. ``empirical_ntk``
 is timed ``--repeat`` times (median reported), the recipe once by default (it takes tens of
 seconds). Wall time and process CPU time (all threads) are both reported: on a shared
 machine the CPU-time ratio is the steadier measure. Both kernels are compared (max relative
 difference). The load average at start and end is recorded.
 
-Usage: ``PYTHONPATH=python python benches/bench_entk.py [--cases a b] [--repeat 3]``
+Each worker first times one call in its fresh process (imports, lazy initialisation), then
+the warm runs.
+
+Usage: ``PYTHONPATH=python python benches/bench_entk.py [--cases a b mha ...] [--repeat 3]``
 Writes ``benches/results/bench_entk_<UTC time>.json``.
 """
 
@@ -44,6 +56,10 @@ import numpy as np
 CASES = {
     "a": "modular-addition MLP p=29 H=512, N=841, trace",
     "b": "3-layer MLP 32-512-512-8, N=512 (N·C=4096), flattened",
+    "mha": "1-layer nn.MultiheadAttention model d=64 h=4 mlp=256, T=3, N=400, mean_pairs",
+    "mha-layers": "the same, layerwise (one kernel per layer)",
+    "transformer": "ModAddTransformer(29) (paper v3, untrained), N=841, mean_pairs",
+    "transformer-layers": "the same, layerwise (one kernel per layer)",
 }
 METHODS = ("entk_fast", "recipe")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -52,12 +68,54 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # --------------------------------------------------------------------------- worker side
 
 
+def _attention_model() -> Any:
+    import torch
+    from torch import nn
+
+    class AttentionModel(nn.Module):
+        def __init__(self, vocab: int = 30, d: int = 64, heads: int = 4, d_mlp: int = 256) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(vocab, d)
+            self.pos_embed = nn.Embedding(3, d)
+            self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+            self.mlp_in = nn.Linear(d, d_mlp)
+            self.mlp_out = nn.Linear(d_mlp, d)
+            self.unembed = nn.Linear(d, vocab)
+            self.register_buffer("mask", torch.triu(torch.ones(3, 3, dtype=torch.bool), 1))
+
+        def forward(self, tokens: Any) -> Any:
+            positions = torch.arange(tokens.shape[1]).expand(tokens.shape[0], -1)
+            x = self.embed(tokens) + self.pos_embed(positions)
+            a, _ = self.attn(x, x, x, attn_mask=self.mask, need_weights=False)
+            x = x + a
+            x = x + self.mlp_out(torch.relu(self.mlp_in(x)))
+            return self.unembed(x[:, -1])
+
+    return AttentionModel()
+
+
+def _modadd_tokens(p: int) -> Any:
+    import torch
+
+    a = torch.arange(p).repeat_interleave(p)
+    b = torch.arange(p).repeat(p)
+    return torch.stack([a, b, torch.full_like(a, p)], dim=1)
+
+
 def _build(case: str) -> tuple[Any, Any, str]:
     import torch
     import torch.nn.functional as F
     from torch import nn
 
     torch.manual_seed(0)
+    if case.startswith("mha"):
+        tokens = _modadd_tokens(29)
+        pick = torch.randperm(len(tokens), generator=torch.Generator().manual_seed(0))[:400]
+        return _attention_model().eval(), tokens[pick], "mean_pairs"
+    if case.startswith("transformer"):
+        from entk_fast.experiments.transformer import ModAddTransformer
+
+        return ModAddTransformer(29).eval(), _modadd_tokens(29), "mean_pairs"
     if case == "a":
         from entk_fast import ModAddMLP
 
@@ -73,11 +131,22 @@ def _build(case: str) -> tuple[Any, Any, str]:
     return model, torch.randn(512, 32), "flattened"
 
 
-def _recipe(model: Any, x: Any, reduction: str) -> np.ndarray:
+def _recipe(model: Any, x: Any, reduction: str, layerwise: bool = False) -> np.ndarray:
     import torch
     from torch.func import functional_call, jacrev, vmap
 
     params = {k: v.detach() for k, v in model.named_parameters()}
+    if reduction == "mean_pairs":  # one row a sample: the Jacobian of the mean logit
+
+        def mean_single(params: dict[str, Any], x: Any) -> Any:
+            return functional_call(model, params, (x.unsqueeze(0),)).mean()
+
+        grads = vmap(jacrev(mean_single), (None, 0))(params, x)
+        flat = [g.flatten(1) for g in grads.values()]
+        kernels = [f @ f.T for f in flat]  # J_i J_iᵀ per parameter
+        if layerwise:
+            return np.stack([k.numpy() for k in kernels]).sum(0)
+        return torch.stack(kernels).sum(0).numpy()
 
     def fnet_single(params: dict[str, Any], x: Any) -> Any:
         return functional_call(model, params, (x.unsqueeze(0),)).squeeze(0)
@@ -92,12 +161,13 @@ def _recipe(model: Any, x: Any, reduction: str) -> np.ndarray:
     return result.permute(0, 2, 1, 3).reshape(n * c, n * c).numpy()
 
 
-def _run(method: str, model: Any, x: Any, reduction: str) -> np.ndarray:
+def _run(method: str, model: Any, x: Any, reduction: str, layerwise: bool = False) -> np.ndarray:
     if method == "recipe":
-        return _recipe(model, x, reduction)
+        return _recipe(model, x, reduction, layerwise)
     from entk_fast import empirical_ntk
 
-    return empirical_ntk(model, x, reduction=reduction, progress=False).kernel
+    result = empirical_ntk(model, x, reduction=reduction, layerwise=layerwise, progress=False)
+    return result.kernel
 
 
 def _worker(case: str, method: str, repeat: int, kernel_path: str, threads: int) -> None:
@@ -111,7 +181,10 @@ def _worker(case: str, method: str, repeat: int, kernel_path: str, threads: int)
         linalg.set_num_threads(threads)
 
     model, x, reduction = _build(case)
-    _run(method, model, x[:2], reduction)  # warm-up: code paths, thread pools
+    layerwise = case.endswith("-layers")
+    start = time.perf_counter()
+    _run(method, model, x, reduction, layerwise)  # the first call in a fresh process
+    first = time.perf_counter() - start
     proc = psutil.Process()
     times: list[float] = []
     cpu_times: list[float] = []
@@ -131,7 +204,7 @@ def _worker(case: str, method: str, repeat: int, kernel_path: str, threads: int)
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         start, cpu_start = time.perf_counter(), time.process_time()
-        kernel = _run(method, model, x, reduction)
+        kernel = _run(method, model, x, reduction, layerwise)
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         done.set()
         sampler.join()
@@ -144,6 +217,7 @@ def _worker(case: str, method: str, repeat: int, kernel_path: str, threads: int)
     print(
         json.dumps(
             {
+                "first_call_s": first,
                 "times_s": times,
                 "cpu_times_s": cpu_times,
                 "peak_bytes": peaks,
@@ -232,7 +306,8 @@ def main() -> int:
                 print(
                     f"[{case}] {method:9s} time {row['time_s']:8.3f} s  "
                     f"cpu {row['cpu_time_s']:8.3f} s  "
-                    f"peak +{_fmt_mb(row['peak_increment_bytes'])}  (runs {row['times_s']})",
+                    f"peak +{_fmt_mb(row['peak_increment_bytes'])}  first call "
+                    f"{row['first_call_s']:.3f} s  (warm runs {row['times_s']})",
                     flush=True,
                 )
             fast, recipe = rows["entk_fast"], rows["recipe"]
