@@ -285,6 +285,7 @@ def test_spectrum_dual_matches_numpy(reduction: str) -> None:
     assert spec.method == "dual"
     rank = int((want > want[0] * 1e-10).sum())
     assert spec.info["rank"] == rank == len(spec.eigenvalues)
+    assert 1 <= spec.info["chunk"] <= 40  # samples per Jacobian block: at most N
     _check_pairs(spec, kernel, want, rank, 1e-9)
 
 
