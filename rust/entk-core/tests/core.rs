@@ -802,3 +802,33 @@ fn operator_reports_the_true_residuals() {
         info.max_residual
     );
 }
+
+#[test]
+fn single_vector_blocks_still_find_every_copy() {
+    // Block 1 sees one direction of the 3-fold eigenvalue per phase; the search for missed
+    // copies must replace the 9 with a second 20.
+    let n = 200;
+    let mut values: Vec<f64> = vec![20.0, 20.0, 20.0, 9.0];
+    values.extend((0..n - 4).map(|i| 5.0 * (1.0 - i as f64 / n as f64)));
+    let k = with_spectrum(&values, 17);
+    for want in [2, 3, 4] {
+        let mut op = Counted {
+            k: k.as_ref(),
+            columns: 0,
+            widest: 0,
+        };
+        let params = TopkParams {
+            block: Some(1),
+            ..TopkParams::default()
+        };
+        let (top, info) = eigh_topk_operator(&mut op, want, params, &mut no_cancel(), PAR).unwrap();
+        assert!(info.converged, "{info:?}");
+        for i in 0..want {
+            assert!(
+                (top.values[i] - values[i]).abs() < 1e-8,
+                "{want}: {:?}",
+                top.values
+            );
+        }
+    }
+}
