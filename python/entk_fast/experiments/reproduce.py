@@ -26,13 +26,10 @@ with the same ``--out`` continues where it stopped.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
 import json
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +53,11 @@ from ..analysis import (
 )
 from ..errors import InvalidArgumentError
 from .modadd import ModAddConfig, first_step_above
+from .reproduce_base import Log as _Log
+from .reproduce_base import Section
+from .reproduce_base import config_tag as _tag
+from .reproduce_base import figure_links as _figures
+from .reproduce_base import trained_run as _run
 from .tms import TMSConfig
 from .train import torch_threads
 from .transformer import TransformerConfig
@@ -78,16 +80,6 @@ PAPER: dict[str, Any] = {
     },
     "grokking": "derivative peaks near the onset of the test-accuracy jump (~ epoch 75–80)",
 }
-
-
-@dataclass
-class Section:
-    """One section's outcome: numbers, figures (name -> Figure), checks and timings."""
-
-    numbers: dict[str, Any] = field(default_factory=dict)
-    figures: dict[str, Any] = field(default_factory=dict)
-    checks: dict[str, bool] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -117,12 +109,6 @@ class Plan:
         return cls(tms, ModAddConfig(p=23, hidden=256, epochs=300), QUICK, quick=True)
 
 
-def _tag(config: Any) -> str:
-    """A short digest of a config: run and cache names change whenever the config does."""
-    text = json.dumps(dataclasses.asdict(config), sort_keys=True)
-    return hashlib.blake2b(text.encode(), digest_size=3).hexdigest()
-
-
 def _tms_name(config: TMSConfig) -> str:
     return f"tms-m{config.n_hidden}-s{config.sparsity:g}-{_tag(config)}"
 
@@ -131,36 +117,7 @@ def _modadd_name(config: ModAddConfig) -> str:
     return f"modadd-p{config.p}-{_tag(config)}"
 
 
-class _Log:
-    """Progress lines on stderr (a long step says what it is doing and how long it took)."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-
-    def __call__(self, message: str) -> None:
-        if self.enabled:
-            print(message, file=sys.stderr, flush=True)
-
-
 # --- runs and caches ------------------------------------------------------------------------------
-
-
-def _run(config: Any, path: Path, log: _Log) -> Any:
-    """The trained run in ``path``: reused when finished, resumed when interrupted."""
-    from .runs import load_run
-    from .train import train
-
-    resume = (path / "config.json").exists()
-    if resume:
-        run = load_run(path)
-        if run.completed and run.config == config:
-            log(f"  reusing the finished run {path}")
-            return run
-    start = time.perf_counter()
-    log(f"  training {type(config).__name__} into {path}" + (" (resuming)" if resume else ""))
-    train(config, path, resume=resume, progress=False)
-    log(f"  trained in {time.perf_counter() - start:.1f} s")
-    return load_run(path)
 
 
 def _cached_spectrum(path: Path, compute: Callable[[], Any]) -> Any:
@@ -469,10 +426,10 @@ def run_grokking(plan: Plan, runs: Path, cache: Path, log: _Log) -> Section:
 
 
 def run_transformer(plan: Plan, runs: Path, cache: Path, log: _Log) -> Section:
-    """The transformer section (:mod:`.reproduce_transformer`, which imports this module)."""
+    """The modular-addition transformer (:mod:`.reproduce_transformer`)."""
     from .reproduce_transformer import run_transformer as run
 
-    return run(plan, runs, cache, log)
+    return run(plan.transformer, runs, cache, log)
 
 
 _RUNNERS: dict[str, Callable[[Plan, Path, Path, _Log], Section]] = {
@@ -639,14 +596,6 @@ def _markdown(report: dict[str, Any]) -> str:
         for text, ok in checks.items():
             lines.append(f"- [{'x' if ok else ' '}] {name}: {text}")
     return "\n".join(lines) + "\n"
-
-
-def _figures(report: dict[str, Any], prefix: str) -> list[str]:
-    return [
-        f"![{name}]({file})\n"
-        for name, file in report["figures"].items()
-        if name.startswith(prefix)
-    ]
 
 
 # --- CLI ------------------------------------------------------------------------------------------

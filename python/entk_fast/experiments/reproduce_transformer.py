@@ -12,12 +12,14 @@ The paper's third model (J. Lin, arXiv 2510.00468, v3; :mod:`.transformer`): aft
 * over training, every 40 epochs, the unembedding kernel's overlap with the a+b family at
   the final key frequencies and its derivative, beside the accuracy curves.
 
-A section of :func:`~entk_fast.experiments.reproduce.reproduce`; its run, caches and report
-entries follow the other sections'.
+A section of :func:`~entk_fast.experiments.reproduce.reproduce` (which calls
+:func:`run_transformer` with its plan's config and :func:`markdown`); its run, caches and
+report entries follow the other sections'.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -31,7 +33,7 @@ from ..analysis import alignment_curve
 from ..analysis.transformer import KEY_FAMILIES, kernel_key_overlaps, key_frequencies, key_overlaps
 from ..errors import InvalidArgumentError
 from .modadd import first_step_above
-from .reproduce import Plan, Section, _Log, _run, _tag
+from .reproduce_base import Log, Section, config_tag, figure_links, trained_run
 from .transformer import TransformerConfig
 
 __all__ = ["PAPER", "QUICK", "markdown", "run_transformer"]
@@ -59,11 +61,12 @@ UNEMBED = "unembed"
 
 
 def _name(config: TransformerConfig) -> str:
-    return f"transformer-p{config.p}-{_tag(config)}"
+    return f"transformer-p{config.p}-{config_tag(config)}"
 
 
-def run_transformer(plan: Plan, runs: Path, cache: Path, log: _Log) -> Section:
-    """Key frequencies, layer-kernel overlaps at the end, and the overlap over training."""
+def run_transformer(config: TransformerConfig, runs: Path, cache: Path, log: Log) -> Section:
+    """Key frequencies, layer-kernel overlaps at the end, and the overlap over training, for
+    the run of ``config`` under ``runs`` (trained, resumed or reused) with caches in ``cache``."""
     from ..ntk import empirical_ntk
     from ..results import EmpiricalNTK
     from .plots import (
@@ -74,10 +77,9 @@ def run_transformer(plan: Plan, runs: Path, cache: Path, log: _Log) -> Section:
     )
 
     section = Section()
-    config = plan.transformer
     p = config.p
     start = time.perf_counter()
-    run = _run(config, runs / _name(config), log)
+    run = trained_run(config, runs / _name(config), log)
     section.seconds["run"] = time.perf_counter() - start
     model = run.load_checkpoint()
     keys = key_frequencies(model.embed.weight.detach().numpy(), p)
@@ -117,7 +119,7 @@ def run_transformer(plan: Plan, runs: Path, cache: Path, log: _Log) -> Section:
     section.numbers.update(
         {
             "p": p,
-            "config": _plain_config(config),
+            "config": dataclasses.asdict(config),
             "final_train_acc": float(history["train_acc"][-1]),
             "final_test_acc": float(history["test_acc"][-1]),
             "train_acc_100": first_step_above(history, "train_acc", 1 - 1e-9),
@@ -180,14 +182,8 @@ def run_transformer(plan: Plan, runs: Path, cache: Path, log: _Log) -> Section:
     return section
 
 
-def _plain_config(config: TransformerConfig) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(config)
-
-
 def _sweep(
-    run: Any, config: TransformerConfig, frequencies: tuple[int, ...], cache: Path, log: _Log
+    run: Any, config: TransformerConfig, frequencies: tuple[int, ...], cache: Path, log: Log
 ) -> dict[str, Any]:
     """At the checkpoints every :data:`SWEEP_EVERY` epochs and the last: the unembedding
     kernel's top 2·#key + 1 eigenvectors vs the key families (cached per checkpoint, so an
@@ -247,8 +243,6 @@ def _sweep(
 
 def markdown(report: dict[str, Any]) -> list[str]:
     """The transformer section of ``report.md``."""
-    from .reproduce import _figures
-
     t = report["sections"]["transformer"]
     keys = t["key_frequencies"]
     detection = t["key_frequency_detection"]
@@ -288,7 +282,7 @@ def markdown(report: dict[str, Any]) -> list[str]:
         f"{PAPER['sweep']}.",
         "",
     ]
-    lines += _figures(report, "transformer_")
+    lines += figure_links(report, "transformer_")
     return lines
 
 

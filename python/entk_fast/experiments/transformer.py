@@ -221,6 +221,9 @@ class TransformerConfig:
         d_model, n_heads, d_mlp: residual width, attention heads, MLP width.
         train_fraction: fraction of the p² pairs in the training set.
         lr, weight_decay, beta1, beta2: AdamW hyper-parameters (eps is PyTorch's default).
+            ``lr`` is 1e-3 where the paper has 3e-4: at 3e-4 seed 1 was still at 40% test
+            accuracy after 4000 epochs; at 1e-3 seeds 0, 1, 2 and 4 reach ≥ 99% by epoch
+            860–1290 and end at ≥ 99.5% (seed 3 stalls at 98.1%).
         batch_size: minibatch size; each epoch visits the training set once in a fresh
             random order (the last minibatch holds the remainder).
         epochs: number of epochs.
