@@ -594,6 +594,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if opts.json:
             opts.json.write_text("".join(json.dumps(asdict(m)) + "\n" for m in records))
+        shutil.rmtree(copy_root, ignore_errors=True)
         if not opts.keep_logs:
             shutil.rmtree(work, ignore_errors=True)
     report(records)
