@@ -595,7 +595,9 @@ def main(argv: list[str] | None = None) -> int:
         if opts.json:
             opts.json.write_text("".join(json.dumps(asdict(m)) + "\n" for m in records))
         shutil.rmtree(copy_root, ignore_errors=True)
-        if not opts.keep_logs:
+        if opts.keep_logs:
+            os.rmdir(work)  # empty now: the logs live in --keep-logs
+        else:
             shutil.rmtree(work, ignore_errors=True)
     report(records)
     return 0
