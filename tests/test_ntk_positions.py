@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from ntk_reference import reference_jacobian, reference_kernel, relative_error, trainable
 from torch import nn
 
-from entk_fast import empirical_ntk, linalg
+from entk_fast import empirical_ntk, entk_topk, linalg
 from entk_fast.errors import InvalidArgumentError
 from entk_fast.ntk.plan import plan_structured
 from entk_fast.ntk.problem import evaluation_mode, prepare
@@ -389,3 +389,21 @@ def test_cross_attention_falls_back_to_the_general_path() -> None:
     assert result.paths["unembed.weight"] == "structured"
     expected = reference_kernel(reference_jacobian(model, (tokens,)), "trace")
     assert relative_error(result.kernel, expected) < TOL
+
+
+def test_matrix_free_top_k_through_multihead_attention_with_an_earlier_layer_selected() -> None:
+    """``entk_topk`` with only a layer before the attention selected: the products run under
+    ``no_grad``, where ``nn.MultiheadAttention`` would pick its fused inference kernel (no
+    derivative); the operator turns that fast path off and matches the dense eigenpairs."""
+    torch.manual_seed(10)
+    model = TorchAttentionModel(batch_first=True, padding=False, weights=False).double().eval()
+    tokens = _tokens(12, seed=10)
+    params = ["pos_embed.weight"]
+    assert torch.backends.mha.get_fastpath_enabled()
+    spec = entk_topk(model, tokens, k=4, params=params, reduction="trace", progress=False)
+    assert torch.backends.mha.get_fastpath_enabled()  # restored
+    kernel = reference_kernel(
+        reference_jacobian(model, (tokens,), [n for n in trainable(model) if n in params]), "trace"
+    )
+    expected = np.linalg.eigvalsh(kernel)[::-1][:4]
+    assert np.allclose(spec.eigenvalues, expected, rtol=1e-8)

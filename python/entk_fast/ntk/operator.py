@@ -10,7 +10,8 @@ names the sample (as on the dense paths).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -45,6 +46,18 @@ def _load_forward_ad() -> None:
             from torch._decomp import decompositions_for_jvp  # noqa: F401
         except ImportError:  # pragma: no cover - layout of a future torch
             pass
+
+
+@contextmanager
+def _no_mha_fastpath() -> Iterator[None]:
+    """``nn.MultiheadAttention`` without its fused inference kernel, which it picks under
+    ``no_grad`` in eval mode and which has no derivative for the products' VJP / JVP."""
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
 
 
 class KernelOperator:
@@ -132,7 +145,7 @@ class KernelOperator:
         vectors = torch.as_tensor(np.ascontiguousarray(np.asarray(block).T), device=problem.device)
         vectors = vectors.to(problem.dtype)  # (b, R)
         parts = []
-        with torch.no_grad(), quiet_batching_fallback(), vmappable_forward():
+        with torch.no_grad(), quiet_batching_fallback(), vmappable_forward(), _no_mha_fastpath():
             for start in range(0, vectors.shape[0], self.columns):
                 part = vectors[start : start + self.columns]
                 m = part.shape[0]

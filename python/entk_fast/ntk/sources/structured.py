@@ -645,18 +645,19 @@ class StructuredSource:
                 assert target is not None
                 parts = [tile.rows[layer.path].stacked for layer in layers]
                 g = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
-                options = {
-                    "block": tile.rows[first.path].block,
-                    "alpha": alpha,
-                    "positions": first.positions,
-                }
+                block = tile.rows[first.path].block
+                positions = first.positions
                 if factor is not None:  # S (+ 1) = [F, 1][F, 1]ᵀ, formed tile by tile
                     f = np.hstack([factor, np.ones_like(factor[:, :1])]) if merged else factor
-                    linalg.hadamard_gram_factored_accumulate(target[rows, rows], g, f, **options)
+                    linalg.hadamard_gram_factored_accumulate(
+                        target[rows, rows], g, f, block=block, alpha=alpha, positions=positions
+                    )
                 else:
                     s = _position_gram(problem, first, tile.acts[first.path]) if s is None else s
                     weight = _plus_one(s, merged)
-                    linalg.hadamard_gram_accumulate(target[rows, rows], g, weight, **options)
+                    linalg.hadamard_gram_accumulate(
+                        target[rows, rows], g, weight, block=block, alpha=alpha, positions=positions
+                    )
                 del g, parts
             del s, factor
         for layer in self.sweep.layers:  # a bias apart: the Gram of Σ_t g_t (S is all ones)
