@@ -342,6 +342,7 @@ def test_verbose_logs_and_json_summary(tmp_path: Path, capsys: pytest.CaptureFix
         ("batch",),
         ("batch-summary",),
         ("spectrum",),
+        ("reproduce",),
     ],
 )
 def test_summary_commands_offer_json(command: tuple[str, ...]) -> None:

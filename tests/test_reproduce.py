@@ -89,6 +89,11 @@ def test_cli_writes_the_report_and_reuses_finished_work(
     second = capsys.readouterr()
     assert "reusing the finished run" in second.err and "training" not in second.err
     assert json.loads((out / "report.json").read_text())["sections"] == report["sections"]
+    assert main(["reproduce", "modadd", "--quick", "--out", str(out), "--json"]) == 0
+    third = capsys.readouterr()
+    summary = json.loads(third.out)  # stdout is the JSON object alone
+    assert summary["report_json"] == str(out / "report.json")
+    assert summary["checks"] == report["checks"] and "reusing the finished run" in third.err
 
 
 def test_cli_rejects_an_output_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from .. import linalg
-from .._io import atomic_write_json, atomic_write_text
+from .._io import atomic_write_json, atomic_write_text, print_json, stdout_to_stderr
 from .._version import __version__
 from ..analysis import (
     FAMILIES,
@@ -618,20 +618,37 @@ def add_parser(subparsers: Any) -> None:
         "--quick", action="store_true", help="reduced sizes: a smoke test in under a minute"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress lines")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the summary as one JSON object on stdout (the narration goes to stderr)",
+    )
     parser.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
     sections = list(SECTIONS) if args.what == "all" else [args.what]
-    report = reproduce(
-        sections, args.out, runs=args.runs, quick=args.quick, progress=not args.no_progress
-    )
+    with stdout_to_stderr(args.json):
+        report = reproduce(
+            sections, args.out, runs=args.runs, quick=args.quick, progress=not args.no_progress
+        )
     failed = [
         f"{name}: {text}"
         for name, checks in report["checks"].items()
         for text, ok in checks.items()
         if not ok
     ]
+    if args.json:
+        print_json(
+            {
+                "report": args.out / "report.md",
+                "report_json": args.out / "report.json",
+                "seconds": report["seconds"],
+                "checks": report["checks"],
+                "not_reproduced": failed,
+            }
+        )
+        return 0
     print(f"report written to {args.out / 'report.md'} ({report['seconds']['all']:.0f} s)")
     for text in failed:
         print(f"  not reproduced: {text}")
