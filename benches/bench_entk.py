@@ -21,10 +21,10 @@ For ``mean_pairs`` the recipe differentiates the mean logit (one Jacobian row a 
 user would.
 
 Each (case, method) runs in its own subprocess: build model and inputs (seeded), time the
-first full call (the warm-up), read the RSS baseline, then time the full computation while a thread samples the
-RSS every millisecond; peak memory is the largest RSS above the baseline. ``empirical_ntk``
-is timed ``--repeat`` times (median reported), the recipe once by default (it takes tens of
-seconds). Wall time and process CPU time (all threads) are both reported: on a shared
+first full call (the warm-up), read the RSS baseline, then time the full computation while a
+thread samples the RSS every millisecond; peak memory is the largest RSS above the baseline.
+``empirical_ntk`` is timed ``--repeat`` times (median reported), the recipe once by default (it
+takes tens of seconds). Wall time and process CPU time (all threads) are both reported: on a shared
 machine the CPU-time ratio is the steadier measure. Both kernels are compared (max relative
 difference). The load average at start and end is recorded.
 
