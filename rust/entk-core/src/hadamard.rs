@@ -48,38 +48,11 @@ pub fn hadamard_gram_positions_accumulate<T: Scalar>(
     par: Par,
 ) -> CoreResult<()> {
     check::non_empty("G", g)?;
-    if positions == 0 || g.nrows() % positions != 0 {
-        return Err(CoreError::OutOfRange {
-            arg: "positions",
-            expected: format!("a positive divisor of the {} rows of G", g.nrows()),
-            got: positions.to_string(),
-        });
-    }
+    let r = rows_per_position(g, positions)?;
     let g_max = check::finite_max_abs("G", g)?;
     let k_max = check::symmetric_input("K", k.rb())?;
     let s_max = check::symmetric_input("S", s)?;
-    let r = g.nrows() / positions;
-    check::rows(
-        "K",
-        k.rb(),
-        r,
-        if positions == 1 {
-            "one per row of G"
-        } else {
-            "one per row of G divided by positions"
-        },
-    )?;
-    if block == 0 || r % block != 0 {
-        return Err(CoreError::OutOfRange {
-            arg: "block",
-            expected: if positions == 1 {
-                format!("a positive divisor of the {r} rows of G")
-            } else {
-                format!("a positive divisor of the {r} rows of G per position")
-            },
-            got: block.to_string(),
-        });
-    }
+    check_k_and_block(k.rb(), r, positions, block)?;
     let m = r / block;
     check::rows(
         "S",
@@ -172,25 +145,11 @@ pub fn hadamard_gram_factored_accumulate<T: Scalar>(
 ) -> CoreResult<()> {
     check::non_empty("G", g)?;
     check::non_empty("A", a)?;
-    if positions == 0 || g.nrows() % positions != 0 {
-        return Err(CoreError::OutOfRange {
-            arg: "positions",
-            expected: format!("a positive divisor of the {} rows of G", g.nrows()),
-            got: positions.to_string(),
-        });
-    }
+    let r = rows_per_position(g, positions)?;
     let g_max = check::finite_max_abs("G", g)?;
     let a_max = check::finite_max_abs("A", a)?;
     let k_max = check::symmetric_input("K", k.rb())?;
-    let r = g.nrows() / positions;
-    check::rows("K", k.rb(), r, "one per row of G divided by positions")?;
-    if block == 0 || r % block != 0 {
-        return Err(CoreError::OutOfRange {
-            arg: "block",
-            expected: format!("a positive divisor of the {r} rows of G per position"),
-            got: block.to_string(),
-        });
-    }
+    check_k_and_block(k.rb(), r, positions, block)?;
     let m = r / block;
     check::rows(
         "A",
@@ -282,6 +241,41 @@ pub fn hadamard_gram_factored_accumulate<T: Scalar>(
 
 /// Rows of K per tile of the factored accumulation: its two scratch tiles stay in cache.
 const FACTORED_TILE: usize = 64;
+
+/// R, the rows of G per position, when `positions` divides G's rows.
+fn rows_per_position<T>(g: MatRef<'_, T>, positions: usize) -> CoreResult<usize> {
+    if positions == 0 || g.nrows() % positions != 0 {
+        return Err(CoreError::OutOfRange {
+            arg: "positions",
+            expected: format!("a positive divisor of the {} rows of G", g.nrows()),
+            got: positions.to_string(),
+        });
+    }
+    Ok(g.nrows() / positions)
+}
+
+/// K has R rows (one per row of G at a position) and `block` divides R.
+fn check_k_and_block<T>(
+    k: MatRef<'_, T>,
+    r: usize,
+    positions: usize,
+    block: usize,
+) -> CoreResult<()> {
+    let (k_rows, per) = if positions == 1 {
+        ("one per row of G", "")
+    } else {
+        ("one per row of G divided by positions", " per position")
+    };
+    check::rows("K", k, r, k_rows)?;
+    if block == 0 || r % block != 0 {
+        return Err(CoreError::OutOfRange {
+            arg: "block",
+            expected: format!("a positive divisor of the {r} rows of G{per}"),
+            got: block.to_string(),
+        });
+    }
+    Ok(())
+}
 
 /// Whether every entry of `a` is zero (a position pair that never meets, e.g. two fixed
 /// embedding indices).
