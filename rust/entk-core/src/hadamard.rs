@@ -67,20 +67,14 @@ pub fn hadamard_gram_positions_accumulate<T: Scalar>(
     check::finite_scalar("alpha", alpha)?;
 
     // K is updated in place: refuse before touching it if the sum could overflow.
-    let terms = (positions * positions) as f64;
-    let bound = k_max.to_f64()
-        + alpha.abs_val().to_f64()
-            * s_max.to_f64()
-            * g_max.to_f64().powi(2)
-            * g.ncols() as f64
-            * terms;
-    if !policy::overflow_safe::<T>(bound.sqrt(), 1) {
-        return Err(CoreError::Solver(
-            "hadamard_gram_accumulate: the update could overflow this dtype; K was left \
-             unchanged (rescale G or S, or use float64)"
-                .into(),
-        ));
-    }
+    refuse_overflow(
+        k_max,
+        alpha,
+        s_max.to_f64(),
+        (g_max, g.ncols()),
+        positions,
+        "S",
+    )?;
     let pairs: Vec<(usize, usize)> = (0..positions)
         .flat_map(|t| (0..positions).map(move |u| (t, u)))
         .filter(|&(t, u)| positions == 1 || !is_zero(s.submatrix(t * m, u * m, m, m)))
@@ -158,21 +152,8 @@ pub fn hadamard_gram_factored_accumulate<T: Scalar>(
         "positions × rows of G per position divided by block",
     )?;
     check::finite_scalar("alpha", alpha)?;
-    let terms = (positions * positions) as f64;
-    let bound = k_max.to_f64()
-        + alpha.abs_val().to_f64()
-            * a_max.to_f64().powi(2)
-            * a.ncols() as f64
-            * g_max.to_f64().powi(2)
-            * g.ncols() as f64
-            * terms;
-    if !policy::overflow_safe::<T>(bound.sqrt(), 1) {
-        return Err(CoreError::Solver(
-            "hadamard_gram_accumulate: the update could overflow this dtype; K was left \
-             unchanged (rescale G or A, or use float64)"
-                .into(),
-        ));
-    }
+    let s_max = a_max.to_f64().powi(2) * a.ncols() as f64; // bounds every ⟨A_i, A_j⟩
+    refuse_overflow(k_max, alpha, s_max, (g_max, g.ncols()), positions, "A")?;
     // Row tiles of K run in parallel, each with its own scratch and all T² position pairs in
     // turn (sequential products): one parallel section per call, K's rows owned by one task.
     // Tiles further down the triangle hold more work: they are handed out first.
@@ -241,6 +222,28 @@ pub fn hadamard_gram_factored_accumulate<T: Scalar>(
 
 /// Rows of K per tile of the factored accumulation: its two scratch tiles stay in cache.
 const FACTORED_TILE: usize = 64;
+
+/// Refuses, before K is touched, an update `K += alpha · Σ_{t,u} S_tu ∘ (G_t G_uᵀ)` that could
+/// overflow: |K| + |alpha| · max|S| · max|G|² · Q · T² must stay below the dtype's safe range.
+fn refuse_overflow<T: Scalar>(
+    k_max: T,
+    alpha: T,
+    s_max: f64,
+    (g_max, q): (T, usize),
+    positions: usize,
+    inputs: &str,
+) -> CoreResult<()> {
+    let terms = (positions * positions) as f64;
+    let bound = k_max.to_f64()
+        + alpha.abs_val().to_f64() * s_max * g_max.to_f64().powi(2) * q as f64 * terms;
+    if policy::overflow_safe::<T>(bound.sqrt(), 1) {
+        return Ok(());
+    }
+    Err(CoreError::Solver(format!(
+        "hadamard_gram_accumulate: the update could overflow this dtype; K was left unchanged \
+         (rescale G or {inputs}, or use float64)"
+    )))
+}
 
 /// R, the rows of G per position, when `positions` divides G's rows.
 fn rows_per_position<T>(g: MatRef<'_, T>, positions: usize) -> CoreResult<usize> {
