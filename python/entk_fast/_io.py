@@ -105,6 +105,15 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def add_json_flag(parser: Any, what: str = "the summary") -> None:
+    """The ``--json`` option of a command that prints a summary (see :func:`print_json`)."""
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help=f"print {what} as one JSON object on stdout (the narration goes to stderr)",
+    )
+
+
 def stdout_to_stderr(enabled: bool = True) -> contextlib.AbstractContextManager[Any]:
     """While a ``--json`` command computes, its human-readable lines go to stderr, so stdout
     holds nothing but the JSON object printed after the block."""

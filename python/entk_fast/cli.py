@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._io import add_json_flag
 from .errors import EntkError, InvalidArgumentError, InvalidTypeError, RunDirectoryError
 
 __all__ = ["main"]
@@ -184,9 +185,7 @@ def _common_options(parser: argparse.ArgumentParser, defaults: Any, *, unit: str
     )
     parser.add_argument("--no-progress", action="store_true", help="do not draw a progress bar")
     parser.add_argument("--no-plot", action="store_true", help="do not write training_curve.png")
-    parser.add_argument(
-        "--json", action="store_true", help="print the summary as one JSON object on stdout"
-    )
+    add_json_flag(parser)
     parser.add_argument(
         "--threads",
         type=int,

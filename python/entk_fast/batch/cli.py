@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._io import add_json_flag
 from .jobs import ANALYSES, DEFAULT_K
 
 if TYPE_CHECKING:
@@ -90,9 +91,7 @@ def add_batch_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--force", action="store_true", help="recompute valid results too")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "--json", action="store_true", help="print the summary as one JSON object on stdout"
-    )
+    add_json_flag(parser)
     parser.set_defaults(func=_run_batch)
     return parser
 
@@ -113,9 +112,7 @@ def add_summary_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--plots", metavar="DIR", help="where curves.csv/curves.png go (default: RESULTS)"
     )
     parser.add_argument("--no-plot", action="store_true", help="print the table only")
-    parser.add_argument(
-        "--json", action="store_true", help="print the summary as one JSON object on stdout"
-    )
+    add_json_flag(parser)
     parser.set_defaults(func=_run_summary)
     return parser
 
@@ -149,9 +146,7 @@ def add_spectrum_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="Rust/torch threads (default: unchanged; SLURM_CPUS_PER_TASK is a good value)",
     )
     parser.add_argument("--force", action="store_true", help="recompute a valid result")
-    parser.add_argument(
-        "--json", action="store_true", help="print the record(s) as one JSON object on stdout"
-    )
+    add_json_flag(parser, "the record(s)")
     parser.set_defaults(func=_run_spectrum)
     return parser
 

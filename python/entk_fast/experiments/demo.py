@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .. import linalg
+from .._io import add_json_flag
 from .._validate import check_seed
 from ..analysis.cliffs import spectral_cliffs
 from ..analysis.fourier import FAMILIES, family_overlaps, family_values
@@ -42,11 +43,7 @@ def add_parser(subparsers: Any) -> None:
         help="torch-free: planted low-rank Jacobian, its Gram, spectrum and principal angles",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument(
-        "--json",
-        action="store_true",
-        help="print the summary as one JSON object on stdout (the narration goes to stderr)",
-    )
+    add_json_flag(parser)
     parser.set_defaults(func=_run)
 
 

@@ -36,7 +36,13 @@ from typing import Any
 import numpy as np
 
 from .. import linalg
-from .._io import atomic_write_json, atomic_write_text, print_json, stdout_to_stderr
+from .._io import (
+    add_json_flag,
+    atomic_write_json,
+    atomic_write_text,
+    print_json,
+    stdout_to_stderr,
+)
 from .._version import __version__
 from ..analysis import (
     FAMILIES,
@@ -618,11 +624,7 @@ def add_parser(subparsers: Any) -> None:
         "--quick", action="store_true", help="reduced sizes: a smoke test in under a minute"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress lines")
-    parser.add_argument(
-        "--json",
-        action="store_true",
-        help="print the summary as one JSON object on stdout (the narration goes to stderr)",
-    )
+    add_json_flag(parser)
     parser.set_defaults(func=_main)
 
 
