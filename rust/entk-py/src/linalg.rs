@@ -341,31 +341,44 @@ pub fn hadamard_gram_accumulate(
     let (g, s) = (matrix("G", g)?, matrix("S", s)?);
     let k = matrix_mut("K", k)?;
     dispatch!(py, "hadamard_gram_accumulate(K, G, S)", [k, g, s] => |T| {
-        hadamard_impl::<T>(py, k, &g, &s, (positions, block), alpha)
+        positions_impl::<T>(
+            py,
+            k,
+            &g,
+            ("S", &s),
+            (positions, block),
+            alpha,
+            entk_core::hadamard::hadamard_gram_positions_accumulate::<T>,
+        )
     })
 }
 
-fn hadamard_impl<T: Element + Scalar>(
+/// A positions kernel of the core: (K, G, S or A, positions, block, alpha, par).
+type PositionsKernel<T> = for<'k, 'g, 's> fn(
+    MatMut<'k, T>,
+    MatRef<'g, T>,
+    MatRef<'s, T>,
+    usize,
+    usize,
+    T,
+    Par,
+) -> entk_core::CoreResult<()>;
+
+/// K updated in place by `kernel` from G and the inputs (S, or its factor A, named `arg`).
+fn positions_impl<T: Element + Scalar>(
     py: Python<'_>,
     mut k: PyReadwriteArray2<'_, T>,
     g: &PyReadonlyArray2<'_, T>,
-    s: &PyReadonlyArray2<'_, T>,
+    (arg, inputs): (&'static str, &PyReadonlyArray2<'_, T>),
     (positions, block): (usize, usize),
     alpha: f64,
+    kernel: PositionsKernel<T>,
 ) -> PyResult<()> {
     let gv = view(py, "G", g)?;
-    let sv = view(py, "S", s)?;
+    let iv = view(py, arg, inputs)?;
     let kv = view_mut(py, "K", &mut k)?;
     detach(py, move |par| {
-        entk_core::hadamard::hadamard_gram_positions_accumulate(
-            kv,
-            gv,
-            sv,
-            positions,
-            block,
-            T::from_f64(alpha),
-            par,
-        )
+        kernel(kv, gv, iv, positions, block, T::from_f64(alpha), par)
     })
 }
 
@@ -387,30 +400,14 @@ pub fn hadamard_gram_factored_accumulate(
     let (g, a) = (matrix("G", g)?, matrix("A", a)?);
     let k = matrix_mut("K", k)?;
     dispatch!(py, "hadamard_gram_factored_accumulate(K, G, A)", [k, g, a] => |T| {
-        factored_impl::<T>(py, k, &g, &a, (positions, block), alpha)
-    })
-}
-
-fn factored_impl<T: Element + Scalar>(
-    py: Python<'_>,
-    mut k: PyReadwriteArray2<'_, T>,
-    g: &PyReadonlyArray2<'_, T>,
-    a: &PyReadonlyArray2<'_, T>,
-    (positions, block): (usize, usize),
-    alpha: f64,
-) -> PyResult<()> {
-    let gv = view(py, "G", g)?;
-    let av = view(py, "A", a)?;
-    let kv = view_mut(py, "K", &mut k)?;
-    detach(py, move |par| {
-        entk_core::hadamard::hadamard_gram_factored_accumulate(
-            kv,
-            gv,
-            av,
-            positions,
-            block,
-            T::from_f64(alpha),
-            par,
+        positions_impl::<T>(
+            py,
+            k,
+            &g,
+            ("A", &a),
+            (positions, block),
+            alpha,
+            entk_core::hadamard::hadamard_gram_factored_accumulate::<T>,
         )
     })
 }
