@@ -77,6 +77,35 @@ fn cross_matches_naive() {
 }
 
 #[test]
+fn tiled_parallel_products_match_naive_in_both_memory_orders() {
+    // Orders above the tile side (64 to 256), not multiples of it, several thread counts:
+    // every tile boundary, the diagonal tiles and the ragged last row/column are exercised.
+    for (r, s, p, threads) in [(300, 170, 40, 2), (523, 300, 9, 3), (140, 700, 13, 16)] {
+        let j = random(r, p, (r + s) as u64);
+        let b = random(s, p, (r * s) as u64);
+        let jt = j.transpose().to_owned();
+        let row_major = jt.as_ref().transpose();
+        let want = naive_abt(j.as_ref(), j.as_ref());
+        for view in [j.as_ref(), row_major] {
+            let k = gram(view, Par::rayon(threads)).unwrap();
+            assert!(max_rel(k.as_ref(), want.as_ref()) < 1e-13, "{r} {threads}");
+            for a in 0..r {
+                for c in 0..a {
+                    assert_eq!(k[(a, c)], k[(c, a)]);
+                }
+            }
+            let mut acc = Mat::<f64>::identity(r, r);
+            gram_accumulate(acc.as_mut(), view, -0.5, Par::rayon(threads)).unwrap();
+            let expect = Mat::from_fn(r, r, |a, c| f64::from(a == c) - 0.5 * want[(a, c)]);
+            assert!(max_rel(acc.as_ref(), expect.as_ref()) < 1e-13);
+            let cross = gram_cross(view, b.as_ref(), Par::rayon(threads)).unwrap();
+            let expect = naive_abt(j.as_ref(), b.as_ref());
+            assert!(max_rel(cross.as_ref(), expect.as_ref()) < 1e-13);
+        }
+    }
+}
+
+#[test]
 fn hadamard_accumulate_matches_kron_formula() {
     let (n, block, q) = (300, 2, 5); // 600 rows: more than one 256-row tile
     let g = random(n * block, q, 4);
@@ -304,6 +333,40 @@ fn topk_matches_full_solve_on_krylov_path_values_and_vectors() {
 }
 
 #[test]
+fn topk_krylov_on_low_rank_and_clustered_spectra_matches_full_solve() {
+    // Rank 5 < k = 8: the Krylov space is exhausted after one block, later blocks lie in it
+    // numerically (the ill-conditioned blocks go through Householder QR and random
+    // replacement, not CholQR); then a cluster of 12 near-equal values at the top.
+    let n = 400;
+    let low: Vec<f64> = (0..n)
+        .map(|i| if i < 5 { 10.0 - i as f64 } else { 0.0 })
+        .collect();
+    let cluster: Vec<f64> = (0..n)
+        .map(|i| {
+            if i < 12 {
+                5.0 + 1e-9 * i as f64
+            } else {
+                1.0 / (1 + i) as f64
+            }
+        })
+        .collect();
+    for (values, seed) in [(low, 41), (cluster, 42)] {
+        let k = with_spectrum(&values, seed);
+        let (top, info) =
+            eigh_topk_with(k.as_ref(), 8, TopkParams::default(), &mut no_cancel(), PAR).unwrap();
+        assert_eq!(info.method, TopkMethod::Krylov, "{info:?}");
+        let full = eigh(k.as_ref(), PAR).unwrap();
+        for i in 0..8 {
+            assert!((top.values[i] - full.values[i]).abs() < 1e-10 * full.values[0]);
+        }
+        let bound = residual_bound(k.as_ref(), &top.values, top.vectors.as_ref());
+        assert!(bound <= 1e-11, "{bound}");
+        let gram_v = naive_abt(top.vectors.transpose(), top.vectors.transpose());
+        assert!(max_rel(gram_v.as_ref(), Mat::<f64>::identity(8, 8).as_ref()) < 1e-12);
+    }
+}
+
+#[test]
 fn topk_small_problem_uses_dense() {
     let x = random(10, 10, 8);
     let k = Mat::from_fn(10, 10, |i, j| x[(i, j)] + x[(j, i)]);
@@ -324,7 +387,7 @@ fn topk_degenerate_eigenvalues_subspaces_match() {
     values.extend((0..n - 7).map(|i| 3.0 * (1.0 - i as f64 / n as f64)));
     let k = with_spectrum(&values, 9);
     let params = TopkParams {
-        basis_blocks: 4,
+        basis_blocks: Some(4),
         ..TopkParams::default()
     };
     let (top, info) = eigh_topk_with(k.as_ref(), 6, params, &mut no_cancel(), PAR).unwrap();
@@ -425,7 +488,7 @@ fn operator_f32_is_accurate_to_its_tolerance() {
         k32.as_ref(),
         4,
         TopkParams {
-            basis_blocks: 3,
+            basis_blocks: Some(3),
             ..TopkParams::default()
         },
         &mut no_cancel(),
@@ -691,6 +754,10 @@ fn policy_closed_forms() {
     assert_eq!(pow2_steps::<f64>(1200), vec![p2(500), p2(500), p2(200)]);
     assert_eq!(pow2_steps::<f64>(-1030), vec![p2(-500), p2(-500), p2(-30)]);
     assert!(pow2_steps::<f64>(0).is_empty());
+    // Krylov basis width: 16 blocks once the basis is at most a quarter of n, else 10.
+    assert_eq!(topk_basis_blocks(2560, 40), 16);
+    assert_eq!(topk_basis_blocks(2559, 40), 10);
+    assert_eq!(topk_basis_blocks(100, usize::MAX), 10);
     let steps32 = pow2_steps::<f32>(133);
     assert_eq!(steps32, vec![p2(60) as f32, p2(60) as f32, p2(13) as f32]);
     // 3 · 2^-1030 is subnormal but exact: 3 · 2^44 units of 2^-1074.
@@ -748,10 +815,10 @@ fn topk_settings_are_checked_at_their_bounds() {
     assert_eq!(arg(with(|p| p.tolerance = Some(f64::EPSILON / 2.0))), "tol");
     assert!(solve(with(|p| p.tolerance = Some(f64::EPSILON))).is_ok());
     assert!(solve(with(|p| p.tolerance = Some(0.5))).is_ok());
-    assert_eq!(arg(with(|p| p.basis_blocks = 2)), "basis_blocks");
-    assert_eq!(arg(with(|p| p.basis_blocks = 65)), "basis_blocks");
-    assert!(solve(with(|p| p.basis_blocks = 3)).is_ok());
-    assert!(solve(with(|p| p.basis_blocks = 64)).is_ok());
+    assert_eq!(arg(with(|p| p.basis_blocks = Some(2))), "basis_blocks");
+    assert_eq!(arg(with(|p| p.basis_blocks = Some(65))), "basis_blocks");
+    assert!(solve(with(|p| p.basis_blocks = Some(3))).is_ok());
+    assert!(solve(with(|p| p.basis_blocks = Some(64))).is_ok());
     assert_eq!(arg(with(|p| p.max_cycles = 0)), "maxiter");
 }
 

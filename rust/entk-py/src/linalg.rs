@@ -518,7 +518,7 @@ fn params(
         tolerance: tol,
         seed: seed_arg(py, seed)?.unwrap_or(defaults.seed),
         oversample: opt_count(py, "oversample", oversample)?.unwrap_or(defaults.oversample),
-        basis_blocks: opt_count(py, "basis_blocks", basis_blocks)?.unwrap_or(defaults.basis_blocks),
+        basis_blocks: opt_count(py, "basis_blocks", basis_blocks)?,
         block: opt_count(py, "block", block)?,
         max_cycles: opt_count(py, "maxiter", maxiter)?.unwrap_or(defaults.max_cycles),
     })
