@@ -42,6 +42,9 @@ METHODS = ("auto", "dense", "dual", "matrix_free")
 # Matrix-free transients: at most this fraction of the working budget (and at least the floor).
 _TRANSIENT_FRACTION = 0.05
 _TRANSIENT_FLOOR = 64 * 2**20
+#: The matrix-free solver's default relative residual target for float32 products (the
+#: float64 solver's own default, 1e-11, is below their round-off).
+_FLOAT32_TOL = 1e-4
 
 
 def _dual_columns(problem: Problem) -> int:
@@ -171,8 +174,9 @@ def _matrix_free(
     numel = problem.numel(problem.selected)
     rows = problem.rows_per_sample
     copies = rows if problem.reduction.rows_concatenated else 1
-    # The Krylov basis (a few blocks beyond k), the block V and K V in the problem's dtype.
-    fixed = (4 * (k + width) + 2 * width) * size * it
+    # The Krylov basis (a few blocks beyond k), the block V and K V: float64 whatever the
+    # problem's dtype (float32 products, float64 solver; see below).
+    fixed = (4 * (k + width) + 2 * width) * size * 8
     budget = work_budget(
         max_memory,
         size * k * it,
@@ -194,36 +198,49 @@ def _matrix_free(
     chunk = int(
         min(problem.n_samples, max(1, (transient - columns * per_vector) // (per_sample * columns)))
     )
-    op = KernelOperator(problem, chunk, columns)
+    # What the basis and transients leave keeps the chunks' forward graphs (see KernelOperator).
+    op = KernelOperator(problem, chunk, columns, keep_bytes=max(0, budget - fixed - transient))
     with progress_bar(progress, None, "eNTK top-k", unit="matvec") as bar:
 
         def matmat(v: np.ndarray) -> np.ndarray:
-            out = op.matmat(v)
+            out = op.matmat(v).astype(np.float64, copy=False)
             if op.n_matvec == v.shape[1]:  # the random start block: K V = 0 only if K = 0
                 check_kernel_nonzero(float(np.abs(out).max()))
             bar.update(v.shape[1])
             return out
 
+        # The solver runs in float64 also for float32 problems: its basis in float32 loses
+        # orthogonality, and residuals stalled near 2e-3, above the 1e-4 tolerance, on a
+        # language-model-like spectrum; float32 products in a float64 basis converge.
         values, vectors, info = linalg.eigh_topk_operator(
             matmat,
             size,
             k,
-            dtype=problem.numpy_dtype,
+            dtype=np.float64,
+            # the tolerance the problem's dtype supports (float32 products: 1e-4)
+            tol=tol if tol is not None or problem.itemsize == 8 else _FLOAT32_TOL,
             block=width,
-            tol=tol,
             maxiter=maxiter,
             seed=seed,
         )
     return NTKSpectrum(
-        eigenvalues=values,
-        eigenvectors=vectors,
+        eigenvalues=values.astype(problem.numpy_dtype),
+        eigenvectors=vectors.astype(problem.numpy_dtype),
         method="matrix_free",
         n_samples=problem.n_samples,
         n_outputs=problem.n_outputs,
         reduction=problem.reduction.name,
         n_parameters=numel,
         output_metric=problem.metric,
-        info={**info, "chunk": chunk, "columns": columns, "solver": "eigh_topk_operator"},
+        info={
+            **info,
+            "chunk": chunk,
+            "columns": columns,
+            "solver": "eigh_topk_operator",
+            "kept_chunks": op.kept_chunks,
+            "chunks": -(-problem.n_samples // chunk),
+            "kept_bytes": op.kept_bytes,
+        },
     )
 
 

@@ -1,26 +1,39 @@
-"""Kernel-vector products K v = scale · M (Mᵀ v) without forming K or J (one VJP, one JVP).
+"""Kernel-vector products K v = scale · M (Mᵀ v) without forming K or J.
 
-Mᵀ v is the gradient of Σ_n ⟨v_n, R f(x_n)⟩ (one backward over a batch of samples), and M w is
-a forward-mode derivative along the parameter direction w. For ``trace`` the products run
-once per output (vmapped): K v = (1/C) Σ_c J_c (J_cᵀ v). Each chunk's outputs and products are
-checked for NaN / inf, and a forward that fails on a chunk is rerun per sample, so an error
-names the sample (as on the dense paths).
+Mᵀ v is the gradient of Σ_n ⟨v_n, R f(x_n)⟩ (a backward over a batch of samples), and M w the
+derivative of the outputs along the parameter direction w. The parameters do not change between
+products, so neither does the forward pass: each chunk's forward runs once, and its autograd
+graph is kept (the linearisation of f at θ, arXiv 2510.00468's eNTK being that of the model at
+fixed θ). Mᵀ v is then one backward through the kept graph, and M w the transpose of that
+backward (a second backward through it: M w = ∂/∂u ⟨Mᵀ u, w⟩, exact because Mᵀ u is linear in
+u). Only the part of the forward that depends on the selected parameters is in the graph, so
+with ``params=`` one layer, the layers before it run once for the whole solve.
+
+The kept graphs hold the forward's saved activations; they are kept while they fit the memory
+budget (measured on the second chunk), and chunks beyond it run the forward every product (a
+VJP, then a forward-mode JVP). For ``trace`` the products run once per output (vmapped):
+K v = (1/C) Σ_c J_c (J_cᵀ v). Each chunk's outputs and products are checked for NaN / inf, and
+a forward that fails on a chunk is rerun per sample, so an error names the sample (as on the
+dense paths).
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
+import psutil
 import torch
 from torch import Tensor
 from torch.func import jvp, vjp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..errors import LinAlgError
-from .checks import all_finite, require_finite
+from .checks import all_finite, close, require_finite
 from .problem import Problem
 from .sources.general import (
     quiet_batching_fallback,
@@ -32,6 +45,8 @@ from .sources.general import (
 __all__ = ["KernelOperator"]
 
 Params = dict[str, Tensor]
+#: A chunk's kept linearisation: Mᵀ (cotangents -> parameter-shaped) and M (the reverse).
+Linearisation = tuple[Callable[[Tensor], Params], Callable[[Params], Tensor]]
 
 
 def _load_forward_ad() -> None:
@@ -60,11 +75,30 @@ def _no_mha_fastpath() -> Iterator[None]:
         torch.backends.mha.set_fastpath_enabled(before)
 
 
+def _resident_bytes(trim: bool = False) -> int:
+    """This process's resident memory; ``trim``: first hand freed heap pages back to the OS
+    (glibc), so that growth measured from here is new memory, not reused free memory."""
+    if trim:
+        gc.collect()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc: growth may be underestimated
+            pass
+    return int(psutil.Process().memory_info().rss)
+
+
 class KernelOperator:
     """K V for a prepared problem: ``chunk`` samples and ``columns`` vectors of V per torch call
-    (one vmapped VJP and one vmapped JVP each); counts its products (one per vector)."""
+    (one vmapped backward and one vmapped transpose each through a chunk's kept graph, or a VJP
+    and a JVP where none is kept); counts its products (one per vector).
 
-    def __init__(self, problem: Problem, chunk: int, columns: int = 1) -> None:
+    ``keep_bytes`` caps the memory of the kept graphs (0: keep none); ``kept_chunks`` says how
+    many chunks' graphs are kept once the first product has run.
+    """
+
+    def __init__(
+        self, problem: Problem, chunk: int, columns: int = 1, keep_bytes: int = 0
+    ) -> None:
         self.problem = problem
         self.chunk = max(1, int(chunk))
         self.columns = max(1, int(columns))
@@ -72,7 +106,15 @@ class KernelOperator:
         self._batched = vmap(f, in_dims=(None, *([0] * len(problem.inputs))))
         self.pack: Params = {name: problem.params[name] for name in problem.selected}
         self.n_matvec = 0
+        self.keep_bytes = max(0, int(keep_bytes))
+        self._kept: dict[int, Linearisation] = {}
+        self._keeping = self.keep_bytes > 0
+        self.kept_bytes = 0
         _load_forward_ad()
+
+    @property
+    def kept_chunks(self) -> int:
+        return len(self._kept)
 
     @property
     def size(self) -> int:
@@ -86,16 +128,86 @@ class KernelOperator:
         xs = tuple(x[start:stop] for x in self.problem.inputs)
         return lambda pack: self._batched(pack, *xs)
 
+    def _linearise(self, start: int, stop: int) -> Linearisation:
+        """Run samples ``start:stop``'s forward once and keep its graph: Mᵀ as the backward
+        through it, M as the backward of that backward (Mᵀ u is linear in u, so its derivative
+        along u, transposed, is M, exactly)."""
+        with sample_failures(self.problem, start, stop), sdpa_kernel([SDPBackend.MATH]):
+            result = vjp(self._fn(start, stop), self.pack)
+        out, pull = result[0], result[1]
+        require_finite(out, "output", self.problem.samples_from(start))
+        transpose = vjp(lambda u: pull(u)[0], torch.zeros_like(out))[1]
+        return (lambda u: pull(u)[0]), (lambda t: transpose(t)[0])
+
+    def _transpose_is_exact(self, made: Linearisation, start: int, stop: int) -> bool:
+        """M w by the kept graph's transpose equals forward-mode M w on one random direction:
+        a custom autograd Function whose backward is not itself differentiable (it detaches,
+        or leaves torch) would make the transpose silently wrong, not fail."""
+        gen = torch.Generator(device=self.problem.device).manual_seed(0)
+        direction = {
+            name: torch.randn(t.shape, generator=gen, dtype=t.dtype, device=t.device)
+            for name, t in self.pack.items()
+        }
+        with sdpa_kernel([SDPBackend.MATH]):
+            forward_mode = jvp(self._fn(start, stop), (self.pack,), (direction,))[1]
+        return close(made[1](direction), forward_mode)
+
+    def _keep_graphs(self) -> None:
+        """Linearise chunks in order while their graphs fit ``keep_bytes``.
+
+        The first chunk is always kept: each product without kept graphs builds the same graph
+        as a transient, so it costs no more memory than that. Its resident-memory growth also
+        holds torch's one-time allocations, so the second chunk's growth per sample (at least
+        a sample's outputs) predicts the others'. A model with an op that has no (correct)
+        second derivative keeps none: its products take a VJP and a JVP, which report an error
+        of the model's own.
+        """
+        self._keeping = False
+        floor = self.problem.rows_per_sample * self.problem.itemsize
+        per_sample = 0.0
+        for index, (start, stop) in enumerate(self._slices()):
+            size = stop - start
+            if index >= 2 and self.kept_bytes + per_sample * size > self.keep_bytes:
+                return
+            measured = index < 2
+            before = _resident_bytes(trim=True) if measured else 0
+            if index > 0:
+                made = self._linearise(start, stop)
+            else:
+                try:
+                    made = self._linearise(start, stop)
+                    trusted = self._transpose_is_exact(made, start, stop)
+                except RuntimeError:  # the products without kept graphs raise what is wrong
+                    return
+                if not trusted:
+                    return
+            grown = max(0, _resident_bytes(trim=True) - before) if measured else 0
+            if index == 0:
+                self.kept_bytes = grown
+            elif index == 1:
+                per_sample = max(grown / size, floor)
+                if per_sample * stop > self.keep_bytes:
+                    return
+                self.kept_bytes = int(per_sample * stop)
+            else:
+                self.kept_bytes += int(per_sample * size)
+            self._kept[index] = made
+
     def _pullback(self, cot: Tensor, batched: bool) -> Params:
         """Mᵀ v: Σ over samples of J_nᵀ v_n; ``cot`` (N, C_r), or (B, N, C_r) when batched."""
         total: Params | None = None
-        for start, stop in self._slices():
-            with sample_failures(self.problem, start, stop):
-                result = vjp(self._fn(start, stop), self.pack)
-            out, pull = result[0], result[1]
-            require_finite(out, "output", self.problem.samples_from(start))
+        for index, (start, stop) in enumerate(self._slices()):
+            kept = self._kept.get(index)
             part = cot[..., start:stop, :]
-            grads = (vmap(pull)(part) if batched else pull(part))[0]
+            if kept is not None:
+                grads = vmap(kept[0])(part) if batched else kept[0](part)
+            else:
+                with sample_failures(self.problem, start, stop):
+                    result = vjp(self._fn(start, stop), self.pack)
+                out, pull = result[0], result[1]
+                require_finite(out, "output", self.problem.samples_from(start))
+                grads = (vmap(pull)(part) if batched else pull(part))[0]
+                del pull
             if not all(all_finite(g) for g in grads.values()):
                 self._blame(start, stop, cot, batched)
             if total is None:
@@ -103,7 +215,7 @@ class KernelOperator:
             else:
                 for key, value in grads.items():
                     total[key] += value
-            del pull, grads
+            del grads
         assert total is not None
         return total
 
@@ -124,7 +236,15 @@ class KernelOperator:
     def _push(self, tangent: Params, batched: bool) -> Tensor:
         """M w: (N, C_r) outputs along ``tangent``, or (B, N, C_r) when batched."""
         parts = []
-        for start, stop in self._slices():
+        for index, (start, stop) in enumerate(self._slices()):
+            kept = self._kept.get(index)
+            if kept is not None:
+                part = vmap(kept[1])(tangent) if batched else kept[1](tangent)
+                require_finite(
+                    part, "jacobian", self.problem.samples_from(start), dim=part.dim() - 2
+                )
+                parts.append(part)
+                continue
             fn = self._fn(start, stop)
 
             def forward(t: Params, fn: Callable[[Params], Tensor] = fn) -> Tensor:
@@ -146,6 +266,8 @@ class KernelOperator:
         vectors = vectors.to(problem.dtype)  # (b, R)
         parts = []
         with torch.no_grad(), quiet_batching_fallback(), vmappable_forward(), _no_mha_fastpath():
+            if self._keeping:
+                self._keep_graphs()
             for start in range(0, vectors.shape[0], self.columns):
                 part = vectors[start : start + self.columns]
                 m = part.shape[0]

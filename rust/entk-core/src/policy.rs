@@ -117,10 +117,19 @@ pub fn stagnated(history: &[f64]) -> bool {
 pub const DEFICIENT_DIRECTION: f64 = 1e-10;
 
 /// CholQR orthonormalises a Krylov block only when each column keeps at least this fraction
-/// of its norm against the previous ones (L_jj ≥ this · ‖z_j‖): the block's condition number
-/// is then small enough (≲ 1e5) that CholQR followed by a second pass is orthonormal to
-/// working precision; otherwise Householder QR is used.
-pub const CHOLQR_MIN_DIAG: f64 = 1e-4;
+/// of its norm against the previous ones (L_jj ≥ this · ‖z_j‖): in float64 the block's
+/// condition number is then small enough (≲ 1e5) that CholQR followed by a second pass is
+/// orthonormal to working precision; otherwise Householder QR is used. Float32 always takes
+/// Householder QR (a fraction above 1 is never met): with CholQR, even at a 1e-2 fraction, a
+/// float32 operator whose products are symmetric only to round-off (as J (Jᵀ v) computed in
+/// float32 is) stalled at residuals near 2e-3 and needed 4.7× the products for a top-25.
+pub fn cholqr_min_diag<T: Scalar>() -> f64 {
+    if is_double::<T>() {
+        1e-4
+    } else {
+        2.0
+    }
+}
 
 /// Singular values below max(n, d)·eps·σ_max count as zero (`scipy.linalg.orth`'s rule).
 pub fn rank_cutoff<T: Scalar>(rows: usize, cols: usize, top: f64) -> f64 {

@@ -21,6 +21,7 @@ use crate::scalar::Scalar;
 use faer::linalg::triangular_solve::solve_lower_triangular_in_place;
 use faer::reborrow::{Reborrow, ReborrowMut};
 use faer::{Accum, Mat, MatMut, MatRef, Par, Side};
+use std::time::Instant;
 
 /// A symmetric linear operator K (n, n) known only through products with blocks of vectors.
 pub trait SymmetricOperator<T: Scalar> {
@@ -151,6 +152,9 @@ struct Plan {
     block: usize,
     width: usize,
     tol: f64,
+    /// Test for convergence as the basis grows, not only when it is full (operators whose
+    /// products cost more than a Rayleigh–Ritz step: see [`CheckClock`]).
+    early: bool,
 }
 
 fn plan<T: Scalar>(n: usize, k: usize, params: &TopkParams) -> CoreResult<Plan> {
@@ -196,7 +200,12 @@ fn plan<T: Scalar>(n: usize, k: usize, params: &TopkParams) -> CoreResult<Plan> 
         .saturating_mul(blocks)
         .max(k.saturating_add(block.saturating_mul(2)))
         .min(n);
-    Ok(Plan { block, width, tol })
+    Ok(Plan {
+        block,
+        width,
+        tol,
+        early: false,
+    })
 }
 
 /// [`eigh_topk`] with explicit tuning and a `cancel` callback polled at least once per block
@@ -287,7 +296,10 @@ pub fn eigh_topk_operator<T: Scalar>(
         });
     }
     check_k(k, n, "the order n of the operator")?;
-    let plan = plan::<T>(n, k, &params)?;
+    let plan = Plan {
+        early: true,
+        ..plan::<T>(n, k, &params)?
+    };
     let run = krylov(op, k, &plan, params.max_cycles, params.seed, cancel, par)?;
     let info = run.info(TopkMethod::Krylov, &plan);
     ensure_finite(&run.pairs, "eigh_topk_operator")?;
@@ -626,27 +638,68 @@ fn phase<T: Scalar>(
     let width = plan.width.min(free).max(block);
     let mut solver = BlockKrylov::new(n, block, width, rng, par)?;
     let mut history = Vec::new();
+    let mut clock = CheckClock::default();
     loop {
         budget.cycles += 1;
-        solver.expand(op, locked, rng, budget, cancel)?;
+        while solver.used < solver.q.ncols() {
+            let started = Instant::now();
+            solver.expand_block(op, locked, rng, budget, cancel)?;
+            clock.products += started.elapsed().as_secs_f64();
+            // An early test needs a basis beyond the wanted pairs, and pays for itself only
+            // when the products since the last one took longer than a test does.
+            if !plan.early || solver.used < need + solver.block || !clock.due() {
+                continue;
+            }
+            let started = Instant::now();
+            let ritz = solver.rayleigh_ritz(need, locked, &mut budget.scale)?;
+            clock.tested(started.elapsed().as_secs_f64());
+            if ritz.max_residual <= plan.tol {
+                return Phase::from_ritz(ritz, need, true, false);
+            }
+        }
         let ritz = solver.rayleigh_ritz(need, locked, &mut budget.scale)?;
         history.push(ritz.max_residual);
         let converged = ritz.max_residual <= plan.tol;
         let stagnated = !converged && policy::stagnated(&history);
         if converged || stagnated || budget.cycles >= budget.max_cycles {
-            let vectors = alloc::copy(
-                "eigh_topk: eigenvectors",
-                ritz.vectors.as_ref().subcols(0, need),
-            )?;
-            return Ok(Phase {
-                values: ritz.values[..need].to_vec(),
-                vectors,
-                residuals: ritz.residuals,
-                converged,
-                stagnated,
-            });
+            return Phase::from_ritz(ritz, need, converged, stagnated);
         }
         solver.restart(&ritz, need, plan.tol)?;
+    }
+}
+
+/// When an early convergence test is worth its cost: seconds spent in products since the
+/// last test against the last test's own seconds.
+#[derive(Default)]
+struct CheckClock {
+    products: f64,
+    last_test: f64,
+}
+
+impl CheckClock {
+    fn due(&self) -> bool {
+        self.products >= self.last_test
+    }
+
+    fn tested(&mut self, seconds: f64) {
+        self.products = 0.0;
+        self.last_test = seconds;
+    }
+}
+
+impl<T: Scalar> Phase<T> {
+    fn from_ritz(ritz: Ritz<T>, need: usize, converged: bool, stagnated: bool) -> CoreResult<Self> {
+        let vectors = alloc::copy(
+            "eigh_topk: eigenvectors",
+            ritz.vectors.as_ref().subcols(0, need),
+        )?;
+        Ok(Phase {
+            values: ritz.values[..need].to_vec(),
+            vectors,
+            residuals: ritz.residuals,
+            converged,
+            stagnated,
+        })
     }
 }
 
@@ -692,8 +745,8 @@ impl<T: Scalar> BlockKrylov<T> {
         })
     }
 
-    /// Grows the basis block by block to its full width: Q_{j+1} ⟂ [locked, Q], from K Q_j.
-    fn expand(
+    /// Grows the basis by one block: Q_{j+1} ⟂ [locked, Q], from K Q_j.
+    fn expand_block(
         &mut self,
         op: &mut dyn SymmetricOperator<T>,
         locked: MatRef<'_, T>,
@@ -702,30 +755,28 @@ impl<T: Scalar> BlockKrylov<T> {
         cancel: &mut dyn FnMut() -> CoreResult<()>,
     ) -> CoreResult<()> {
         let width = self.q.ncols();
-        while self.used < width {
-            cancel()?;
-            let start = self.used;
-            let b = self.block.min(width - start);
-            let mut z = std::mem::replace(&mut self.next, Mat::new());
-            let mut z = z.as_mut().subcols_mut(0, b);
-            orthonormalize_against(
-                locked,
-                self.q.as_ref().subcols(0, start),
-                z.rb_mut(),
-                rng,
-                self.par,
-            )?;
-            self.q.as_mut().subcols_mut(start, b).copy_from(z.rb());
-            op.apply(
-                self.q.as_ref().subcols(start, b),
-                self.p.as_mut().subcols_mut(start, b),
-                self.par,
-            )?;
-            budget.n_matvec += b;
-            check::finite("matmat", self.p.as_ref().subcols(start, b))?;
-            self.next = alloc::copy("eigh_topk: Krylov block", self.p.as_ref().subcols(start, b))?;
-            self.used += b;
-        }
+        cancel()?;
+        let start = self.used;
+        let b = self.block.min(width - start);
+        let mut z = std::mem::replace(&mut self.next, Mat::new());
+        let mut z = z.as_mut().subcols_mut(0, b);
+        orthonormalize_against(
+            locked,
+            self.q.as_ref().subcols(0, start),
+            z.rb_mut(),
+            rng,
+            self.par,
+        )?;
+        self.q.as_mut().subcols_mut(start, b).copy_from(z.rb());
+        op.apply(
+            self.q.as_ref().subcols(start, b),
+            self.p.as_mut().subcols_mut(start, b),
+            self.par,
+        )?;
+        budget.n_matvec += b;
+        check::finite("matmat", self.p.as_ref().subcols(start, b))?;
+        self.next = alloc::copy("eigh_topk: Krylov block", self.p.as_ref().subcols(start, b))?;
+        self.used += b;
         Ok(())
     }
 
@@ -976,7 +1027,7 @@ struct CholQr<T> {
 impl<T: Scalar> CholQr<T> {
     /// `None` when Z is too ill-conditioned for CholQR to be accurate: the Gram matrix squares
     /// the condition number, so every column must keep a good part of its norm
-    /// (L_jj ≥ [`policy::CHOLQR_MIN_DIAG`] · ‖z_j‖) for the factor to be trusted.
+    /// (L_jj ≥ [`policy::cholqr_min_diag`] · ‖z_j‖) for the factor to be trusted.
     fn new(z: MatRef<'_, T>, par: Par) -> CoreResult<Option<Self>> {
         let b = z.ncols();
         let mut g = alloc::zeros::<T>("eigh_topk: block Gram matrix", b, b)?;
@@ -987,7 +1038,7 @@ impl<T: Scalar> CholQr<T> {
         let l = llt.L();
         let trusted = (0..b).all(|j| {
             let d = l[(j, j)].to_f64();
-            d.is_finite() && d > policy::CHOLQR_MIN_DIAG * g[(j, j)].to_f64().sqrt()
+            d.is_finite() && d > policy::cholqr_min_diag::<T>() * g[(j, j)].to_f64().sqrt()
         });
         if !trusted {
             return Ok(None);

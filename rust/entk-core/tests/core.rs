@@ -478,6 +478,59 @@ fn operator_finds_every_copy_beyond_block_size_and_k() {
     }
 }
 
+/// An operator whose products take a while (as an eNTK's do): early convergence tests pay.
+struct Slow<'a>(Counted<'a>);
+
+impl SymmetricOperator<f64> for Slow<'_> {
+    fn dim(&self) -> usize {
+        self.0.dim()
+    }
+    fn apply(
+        &mut self,
+        x: MatRef<'_, f64>,
+        out: faer::MatMut<'_, f64>,
+        par: Par,
+    ) -> CoreResult<()> {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        self.0.apply(x, out, par)
+    }
+}
+
+#[test]
+fn operator_stops_growing_the_basis_once_converged() {
+    // A wide gap after the top 4: their Krylov residuals fall below 1e-11 long before a
+    // 12-block basis is full, and an expensive operator is then not applied further.
+    let n = 400;
+    let mut values: Vec<f64> = vec![100.0, 90.0, 80.0, 70.0];
+    values.extend((0..n - 4).map(|i| 1.0 - i as f64 / n as f64));
+    let k = with_spectrum(&values, 21);
+    let params = TopkParams {
+        block: Some(4),
+        basis_blocks: Some(12),
+        ..TopkParams::default()
+    };
+    let mut slow = Slow(Counted {
+        k: k.as_ref(),
+        columns: 0,
+        widest: 0,
+    });
+    let (top, info) = eigh_topk_operator(&mut slow, 4, params, &mut no_cancel(), PAR).unwrap();
+    assert!(info.converged, "{info:?}");
+    assert!(info.n_matvec < 48, "the full basis was built: {info:?}");
+    for i in 0..4 {
+        assert!(
+            (top.values[i] - values[i]).abs() < 1e-9,
+            "{i}: {}",
+            top.values[i]
+        );
+    }
+    let bound = residual_bound(k.as_ref(), &top.values, top.vectors.as_ref());
+    assert!(bound <= info.tolerance * 1.01, "{bound} {info:?}");
+    // The dense entry point (cheap products) fills its basis as before.
+    let (_, dense) = eigh_topk_with(k.as_ref(), 4, params, &mut no_cancel(), PAR).unwrap();
+    assert!(dense.n_matvec >= 48, "{dense:?}");
+}
+
 #[test]
 fn operator_f32_is_accurate_to_its_tolerance() {
     let n = 300;
