@@ -96,9 +96,7 @@ class KernelOperator:
     many chunks' graphs are kept once the first product has run.
     """
 
-    def __init__(
-        self, problem: Problem, chunk: int, columns: int = 1, keep_bytes: int = 0
-    ) -> None:
+    def __init__(self, problem: Problem, chunk: int, columns: int = 1, keep_bytes: int = 0) -> None:
         self.problem = problem
         self.chunk = max(1, int(chunk))
         self.columns = max(1, int(columns))
