@@ -167,9 +167,25 @@ def test_exception_in_matmat_propagates_unchanged():
         ({"dtype": np.int64}, ef.InvalidTypeError, "dtype: expected np.float32 or np.float64"),
         ({"matmat": 3}, ef.InvalidTypeError, "matmat: expected a callable"),
         ({"seed": -1}, ef.InvalidArgumentError, r"seed: expected an integer in \[0, 2\*\*64 - 1\]"),
+        ({"basis_blocks": 2}, ef.InvalidArgumentError, r"basis_blocks: expected an integer in"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, exc, message):
     args = {"matmat": lambda v: v, "n": 50, "k": 3} | kwargs
     with pytest.raises(exc, match=message):
         linalg.eigh_topk_operator(args.pop("matmat"), args.pop("n"), args.pop("k"), **args)
+
+
+def test_basis_blocks_sets_the_first_cycle_width():
+    # a flat spectrum converges in no single cycle: every cycle fills its basis of
+    # basis_blocks · block vectors (the first from scratch)
+    rng = np.random.default_rng(4)
+    q, _ = np.linalg.qr(rng.standard_normal((200, 200)))
+    kmat = (q * np.linspace(1.0, 0.9, 200)) @ q.T
+    widths = []
+    for blocks in (3, 5):
+        _, _, info = linalg.eigh_topk_operator(
+            lambda v: kmat @ v, 200, 2, block=4, basis_blocks=blocks, maxiter=1
+        )
+        widths.append(info["n_matvec"])
+    assert widths == [12, 20]

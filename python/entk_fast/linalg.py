@@ -353,6 +353,7 @@ def eigh_topk_operator(
     tol: float | None = None,
     maxiter: int | None = None,
     seed: int = 0,
+    basis_blocks: int | None = None,
 ) -> tuple[FloatArray, FloatArray, TopkInfo]:
     """The k largest eigenpairs of a symmetric operator known only through products.
 
@@ -376,9 +377,13 @@ def eigh_topk_operator(
         tol: relative residual target as in :func:`eigh_topk` (default 1e-11 / 1e-4).
         maxiter: most restart cycles (default 200).
         seed: seed of the random start blocks.
+        basis_blocks: Krylov basis width in blocks, 3..64 (default as :func:`eigh_topk`);
+            the basis and its images take 2 · basis_blocks · block · n floats.
     Returns:
         ``(values (k,) descending, vectors (n, k), info)``, info as in :func:`eigh_topk`
-        (``method`` is "krylov"). When the iteration did not converge (maxiter reached or
+        (``method`` is "krylov"). The residuals are tested as the basis grows whenever the
+        products since the last test took longer than a test, so a fast-converging solve
+        stops before the basis is full. When the iteration did not converge (maxiter reached or
         the residuals stagnated) the best pairs found are returned, ``info["converged"]``
         is False, and a ``RuntimeWarning`` says so.
     """
@@ -407,6 +412,7 @@ def eigh_topk_operator(
         None if tol is None else _as_float(tol, "tol"),
         None if maxiter is None else _as_int(maxiter, "maxiter"),
         _as_int(seed, "seed"),
+        None if basis_blocks is None else _as_int(basis_blocks, "basis_blocks"),
     )
     if not info["converged"]:
         why = "its residuals stopped improving" if info["stagnated"] else "maxiter was reached"

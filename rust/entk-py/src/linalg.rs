@@ -559,7 +559,7 @@ fn topk_impl<'py, T: Element + Scalar>(
 /// eigh_topk_operator(matmat, n, k, dtype, block=None, tol=None, maxiter=None, seed=None)
 /// -> (values (k,), vectors (n, k), info dict); matmat(V (n, b)) -> K @ V.
 #[pyfunction]
-#[pyo3(signature = (matmat, n, k, dtype, block = None, tol = None, maxiter = None, seed = None))]
+#[pyo3(signature = (matmat, n, k, dtype, block = None, tol = None, maxiter = None, seed = None, basis_blocks = None))]
 #[allow(clippy::too_many_arguments)]
 pub fn eigh_topk_operator<'py>(
     py: Python<'py>,
@@ -571,10 +571,11 @@ pub fn eigh_topk_operator<'py>(
     tol: Option<f64>,
     maxiter: Option<i128>,
     seed: Option<i128>,
+    basis_blocks: Option<i128>,
 ) -> PyResult<TopkOut<'py>> {
     let n = count(py, "n", n)?;
     let nev = count(py, "k", k)?;
-    let params = params(py, tol, seed, None, None, block, maxiter)?;
+    let params = params(py, tol, seed, None, basis_blocks, block, maxiter)?;
     if !matmat.bind(py).is_callable() {
         return Err(type_error(
             py,
