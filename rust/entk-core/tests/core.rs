@@ -80,7 +80,13 @@ fn cross_matches_naive() {
 fn tiled_parallel_products_match_naive_in_both_memory_orders() {
     // Orders above the tile side (64 to 256), not multiples of it, several thread counts:
     // every tile boundary, the diagonal tiles and the ragged last row/column are exercised.
-    for (r, s, p, threads) in [(300, 170, 40, 2), (523, 300, 9, 3), (140, 700, 13, 16)] {
+    // 1030 rows: the Gram takes its tiled path (faer's own triangular product below 1024)
+    for (r, s, p, threads) in [
+        (300, 170, 40, 2),
+        (523, 300, 9, 3),
+        (140, 700, 13, 16),
+        (1030, 50, 7, 3),
+    ] {
         let j = random(r, p, (r + s) as u64);
         let b = random(s, p, (r * s) as u64);
         let jt = j.transpose().to_owned();
