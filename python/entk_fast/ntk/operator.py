@@ -130,12 +130,18 @@ class KernelOperator:
         """Run samples ``start:stop``'s forward once and keep its graph: Mᵀ as the backward
         through it, M as the backward of that backward (Mᵀ u is linear in u, so its derivative
         along u, transposed, is M, exactly)."""
-        with sample_failures(self.problem, start, stop), sdpa_kernel([SDPBackend.MATH]):
+        with sdpa_kernel([SDPBackend.MATH]):  # the math backend differentiates twice
+            out, pull = self._forward(start, stop)
+        transpose = vjp(pull, torch.zeros_like(out))[1]
+        return pull, (lambda t: transpose(t)[0])
+
+    def _forward(self, start: int, stop: int) -> tuple[Tensor, Callable[[Tensor], Params]]:
+        """Samples ``start:stop``'s outputs R f (checked finite) and Mᵀ: u -> Σ_n J_nᵀ u_n."""
+        with sample_failures(self.problem, start, stop):
             result = vjp(self._fn(start, stop), self.pack)
         out, pull = result[0], result[1]
         require_finite(out, "output", self.problem.samples_from(start))
-        transpose = vjp(lambda u: pull(u)[0], torch.zeros_like(out))[1]
-        return (lambda u: pull(u)[0]), (lambda t: transpose(t)[0])
+        return out, (lambda u: pull(u)[0])
 
     def _transpose_is_exact(self, made: Linearisation, start: int, stop: int) -> bool:
         """M w by the kept graph's transpose equals forward-mode M w on one random direction:
@@ -196,16 +202,10 @@ class KernelOperator:
         total: Params | None = None
         for index, (start, stop) in enumerate(self._slices()):
             kept = self._kept.get(index)
+            pull = kept[0] if kept is not None else self._forward(start, stop)[1]
             part = cot[..., start:stop, :]
-            if kept is not None:
-                grads = vmap(kept[0])(part) if batched else kept[0](part)
-            else:
-                with sample_failures(self.problem, start, stop):
-                    result = vjp(self._fn(start, stop), self.pack)
-                out, pull = result[0], result[1]
-                require_finite(out, "output", self.problem.samples_from(start))
-                grads = (vmap(pull)(part) if batched else pull(part))[0]
-                del pull
+            grads = vmap(pull)(part) if batched else pull(part)
+            del pull
             if not all(all_finite(g) for g in grads.values()):
                 self._blame(start, stop, cot, batched)
             if total is None:
@@ -235,14 +235,6 @@ class KernelOperator:
         """M w: (N, C_r) outputs along ``tangent``, or (B, N, C_r) when batched."""
         parts = []
         for index, (start, stop) in enumerate(self._slices()):
-            kept = self._kept.get(index)
-            if kept is not None:
-                part = vmap(kept[1])(tangent) if batched else kept[1](tangent)
-                require_finite(
-                    part, "jacobian", self.problem.samples_from(start), dim=part.dim() - 2
-                )
-                parts.append(part)
-                continue
             fn = self._fn(start, stop)
 
             def forward(t: Params, fn: Callable[[Params], Tensor] = fn) -> Tensor:
@@ -251,7 +243,9 @@ class KernelOperator:
                 with sdpa_kernel([SDPBackend.MATH]):
                     return jvp(fn, (self.pack,), (t,))[1]
 
-            part = vmap(forward)(tangent) if batched else forward(tangent)
+            kept = self._kept.get(index)
+            along = kept[1] if kept is not None else forward
+            part = vmap(along)(tangent) if batched else along(tangent)
             require_finite(part, "jacobian", self.problem.samples_from(start), dim=part.dim() - 2)
             parts.append(part)
         return torch.cat(parts, dim=-2)
