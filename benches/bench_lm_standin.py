@@ -139,6 +139,7 @@ def main() -> int:
                 "columns",
                 "chunks",
                 "kept_chunks",
+                "kept_transposes",
                 "kept_bytes",
                 "cycles",
                 "block",

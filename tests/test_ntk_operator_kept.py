@@ -34,7 +34,7 @@ def test_kept_products_equal_brute_force(name: str, reduction: str) -> None:
     with evaluation_mode(model):
         first = op.matmat(block)
         again = op.matmat(block[:, ::-1])
-    assert op.kept_chunks == 3  # 7 samples in chunks of 3: all kept
+    assert op.kept_chunks == op.kept_transposes == 3  # 7 samples in chunks of 3: all kept
     np.testing.assert_allclose(first, kernel @ block, rtol=1e-10, atol=1e-10 * abs(kernel).max())
     np.testing.assert_allclose(again, kernel @ block[:, ::-1], rtol=1e-10, atol=1e-9)
     assert op.n_matvec == 10
@@ -60,6 +60,40 @@ def test_some_chunks_kept_when_only_some_fit(monkeypatch: pytest.MonkeyPatch) ->
     with evaluation_mode(model):
         out = op.matmat(block)
     assert op.kept_chunks == 3 and op.kept_bytes == 3 * per_sample
+    np.testing.assert_allclose(out, kernel @ block, rtol=1e-10, atol=1e-10 * abs(kernel).max())
+
+
+def test_forward_graphs_kept_without_transposes_when_only_they_fit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # as above: 7.5 samples' outputs keep the 7 one-sample forward graphs, and no transpose
+    # (about twice a forward graph), so each product rebuilds M from the kept forward
+    monkeypatch.setattr("entk_fast.ntk.operator._resident_bytes", lambda trim=False: 0)
+    op, kernel, model = _operator("tokens", "flattened", keep_bytes=0, chunk=1)
+    per_sample = op.problem.rows_per_sample * op.problem.itemsize
+    op.keep_bytes, op._keeping = int(7.5 * per_sample), True
+    block = np.random.default_rng(4).standard_normal((kernel.shape[0], 3))
+    with evaluation_mode(model):
+        out = op.matmat(block)
+        again = op.matmat(block[:, ::-1])
+    assert op.kept_chunks == 7 and op.kept_transposes == 0
+    np.testing.assert_allclose(out, kernel @ block, rtol=1e-10, atol=1e-10 * abs(kernel).max())
+    np.testing.assert_allclose(again, kernel @ block[:, ::-1], rtol=1e-10, atol=1e-9)
+
+
+def test_transposes_kept_while_they_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    # resident memory growing by `step` (4 samples' outputs) a graph: the 7 one-sample forward
+    # graphs take 7 steps; the transposes are estimated at twice that for the first, then the
+    # measured step each, so 10.5 steps keep three of them
+    op, kernel, model = _operator("mlp", "trace", keep_bytes=0, chunk=1)
+    step = 4 * op.problem.rows_per_sample * op.problem.itemsize
+    rss = iter(range(0, 1000 * step, step))
+    monkeypatch.setattr("entk_fast.ntk.operator._resident_bytes", lambda trim=False: next(rss))
+    op.keep_bytes, op._keeping = int(10.5 * step), True
+    block = np.random.default_rng(5).standard_normal((kernel.shape[0], 2))
+    with evaluation_mode(model):
+        out = op.matmat(block)
+    assert op.kept_chunks == 7 and op.kept_transposes == 3 and op.kept_bytes == 10 * step
     np.testing.assert_allclose(out, kernel @ block, rtol=1e-10, atol=1e-10 * abs(kernel).max())
 
 

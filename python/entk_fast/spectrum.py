@@ -245,6 +245,7 @@ def _matrix_free(
             "columns": columns,
             "solver": "eigh_topk_operator",
             "kept_chunks": op.kept_chunks,
+            "kept_transposes": op.kept_transposes,
             "chunks": -(-problem.n_samples // chunk),
             "kept_bytes": op.kept_bytes,
         },
@@ -378,8 +379,8 @@ def entk_topk(
     on K V = J (Jᵀ V) for blocks V of ``block`` vectors (default k + 8), in float64 also for
     float32 models. Each chunk's forward runs once: its autograd graph is kept while it fits the
     memory plan, and a block product is one vmapped backward through it and one through its
-    transpose (C_r of each per vector for ``trace``); chunks that do not fit take a VJP and a
-    JVP per product. Memory stays at the Krylov basis (10 blocks of N·C), the kept graphs and
+    transpose (C_r of each per vector for ``trace``); the transposes' graphs are kept too when
+    room is left. Chunks that do not fit take a VJP and a JVP per product. Memory stays at the Krylov basis (10 blocks of N·C), the kept graphs and
     parameter-sized vectors; the residuals are tested as the basis grows, so a fast-converging
     solve stops early. Every copy of a repeated eigenvalue is found — cos/sin pairs of Fourier
     features, a linear model's C-fold eigenvalues — also when the multiplicity exceeds the
@@ -387,7 +388,7 @@ def entk_topk(
     target ‖K v − λ v‖ / λ₁ (default 1e-11 in float64, 1e-4 in float32), ``maxiter`` the most
     restart cycles, ``seed`` fixes the random start blocks. ``info`` reports ``n_matvec``
     (vector products), ``residuals``, ``max_residual``, ``converged``, and ``kept_chunks`` of
-    ``chunks`` (``kept_bytes``); a ``RuntimeWarning`` says when the solver did not converge.
+    ``chunks``, ``kept_transposes`` and ``kept_bytes``; a ``RuntimeWarning`` says when the solver did not converge.
     """
     check_model(model)
     tol, maxiter, block, seed = check_solver_options(

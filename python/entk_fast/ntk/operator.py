@@ -9,9 +9,11 @@ backward (a second backward through it: M w = ∂/∂u ⟨Mᵀ u, w⟩, exact be
 u). Only the part of the forward that depends on the selected parameters is in the graph, so
 with ``params=`` one layer, the layers before it run once for the whole solve.
 
-The kept graphs hold the forward's saved activations; they are kept while they fit the memory
-budget (measured on the second chunk), and chunks beyond it run the forward every product (a
-VJP, then a forward-mode JVP). For ``trace`` the products run once per output (vmapped):
+The kept graphs hold the forward's saved activations; they are kept while this process's
+resident memory, read after each chunk, fits the budget, and chunks beyond it run the forward
+every product (a VJP, then a forward-mode JVP). The transpose's own graph (about twice the
+forward's memory) is rebuilt each product by one unbatched backward, or kept too when every
+forward graph fits and room is left. For ``trace`` the products run once per output (vmapped):
 K v = (1/C) Σ_c J_c (J_cᵀ v). Each chunk's outputs and products are checked for NaN / inf, and
 a forward that fails on a chunk is rerun per sample, so an error names the sample (as on the
 dense paths).
@@ -45,8 +47,9 @@ from .sources.general import (
 __all__ = ["KernelOperator"]
 
 Params = dict[str, Tensor]
-#: A chunk's kept linearisation: Mᵀ (cotangents -> parameter-shaped) and M (the reverse).
-Linearisation = tuple[Callable[[Tensor], Params], Callable[[Params], Tensor]]
+#: A chunk's kept linearisation: Mᵀ (cotangents -> parameter-shaped) and a zero cotangent, the
+#: point at which Mᵀ's own backward (M, transposed) is taken.
+Linearisation = tuple[Callable[[Tensor], Params], Tensor]
 
 
 def _load_forward_ad() -> None:
@@ -93,7 +96,8 @@ class KernelOperator:
     and a JVP where none is kept); counts its products (one per vector).
 
     ``keep_bytes`` caps the memory of the kept graphs (0: keep none); ``kept_chunks`` says how
-    many chunks' graphs are kept once the first product has run.
+    many chunks' forward graphs are kept once the first product has run, ``kept_transposes``
+    how many of their transpose graphs.
     """
 
     def __init__(self, problem: Problem, chunk: int, columns: int = 1, keep_bytes: int = 0) -> None:
@@ -106,6 +110,7 @@ class KernelOperator:
         self.n_matvec = 0
         self.keep_bytes = max(0, int(keep_bytes))
         self._kept: dict[int, Linearisation] = {}
+        self._transposes: dict[int, Callable[[Params], Tensor]] = {}
         self._keeping = self.keep_bytes > 0
         self.kept_bytes = 0
         _load_forward_ad()
@@ -113,6 +118,11 @@ class KernelOperator:
     @property
     def kept_chunks(self) -> int:
         return len(self._kept)
+
+    @property
+    def kept_transposes(self) -> int:
+        """Chunks whose transpose graph (M) is kept too; the others rebuild it per product."""
+        return len(self._transposes)
 
     @property
     def size(self) -> int:
@@ -127,13 +137,21 @@ class KernelOperator:
         return lambda pack: self._batched(pack, *xs)
 
     def _linearise(self, start: int, stop: int) -> Linearisation:
-        """Run samples ``start:stop``'s forward once and keep its graph: Mᵀ as the backward
-        through it, M as the backward of that backward (Mᵀ u is linear in u, so its derivative
-        along u, transposed, is M, exactly)."""
+        """Run samples ``start:stop``'s forward once and keep its graph: Mᵀ is the backward
+        through it, M the backward of that backward (:meth:`_transposed`)."""
         with sdpa_kernel([SDPBackend.MATH]):  # the math backend differentiates twice
             out, pull = self._forward(start, stop)
-        transpose = vjp(pull, torch.zeros_like(out))[1]
-        return pull, (lambda t: transpose(t)[0])
+        return pull, torch.zeros_like(out)
+
+    @staticmethod
+    def _transposed(kept: Linearisation) -> Callable[[Params], Tensor]:
+        """M for a kept graph: Mᵀ u is linear in u, so the derivative of ⟨Mᵀ u, w⟩ along u is
+        M w, exactly. The graph of Mᵀ's backward (one unbatched backward through the kept
+        forward) is built per product and dropped after it: kept, it would hold a second set
+        of activation-sized tensors per chunk, twice the forward graph's memory."""
+        pull, zero = kept
+        transpose = vjp(pull, zero)[1]
+        return lambda t: transpose(t)[0]
 
     def _forward(self, start: int, stop: int) -> tuple[Tensor, Callable[[Tensor], Params]]:
         """Samples ``start:stop``'s outputs R f (checked finite) and Mᵀ: u -> Σ_n J_nᵀ u_n."""
@@ -154,48 +172,74 @@ class KernelOperator:
         }
         with sdpa_kernel([SDPBackend.MATH]):
             forward_mode = jvp(self._fn(start, stop), (self.pack,), (direction,))[1]
-        return close(made[1](direction), forward_mode)
+        return close(self._transposed(made)(direction), forward_mode)
 
     def _keep_graphs(self) -> None:
-        """Linearise chunks in order while their graphs fit ``keep_bytes``.
+        """Keep what fits ``keep_bytes``: first each chunk's forward graph (a product then runs
+        no forward), then, if all of those fit, each chunk's transpose graph (a product then
+        also skips one unbatched backward a chunk; it holds about twice the forward graph's
+        memory, so it comes second).
 
-        The first chunk is always kept: each product without kept graphs builds the same graph
-        as a transient, so it costs no more memory than that. Its resident-memory growth also
-        holds torch's one-time allocations, so the second chunk's growth per sample (at least
-        a sample's outputs) predicts the others'. A model with an op that has no (correct)
-        second derivative keeps none: its products take a VJP and a JVP, which report an error
-        of the model's own.
+        The first chunk's forward graph is always kept: each product without kept graphs
+        builds the same graph as a transient, so it costs no more memory than that. A model
+        with an op that has no (correct) second derivative keeps none: its products take a
+        VJP and a JVP, which report an error of the model's own.
         """
         self._keeping = False
-        floor = self.problem.rows_per_sample * self.problem.itemsize
-        per_sample = 0.0
-        for index, (start, stop) in enumerate(self._slices()):
-            size = stop - start
-            if index >= 2 and self.kept_bytes + per_sample * size > self.keep_bytes:
-                return
-            measured = index < 2
-            before = _resident_bytes(trim=True) if measured else 0
+        before = _resident_bytes(trim=True)
+
+        def forward(index: int, start: int, stop: int) -> bool:
             if index > 0:
+                self._kept[index] = self._linearise(start, stop)
+                return True
+            try:
                 made = self._linearise(start, stop)
-            else:
-                try:
-                    made = self._linearise(start, stop)
-                    trusted = self._transpose_is_exact(made, start, stop)
-                except RuntimeError:  # the products without kept graphs raise what is wrong
-                    return
-                if not trusted:
-                    return
-            grown = max(0, _resident_bytes(trim=True) - before) if measured else 0
+                trusted = self._transpose_is_exact(made, start, stop)
+            except RuntimeError:  # the products without kept graphs raise what is wrong
+                return False
+            if trusted:
+                self._kept[index] = made
+            return trusted
+
+        def transpose(index: int, start: int, stop: int) -> bool:
+            self._transposes[index] = self._transposed(self._kept[index])
+            return True
+
+        per_sample = self._keep_while_fits(forward, before, first_estimate=0.0)
+        if self.kept_chunks == len(self._slices()):
+            self._keep_while_fits(transpose, before, first_estimate=2 * per_sample)
+
+    def _keep_while_fits(
+        self, keep: Callable[[int, int, int], bool], before: int, first_estimate: float
+    ) -> float:
+        """Call ``keep(index, start, stop)`` on the chunks in order while the memory they take
+        fits ``keep_bytes``; returns the bytes a sample took.
+
+        The memory is this process's resident growth since ``before``, read after every chunk,
+        so fragmentation and the graphs' bookkeeping count, not only their tensors. The first
+        chunk's growth may hold torch's one-time allocations, so the growth per sample of the
+        chunks after it predicts the next one's (at least a sample's outputs); the first chunk
+        is kept if ``first_estimate`` per sample fits.
+        """
+        floor = self.problem.rows_per_sample * self.problem.itemsize
+        base = self.kept_bytes
+        first_grown, first_size, per_sample = 0, 1, float(first_estimate)
+        for index, (start, stop) in enumerate(self._slices()):
+            if index == 1:
+                per_sample = max(first_grown / first_size, floor)
+            if self.kept_bytes + per_sample * (stop - start) > self.keep_bytes:
+                break
+            if not keep(index, start, stop):
+                break
+            # at least the outputs' bytes, should resident memory not show the growth
+            least = self.kept_bytes + floor * (stop - start)
+            self.kept_bytes = max(least, _resident_bytes(trim=index < 2) - before)
+            grown = self.kept_bytes - base
             if index == 0:
-                self.kept_bytes = grown
-            elif index == 1:
-                per_sample = max(grown / size, floor)
-                if per_sample * stop > self.keep_bytes:
-                    return
-                self.kept_bytes = int(per_sample * stop)
+                first_grown, first_size = grown, stop - start
             else:
-                self.kept_bytes += int(per_sample * size)
-            self._kept[index] = made
+                per_sample = max((grown - first_grown) / (stop - first_size), floor)
+        return per_sample
 
     def _pullback(self, cot: Tensor, batched: bool) -> Params:
         """Mᵀ v: Σ over samples of J_nᵀ v_n; ``cot`` (N, C_r), or (B, N, C_r) when batched."""
@@ -232,8 +276,12 @@ class KernelOperator:
         )
 
     def _push(self, tangent: Params, batched: bool) -> Tensor:
-        """M w: (N, C_r) outputs along ``tangent``, or (B, N, C_r) when batched."""
-        parts = []
+        """M w: (N, C_r) outputs along ``tangent``, or (B, N, C_r) when batched.
+
+        Each chunk's part is copied into the result at once and freed: parts that outlived
+        their chunk would sit between the chunks' freed transients and hold them resident
+        (the heap grew by about 1 MB a sample on the language-model stand-in)."""
+        result: Tensor | None = None
         for index, (start, stop) in enumerate(self._slices()):
             fn = self._fn(start, stop)
 
@@ -244,11 +292,18 @@ class KernelOperator:
                     return jvp(fn, (self.pack,), (t,))[1]
 
             kept = self._kept.get(index)
-            along = kept[1] if kept is not None else forward
+            along = self._transposes.get(index) or (
+                self._transposed(kept) if kept is not None else forward
+            )
             part = vmap(along)(tangent) if batched else along(tangent)
             require_finite(part, "jacobian", self.problem.samples_from(start), dim=part.dim() - 2)
-            parts.append(part)
-        return torch.cat(parts, dim=-2)
+            if result is None:
+                shape = (*part.shape[:-2], self.problem.n_samples, part.shape[-1])
+                result = part.new_empty(shape)
+            result[..., start:stop, :] = part
+            del part
+        assert result is not None
+        return result
 
     def matmat(self, block: np.ndarray) -> np.ndarray:
         """K V for V (R, b) (any float dtype); returns (R, b) in the problem's dtype."""
