@@ -387,8 +387,9 @@ def entk_topk(
     block. Arguments as in :func:`entk_fast.empirical_ntk`; ``tol`` is the relative residual
     target ‖K v − λ v‖ / λ₁ (default 1e-11 in float64, 1e-4 in float32), ``maxiter`` the most
     restart cycles, ``seed`` fixes the random start blocks. ``info`` reports ``n_matvec``
-    (vector products), ``residuals``, ``max_residual``, ``converged``, and ``kept_chunks`` of
-    ``chunks``, ``kept_transposes`` and ``kept_bytes``; a ``RuntimeWarning`` says when the solver did not converge.
+    (vector products), ``residuals``, ``max_residual``, ``converged``, ``kept_chunks`` of
+    ``chunks``, ``kept_transposes`` and ``kept_bytes``; a ``RuntimeWarning`` says when the
+    solver did not converge.
     """
     check_model(model)
     tol, maxiter, block, seed = check_solver_options(
