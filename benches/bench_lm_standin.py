@@ -9,14 +9,15 @@ S = UᵀU (distances between hidden states as the logits see them); the paramete
 block's MLP output projection (weight and bias). The operator has dimension N·d; its top-k
 eigenpairs come from ``entk_fast.entk_topk``: block Krylov on K V = S^½ J (Jᵀ S^½ V), each
 chunk's forward graph kept for the whole solve (the layers before θ run once; a product is a
-backward through the kept graph and its transpose), convergence tested as the basis grows.
+backward through the kept graph and its transpose, whose graphs are kept too while memory
+allows), convergence tested as the basis grows.
 
 Reports wall time, peak RSS above the start, vector products, residuals and convergence, and
 writes ``benches/results/bench_lm_standin_<UTC time>.json``.
 
 Usage: ``python benches/bench_lm_standin.py [--contexts 1024] [--k 25] [--layers 4] [--d 128]
-[--context-length 64] [--block-index 2]``. The issue's full size is the default: N = 1024
-contexts, d = 128, an operator of dimension 131 072.
+[--context-length 64] [--block-index 2] [--max-memory 1GB]``. The issue's full size is the
+default: N = 1024 contexts, d = 128, an operator of dimension 131 072.
 """
 
 from __future__ import annotations
@@ -88,6 +89,9 @@ def main() -> int:
     parser.add_argument("--vocab", type=int, default=512)
     parser.add_argument("--context-length", type=int, default=64)
     parser.add_argument("--block-index", type=int, default=2, help="whose mlp_out is θ")
+    parser.add_argument(
+        "--max-memory", default=None, help="entk_topk's working-memory budget (e.g. 1GB)"
+    )
     args = parser.parse_args()
 
     import numpy as np
@@ -115,7 +119,13 @@ def main() -> int:
     sampler.start()
     start = time.perf_counter()
     spec = ef.entk_topk(
-        model, tokens, k=args.k, output_metric=metric, params=params, progress=False
+        model,
+        tokens,
+        k=args.k,
+        output_metric=metric,
+        params=params,
+        progress=False,
+        max_memory=args.max_memory,
     )
     elapsed = time.perf_counter() - start
     done.set()
