@@ -27,12 +27,8 @@ pub(crate) fn self_adjoint_ascending<T: Scalar>(
     let n = k.nrows();
     let mut s = Diag::<T>::zeros(n);
     let mut u = alloc::zeros::<T>("eigh: eigenvectors", n, n)?;
-    let params = evd::SelfAdjointEvdParams {
-        recursion_threshold: policy::EIGH_RECURSION_THRESHOLD,
-        ..faer::Auto::<T>::auto()
-    };
     let scratch =
-        evd::self_adjoint_evd_scratch::<T>(n, ComputeEigenvectors::Yes, par, params.into());
+        evd::self_adjoint_evd_scratch::<T>(n, ComputeEigenvectors::Yes, par, Default::default());
     let mut buf = MemBuffer::try_new(scratch)
         .map_err(|_| CoreError::out_of_memory("eigh", scratch.size_bytes()))?;
     evd::self_adjoint_evd(
@@ -41,7 +37,7 @@ pub(crate) fn self_adjoint_ascending<T: Scalar>(
         Some(u.as_mut()),
         par,
         MemStack::new(&mut buf),
-        params.into(),
+        Default::default(),
     )
     .map_err(|_| CoreError::Solver("the symmetric eigensolver did not converge".into()))?;
     Ok((s, u))

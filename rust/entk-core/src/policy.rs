@@ -95,11 +95,6 @@ pub fn topk_basis_blocks(n: usize, block: usize) -> usize {
     }
 }
 
-/// Below this order faer's divide-and-conquer tridiagonal eigensolver switches to the QR
-/// algorithm (faer's own default: 128). Measured on this project's 2-core machine, medians of
-/// 5: 32 made `eigh` about 10% faster at n = 1024 and 2048 (0.12 vs 0.14 s; 0.93 vs 1.04 s).
-pub const EIGH_RECURSION_THRESHOLD: usize = 32;
-
 /// Stagnation rule of the Krylov restarts: stop when the best residual of the last
 /// `STAGNATION_WINDOW` cycles is not below `STAGNATION_FACTOR` times the best before them.
 pub const STAGNATION_WINDOW: usize = 10;
