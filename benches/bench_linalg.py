@@ -6,7 +6,8 @@ Measured in one run, same process, same dtype, same thread count for both sides 
 and OpenBLAS are both set to ``--threads``). numpy/scipy run with their own best kernel:
 OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are removed from the environment (the script re-executes
 itself without them, since OpenBLAS reads them when it loads) and the kernel threadpoolctl
-reports is printed. Every timing is of warm calls (one warm-up first), reported as the median
+reports is printed. Every timing is of warm calls (a pause, so the previous side's threads
+have stopped spinning, and one warm-up first), reported as the median
 with min–max over ``--repeats``; ratios are ``theirs / ours`` (> 1: entk-fast is faster) on
 medians. First-call times (import and pool start-up included) are measured in fresh processes.
 
@@ -47,9 +48,14 @@ from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
 from entk_fast import linalg  # noqa: E402
 
+#: Seconds to let the other side's thread pool fall idle before a timing starts: OpenBLAS
+#: threads spin for a while after a call and, on 2 cores, halved the next side's speed.
+SETTLE_S = 0.5
+
 
 def timed(fn: Callable[[], Any], repeats: int) -> dict[str, float]:
-    """Median, min and max of ``repeats`` warm calls (after one warm-up call)."""
+    """Median, min and max of ``repeats`` warm calls (after a pause and one warm-up call)."""
+    time.sleep(SETTLE_S)
     fn()
     times = []
     for _ in range(repeats):

@@ -147,8 +147,8 @@ class KernelOperator:
     def _transposed(kept: Linearisation) -> Callable[[Params], Tensor]:
         """M for a kept graph: Mᵀ u is linear in u, so the derivative of ⟨Mᵀ u, w⟩ along u is
         M w, exactly. The graph of Mᵀ's backward (one unbatched backward through the kept
-        forward) is built per product and dropped after it: kept, it would hold a second set
-        of activation-sized tensors per chunk, twice the forward graph's memory."""
+        forward) holds about twice the forward graph's memory, so unless :meth:`_keep_graphs`
+        found room to keep it, it is built per product and dropped after it."""
         pull, zero = kept
         transpose = vjp(pull, zero)[1]
         return lambda t: transpose(t)[0]
