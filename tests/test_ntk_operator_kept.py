@@ -5,6 +5,8 @@ with all, some or none of the chunks kept, and fall back where an op has no seco
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -49,18 +51,35 @@ def test_without_room_no_graph_is_kept_and_products_agree() -> None:
     np.testing.assert_allclose(out, kernel @ block, rtol=1e-10, atol=1e-10)
 
 
+def _budgeted(
+    monkeypatch: pytest.MonkeyPatch, name: str, reduction: str, units: float, growth: int
+) -> tuple[KernelOperator, np.ndarray, nn.Module, int]:
+    """A one-sample-chunk operator (7 samples) with a kept-memory budget of ``units`` samples'
+    outputs (the unit, returned), whose resident memory grows by ``growth`` units a read."""
+    op, kernel, model = _operator(name, reduction, keep_bytes=0, chunk=1)
+    unit = op.problem.rows_per_sample * op.problem.itemsize
+    reads = itertools.count(0, growth * unit)
+    monkeypatch.setattr("entk_fast.ntk.operator._resident_bytes", lambda trim=False: next(reads))
+    op.keep_bytes, op._keeping = int(units * unit), True
+    return op, kernel, model, unit
+
+
+def _assert_products_exact(op: KernelOperator, kernel: np.ndarray, model: nn.Module) -> None:
+    block = np.random.default_rng(3).standard_normal((kernel.shape[0], 3))
+    with evaluation_mode(model):
+        first = op.matmat(block)
+        again = op.matmat(block[:, ::-1])
+    atol = 1e-10 * abs(kernel).max()
+    np.testing.assert_allclose(first, kernel @ block, rtol=1e-10, atol=atol)
+    np.testing.assert_allclose(again, kernel @ block[:, ::-1], rtol=1e-10, atol=atol)
+
+
 def test_some_chunks_kept_when_only_some_fit(monkeypatch: pytest.MonkeyPatch) -> None:
     # resident memory that never grows: each sample then counts as its outputs' bytes, and a
     # budget of 3.5 samples keeps the first chunk (always) and the next two one-sample chunks
-    monkeypatch.setattr("entk_fast.ntk.operator._resident_bytes", lambda trim=False: 0)
-    op, kernel, model = _operator("attention", "flattened", keep_bytes=0, chunk=1)
-    per_sample = op.problem.rows_per_sample * op.problem.itemsize
-    op.keep_bytes, op._keeping = int(3.5 * per_sample), True
-    block = np.random.default_rng(3).standard_normal((kernel.shape[0], 4))
-    with evaluation_mode(model):
-        out = op.matmat(block)
-    assert op.kept_chunks == 3 and op.kept_bytes == 3 * per_sample
-    np.testing.assert_allclose(out, kernel @ block, rtol=1e-10, atol=1e-10 * abs(kernel).max())
+    op, kernel, model, unit = _budgeted(monkeypatch, "attention", "flattened", 3.5, growth=0)
+    _assert_products_exact(op, kernel, model)
+    assert op.kept_chunks == 3 and op.kept_transposes == 0 and op.kept_bytes == 3 * unit
 
 
 def test_forward_graphs_kept_without_transposes_when_only_they_fit(
@@ -68,33 +87,18 @@ def test_forward_graphs_kept_without_transposes_when_only_they_fit(
 ) -> None:
     # as above: 7.5 samples' outputs keep the 7 one-sample forward graphs, and no transpose
     # (about twice a forward graph), so each product rebuilds M from the kept forward
-    monkeypatch.setattr("entk_fast.ntk.operator._resident_bytes", lambda trim=False: 0)
-    op, kernel, model = _operator("tokens", "flattened", keep_bytes=0, chunk=1)
-    per_sample = op.problem.rows_per_sample * op.problem.itemsize
-    op.keep_bytes, op._keeping = int(7.5 * per_sample), True
-    block = np.random.default_rng(4).standard_normal((kernel.shape[0], 3))
-    with evaluation_mode(model):
-        out = op.matmat(block)
-        again = op.matmat(block[:, ::-1])
-    assert op.kept_chunks == 7 and op.kept_transposes == 0
-    np.testing.assert_allclose(out, kernel @ block, rtol=1e-10, atol=1e-10 * abs(kernel).max())
-    np.testing.assert_allclose(again, kernel @ block[:, ::-1], rtol=1e-10, atol=1e-9)
+    op, kernel, model, unit = _budgeted(monkeypatch, "tokens", "flattened", 7.5, growth=0)
+    _assert_products_exact(op, kernel, model)
+    assert op.kept_chunks == 7 and op.kept_transposes == 0 and op.kept_bytes == 7 * unit
 
 
 def test_transposes_kept_while_they_fit(monkeypatch: pytest.MonkeyPatch) -> None:
-    # resident memory growing by `step` (4 samples' outputs) a graph: the 7 one-sample forward
-    # graphs take 7 steps; the transposes are estimated at twice that for the first, then the
-    # measured step each, so 10.5 steps keep three of them
-    op, kernel, model = _operator("mlp", "trace", keep_bytes=0, chunk=1)
-    step = 4 * op.problem.rows_per_sample * op.problem.itemsize
-    rss = iter(range(0, 1000 * step, step))
-    monkeypatch.setattr("entk_fast.ntk.operator._resident_bytes", lambda trim=False: next(rss))
-    op.keep_bytes, op._keeping = int(10.5 * step), True
-    block = np.random.default_rng(5).standard_normal((kernel.shape[0], 2))
-    with evaluation_mode(model):
-        out = op.matmat(block)
-    assert op.kept_chunks == 7 and op.kept_transposes == 3 and op.kept_bytes == 10 * step
-    np.testing.assert_allclose(out, kernel @ block, rtol=1e-10, atol=1e-10 * abs(kernel).max())
+    # resident memory growing by a step of 4 units a graph: the 7 forward graphs take 7 steps;
+    # the transposes are estimated at twice that for the first, then the measured step each,
+    # so 10.5 steps keep three of them
+    op, kernel, model, unit = _budgeted(monkeypatch, "mlp", "trace", 10.5 * 4, growth=4)
+    _assert_products_exact(op, kernel, model)
+    assert op.kept_chunks == 7 and op.kept_transposes == 3 and op.kept_bytes == 40 * unit
 
 
 class _OnceDifferentiableSquare(torch.autograd.Function):
