@@ -380,16 +380,17 @@ def entk_topk(
     float32 models. Each chunk's forward runs once: its autograd graph is kept while it fits the
     memory plan, and a block product is one vmapped backward through it and one through its
     transpose (C_r of each per vector for ``trace``); the transposes' graphs are kept too when
-    room is left. Chunks that do not fit take a VJP and a JVP per product. Memory stays at the Krylov basis (10 blocks of N·C), the kept graphs and
-    parameter-sized vectors; the residuals are tested as the basis grows, so a fast-converging
-    solve stops early. Every copy of a repeated eigenvalue is found — cos/sin pairs of Fourier
-    features, a linear model's C-fold eigenvalues — also when the multiplicity exceeds the
-    block. Arguments as in :func:`entk_fast.empirical_ntk`; ``tol`` is the relative residual
-    target ‖K v − λ v‖ / λ₁ (default 1e-11 in float64, 1e-4 in float32), ``maxiter`` the most
-    restart cycles, ``seed`` fixes the random start blocks. ``info`` reports ``n_matvec``
-    (vector products), ``residuals``, ``max_residual``, ``converged``, ``kept_chunks`` of
-    ``chunks``, ``kept_transposes`` and ``kept_bytes``; a ``RuntimeWarning`` says when the
-    solver did not converge.
+    room is left. Chunks that do not fit take a VJP and a JVP per product. Memory stays at the
+    Krylov basis (10 blocks of N·C), the kept graphs (bounded by ``max_memory``, measured as
+    resident growth) and parameter-sized vectors; the residuals are tested as the basis grows,
+    so a fast-converging solve stops early. Every copy of a repeated eigenvalue is found —
+    cos/sin pairs of Fourier features, a linear model's C-fold eigenvalues — also when the
+    multiplicity exceeds the block. Arguments as in :func:`entk_fast.empirical_ntk`; ``tol`` is
+    the relative residual target ‖K v − λ v‖ / λ₁ (default 1e-11 in float64, 1e-4 in float32),
+    ``maxiter`` the most restart cycles, ``seed`` fixes the random start blocks. ``info``
+    reports ``n_matvec`` (vector products), ``residuals``, ``max_residual``, ``converged``,
+    ``kept_chunks`` of ``chunks``, ``kept_transposes`` and ``kept_bytes``; a ``RuntimeWarning``
+    says when the solver did not converge.
     """
     check_model(model)
     tol, maxiter, block, seed = check_solver_options(
