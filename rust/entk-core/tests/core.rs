@@ -418,11 +418,24 @@ fn topk_degenerate_eigenvalues_subspaces_match() {
     }
 }
 
-/// A dense matrix seen only through products, counting them.
+/// A dense matrix seen only through products, counting them; each product waits `delay`
+/// first (an expensive operator, as an eNTK's is).
 struct Counted<'a> {
     k: MatRef<'a, f64>,
     columns: usize,
     widest: usize,
+    delay: std::time::Duration,
+}
+
+impl<'a> Counted<'a> {
+    fn new(k: MatRef<'a, f64>) -> Self {
+        Counted {
+            k,
+            columns: 0,
+            widest: 0,
+            delay: std::time::Duration::ZERO,
+        }
+    }
 }
 
 impl SymmetricOperator<f64> for Counted<'_> {
@@ -435,6 +448,7 @@ impl SymmetricOperator<f64> for Counted<'_> {
         out: faer::MatMut<'_, f64>,
         par: Par,
     ) -> CoreResult<()> {
+        std::thread::sleep(self.delay);
         self.columns += x.ncols();
         self.widest = self.widest.max(x.ncols());
         DenseOperator::new(self.k).apply(x, out, par)
@@ -450,11 +464,7 @@ fn operator_finds_every_copy_beyond_block_size_and_k() {
     values.extend((0..n - 14).map(|i| 5.0 * (1.0 - i as f64 / n as f64)));
     let k = with_spectrum(&values, 10);
     for (want, block) in [(5, 3), (14, 3), (13, 4)] {
-        let mut op = Counted {
-            k: k.as_ref(),
-            columns: 0,
-            widest: 0,
-        };
+        let mut op = Counted::new(k.as_ref());
         let params = TopkParams {
             block: Some(block),
             ..TopkParams::default()
@@ -484,24 +494,6 @@ fn operator_finds_every_copy_beyond_block_size_and_k() {
     }
 }
 
-/// An operator whose products take a while (as an eNTK's do): early convergence tests pay.
-struct Slow<'a>(Counted<'a>);
-
-impl SymmetricOperator<f64> for Slow<'_> {
-    fn dim(&self) -> usize {
-        self.0.dim()
-    }
-    fn apply(
-        &mut self,
-        x: MatRef<'_, f64>,
-        out: faer::MatMut<'_, f64>,
-        par: Par,
-    ) -> CoreResult<()> {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        self.0.apply(x, out, par)
-    }
-}
-
 #[test]
 fn operator_stops_growing_the_basis_once_converged() {
     // A wide gap after the top 4: their Krylov residuals fall below 1e-11 long before a
@@ -515,11 +507,10 @@ fn operator_stops_growing_the_basis_once_converged() {
         basis_blocks: Some(12),
         ..TopkParams::default()
     };
-    let mut slow = Slow(Counted {
-        k: k.as_ref(),
-        columns: 0,
-        widest: 0,
-    });
+    let mut slow = Counted {
+        delay: std::time::Duration::from_millis(20),
+        ..Counted::new(k.as_ref())
+    };
     let (top, info) = eigh_topk_operator(&mut slow, 4, params, &mut no_cancel(), PAR).unwrap();
     assert!(info.converged, "{info:?}");
     assert!(info.n_matvec < 48, "the full basis was built: {info:?}");
@@ -910,11 +901,7 @@ fn operator_reports_the_true_residuals() {
     let mut values: Vec<f64> = vec![4.0; 6];
     values.extend((0..n - 6).map(|i| 2.0 * (1.0 - i as f64 / n as f64)));
     let k = with_spectrum(&values, 16);
-    let mut op = Counted {
-        k: k.as_ref(),
-        columns: 0,
-        widest: 0,
-    };
+    let mut op = Counted::new(k.as_ref());
     let params = TopkParams {
         block: Some(2),
         ..TopkParams::default()
@@ -938,11 +925,7 @@ fn single_vector_blocks_still_find_every_copy() {
     values.extend((0..n - 4).map(|i| 5.0 * (1.0 - i as f64 / n as f64)));
     let k = with_spectrum(&values, 17);
     for want in [2, 3, 4] {
-        let mut op = Counted {
-            k: k.as_ref(),
-            columns: 0,
-            widest: 0,
-        };
+        let mut op = Counted::new(k.as_ref());
         let params = TopkParams {
             block: Some(1),
             ..TopkParams::default()
