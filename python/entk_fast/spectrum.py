@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -27,11 +28,14 @@ from ._validate import (
     check_solver_options,
 )
 from .errors import InvalidArgumentError, MemoryBudgetError
+from .ntk.checks import StructuredFallback
+from .ntk.factored import FactoredOperator, factor_bytes
 from .ntk.kernel import check_model, compute_kernel, describe_kernel
 from .ntk.operator import KernelOperator
 from .ntk.plan import format_bytes, work_budget
 from .ntk.problem import Problem, evaluation_mode, prepare
 from .ntk.sources.general import jacobian_block
+from .ntk.sources.structured import find_layers, verify_layers
 from .results import NTKSpectrum, spectrum_of_kernel
 
 log = logging.getLogger("entk_fast")
@@ -161,10 +165,13 @@ def _matrix_free(
     block: int | None,
     seed: int,
     progress: bool | None,
+    structured: bool = True,
 ) -> NTKSpectrum:
     """Top-k by the Rust thick-restarted block Krylov on K V = scale · M (Mᵀ V), V (R, b).
 
     Every copy of a repeated eigenvalue is found (a single-vector Lanczos misses copies).
+    Structured layers whose factors fit half the memory left after the basis take factored
+    products (``structured``); the other parameters take the kept-graph products.
     """
     size = problem.kernel_size
     if k >= size:
@@ -204,14 +211,27 @@ def _matrix_free(
     chunk = int(
         min(problem.n_samples, max(1, (transient - columns * per_vector) // (per_sample * columns)))
     )
-    # What the basis and transients leave keeps the chunks' forward graphs (see KernelOperator).
-    op = KernelOperator(problem, chunk, columns, keep_bytes=max(0, budget - fixed - transient))
+    room = max(0, budget - fixed - transient)
+    factored = _factored_operator(problem, structured, room // 2, transient)
+    done = set() if factored is None else {n for layer in factored.layers for n in layer.names}
+    rest = [name for name in problem.selected if name not in done]
+    general = None
+    if rest:
+        # What the basis, transients and factors leave keeps the chunks' forward graphs.
+        left = room - (0 if factored is None else factored.nbytes)
+        general = KernelOperator(
+            replace(problem, selected=rest), chunk, columns, keep_bytes=max(0, left)
+        )
+    count = 0
     with progress_bar(progress, None, "eNTK top-k", unit="matvec") as bar:
 
         def matmat(v: np.ndarray) -> np.ndarray:
-            out = op.matmat(v).astype(np.float64, copy=False)
-            if op.n_matvec == v.shape[1]:  # the random start block: K V = 0 only if K = 0
+            nonlocal count
+            parts = [op.matmat(v) for op in (factored, general) if op is not None]
+            out = np.add.reduce([part.astype(np.float64, copy=False) for part in parts])
+            if count == 0:  # the random start block: K V = 0 only if K = 0
                 check_kernel_nonzero(float(np.abs(out).max()))
+            count += v.shape[1]
             bar.update(v.shape[1])
             return out
 
@@ -244,12 +264,41 @@ def _matrix_free(
             "chunk": chunk,
             "columns": columns,
             "solver": "eigh_topk_operator",
-            "kept_chunks": op.kept_chunks,
-            "kept_transposes": op.kept_transposes,
-            "chunks": -(-problem.n_samples // chunk),
-            "kept_bytes": op.kept_bytes,
+            "factored_layers": [] if factored is None else [f.path for f in factored.layers],
+            "factored_bytes": 0 if factored is None else factored.nbytes,
+            "kept_chunks": 0 if general is None else general.kept_chunks,
+            "kept_transposes": 0 if general is None else general.kept_transposes,
+            "chunks": 0 if general is None else -(-problem.n_samples // chunk),
+            "kept_bytes": 0 if general is None else general.kept_bytes,
         },
     )
+
+
+def _factored_operator(
+    problem: Problem, structured: bool, room: int, transient: int
+) -> FactoredOperator | None:
+    """Products of the structured layers whose factors fit ``room`` bytes, from factors
+    gathered once (:mod:`entk_fast.ntk.factored`); None when no layer qualifies or fits."""
+    layers = verify_layers(problem, find_layers(problem)) if structured else []
+    chosen, used = [], 0
+    for layer in sorted(layers, key=lambda layer: factor_bytes(problem, [layer])):
+        cost = factor_bytes(problem, [layer])
+        if used + cost <= room:
+            chosen.append(layer)
+            used += cost
+    per_sample = problem.itemsize * (
+        (problem.rows_per_sample + 2) * problem.probe.activation_numel
+        + 2 * problem.rows_per_sample * sum(lay.positions * lay.out_features for lay in chosen)
+    )
+    chunk = int(min(problem.n_samples, max(1, transient // max(1, per_sample))))
+    while chosen:
+        try:
+            return FactoredOperator(problem, chosen, chunk, transient)
+        except StructuredFallback as exc:  # misbehaved on the full batch: general path
+            log.info("top-k: %s; these layers take the general path", exc)
+            kept = [layer for layer in chosen if layer.path not in exc.paths]
+            chosen = kept if len(kept) < len(chosen) else []
+    return None
 
 
 def _choose(problem: Problem, k: int | None, method: str) -> str:
@@ -353,6 +402,7 @@ def entk_spectrum(
             block=None,
             seed=seed,
             progress=progress,
+            structured=structured,
         )
 
 
@@ -371,6 +421,7 @@ def entk_topk(
     block: int | None = None,
     seed: int = 0,
     max_memory: int | float | str | None = None,
+    structured: bool = True,
     progress: bool | None = None,
 ) -> NTKSpectrum:
     """The top-k eigenpairs of the reduced, metric-weighted eNTK without forming it.
@@ -383,13 +434,20 @@ def entk_topk(
     room is left. Chunks that do not fit take a VJP and a JVP per product. Memory stays at the
     Krylov basis (10 blocks of N·C), the kept graphs (bounded by ``max_memory``, measured as
     resident growth) and parameter-sized vectors; the residuals are tested as the basis grows,
-    so a fast-converging solve stops early. Every copy of a repeated eigenvalue is found —
+    so a fast-converging solve stops early. The parameters of structured layers (exact
+    ``nn.Linear`` / ``nn.Embedding`` calls, as on the dense path; ``structured=False`` turns
+    this off) take factored products instead while their factors fit half the memory left
+    after the basis: each layer's inputs and output cotangents are gathered once and
+    compressed exactly, and a product is a few matrix products without autograd (for
+    ``trace`` not C of them: one output unit's cotangents over the C outputs often have rank
+    1). Every copy of a repeated eigenvalue is found —
     cos/sin pairs of Fourier features, a linear model's C-fold eigenvalues — also when the
     multiplicity exceeds the block. Arguments as in :func:`entk_fast.empirical_ntk`; ``tol`` is
     the relative residual target ‖K v − λ v‖ / λ₁ (default 1e-11 in float64, 1e-4 in float32),
     ``maxiter`` the most restart cycles, ``seed`` fixes the random start blocks. ``info``
     reports ``n_matvec`` (vector products), ``residuals``, ``max_residual``, ``converged``,
-    ``kept_chunks`` of ``chunks``, ``kept_transposes`` and ``kept_bytes``; a ``RuntimeWarning``
+    ``factored_layers`` and ``factored_bytes``, ``kept_chunks`` of ``chunks``,
+    ``kept_transposes`` and ``kept_bytes``; a ``RuntimeWarning``
     says when the solver did not converge.
     """
     check_model(model)
@@ -417,4 +475,5 @@ def entk_topk(
             block=block,
             seed=seed,
             progress=progress,
+            structured=structured,
         )
