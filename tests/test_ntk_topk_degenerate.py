@@ -42,8 +42,13 @@ class FourierFeatures(nn.Module):
         return self.head(self.table[a])
 
 
+#: Both product paths: factored (structured layers, gathered once) and kept autograd graphs.
+PATHS = pytest.mark.parametrize("structured", [True, False], ids=["factored", "graphs"])
+
+
+@PATHS
 @pytest.mark.parametrize("block", [None, 4])
-def test_linear_model_c_fold_eigenvalues(block: int | None) -> None:
+def test_linear_model_c_fold_eigenvalues(block: int | None, structured: bool) -> None:
     torch.manual_seed(0)
     model = nn.Linear(5, 6).double()
     x = torch.randn(12, 5, dtype=torch.float64)
@@ -52,34 +57,40 @@ def test_linear_model_c_fold_eigenvalues(block: int | None) -> None:
     np.testing.assert_allclose(kernel, expected, rtol=1e-12, atol=1e-12)
     values, vectors = _dense_top(expected, 12)
     for k in (9, 12):  # 9 cuts through the second six-fold eigenvalue
-        spec = entk_topk(model, x, k, block=block, progress=False)
+        spec = entk_topk(model, x, k, block=block, structured=structured, progress=False)
         np.testing.assert_allclose(spec.eigenvalues, values[:k], rtol=1e-8)
         assert spec.info["converged"] and spec.info["max_residual"] <= 1e-8
+        assert bool(spec.info["factored_layers"]) == structured
     # the two complete groups span the same subspace as the dense solver's
     assert subspace_overlap(spec.eigenvectors, vectors) >= 12 - 1e-6
     assert np.sum(np.isclose(spec.eigenvalues, values[0], rtol=1e-8)) == 6
 
 
-def test_exact_cos_sin_pairs() -> None:
+@PATHS
+def test_exact_cos_sin_pairs(structured: bool) -> None:
     model = FourierFeatures(p=11, freqs=4)
     a = torch.arange(11)
     jac = reference_jacobian(model, (a,))
     kernel = reference_kernel(jac, "flattened")
     values, vectors = _dense_top(kernel, 9)
     assert np.isclose(values[1], values[2], rtol=1e-10)  # a cos/sin pair
-    spec = entk_topk(model, a, 9, block=2, progress=False)
+    spec = entk_topk(model, a, 9, block=2, structured=structured, progress=False)
     np.testing.assert_allclose(spec.eigenvalues, values, rtol=1e-8)
     assert subspace_overlap(spec.eigenvectors, vectors) >= 9 - 1e-6
+    assert spec.info["factored_layers"] == (["head"] if structured else [])
 
 
 @pytest.mark.parametrize("reduction", ["flattened", "trace", "mean_pairs"])
-def test_attention_model_matches_dense(reduction: str) -> None:
+@PATHS
+def test_attention_model_matches_dense(reduction: str, structured: bool) -> None:
     model, inputs = make_case("attention", n=6)
     kernel = reference_kernel(reference_jacobian(model, inputs), reduction)
     k = 4
     values, vectors = _dense_top(kernel, k + 1)
     assert values[k - 1] > values[k] * (1 + 1e-6)  # a gap after k: the subspace is unique
-    spec = entk_topk(model, inputs, k, reduction=reduction, progress=False)
+    spec = entk_topk(model, inputs, k, reduction=reduction, structured=structured, progress=False)
     np.testing.assert_allclose(spec.eigenvalues, values[:k], rtol=1e-8)
     assert subspace_overlap(spec.eigenvectors, vectors[:, :k]) >= k - 1e-6
     assert spec.method == "matrix_free" and spec.info["n_matvec"] > 0
+    # factored: the embedding, attention projections and head; graphs: position table, norm
+    assert bool(spec.info["factored_layers"]) == structured and spec.info["chunks"] >= 1
