@@ -128,7 +128,8 @@ def test_trace_compression_keeps_every_inner_product(
     units = left @ right  # (d, N·T, C)
     cot = units.reshape(d, n, t, c).permute(1, 3, 2, 0).contiguous()  # (N, C, T, d)
     packed = compress_trace(cot, 1e-12)
-    assert packed.shape[:3] == (n, 1, t) and packed.shape[3] <= max(1, rank * d)
+    assert packed.shape[:3] == (n, 1, t)
+    assert packed.shape[3] <= (max(1, rank * d) if c > 1 else d)  # one output: nothing to do
     rows = packed.reshape(n * t, -1)
     torch.testing.assert_close(rows @ rows.T, _unit_gram(cot), rtol=1e-9, atol=1e-9)
     narrow = compress_columns(packed, 1e-12)
@@ -180,3 +181,27 @@ def test_factors_that_do_not_fit_take_the_general_path() -> None:
     spec = entk_topk(model, inputs, 3, max_memory="1.2MB", progress=False)
     np.testing.assert_allclose(spec.eigenvalues, np.linalg.eigvalsh(kernel)[::-1][:3], rtol=1e-8)
     assert spec.info["chunks"] >= 1
+
+
+def test_compressions_in_row_chunks_equal_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    from entk_fast.ntk import factored
+
+    gen = torch.Generator().manual_seed(7)
+    # rank-2 units over C = 4 outputs, T = 2 positions, d = 3 units, N = 9 samples
+    units = torch.randn(3, 18, 2, generator=gen, dtype=torch.float64) @ torch.randn(
+        3, 2, 4, generator=gen, dtype=torch.float64
+    )
+    cot = units.reshape(3, 9, 2, 4).permute(1, 3, 2, 0).contiguous()
+    whole = compress_trace(cot, 1e-12)
+    monkeypatch.setattr(factored, "_CHUNK_BYTES", 1)  # one sample (row) per chunk
+    chunked = compress_trace(cot, 1e-12)
+    assert chunked.shape == whole.shape == (9, 1, 2, 6)
+    torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-12)
+    rows = chunked.reshape(18, -1)
+    torch.testing.assert_close(rows @ rows.T, _unit_gram(cot), rtol=1e-10, atol=1e-10)
+    basis = torch.randn(2, 10, generator=gen, dtype=torch.float64)
+    wide = torch.randn(9, 3, 2, 2, generator=gen, dtype=torch.float64) @ basis
+    narrow = compress_columns(wide, 1e-12)
+    assert narrow.shape == (9, 3, 2, 2)
+    flat, small = wide.reshape(-1, 10), narrow.reshape(-1, 2)
+    torch.testing.assert_close(small @ small.T, flat @ flat.T, rtol=1e-10, atol=1e-10)

@@ -4,7 +4,9 @@
 * dual: when the Jacobian M (R × Q, K = alpha·M Mᵀ) has fewer columns than rows, diagonalise
   the Q × Q Gram alpha·Mᵀ M instead; eigenvectors map back by u = √alpha · M v / √λ.
 * matrix_free: block Krylov (the Rust core) on K V = alpha·M (Mᵀ V), never forming
-  K or M; for kernels too large to store.
+  K or M; for kernels too large to store. Structured layers' products come from their
+  gathered factors (``ntk.factored``), the other parameters' through kept autograd graphs
+  (``ntk.operator``).
 """
 
 from __future__ import annotations

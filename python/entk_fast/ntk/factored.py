@@ -21,9 +21,9 @@ inner products ⟨g_nrt, g_n'r't'⟩ enter K, so any factor with the same Gram w
   G V over the Gram's non-zero eigenvalues, when that is narrower.
 
 Eigenvalues at most ``10 · C · eps`` of their largest (in the problem's dtype) are dropped,
-computed in float64: the kernel changes by that relative amount, below the products' own
-round-off. Inputs that are mostly zeros (one-hot features, an embedding's indices) multiply
-as sparse matrices.
+computed in float64 (the Grams accumulated over chunks of rows): the kernel changes by that
+relative amount, below the products' own round-off. Inputs that are mostly zeros (one-hot
+features, an embedding's indices) multiply as sparse matrices.
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ _SPARSE_DENSITY = 0.1
 _MAX_COMPRESSED_WIDTH = 2048
 #: The per-unit trace compression holds d_out Grams of C × C float64 values: up to this many.
 _MAX_UNIT_GRAM_BYTES = 256 * 2**20
+#: The compressions work through the cotangent rows in chunks of about this many bytes.
+_CHUNK_BYTES = 64 * 2**20
 
 
 def _drop_tolerance(problem: Problem) -> float:
@@ -58,22 +60,40 @@ def _drop_tolerance(problem: Problem) -> float:
     return 10.0 * max(problem.n_outputs, 1) * float(torch.finfo(problem.dtype).eps)
 
 
+def _row_chunks(rows: int, row_bytes: int) -> list[slice]:
+    """Slices of ``rows`` rows whose float64 transients (``row_bytes`` each) stay bounded."""
+    step = max(1, _CHUNK_BYTES // max(1, row_bytes))
+    return [slice(s, min(s + step, rows)) for s in range(0, rows, step)]
+
+
 def compress_trace(cot: Tensor, rtol: float) -> Tensor:
     """Cotangents (N, C, T, d) of a traced kernel as (N, 1, T, Q) rows with the same
-    Σ_c ⟨g_nct, g_n'ct'⟩, Q = Σ_k r_k ≤ C·d (per-unit compression; module docstring)."""
+    Σ_c ⟨g_nct, g_n'ct'⟩, Q = Σ_k r_k ≤ C·d (per-unit compression; module docstring).
+
+    Works through the rows in chunks: its float64 transients stay near ``_CHUNK_BYTES``."""
     n, c, t, d = cot.shape
-    units = cot.permute(3, 0, 2, 1).reshape(d, n * t, c).to(torch.float64)  # G_k, (d, N·T, C)
     if c == 1 or d * c * c * 8 > _MAX_UNIT_GRAM_BYTES:
         return cot.permute(0, 2, 1, 3).reshape(n, 1, t, c * d)
-    gram = torch.bmm(units.transpose(1, 2), units)  # (d, C, C)
+
+    def units(at: slice) -> Tensor:  # G_k for samples `at`: (d, m·T, C), float64
+        part = cot[at].permute(3, 0, 2, 1).to(torch.float64)
+        return part.reshape(d, -1, c)
+
+    parts = _row_chunks(n, t * c * d * 8 * 3)
+    gram = torch.zeros((d, c, c), dtype=torch.float64, device=cot.device)
+    for at in parts:
+        g = units(at)
+        gram += torch.bmm(g.transpose(1, 2), g)
     values, vectors = torch.linalg.eigh(gram)
-    top = values[:, -1:].clamp_min(0.0)
-    keep = values > rtol * top  # (d, C): unit k's kept directions
-    if not bool(keep.any()):  # every cotangent is zero: the layer's kernel is 0
+    keep = values > rtol * values[:, -1:].clamp_min(0.0)  # (d, C): unit k's kept directions
+    width = int(keep.sum())
+    if width == 0:  # every cotangent is zero: the layer's kernel is 0
         return cot.new_zeros((n, 1, t, 1))
-    rows = torch.bmm(units, vectors).permute(1, 0, 2)  # (N·T, d, C)
-    kept = rows[:, keep]  # (N·T, Q)
-    return kept.to(cot.dtype).reshape(n, t, 1, -1).transpose(1, 2)
+    out = cot.new_empty((n, t, width))
+    for at in parts:
+        rows = torch.bmm(units(at), vectors).permute(1, 0, 2)  # (m·T, d, C)
+        out[at] = rows[:, keep].reshape(-1, t, width).to(cot.dtype)
+    return out.unsqueeze(1)
 
 
 def compress_columns(cot: Tensor, rtol: float) -> Tensor:
@@ -82,15 +102,24 @@ def compress_columns(cot: Tensor, rtol: float) -> Tensor:
     q = cot.shape[-1]
     if q > _MAX_COMPRESSED_WIDTH or q <= 1:
         return cot
-    rows = cot.reshape(-1, q).to(torch.float64)
-    values, vectors = torch.linalg.eigh(rows.T @ rows)
+    rows = cot.reshape(-1, q)
+    parts = _row_chunks(rows.shape[0], q * 8 * 2)
+    gram = torch.zeros((q, q), dtype=torch.float64, device=cot.device)
+    for at in parts:
+        part = rows[at].to(torch.float64)
+        gram += part.T @ part
+    values, vectors = torch.linalg.eigh(gram)
     keep = values > rtol * values[-1].clamp_min(0.0)
     width = int(keep.sum())
     if width == 0:
         return cot.new_zeros((*cot.shape[:-1], 1))
     if width > 0.8 * q:  # not worth a second layout
         return cot
-    return (rows @ vectors[:, keep]).to(cot.dtype).reshape(*cot.shape[:-1], width)
+    basis = vectors[:, keep]
+    out = cot.new_empty((rows.shape[0], width))
+    for at in parts:
+        out[at] = (rows[at].to(torch.float64) @ basis).to(cot.dtype)
+    return out.reshape(*cot.shape[:-1], width)
 
 
 @dataclass
@@ -144,14 +173,14 @@ def _input_matrix(layer: StructuredLayer, act: Tensor, problem: Problem) -> Tens
 
 
 def factor_bytes(problem: Problem, layers: Sequence[StructuredLayer]) -> int:
-    """Memory the gathered factors of ``layers`` take before compression (with the float64
-    copy a compression makes), bytes."""
+    """Memory the gathered factors of ``layers`` take: inputs, cotangents and, while it is
+    made, a compressed copy of them (at most as large), bytes."""
     n, rows, it = problem.n_samples, problem.rows_per_sample, problem.itemsize
     total = 0
     for layer in layers:
         width = layer.shape.table_rows if layer.rule.kind == "embedding" else layer.in_features
         cot = n * rows * layer.positions * layer.out_features
-        total += it * n * layer.positions * (width + 1) + (it + 16) * cot
+        total += it * n * layer.positions * (width + 1) + 2 * it * cot
     return total
 
 
