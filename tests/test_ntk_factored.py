@@ -205,3 +205,25 @@ def test_compressions_in_row_chunks_equal_one_pass(monkeypatch: pytest.MonkeyPat
     assert narrow.shape == (9, 3, 2, 2)
     flat, small = wide.reshape(-1, 10), narrow.reshape(-1, 2)
     torch.testing.assert_close(small @ small.T, flat @ flat.T, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("reduction", ["trace", "flattened"])
+def test_float32_compressions_stay_at_float32_round_off(reduction: str) -> None:
+    # C = 60 outputs: a tolerance scaled by C·eps(float32) once dropped real directions and
+    # shrank the kernel by 3e-4; products must stay at float32 round-off (~1e-7).
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 48), nn.Tanh())
+    model.append(nn.Linear(48, 60))
+    x = torch.randn(30, 6)
+    names = ["0.weight", "0.bias", "2.weight", "2.bias"]
+
+    def operator(dtype: torch.dtype) -> FactoredOperator:
+        with evaluation_mode(model):
+            problem = prepare(model, x, reduction=reduction, params=names, dtype=dtype)
+            return FactoredOperator(problem, verify_layers(problem, find_layers(problem)), 8, 2**26)
+
+    exact = operator(torch.float64)
+    block = np.random.default_rng(8).standard_normal((exact.problem.kernel_size, 3))
+    reference = exact.matmat(block)
+    single = operator(torch.float32).matmat(block).astype(np.float64)
+    assert np.abs(single - reference).max() < 1e-6 * np.abs(reference).max()

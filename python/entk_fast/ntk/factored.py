@@ -20,10 +20,10 @@ inner products ⟨g_nrt, g_n'r't'⟩ enter K, so any factor with the same Gram w
 * Any reduction: the cotangent rows (N·R·T × Q) keep only their row space's directions,
   G V over the Gram's non-zero eigenvalues, when that is narrower.
 
-Eigenvalues at most ``10 · C · eps`` of their largest (in the problem's dtype) are dropped,
-computed in float64 (the Grams accumulated over chunks of rows): the kernel changes by that
-relative amount, below the products' own round-off. Inputs that are mostly zeros (one-hot
-features, an embedding's indices) multiply as sparse matrices.
+Eigenvalues at most 2e-13 (float64 problems) or 1.4e-10 (float32) of their largest are
+dropped, computed in float64 (the Grams accumulated over chunks of rows): the kernel changes
+by at most C times that relative amount, below the products' own round-off. Inputs that are
+mostly zeros (one-hot features, an embedding's indices) multiply as sparse matrices.
 """
 
 from __future__ import annotations
@@ -50,14 +50,18 @@ _SPARSE_DENSITY = 0.1
 #: Column compression forms a Q × Q Gram and its eigendecomposition: only up to this width.
 _MAX_COMPRESSED_WIDTH = 2048
 #: The per-unit trace compression holds d_out Grams of C × C float64 values: up to this many.
-_MAX_UNIT_GRAM_BYTES = 256 * 2**20
+_MAX_UNIT_GRAM_BYTES = 64 * 2**20
 #: The compressions work through the cotangent rows in chunks of about this many bytes.
 _CHUNK_BYTES = 64 * 2**20
 
 
 def _drop_tolerance(problem: Problem) -> float:
-    """Relative eigenvalue below which a compression drops a direction."""
-    return 10.0 * max(problem.n_outputs, 1) * float(torch.finfo(problem.dtype).eps)
+    """Relative eigenvalue (a squared singular value) below which a compression drops a
+    direction: above the float64 Gram's own round-off and the square of the problem's
+    precision (a unit of rank 1 in exact arithmetic shows eps² noise), and far below its
+    round-off, so the kernel changes by at most C times this, relatively."""
+    eps = float(torch.finfo(problem.dtype).eps)
+    return max(1e3 * float(torch.finfo(torch.float64).eps), 1e4 * eps * eps)
 
 
 def _row_chunks(rows: int, row_bytes: int) -> list[slice]:
@@ -150,26 +154,42 @@ class _Factors:
         return total
 
 
-def _input_matrix(layer: StructuredLayer, act: Tensor, problem: Problem) -> Tensor:
-    """The layer's inputs as (N·T, D): a Linear's inputs (with a ones column for a selected
-    bias; only ones when the weight is not selected), an embedding's one-hot rows (zero on
-    the padding index)."""
-    n = act.shape[0]
-    rows = n * layer.positions
+def _layer_factors(layer: StructuredLayer, act: Tensor, cot: Tensor, problem: Problem) -> _Factors:
+    """A layer's factors from its inputs ``act`` ((N, T, d_in), or indices (N, T)) and its
+    compressed cotangents: a Linear's inputs (with a ones column for a selected bias; only
+    ones when the weight is not selected), sparse when mostly zeros; an embedding's one-hot
+    rows (zero on the padding index), sparse, built from the indices."""
+    rows = act.shape[0] * layer.positions
     if layer.rule.kind == "embedding":
         idx = act.reshape(rows).long()
-        onehot = torch.zeros(
-            (rows, layer.shape.table_rows), dtype=problem.dtype, device=problem.device
-        )
-        onehot[torch.arange(rows, device=idx.device), idx] = 1
+        at = torch.arange(rows, device=idx.device)
+        ones = torch.ones(rows, dtype=problem.dtype, device=idx.device)
         if layer.shape.padding_idx is not None:
-            onehot[:, layer.shape.padding_idx] = 0
-        return onehot
+            ones[idx == layer.shape.padding_idx] = 0
+        table = layer.shape.table_rows
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": we use mm only
+            warnings.simplefilter("ignore", UserWarning)
+            crow = torch.arange(rows + 1, device=idx.device)
+            sparse = torch.sparse_csr_tensor(crow, idx, ones, (rows, table))
+            coo = torch.sparse_coo_tensor(torch.stack([idx, at]), ones, (table, rows))
+            sparse_t = coo.coalesce().to_sparse_csr()
+        return _Factors(layer.path, None, sparse, sparse_t, cot)
     ones = torch.ones((rows, 1), dtype=problem.dtype, device=problem.device)
     if layer.weight is None:
-        return ones
-    inputs = act.reshape(rows, layer.in_features)
-    return torch.cat([inputs, ones], dim=1) if layer.bias is not None else inputs
+        inputs = ones
+    else:
+        inputs = act.reshape(rows, layer.in_features)
+        inputs = torch.cat([inputs, ones], dim=1) if layer.bias is not None else inputs
+    density = float(torch.count_nonzero(inputs)) / max(1, inputs.numel())
+    if density > _SPARSE_DENSITY:
+        return _Factors(layer.path, inputs, None, None, cot)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        sparse = inputs.to_sparse_csr()
+        sparse_t = inputs.T.contiguous().to_sparse_csr()
+    # the dense copy only for the narrow push (one row a sample, cotangents wider than D)
+    narrow = cot.shape[1] == 1 and cot.shape[-1] > inputs.shape[1]
+    return _Factors(layer.path, inputs if narrow else None, sparse, sparse_t, cot)
 
 
 def factor_bytes(problem: Problem, layers: Sequence[StructuredLayer]) -> int:
@@ -178,9 +198,13 @@ def factor_bytes(problem: Problem, layers: Sequence[StructuredLayer]) -> int:
     n, rows, it = problem.n_samples, problem.rows_per_sample, problem.itemsize
     total = 0
     for layer in layers:
-        width = layer.shape.table_rows if layer.rule.kind == "embedding" else layer.in_features
+        inputs = n * layer.positions
+        if layer.rule.kind == "embedding":  # two sparse one-hot matrices: index, value
+            inputs *= 2 * (16 + it)
+        else:  # dense inputs and a transient copy (a bias's ones column, a sparse form)
+            inputs *= 2 * it * (layer.in_features + 1)
         cot = n * rows * layer.positions * layer.out_features
-        total += it * n * layer.positions * (width + 1) + 2 * it * cot
+        total += inputs + 2 * it * cot
     return total
 
 
@@ -213,8 +237,7 @@ class FactoredOperator:
             if problem.reduction.rows_concatenated:
                 cot = compress_trace(cot, rtol)
             cot = compress_columns(cot, rtol).contiguous()
-            inputs = _input_matrix(layer, acts.pop(layer.path), problem)
-            self.factors.append(_make_factors(layer, inputs, cot))
+            self.factors.append(_layer_factors(layer, acts.pop(layer.path), cot, problem))
         self.n_matvec = 0
 
     @property
@@ -252,20 +275,10 @@ class FactoredOperator:
 
     def _columns(self, factors: _Factors) -> int:
         n, _, t, q = factors.cot.shape
-        per_column = n * t * (2 * q + 2 * factors.width) * self.problem.itemsize
+        d = factors.width
+        # per column: the (N·T, Q) and (N·T, D) intermediates and two copies of W (Q × D)
+        per_column = (n * t * (2 * q + 2 * d) + 2 * q * d) * self.problem.itemsize
         return max(1, self.transient // max(1, per_column))
-
-
-def _make_factors(layer: StructuredLayer, inputs: Tensor, cot: Tensor) -> _Factors:
-    density = float((inputs != 0).sum()) / max(1, inputs.numel())
-    if density > _SPARSE_DENSITY:
-        return _Factors(layer.path, inputs, None, None, cot)
-    with warnings.catch_warnings():  # "sparse CSR support is in beta": we use mm only
-        warnings.simplefilter("ignore", UserWarning)
-        sparse = inputs.to_sparse_csr()
-        sparse_t = inputs.T.contiguous().to_sparse_csr()
-    dense = inputs if cot.shape[-1] > inputs.shape[1] else None  # for the narrow push
-    return _Factors(layer.path, dense, sparse, sparse_t, cot)
 
 
 def _mm_sparse(matrix: Tensor, dense: Tensor) -> Tensor:
