@@ -137,14 +137,20 @@ def test_trace_compression_keeps_every_inner_product(
     torch.testing.assert_close(rows @ rows.T, _unit_gram(cot), rtol=1e-9, atol=1e-9)
 
 
-def test_column_compression_keeps_the_row_space_only() -> None:
-    gen = torch.Generator().manual_seed(5)
-    basis = torch.randn(3, 40, generator=gen, dtype=torch.float64)
-    cot = (torch.randn(6, 2, 4, 3, generator=gen, dtype=torch.float64) @ basis).contiguous()
-    narrow = compress_columns(cot, 1e-12)
-    assert narrow.shape == (6, 2, 4, 3)
-    flat, small = cot.reshape(-1, 40), narrow.reshape(-1, 3)
+def _assert_columns_compress_to(shape: tuple[int, ...], rank: int, seed: int) -> None:
+    """Cotangents of ``shape`` whose rows span ``rank`` directions compress to ``rank``
+    columns with the same inner products."""
+    gen = torch.Generator().manual_seed(seed)
+    basis = torch.randn(rank, shape[-1], generator=gen, dtype=torch.float64)
+    wide = torch.randn(*shape[:-1], rank, generator=gen, dtype=torch.float64) @ basis
+    narrow = compress_columns(wide, 1e-12)
+    assert narrow.shape == (*shape[:-1], rank)
+    flat, small = wide.reshape(-1, shape[-1]), narrow.reshape(-1, rank)
     torch.testing.assert_close(small @ small.T, flat @ flat.T, rtol=1e-10, atol=1e-10)
+
+
+def test_column_compression_keeps_the_row_space_only() -> None:
+    _assert_columns_compress_to((6, 2, 4, 40), rank=3, seed=5)
 
 
 @pytest.mark.parametrize("reduction", ["flattened", "trace"])
@@ -199,12 +205,7 @@ def test_compressions_in_row_chunks_equal_one_pass(monkeypatch: pytest.MonkeyPat
     torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-12)
     rows = chunked.reshape(18, -1)
     torch.testing.assert_close(rows @ rows.T, _unit_gram(cot), rtol=1e-10, atol=1e-10)
-    basis = torch.randn(2, 10, generator=gen, dtype=torch.float64)
-    wide = torch.randn(9, 3, 2, 2, generator=gen, dtype=torch.float64) @ basis
-    narrow = compress_columns(wide, 1e-12)
-    assert narrow.shape == (9, 3, 2, 2)
-    flat, small = wide.reshape(-1, 10), narrow.reshape(-1, 2)
-    torch.testing.assert_close(small @ small.T, flat @ flat.T, rtol=1e-10, atol=1e-10)
+    _assert_columns_compress_to((9, 3, 2, 10), rank=2, seed=8)  # one row (of 54) a chunk
 
 
 @pytest.mark.parametrize("reduction", ["trace", "flattened"])
