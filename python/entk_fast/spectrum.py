@@ -34,7 +34,7 @@ from .ntk.checks import StructuredFallback
 from .ntk.factored import FactoredOperator, factor_bytes
 from .ntk.kernel import check_model, compute_kernel, describe_kernel
 from .ntk.operator import KernelOperator
-from .ntk.plan import format_bytes, work_budget
+from .ntk.plan import format_bytes, structured_transient, work_budget
 from .ntk.problem import Problem, evaluation_mode, prepare
 from .ntk.sources.general import jacobian_block
 from .ntk.sources.structured import find_layers, verify_layers
@@ -283,15 +283,12 @@ def _factored_operator(
     gathered once (:mod:`entk_fast.ntk.factored`); None when no layer qualifies or fits."""
     layers = verify_layers(problem, find_layers(problem)) if structured else []
     chosen, used = [], 0
-    for layer in sorted(layers, key=lambda layer: factor_bytes(problem, [layer])):
-        cost = factor_bytes(problem, [layer])
+    costs = [(factor_bytes(problem, [layer]), layer) for layer in layers]
+    for cost, layer in sorted(costs, key=lambda pair: pair[0]):
         if used + cost <= room:
             chosen.append(layer)
             used += cost
-    per_sample = problem.itemsize * (
-        (problem.rows_per_sample + 2) * problem.probe.activation_numel
-        + 2 * problem.rows_per_sample * sum(lay.positions * lay.out_features for lay in chosen)
-    )
+    per_sample = structured_transient(problem, chosen, problem.rows_per_sample)
     chunk = int(min(problem.n_samples, max(1, transient // max(1, per_sample))))
     while chosen:
         try:

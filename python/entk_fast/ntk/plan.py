@@ -300,7 +300,7 @@ def _plan_sweep(
     return None
 
 
-def _structured_transient(problem: Problem, layers: Sequence[Any], rows: int) -> int:
+def structured_transient(problem: Problem, layers: Sequence[Any], rows: int) -> int:
     """Bytes per sample of one forward + batched backward over ``rows`` output rows."""
     act = problem.probe.activation_numel
     outs = sum(layer.positions * layer.out_features for layer in layers)
@@ -331,7 +331,7 @@ def _untiled(problem: Problem, layers: Sequence[Any], limit: int) -> StructuredP
         for group in choices:
             square = 2 + squares if group >= rows else grams + 2
             kept = it * (inputs + square * n * n) + n * group * outs * it
-            per = max(1, _structured_transient(problem, layers, group))
+            per = max(1, structured_transient(problem, layers, group))
             room = min(n * per, max(_TRANSIENT_FRACTION * kept, _TRANSIENT_FLOOR)) if roomy else per
             if kept + room > limit:
                 continue
@@ -349,7 +349,7 @@ def _tiled(problem: Problem, layers: Sequence[Any], limit: int) -> StructuredPas
     per_sample = sum(
         _input_width(layer) + rows * layer.positions * layer.out_features for layer in layers
     )
-    per = max(1, _structured_transient(problem, layers, rows))
+    per = max(1, structured_transient(problem, layers, rows))
     squares = max(layer.positions**2 for layer in layers)
 
     def kept(t: int) -> int:
