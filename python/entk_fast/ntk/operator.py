@@ -24,8 +24,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import numpy as np
 import psutil
@@ -38,6 +37,7 @@ from ..errors import LinAlgError
 from .checks import all_finite, close, require_finite
 from .problem import Problem
 from .sources.general import (
+    per_sample_attention,
     quiet_batching_fallback,
     sample_failures,
     sample_function,
@@ -64,18 +64,6 @@ def _load_forward_ad() -> None:
             from torch._decomp import decompositions_for_jvp  # noqa: F401
         except ImportError:  # pragma: no cover - layout of a future torch
             pass
-
-
-@contextmanager
-def _no_mha_fastpath() -> Iterator[None]:
-    """``nn.MultiheadAttention`` without its fused inference kernel, which it picks under
-    ``no_grad`` in eval mode and which has no derivative for the products' VJP / JVP."""
-    before = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(before)
 
 
 def _resident_bytes(trim: bool = False) -> int:
@@ -312,7 +300,12 @@ class KernelOperator:
         vectors = torch.as_tensor(np.ascontiguousarray(np.asarray(block).T), device=problem.device)
         vectors = vectors.to(problem.dtype)  # (b, R)
         parts = []
-        with torch.no_grad(), quiet_batching_fallback(), vmappable_forward(), _no_mha_fastpath():
+        with (
+            torch.no_grad(),
+            quiet_batching_fallback(),
+            vmappable_forward(),
+            per_sample_attention(),
+        ):
             if self._keeping:
                 self._keep_graphs()
             for start in range(0, vectors.shape[0], self.columns):

@@ -320,7 +320,8 @@ def _untiled(problem: Problem, layers: Sequence[Any], limit: int) -> StructuredP
     # Per layer its inputs; with all rows in one sweep, a (T·N)² input Gram over positions and
     # two N×N (an all-ones weight, a Gram being formed); with row groups, an N×N per layer and
     # position pair (the cotangent Grams summed over groups) and two more.
-    inputs = n * sum(_input_width(layer) for layer in layers)
+    # (twice: the inputs, and their position-major copies prepared before the kernels run)
+    inputs = 2 * n * sum(_input_width(layer) for layer in layers)
     grams = sum(layer.position_pairs for layer in layers)
     squares = max(layer.positions**2 for layer in layers)  # an input Gram over positions
     outs = sum(layer.positions * layer.out_features for layer in layers)
@@ -349,13 +350,17 @@ def _tiled(problem: Problem, layers: Sequence[Any], limit: int) -> StructuredPas
     per_sample = sum(
         _input_width(layer) + rows * layer.positions * layer.out_features for layer in layers
     )
+    copies = sum(_input_width(layer) for layer in layers)
     per = max(1, structured_transient(problem, layers, rows))
     squares = max(layer.positions**2 for layer in layers)
 
     def kept(t: int) -> int:
-        # two tiles of inputs and cotangents, an activation tile (and an all-ones one), and a
-        # cross tile of the kernel with its transpose being added
-        return it * (2 * t * per_sample + (squares + 1) * t * t + 2 * (t * per_row) ** 2)
+        # two tiles of inputs and cotangents, a diagonal tile's position-major input copies,
+        # an activation tile (and an all-ones one), and a cross tile of the kernel with its
+        # transpose being added
+        return it * (
+            2 * t * per_sample + t * copies + (squares + 1) * t * t + 2 * (t * per_row) ** 2
+        )
 
     if kept(1) + per > limit:
         return None

@@ -75,8 +75,8 @@ pub fn hadamard_gram_positions_accumulate<T: Scalar>(
         positions,
         "S",
     )?;
-    let pairs: Vec<(usize, usize)> = (0..positions)
-        .flat_map(|t| (0..positions).map(move |u| (t, u)))
+    let live = live_positions(g, positions, r);
+    let pairs: Vec<(usize, usize)> = position_pairs(&live)
         .filter(|&(t, u)| positions == 1 || !is_zero(s.submatrix(t * m, u * m, m, m)))
         .collect();
     // Scratch holds the transposed tile, tileᵀ[j, i] = ⟨G_u[j], G_t[start + i]⟩ (column-major),
@@ -157,6 +157,11 @@ pub fn hadamard_gram_factored_accumulate<T: Scalar>(
     // Row tiles of K run in parallel, each with its own scratch and all T² position pairs in
     // turn (sequential products): one parallel section per call, K's rows owned by one task.
     // Tiles further down the triangle hold more work: they are handed out first.
+    let live = live_positions(g, positions, r);
+    let pairs: Vec<(usize, usize)> = position_pairs(&live).collect();
+    if pairs.is_empty() {
+        return Ok(()); // every cotangent is zero: the block adds nothing
+    }
     let tile = FACTORED_TILE.min(r);
     let tiles: Vec<(usize, usize)> = (0..r.div_ceil(tile))
         .rev()
@@ -172,46 +177,36 @@ pub fn hadamard_gram_factored_accumulate<T: Scalar>(
             let (m0, m1) = (start / block, (end - 1) / block + 1);
             let mut products = alloc::zeros::<T>("hadamard_gram_accumulate: workspace", end, rows)?;
             let mut inputs = alloc::zeros::<T>("hadamard_gram_accumulate: workspace", m1, m1 - m0)?;
-            for t in 0..positions {
-                for u in 0..positions {
-                    // productsᵀ[j, i] = ⟨G_u[j], G_t[start + i]⟩: row i of the tile is a column.
-                    matmul(
-                        products.as_mut(),
-                        Accum::Replace,
-                        g.subrows(u * r, end),
-                        g.subrows(t * r + start, rows).transpose(),
-                        T::ONE,
-                        Par::Seq,
-                    );
-                    matmul(
-                        inputs.as_mut(),
-                        Accum::Replace,
-                        a.subrows(u * m, m1),
-                        a.subrows(t * m + m0, m1 - m0).transpose(),
-                        T::ONE,
-                        Par::Seq,
-                    );
-                    // S tile: row si - m0, column sj (rows contiguous).
-                    let weights = RawRef::new(inputs.as_ref().transpose());
-                    for i in 0..rows {
-                        let gi = start + i;
-                        // SAFETY: column i of `products` holds `end` ≥ gi + 1 contiguous entries.
-                        let row =
-                            unsafe { std::slice::from_raw_parts(products.col(i).as_ptr(), gi + 1) };
-                        // SAFETY: this task alone writes rows start..end of K (columns 0..=gi);
-                        // the S tile has rows m0..m1 and columns 0..m1.
-                        unsafe {
-                            weighted_row_add(
-                                shared,
-                                gi,
-                                row,
-                                weights,
-                                gi / block - m0,
-                                block,
-                                alpha,
-                            )
-                        };
-                    }
+            for &(t, u) in &pairs {
+                // productsᵀ[j, i] = ⟨G_u[j], G_t[start + i]⟩: row i of the tile is a column.
+                matmul(
+                    products.as_mut(),
+                    Accum::Replace,
+                    g.subrows(u * r, end),
+                    g.subrows(t * r + start, rows).transpose(),
+                    T::ONE,
+                    Par::Seq,
+                );
+                matmul(
+                    inputs.as_mut(),
+                    Accum::Replace,
+                    a.subrows(u * m, m1),
+                    a.subrows(t * m + m0, m1 - m0).transpose(),
+                    T::ONE,
+                    Par::Seq,
+                );
+                // S tile: row si - m0, column sj (rows contiguous).
+                let weights = RawRef::new(inputs.as_ref().transpose());
+                for i in 0..rows {
+                    let gi = start + i;
+                    // SAFETY: column i of `products` holds `end` ≥ gi + 1 contiguous entries.
+                    let row =
+                        unsafe { std::slice::from_raw_parts(products.col(i).as_ptr(), gi + 1) };
+                    // SAFETY: this task alone writes rows start..end of K (columns 0..=gi);
+                    // the S tile has rows m0..m1 and columns 0..m1.
+                    unsafe {
+                        weighted_row_add(shared, gi, row, weights, gi / block - m0, block, alpha)
+                    };
                 }
             }
             Ok(())
@@ -284,6 +279,23 @@ fn check_k_and_block<T>(
 /// embedding indices).
 fn is_zero<T: Scalar>(a: MatRef<'_, T>) -> bool {
     a.col_iter().all(|col| col.iter().all(|&x| x == T::ZERO))
+}
+
+/// Whether each position's R rows of G hold a non-zero entry. A position whose cotangents are
+/// all zero (a causal model read at its last position: the layers after attention at every
+/// earlier position) adds nothing to any pair, so its pairs are skipped.
+fn live_positions<T: Scalar>(g: MatRef<'_, T>, positions: usize, r: usize) -> Vec<bool> {
+    (0..positions)
+        .map(|t| !is_zero(g.subrows(t * r, r)))
+        .collect()
+}
+
+/// The position pairs (t, u), t and u both live, in row-major order.
+fn position_pairs(live: &[bool]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let at = |t: usize| live[t].then_some(t);
+    (0..live.len())
+        .filter_map(at)
+        .flat_map(move |t| (0..live.len()).filter_map(at).map(move |u| (t, u)))
 }
 
 /// Writes `out[i, j] = alpha · S[i / block, j / block] · ⟨Ga[i], Gb[j]⟩`: an off-diagonal

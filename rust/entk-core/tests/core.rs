@@ -980,3 +980,68 @@ fn angles_two_small_angles_closed_form() {
     let overlap = subspace_overlap(x.as_ref(), y.as_ref(), PAR).unwrap();
     assert!((overlap - a.cos().powi(2) - b.cos().powi(2)).abs() < 1e-14);
 }
+
+#[test]
+fn hadamard_accumulates_skip_positions_whose_cotangents_are_zero() {
+    // 3 positions of 40 samples, 2 rows each; zero cotangents at some positions (a causal
+    // model read at its last position) must give the brute-force sum over every pair.
+    let (t, n, block, q, d) = (3, 40, 2, 6, 5);
+    let r = n * block;
+    let a = random(t * n, d, 31);
+    let s = naive_abt(a.as_ref(), a.as_ref());
+    for dead in [vec![0], vec![1], vec![0, 1], vec![0, 1, 2]] {
+        let mut g = random(t * r, q, 32);
+        for &p in &dead {
+            for i in 0..r {
+                for c in 0..q {
+                    g[(p * r + i, c)] = 0.0;
+                }
+            }
+        }
+        let gg = naive_abt(g.as_ref(), g.as_ref());
+        let start = Mat::<f64>::from_fn(r, r, |i, j| {
+            ((i + 2 * j) % 3) as f64 + ((2 * i + j) % 3) as f64
+        });
+        let want = Mat::from_fn(r, r, |i, j| {
+            let mut sum = start[(i, j)];
+            for pt in 0..t {
+                for pu in 0..t {
+                    sum += 0.5
+                        * s[(pt * n + i / block, pu * n + j / block)]
+                        * gg[(pt * r + i, pu * r + j)];
+                }
+            }
+            sum
+        });
+        let mut factored = start.clone();
+        entk_core::hadamard::hadamard_gram_factored_accumulate(
+            factored.as_mut(),
+            g.as_ref(),
+            a.as_ref(),
+            t,
+            block,
+            0.5,
+            Par::rayon(2),
+        )
+        .unwrap();
+        assert!(
+            max_rel(factored.as_ref(), want.as_ref()) < 1e-13,
+            "dead {dead:?}"
+        );
+        let mut positions = start.clone();
+        entk_core::hadamard::hadamard_gram_positions_accumulate(
+            positions.as_mut(),
+            g.as_ref(),
+            s.as_ref(),
+            t,
+            block,
+            0.5,
+            PAR,
+        )
+        .unwrap();
+        assert!(
+            max_rel(positions.as_ref(), want.as_ref()) < 1e-13,
+            "dead {dead:?}"
+        );
+    }
+}

@@ -48,7 +48,12 @@ from ..checks import StructuredFallback, close, require_finite
 from ..plan import StructuredPass
 from ..problem import Problem
 from . import attention
-from .general import NotVmappable, quiet_batching_fallback, vmappable_forward
+from .general import (
+    NotVmappable,
+    per_sample_attention,
+    quiet_batching_fallback,
+    vmappable_forward,
+)
 from .layers import LAYER_RULES, LayerShape, StructuredLayer, position_pairs
 
 __all__ = ["StructuredSource", "find_layers", "gather", "verify_layers"]
@@ -453,7 +458,12 @@ def check_alone(
         return problem.out_map.apply(out)[0], tuple(found[path] for path in paths)
 
     try:
-        with torch.no_grad(), quiet_batching_fallback(), vmappable_forward():
+        with (
+            torch.no_grad(),
+            quiet_batching_fallback(),
+            vmappable_forward(),
+            per_sample_attention(),
+        ):
             out, acts = vmap(lone)(*inputs)
     except NotVmappable as exc:
         if exc.random:
@@ -628,6 +638,11 @@ class StructuredSource:
     def add_diagonal(self, tile: _Tile, rows: slice) -> None:
         problem = self.problem
         alpha = problem.kernel_scale
+        # Every operand is prepared first and the core's kernels then run back to back: a
+        # torch operation between two of them would leave torch's OpenMP workers spinning
+        # (about 7 ms) on the cores the kernels use, at half their speed.
+        factored: list[tuple[np.ndarray, np.ndarray, np.ndarray, int, int]] = []
+        gram: list[tuple[np.ndarray, np.ndarray, np.ndarray, int, int]] = []
         weighted = self._weighted(self.sweep.layers)
         for group in _shared_inputs(weighted, tile.acts, tile.acts):
             first = group[0]
@@ -645,21 +660,22 @@ class StructuredSource:
                 assert target is not None
                 parts = [tile.rows[layer.path].stacked for layer in layers]
                 g = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
-                block = tile.rows[first.path].block
-                positions = first.positions
+                shape = (tile.rows[first.path].block, first.positions)
                 if factor is not None:  # S (+ 1) = [F, 1][F, 1]ᵀ, formed tile by tile
                     f = np.hstack([factor, np.ones_like(factor[:, :1])]) if merged else factor
-                    linalg.hadamard_gram_factored_accumulate(
-                        target[rows, rows], g, f, block=block, alpha=alpha, positions=positions
-                    )
+                    factored.append((target[rows, rows], g, f, *shape))
                 else:
                     s = _position_gram(problem, first, tile.acts[first.path]) if s is None else s
-                    weight = _plus_one(s, merged)
-                    linalg.hadamard_gram_accumulate(
-                        target[rows, rows], g, weight, block=block, alpha=alpha, positions=positions
-                    )
-                del g, parts
-            del s, factor
+                    gram.append((target[rows, rows], g, _plus_one(s, merged), *shape))
+        for k, g, f, block, positions in factored:
+            linalg.hadamard_gram_factored_accumulate(
+                k, g, f, block=block, alpha=alpha, positions=positions
+            )
+        for k, g, weight, block, positions in gram:
+            linalg.hadamard_gram_accumulate(
+                k, g, weight, block=block, alpha=alpha, positions=positions
+            )
+        del factored, gram
         for layer in self.sweep.layers:  # a bias apart: the Gram of Σ_t g_t (S is all ones)
             into = self.where[layer.path]
             if into.bias is not None:
