@@ -391,6 +391,42 @@ def test_cross_attention_falls_back_to_the_general_path() -> None:
     assert relative_error(result.kernel, expected) < TOL
 
 
+class CausalHint(nn.Module):
+    """``is_causal=True`` beside a mask that masks nothing: torch's attention then applies the
+    causal mask and drops the given one, which the structured recomputation (the mask as
+    given) does not reproduce."""
+
+    def __init__(self, hint: bool = True) -> None:
+        super().__init__()
+        self.hint = hint
+        self.embed = nn.Embedding(7, 32)  # wide enough for the structured attention path
+        self.attn = nn.MultiheadAttention(32, 2, batch_first=True)
+        self.unembed = nn.Linear(32, 3)
+        self.register_buffer("mask", torch.zeros(4, 4, dtype=torch.bool))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens)
+        a, _ = self.attn(x, x, x, attn_mask=self.mask, is_causal=self.hint, need_weights=False)
+        return self.unembed((x + a)[:, -1])
+
+
+@pytest.mark.parametrize("n", [5, 20])
+def test_attention_recomputation_that_differs_falls_back(n: int) -> None:
+    torch.manual_seed(10)
+    model = CausalHint().double().eval()
+    tokens = torch.randint(0, 7, (n, 4), generator=torch.Generator().manual_seed(10))
+    result = empirical_ntk(model, tokens, reduction="mean_pairs", progress=False)
+    assert result.paths["attn.in_proj_weight"] == result.paths["attn.out_proj.weight"] == "general"
+    assert result.paths["embed.weight"] == result.paths["unembed.weight"] == "structured"
+    expected = reference_kernel(reference_jacobian(model, (tokens,)), "mean_pairs")
+    assert relative_error(result.kernel, expected) < TOL
+    model.hint = False  # the same model without the hint: the recomputation holds
+    result = empirical_ntk(model, tokens, reduction="mean_pairs", progress=False)
+    assert set(result.paths.values()) == {"structured"}
+    expected = reference_kernel(reference_jacobian(model, (tokens,)), "mean_pairs")
+    assert relative_error(result.kernel, expected) < TOL
+
+
 def test_matrix_free_top_k_through_multihead_attention_with_an_earlier_layer_selected() -> None:
     """``entk_topk`` with only a layer before the attention selected: the products run under
     ``no_grad``, where ``nn.MultiheadAttention`` would pick its fused inference kernel (no

@@ -36,13 +36,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ..errors import LinAlgError
 from .checks import all_finite, close, require_finite
 from .problem import Problem
-from .sources.general import (
-    per_sample_attention,
-    quiet_batching_fallback,
-    sample_failures,
-    sample_function,
-    vmappable_forward,
-)
+from .sources.general import sample_failures, sample_function
+from .vmapping import per_sample_attention, quiet_batching_fallback, vmappable_forward
 
 __all__ = ["KernelOperator"]
 

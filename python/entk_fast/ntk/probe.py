@@ -17,13 +17,14 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
 from ..errors import InvalidArgumentError
 from .checks import close, require_finite, sample_namer
 from .sources.layers import LAYER_RULES
+from .vmapping import per_sample_attention, quiet_batching_fallback
 
 __all__ = [
     "DEFAULT_CALL",
@@ -242,7 +243,28 @@ def run_probe(
         record[0] = False
         alone: list[Tensor] = []
         rowwise = set(batched_inputs) if batch > 1 else set()
-        for i in range(batch):
+        vmapped = (
+            _vmapped_lone_runs(model, params, buffers, head, call, calls, layer_inputs)
+            if batch > 1
+            else None
+        )
+        if vmapped is not None:
+            outputs, lone_inputs = vmapped
+            alone = [_check_output(outputs[i], 1) for i in range(batch)]
+            for path in list(rowwise):
+                a = lone_inputs.get(path)
+                b = batched_inputs[path]
+                if (
+                    a is None
+                    or calls[path] != 1
+                    or a.dim() < 2
+                    or a.shape[1] != 1
+                    or b.dim() == 0
+                    or b.shape[0] != batch
+                    or not close(a[:, 0], b)
+                ):
+                    rowwise.discard(path)
+        for i in range(batch if vmapped is None else 0):
             calls.clear()
             layer_inputs.clear()
             with torch.no_grad():
@@ -294,6 +316,38 @@ def run_probe(
         indices=indices,
         per_sample_layers=frozenset(rowwise),
     )
+
+
+def _vmapped_lone_runs(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    buffers: Mapping[str, Tensor],
+    inputs: tuple[Tensor, ...],
+    call: ModelCall,
+    calls: Counter[str],
+    layer_inputs: dict[str, Tensor],
+) -> tuple[Tensor, dict[str, Tensor]] | None:
+    """Every sample of ``inputs`` run alone (a batch of one) in one vmapped forward: the
+    outputs (n, 1, ...) and each hooked layer's first input (n, 1, ...), with ``calls``
+    counting one lone run. None where vmap cannot run the forward (random operations,
+    ``.item()``, data-dependent control flow, an output that is not a tensor): the caller
+    then runs the samples one by one, which also gives the clear errors."""
+
+    def lone(*x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        calls.clear()
+        layer_inputs.clear()
+        out = forward_batch(model, params, buffers, tuple(t.unsqueeze(0) for t in x), call)
+        if not isinstance(out, Tensor):
+            raise TypeError("not a tensor")
+        return out, dict(layer_inputs)
+
+    try:
+        with torch.no_grad(), quiet_batching_fallback(), per_sample_attention():
+            return vmap(lone)(*inputs)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - the one-by-one runs explain or survive it
+        return None
 
 
 def _checked_forward(

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.func import jacrev, vmap
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ... import linalg
 from ...errors import EntkError, InvalidArgumentError
@@ -26,90 +25,19 @@ from ..checks import StructuredFallback, require_finite
 from ..plan import Pack
 from ..probe import failing_sample, forward_batch
 from ..problem import Problem
+from ..vmapping import (
+    NotVmappable,
+    per_sample_attention,
+    quiet_batching_fallback,
+    vmappable_forward,
+)
 
 __all__ = [
     "GeneralSource",
     "jacobian_block",
-    "per_sample_attention",
-    "quiet_batching_fallback",
     "sample_failures",
     "sample_function",
-    "vmappable_forward",
 ]
-
-# Substrings of the errors torch.func raises when a forward cannot run under vmap.
-_VMAP_MARKERS = ("vmap", "Batching rule", "randomness", "data-dependent control flow")
-
-
-@contextmanager
-def quiet_batching_fallback() -> Iterator[None]:
-    """Hide torch's notice that an op has no vmap batching rule.
-
-    Ops such as CPU scaled-dot-product attention warn "There is a performance drop because we
-    have not yet implemented the batching rule ..." under vmap; the result is exact (a slower
-    fallback) and the user cannot act on it.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message=r"There is a performance drop because we have not yet implemented"
-        )
-        yield
-
-
-@contextmanager
-def per_sample_attention() -> Iterator[None]:
-    """Attention in the forms ``torch.func.vmap`` batches, for forwards run one sample at a time.
-
-    ``nn.MultiheadAttention``'s fused inference kernel (picked under ``no_grad`` in eval mode)
-    and the fused CPU ``scaled_dot_product_attention`` kernels have no batching rule, so vmap
-    would run them sample by sample (about 7× slower on a 400-sample chunk of 3 tokens), and
-    no forward-mode derivative. Inside, the fast path is off and SDPA uses its math backend
-    (matmul, softmax): the same attention up to round-off. Restores both settings on exit.
-    """
-    before = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with sdpa_kernel([SDPBackend.MATH]):
-            yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(before)
-
-
-class NotVmappable(InvalidArgumentError):
-    """The model's forward cannot run under ``torch.func.vmap`` (the message says why).
-
-    ``random``: it draws random numbers — its eNTK is not a function of the parameters, so no
-    fallback computes one; otherwise (``.item()``, data-dependent control flow) the general
-    path falls back to per-sample autograd.
-    """
-
-    random: bool = False
-
-
-@contextmanager
-def vmappable_forward() -> Iterator[None]:
-    """Turn torch.func's errors about a forward that cannot be vmapped into a clear one.
-
-    The general path runs the model on one sample at a time under ``torch.func.vmap``; random
-    operations, ``.item()`` and Python control flow on tensor values cannot run there.
-    """
-    try:
-        yield
-    except RuntimeError as exc:
-        message = str(exc)
-        if not any(marker in message for marker in _VMAP_MARKERS):
-            raise
-        error = NotVmappable(
-            "the model's forward must be vmappable per sample: the eNTK runs it on one sample "
-            "at a time under torch.func.vmap, which does not allow random operations in "
-            "forward (torch.randn, dropout in train mode, ...), .item() / .tolist() on tensors, "
-            "Python control flow that depends on tensor values (if x.sum() > 0, boolean-mask "
-            "indexing, data-dependent routing), nor in-place updates of parameters or buffers "
-            f"(e.g. Embedding(max_norm=...)); write those with torch.where or move them out of "
-            f"the forward. torch said: {message.splitlines()[0] if message else type(exc).__name__}"
-        )
-        error.random = "randomness" in message
-        raise error from exc
 
 
 @contextmanager

@@ -24,8 +24,12 @@ those of the sample run alone. Everything else takes the general path. On the fu
 every chunk's batched forward is compared once with its samples run alone (one vmapped
 forward, as the general path runs them); when a qualified layer misbehaves there (it does not
 run, runs twice or on another number of rows, its input rows or the outputs differ from the
-lone runs, or the batched forward / backward fails), :class:`StructuredFallback` names it and
-the caller redoes the work with it on the general path. Each chunk's outputs, layer inputs
+lone runs, an attention recomputation differs from the module's own output, or the batched
+forward / backward fails), :class:`StructuredFallback` names it and the caller redoes the
+work with it on the general path. The lone runs (the probe's, the cotangent check's and each
+chunk's) are single vmapped calls, sample by sample only where vmap cannot run the forward;
+a position whose cotangents are zero for every sample (a causal model read at its last
+position) adds nothing, and the core's kernels skip it. Each chunk's outputs, layer inputs
 and output cotangents go through the one NaN / inf check (``checks.require_finite``), so a
 non-finite Jacobian is reported by sample, as on the general path. An output that depends on
 no parameter (a ``.detach()`` in forward) has zero cotangents: its eNTK is exactly zero.
@@ -41,19 +45,20 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.func import grad as func_grad
 from torch.func import vmap
 
 from ... import linalg
 from ..checks import StructuredFallback, close, require_finite
 from ..plan import StructuredPass
 from ..problem import Problem
-from . import attention
-from .general import (
+from ..vmapping import (
     NotVmappable,
     per_sample_attention,
     quiet_batching_fallback,
     vmappable_forward,
 )
+from . import attention
 from .layers import LAYER_RULES, LayerShape, StructuredLayer, position_pairs
 
 __all__ = ["StructuredSource", "find_layers", "gather", "verify_layers"]
@@ -151,10 +156,15 @@ def _hook_layers(
     problem: Problem,
     layers: Sequence[StructuredLayer],
     on_call: Callable[[StructuredLayer, Tensor, Tensor], Tensor],
+    *,
+    check_attention: bool = False,
 ) -> list[Any]:
     """Hooks that pass each layer's (input (n, ...), output (n, ...)) through ``on_call``, whose
     result replaces the output; attention projections are reached by recomputing their
-    module's output (:func:`attention.attention_forward`). Returns the hook handles."""
+    module's output (:func:`attention.attention_forward`). ``check_attention``: compare the
+    recomputed output with the one the module's own forward just gave (values, not under
+    vmap) and raise :class:`StructuredFallback` for its projections where they differ.
+    Returns the hook handles."""
     handles = []
     plain = [layer for layer in layers if layer.owner is None]
     for layer in plain:
@@ -188,7 +198,14 @@ def _hook_layers(
                 return y if layer is None else on_call(layer, x, y)
 
             assert isinstance(module, nn.MultiheadAttention)
-            return attention.attention_forward(module, args, kwargs, on_site, owner)
+            out = attention.attention_forward(module, args, kwargs, on_site, owner)
+            own = _output[0] if isinstance(_output, tuple) else _output
+            if check_attention and not (
+                isinstance(own, Tensor) and close(own.detach(), out[0].detach())
+            ):
+                paths = [layer.path for layer in sites.values()]
+                raise StructuredFallback(paths, "its recomputed attention differs")
+            return out
 
         handles.append(module.register_forward_hook(attention_hook, with_kwargs=True))
     return handles
@@ -199,15 +216,27 @@ def _forward_with_probes(
     layers: Sequence[StructuredLayer],
     inputs: tuple[Tensor, ...],
     params: Mapping[str, Tensor],
+    probes: Sequence[Tensor] | None = None,
+    *,
+    check_attention: bool = False,
 ) -> tuple[Tensor, list[Tensor], dict[str, Tensor]]:
-    """(R f (n, C_r), zero probes added to each layer's output, each layer's input)."""
+    """(R f (n, C_r), zero probes added to each layer's output, each layer's input).
+
+    ``probes``: the zero probes (n, *sample shape) to add (for a ``torch.func`` transform
+    that differentiates with respect to them); by default fresh leaves that require grad.
+    ``check_attention``: as :func:`_hook_layers`.
+    """
     n = inputs[0].shape[0]
-    probes = [
-        torch.zeros(
-            (n, *layer.sample_shape), dtype=problem.dtype, device=problem.device
-        ).requires_grad_()
-        for layer in layers
-    ]
+    probes = (
+        list(probes)
+        if probes is not None
+        else [
+            torch.zeros(
+                (n, *layer.sample_shape), dtype=problem.dtype, device=problem.device
+            ).requires_grad_()
+            for layer in layers
+        ]
+    )
     acts: dict[str, Tensor] = {}
     probe_of = {layer.path: probe for layer, probe in zip(layers, probes, strict=True)}
 
@@ -224,7 +253,7 @@ def _forward_with_probes(
         acts[path] = first.detach()
         return output + probe
 
-    handles = _hook_layers(problem, layers, on_call)
+    handles = _hook_layers(problem, layers, on_call, check_attention=check_attention)
     try:
         with torch.enable_grad():
             y = problem.out_map.apply(problem.forward(inputs, params))
@@ -279,7 +308,7 @@ def verify_layers(problem: Problem, layers: Sequence[StructuredLayer]) -> list[S
             params[name] = problem.params[name].clone().requires_grad_()
             leaves.append(name)
     try:
-        y, probes, acts = _forward_with_probes(problem, layers, head, params)
+        y, probes, acts = _forward_with_probes(problem, layers, head, params, check_attention=True)
     except StructuredFallback as exc:
         rest = [layer for layer in layers if layer.path not in exc.paths]
         return verify_layers(problem, rest) if len(rest) < len(layers) else []
@@ -312,7 +341,53 @@ def _lone_cotangents(
     weights: Tensor,
 ) -> dict[str, Tensor]:
     """Each layer's output cotangents of ⟨weights_i, R f(x_i)⟩ with every sample run alone,
-    stacked over the probe samples (a layer that misbehaves alone is left out)."""
+    stacked over the probe samples (a layer that misbehaves alone is left out).
+
+    One vmapped gradient over the samples; where that fails (a forward vmap cannot run, a
+    layer that misbehaves on a lone sample), sample by sample, which finds the layers to
+    leave out.
+    """
+    try:
+        return _vmapped_lone_cotangents(problem, layers, head, weights)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - the per-sample loop below decides what went wrong
+        return _looped_lone_cotangents(problem, layers, head, weights)
+
+
+def _vmapped_lone_cotangents(
+    problem: Problem,
+    layers: Sequence[StructuredLayer],
+    head: tuple[Tensor, ...],
+    weights: Tensor,
+) -> dict[str, Tensor]:
+    """:func:`_lone_cotangents` as one ``vmap(grad)`` over the samples, each a batch of one."""
+    zeros = [
+        torch.zeros((1, *layer.sample_shape), dtype=problem.dtype, device=problem.device)
+        for layer in layers
+    ]
+
+    def weighted(probes: list[Tensor], w: Tensor, *x: Tensor) -> Tensor:
+        lone = tuple(t.unsqueeze(0) for t in x)
+        y, _, _ = _forward_with_probes(problem, layers, lone, problem.params, probes)
+        return (y[0] * w).sum()
+
+    in_dims = (None, 0, *([0] * len(head)))
+    with quiet_batching_fallback(), vmappable_forward(), per_sample_attention():
+        grads = vmap(func_grad(weighted), in_dims=in_dims)(zeros, weights, *head)
+    return {
+        layer.path: g.reshape(-1, *layer.sample_shape)
+        for layer, g in zip(layers, grads, strict=True)
+    }
+
+
+def _looped_lone_cotangents(
+    problem: Problem,
+    layers: Sequence[StructuredLayer],
+    head: tuple[Tensor, ...],
+    weights: Tensor,
+) -> dict[str, Tensor]:
+    """:func:`_lone_cotangents` one sample at a time (plain autograd)."""
     parts: dict[str, list[Tensor]] = {layer.path: [] for layer in layers}
     for i in range(head[0].shape[0]):
         try:
@@ -325,7 +400,7 @@ def _lone_cotangents(
             rest = [layer for layer in layers if layer.path in parts]
             if len(rest) == len(layers) or not rest:
                 return {}
-            return _lone_cotangents(problem, rest, head, weights)
+            return _looped_lone_cotangents(problem, rest, head, weights)
         grads = _probe_grads(y, probes, weights[i : i + 1])
         for layer, probe, grad in zip(layers, probes, grads, strict=True):
             parts[layer.path].append(torch.zeros_like(probe) if grad is None else grad)
@@ -376,7 +451,9 @@ def gather(
         e = min(s + sweep.chunk, stop)
         n = e - s
         inputs = tuple(x[s:e] for x in problem.inputs)
-        y, probes, seen = _forward_with_probes(problem, layers, inputs, problem.params)
+        y, probes, seen = _forward_with_probes(
+            problem, layers, inputs, problem.params, check_attention=check
+        )
         names = problem.samples_from(s)
         require_finite(y, "output", names)
         for layer in layers:
@@ -473,12 +550,6 @@ def check_alone(
     batched = y.detach()
     if not close(out, batched):
         raise StructuredFallback(paths, "the samples interact in the batched forward")
-    recomputed = [layer.path for layer in layers if layer.owner is not None]
-    if recomputed:  # the attention recomputation against the module's own forward
-        with torch.no_grad():
-            own = problem.out_map.apply(problem.forward(inputs))
-        if not close(own, batched):
-            raise StructuredFallback(recomputed, "its recomputed attention differs")
     bad = [
         path
         for path, act in zip(paths, acts, strict=True)
