@@ -13,6 +13,8 @@ import torch
 from ntk_reference import MLP, reference_jacobian, reference_kernel, relative_error
 from torch import nn
 
+import entk_fast.ntk.probe as probe_module
+import entk_fast.ntk.sources.structured as structured_module
 from entk_fast import EntkError, empirical_ntk, entk_topk
 from entk_fast.errors import InvalidArgumentError, MemoryBudgetError
 from entk_fast.ntk.probe import probe_indices
@@ -351,3 +353,68 @@ def test_forward_that_needs_a_batch_is_explained() -> None:
     ).eval()
     with pytest.raises(InvalidArgumentError, match="run alone .*batch of one"):
         empirical_ntk(model, torch.randn(6, 4), progress=False)
+
+
+def _vmap_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every vmapped lone run fail, so the sample-by-sample runs take over."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("vmap refused for this test")
+
+    monkeypatch.setattr(probe_module, "_vmapped_lone_runs", lambda *a, **k: None)
+    monkeypatch.setattr(structured_module, "_vmapped_lone_cotangents", refuse)
+
+
+class _Sequence(nn.Module):
+    """Embedding, nn.MultiheadAttention (causal), a Linear at every position and a layer that
+    sees a permuted batch (its rows are not the samples): the probe's lone runs tell them apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(9, 32)
+        self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+        self.mlp = nn.Linear(32, 32)
+        self.flipped = nn.Linear(32, 32)
+        self.unembed = nn.Linear(32, 5)
+        self.register_buffer("mask", torch.triu(torch.ones(4, 4, dtype=torch.bool), 1))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens)
+        x = x + self.attn(x, x, x, attn_mask=self.mask, need_weights=False)[0]
+        x = x + torch.relu(self.mlp(x))
+        x = x + self.flipped(x.flip(0)).flip(0)
+        return self.unembed(x[:, -1])
+
+
+@pytest.mark.parametrize("n", [3, 30])
+def test_vmapped_lone_runs_equal_the_sample_by_sample_runs(
+    n: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe's lone runs and the lone cotangents of the structured check, vmapped, find
+    what the sample-by-sample runs find; the kernel is the reference either way."""
+    torch.manual_seed(n)
+    model = _Sequence().double().eval()
+    tokens = torch.randint(0, 9, (n, 4), generator=torch.Generator().manual_seed(n))
+    vmapped = prepare(model, tokens, reduction="mean_pairs")
+    layers = structured_module.find_layers(vmapped)
+    assert {layer.path for layer in layers} >= {"embed", "attn:in_proj", "mlp", "unembed"}
+    assert "flipped" not in vmapped.probe.per_sample_layers
+    head = (tokens[list(vmapped.probe.indices)],)
+    weights = torch.randn(len(head[0]), 5, dtype=torch.float64)
+    fast = structured_module._vmapped_lone_cotangents(vmapped, layers, head, weights)
+    slow = structured_module._looped_lone_cotangents(vmapped, layers, head, weights)
+    assert fast.keys() == slow.keys() == {layer.path for layer in layers}
+    for path, cot in slow.items():
+        assert cot.abs().max() > 0, path
+        torch.testing.assert_close(fast[path], cot, rtol=1e-12, atol=1e-12)
+    kernel = empirical_ntk(model, tokens, reduction="mean_pairs", progress=False)
+    _vmap_free(monkeypatch)
+    looped = prepare(model, tokens, reduction="mean_pairs")
+    assert looped.probe.per_sample_layers == vmapped.probe.per_sample_layers
+    assert looped.probe.batch_independent == vmapped.probe.batch_independent
+    assert looped.probe.calls == vmapped.probe.calls
+    again = empirical_ntk(model, tokens, reduction="mean_pairs", progress=False)
+    assert again.paths == kernel.paths
+    expected = reference_kernel(reference_jacobian(model, (tokens,)), "mean_pairs")
+    assert relative_error(kernel.kernel, expected) < TOL
+    assert relative_error(again.kernel, expected) < TOL
