@@ -11,6 +11,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ntk_reference import make_case, reference_jacobian, reference_kernel, relative_error
 
 from entk_fast import empirical_ntk, entk_spectrum
@@ -166,6 +168,25 @@ def test_checks_close_tolerance_and_nonfinite() -> None:
     assert close(empty, empty)
     one = torch.ones(1, dtype=torch.float64)
     assert close(one, one.clone()) and not close(one, 2 * one)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.floats(-1e3, 1e3), min_size=1, max_size=12),
+    st.lists(st.floats(-3e-4, 3e-4), min_size=12, max_size=12),
+    st.sampled_from([torch.float32, torch.float64]),
+)
+def test_checks_close_is_allclose_with_atol_at_the_scale(
+    values: list[float], noise: list[float], dtype: torch.dtype
+) -> None:
+    """The fast comparison (one max difference, the elementwise test only in the band where
+    it decides) gives exactly ``allclose(rtol, atol = rtol · max(|a|, |b|))``."""
+    a = torch.tensor(values, dtype=dtype)
+    rtol = 1e-4
+    scale = float(a.abs().max()) or 1.0
+    b = a + torch.tensor(noise[: len(values)], dtype=dtype) * scale
+    big = max(float(a.abs().max()), float(b.abs().max()), 1e-30)
+    assert close(a, b, rtol=rtol) == bool(torch.allclose(a, b, rtol=rtol, atol=rtol * big))
 
 
 def test_checks_finite_helpers_and_names() -> None:
