@@ -8,9 +8,10 @@ so each has the exact eNTK block Σ_{t,t'} ⟨a_t, a'_t'⟩ ⟨g_t, g'_t'⟩ of 
 the module's output is recomputed by :func:`attention_forward`, the same computation written
 with the two projections exposed (the zero probes are added to their outputs there). The
 recomputation is checked against the output the module's own forward just gave (on the probe
-samples, and on every chunk the first time it is gathered); a configuration it does not cover (cross-attention, separate
-q/k/v weights, ``bias_k``, ``add_zero_attn``, dropout in training, unbatched input) raises
-:class:`StructuredFallback` and the two projections take the general path.
+samples, and on every chunk the first time it is gathered); a configuration it does not
+cover (cross-attention, separate q/k/v weights, ``bias_k``, ``add_zero_attn``, dropout in
+training, unbatched input) raises :class:`StructuredFallback` and the two projections take
+the general path.
 """
 
 from __future__ import annotations

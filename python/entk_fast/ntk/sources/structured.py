@@ -45,7 +45,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import grad as func_grad
 from torch.func import vmap
 
 from ... import linalg
@@ -361,23 +360,29 @@ def _vmapped_lone_cotangents(
     head: tuple[Tensor, ...],
     weights: Tensor,
 ) -> dict[str, Tensor]:
-    """:func:`_lone_cotangents` as one ``vmap(grad)`` over the samples, each a batch of one."""
-    zeros = [
-        torch.zeros((1, *layer.sample_shape), dtype=problem.dtype, device=problem.device)
+    """:func:`_lone_cotangents` as one vmapped forward over the samples, each a batch of one,
+    and one plain backward: the samples do not meet under vmap, so the gradient with respect
+    to sample i's probe is its lone cotangent. (Plain autograd, not ``torch.func.grad``, whose
+    first call imports ``torch._dynamo``: 1.5 s.)"""
+    n = head[0].shape[0]
+    probes = [
+        torch.zeros(
+            (n, 1, *layer.sample_shape), dtype=problem.dtype, device=problem.device
+        ).requires_grad_()
         for layer in layers
     ]
 
-    def weighted(probes: list[Tensor], w: Tensor, *x: Tensor) -> Tensor:
-        lone = tuple(t.unsqueeze(0) for t in x)
-        y, _, _ = _forward_with_probes(problem, layers, lone, problem.params, probes)
-        return (y[0] * w).sum()
+    def lone(probe: list[Tensor], *x: Tensor) -> Tensor:
+        alone = tuple(t.unsqueeze(0) for t in x)
+        return _forward_with_probes(problem, layers, alone, problem.params, probe)[0][0]
 
-    in_dims = (None, 0, *([0] * len(head)))
-    with quiet_batching_fallback(), vmappable_forward(), per_sample_attention():
-        grads = vmap(func_grad(weighted), in_dims=in_dims)(zeros, weights, *head)
+    with torch.enable_grad(), quiet_batching_fallback(), vmappable_forward():
+        with per_sample_attention():
+            y = vmap(lone)(probes, *head)  # (n, C_r)
+        grads = _probe_grads(y, probes, weights)
     return {
-        layer.path: g.reshape(-1, *layer.sample_shape)
-        for layer, g in zip(layers, grads, strict=True)
+        layer.path: (torch.zeros_like(probe) if g is None else g).reshape(-1, *layer.sample_shape)
+        for layer, probe, g in zip(layers, probes, grads, strict=True)
     }
 
 
