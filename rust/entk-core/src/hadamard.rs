@@ -157,10 +157,27 @@ pub fn hadamard_gram_factored_accumulate<T: Scalar>(
     // Row tiles of K run in parallel, each with its own scratch and all T² position pairs in
     // turn (sequential products): one parallel section per call, K's rows owned by one task.
     // Tiles further down the triangle hold more work: they are handed out first.
-    let live = live_positions(g, positions, r);
-    let pairs: Vec<(usize, usize)> = position_pairs(&live).collect();
+    // Each position's span of non-zero columns, in G and in A. A pair (t, u) needs only the
+    // columns both of its positions span, and none when either span is empty: a position
+    // whose cotangents are zero (a causal model read at its last position), query columns
+    // that only the last position uses, an embedding's indices that never meet across two
+    // positions (a position embedding).
+    let g_spans: Vec<Option<Span>> = (0..positions)
+        .map(|t| nonzero_columns(g.subrows(t * r, r)))
+        .collect();
+    let a_spans: Vec<Option<Span>> = (0..positions)
+        .map(|t| nonzero_columns(a.subrows(t * m, m)))
+        .collect();
+    let pairs: Vec<(usize, usize, Span, Span)> = (0..positions)
+        .flat_map(|t| (0..positions).map(move |u| (t, u)))
+        .filter_map(|(t, u)| {
+            let gc = Span::meet(g_spans[t], g_spans[u])?;
+            let ac = Span::meet(a_spans[t], a_spans[u])?;
+            Some((t, u, gc, ac))
+        })
+        .collect();
     if pairs.is_empty() {
-        return Ok(()); // every cotangent is zero: the block adds nothing
+        return Ok(()); // every term is zero: the block adds nothing
     }
     let tile = FACTORED_TILE.min(r);
     let tiles: Vec<(usize, usize)> = (0..r.div_ceil(tile))
@@ -177,7 +194,8 @@ pub fn hadamard_gram_factored_accumulate<T: Scalar>(
             let (m0, m1) = (start / block, (end - 1) / block + 1);
             let mut products = alloc::zeros::<T>("hadamard_gram_accumulate: workspace", end, rows)?;
             let mut inputs = alloc::zeros::<T>("hadamard_gram_accumulate: workspace", m1, m1 - m0)?;
-            for &(t, u) in &pairs {
+            for &(t, u, gc, ac) in &pairs {
+                let (g, a) = (g.subcols(gc.0, gc.len()), a.subcols(ac.0, ac.len()));
                 // productsᵀ[j, i] = ⟨G_u[j], G_t[start + i]⟩: row i of the tile is a column.
                 matmul(
                     products.as_mut(),
@@ -288,6 +306,43 @@ fn live_positions<T: Scalar>(g: MatRef<'_, T>, positions: usize, r: usize) -> Ve
     (0..positions)
         .map(|t| !is_zero(g.subrows(t * r, r)))
         .collect()
+}
+
+/// A half-open range of columns `start..end`, non-empty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Span(usize, usize);
+
+impl Span {
+    fn len(self) -> usize {
+        self.1 - self.0
+    }
+
+    /// The columns both spans cover, if any.
+    fn meet(a: Option<Self>, b: Option<Self>) -> Option<Self> {
+        let (a, b) = (a?, b?);
+        let (start, end) = (a.0.max(b.0), a.1.min(b.1));
+        (start < end).then_some(Span(start, end))
+    }
+}
+
+/// The span from the first to the last column holding a non-zero entry of `m`, None when
+/// `m` is zero. Each row is scanned from both ends to its first non-zero, so a dense row
+/// costs two reads.
+fn nonzero_columns<T: Scalar>(m: MatRef<'_, T>) -> Option<Span> {
+    let (mut start, mut end) = (m.ncols(), 0);
+    for i in 0..m.nrows() {
+        let row = m.row(i);
+        if let Some(j) = (0..start).find(|&j| row[j] != T::ZERO) {
+            start = j;
+        }
+        if let Some(j) = (end..m.ncols()).rev().find(|&j| row[j] != T::ZERO) {
+            end = j + 1;
+        }
+        if start == 0 && end == m.ncols() {
+            break;
+        }
+    }
+    (start < end).then_some(Span(start, end))
 }
 
 /// The position pairs (t, u), t and u both live, in row-major order.

@@ -1045,3 +1045,65 @@ fn hadamard_accumulates_skip_positions_whose_cotangents_are_zero() {
         );
     }
 }
+
+#[test]
+fn hadamard_factored_uses_only_the_columns_each_position_pair_shares() {
+    // Per-position column supports in G (query columns only the last position uses, a zero
+    // column inside a span) and in A (an embedding whose indices never meet across two
+    // positions): the brute-force sum over every pair and every column.
+    let (t, n, block, q, d) = (4, 30, 3, 7, 6);
+    let r = n * block;
+    let mut g = random(t * r, q, 41);
+    let mut a = random(t * n, d, 42);
+    for i in 0..r {
+        for c in 0..3 {
+            g[(i, c)] = 0.0; // position 0: columns 3..7
+            g[(r + i, c + 4)] = 0.0; // position 1: columns 0..4, the last three zero
+        }
+        g[(2 * r + i, 5)] = 0.0; // position 2: a zero column inside its span
+        for c in 0..6 {
+            g[(3 * r + i, c)] = 0.0; // position 3: column 6 only
+        }
+    }
+    for i in 0..n {
+        for c in 0..d {
+            // position 0: even samples only columns 0..3; position 1: columns 0..3;
+            // position 3: column 5 only, so it meets no other position but 0 and 2
+            if c >= 3 && i % 2 == 0 {
+                a[(i, c)] = 0.0;
+            }
+            if c >= 3 {
+                a[(n + i, c)] = 0.0;
+            }
+            if c != 5 {
+                a[(3 * n + i, c)] = 0.0;
+            }
+        }
+    }
+    let s = naive_abt(a.as_ref(), a.as_ref());
+    let gg = naive_abt(g.as_ref(), g.as_ref());
+    let start = Mat::<f64>::from_fn(r, r, |i, j| ((i * j) % 4) as f64);
+    let want = Mat::from_fn(r, r, |i, j| {
+        let mut sum = start[(i, j)];
+        for pt in 0..t {
+            for pu in 0..t {
+                sum += 0.75
+                    * s[(pt * n + i / block, pu * n + j / block)]
+                    * gg[(pt * r + i, pu * r + j)];
+            }
+        }
+        sum
+    });
+    let mut k = start.clone();
+    entk_core::hadamard::hadamard_gram_factored_accumulate(
+        k.as_mut(),
+        g.as_ref(),
+        a.as_ref(),
+        t,
+        block,
+        0.75,
+        Par::rayon(2),
+    )
+    .unwrap();
+    assert!(max_rel(k.as_ref(), want.as_ref()) < 1e-13);
+}
