@@ -20,7 +20,7 @@ from ntk_reference import reference_jacobian, reference_kernel, relative_error, 
 from torch import nn
 
 from entk_fast import empirical_ntk, entk_topk, linalg
-from entk_fast.errors import InvalidArgumentError
+from entk_fast.errors import InvalidArgumentError, InvalidTypeError
 from entk_fast.ntk.plan import plan_structured
 from entk_fast.ntk.problem import evaluation_mode, prepare
 from entk_fast.ntk.sources.structured import find_layers
@@ -300,6 +300,78 @@ def test_position_kernels_equal_numpy(
         via_factor, g, a, block=block, alpha=0.5, positions=positions
     )
     assert np.abs(via_factor - expected).max() / scale < tol
+
+
+def _term_block(g: np.ndarray, a: np.ndarray, block: int, positions: int) -> np.ndarray:
+    """Σ_{t,u} (S_tu ⊗ 1_b) ∘ G_t G_uᵀ in float64 by numpy, S = A Aᵀ."""
+    rows = g.shape[0] // positions
+    samples = rows // block
+    s = a.astype(np.float64) @ a.T.astype(np.float64)
+    gg = g.astype(np.float64) @ g.T.astype(np.float64)
+    out = np.zeros((rows, rows))
+    for t in range(positions):
+        for u in range(positions):
+            s_tu = s[t * samples : (t + 1) * samples, u * samples : (u + 1) * samples]
+            out += (
+                np.kron(s_tu, np.ones((block, block)))
+                * gg[t * rows : (t + 1) * rows, u * rows : (u + 1) * rows]
+            )
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    terms=st.lists(
+        st.tuples(st.integers(1, 3), st.sampled_from([1, 2]), st.integers(1, 4), st.integers(1, 4)),
+        min_size=1,
+        max_size=3,
+    ),
+    dtype=st.sampled_from([np.float64, np.float32]),
+    seed=st.integers(0, 2**16),
+)
+def test_factored_terms_in_one_call_equal_numpy(
+    terms: list[tuple[int, int, int, int]], dtype: type, seed: int
+) -> None:
+    """Several layers into one K in one call (different T, block, widths; zero positions and
+    column bands, as a causal model's cotangents have) against numpy, term by term."""
+    rng = np.random.default_rng(seed)
+    rows = 12
+    start = rng.standard_normal((rows, rows))
+    start = (start + start.T).astype(dtype)
+    expected = start.astype(np.float64).copy()
+    packed = []
+    for positions, block, width, inputs in terms:
+        g = rng.standard_normal((positions * rows, width)).astype(dtype)
+        a = rng.standard_normal((positions * rows // block, inputs)).astype(dtype)
+        if positions > 1:
+            g[:rows] = 0  # the first position's cotangents are zero
+            g[rows : 2 * rows, : width // 2] = 0  # a band of columns only later positions use
+        packed.append((g, a, block, positions))
+        expected += 0.5 * _term_block(g, a, block, positions)
+    k = start.copy()
+    linalg.hadamard_gram_factored_accumulate_many(k, packed, alpha=0.5)
+    tol = 1e-11 if dtype == np.float64 else 2e-4
+    assert np.abs(k - expected).max() / max(np.abs(expected).max(), 1.0) < tol
+    np.testing.assert_array_equal(k, k.T)
+
+
+def test_factored_terms_are_all_checked_before_k_changes() -> None:
+    rng = np.random.default_rng(0)
+    k = np.eye(6)
+    good = (rng.standard_normal((12, 3)), rng.standard_normal((12, 2)), 1, 2)
+    bad_g = good[0].copy()
+    bad_g[7, 1] = np.nan
+    with pytest.raises(InvalidArgumentError, match="NaN|finite"):
+        linalg.hadamard_gram_factored_accumulate_many(k, [good, (bad_g, *good[1:])])
+    with pytest.raises(InvalidArgumentError, match="A"):
+        linalg.hadamard_gram_factored_accumulate_many(k, [good, (good[0], good[1][:5], 1, 2)])
+    with pytest.raises(InvalidArgumentError, match=r"terms\[1\] must be a tuple of 4"):
+        linalg.hadamard_gram_factored_accumulate_many(k, [good, good[:3]])
+    with pytest.raises(InvalidTypeError, match="one dtype"):
+        linalg.hadamard_gram_factored_accumulate_many(
+            k, [good, (good[0].astype(np.float32), *good[1:])]
+        )
+    np.testing.assert_array_equal(k, np.eye(6))
 
 
 def test_position_kernels_name_a_bad_positions_argument() -> None:

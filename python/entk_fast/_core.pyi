@@ -22,6 +22,7 @@ __all__ = [
     "hadamard_gram_accumulate",
     "hadamard_gram_cross",
     "hadamard_gram_factored_accumulate",
+    "hadamard_gram_factored_accumulate_many",
     "principal_angles",
     "set_num_threads",
     "subspace_overlap",
@@ -35,6 +36,14 @@ def hadamard_gram_accumulate(
 ) -> None: ...
 def hadamard_gram_factored_accumulate(
     k: _F, g: _F, a: _F, block: int = 1, alpha: float = 1.0, positions: int = 1
+) -> None: ...
+def hadamard_gram_factored_accumulate_many(
+    k: _F,
+    gs: list[_F],
+    a_s: list[_F],
+    blocks: list[int],
+    positions: list[int],
+    alpha: float = 1.0,
 ) -> None: ...
 def hadamard_gram_cross(ga: _F, gb: _F, s: _F, block: int = 1, alpha: float = 1.0) -> _F: ...
 def eigh(k: _F) -> tuple[_F, _F]: ...

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numbers
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, overload
 
 import numpy as np
@@ -40,6 +40,7 @@ __all__ = [
     "hadamard_gram_accumulate",
     "hadamard_gram_cross",
     "hadamard_gram_factored_accumulate",
+    "hadamard_gram_factored_accumulate_many",
     "principal_angles",
     "set_num_threads",
     "subspace_overlap",
@@ -237,6 +238,45 @@ def hadamard_gram_factored_accumulate(
         _as_int(block, "block"),
         _as_float(alpha, "alpha"),
         _as_int(positions, "positions"),
+    )
+    _updated_in_place(K)
+
+
+def hadamard_gram_factored_accumulate_many(
+    K: Any,
+    terms: Sequence[tuple[Any, Any, int, int]],
+    *,
+    alpha: float = 1.0,
+) -> None:
+    """Several :func:`hadamard_gram_factored_accumulate` updates of one K in one call.
+
+    ``K += alpha · Σ_i`` the block of term i = ``(G_i, A_i, block_i, positions_i)``: the
+    layers whose eNTK blocks add into one kernel. K is checked, tiled and mirrored once, and
+    each row tile of K takes every term's products in one task (one parallel section, no
+    thread wake-up per layer); every term is checked before K is touched.
+
+    Args:
+        K: (R, R) symmetric writable array.
+        terms: (G (T·R, Q), A (T·R // block, D), block, T) per layer, as in
+            :func:`hadamard_gram_factored_accumulate`; Q, D, block and T may differ.
+        alpha: finite scale factor.
+    """
+    k = _writable_matrix(K, "K")
+    gs, a_s, blocks, positions = [], [], [], []
+    for i, term in enumerate(terms):
+        if not isinstance(term, tuple) or len(term) != 4:
+            got = f"{len(term)} items" if isinstance(term, tuple) else type(term).__name__
+            raise InvalidArgumentError(
+                f"terms[{i}] must be a tuple of 4 (G, A, block, positions), got {got}"
+            )
+        g, a, block, t = term
+        gs.append(_detached_from(k, as_float_matrix(g, f"terms[{i}] G")))
+        a_s.append(_detached_from(k, as_float_matrix(a, f"terms[{i}] A")))
+        blocks.append(_as_int(block, f"terms[{i}] block"))
+        positions.append(_as_int(t, f"terms[{i}] positions"))
+    _same_dtype("hadamard_gram_factored_accumulate_many(K, terms)", k, *gs, *a_s)
+    _core.hadamard_gram_factored_accumulate_many(
+        k, gs, a_s, blocks, positions, _as_float(alpha, "alpha")
     )
     _updated_in_place(K)
 

@@ -68,7 +68,7 @@ pub fn hadamard_gram_positions_accumulate<T: Scalar>(
 
     // K is updated in place: refuse before touching it if the sum could overflow.
     refuse_overflow(
-        k_max,
+        k_max.to_f64(),
         alpha,
         s_max.to_f64(),
         (g_max, g.ncols()),
@@ -129,7 +129,7 @@ pub fn hadamard_gram_positions_accumulate<T: Scalar>(
 /// `k`: symmetric (R, R); `g`: (T·R, Q) output cotangents position by position; `a`: (T·m, D)
 /// the layer's inputs position by position.
 pub fn hadamard_gram_factored_accumulate<T: Scalar>(
-    mut k: MatMut<'_, T>,
+    k: MatMut<'_, T>,
     g: MatRef<'_, T>,
     a: MatRef<'_, T>,
     positions: usize,
@@ -137,48 +137,90 @@ pub fn hadamard_gram_factored_accumulate<T: Scalar>(
     alpha: T,
     par: Par,
 ) -> CoreResult<()> {
-    check::non_empty("G", g)?;
-    check::non_empty("A", a)?;
-    let r = rows_per_position(g, positions)?;
-    let g_max = check::finite_max_abs("G", g)?;
-    let a_max = check::finite_max_abs("A", a)?;
-    let k_max = check::symmetric_input("K", k.rb())?;
-    check_k_and_block(k.rb(), r, positions, block)?;
-    let m = r / block;
-    check::rows(
-        "A",
+    let term = FactoredTerm {
+        g,
         a,
-        positions * m,
-        "positions × rows of G per position divided by block",
-    )?;
-    check::finite_scalar("alpha", alpha)?;
-    let s_max = a_max.to_f64().powi(2) * a.ncols() as f64; // bounds every ⟨A_i, A_j⟩
-    refuse_overflow(k_max, alpha, s_max, (g_max, g.ncols()), positions, "A")?;
-    // Row tiles of K run in parallel, each with its own scratch and all T² position pairs in
-    // turn (sequential products): one parallel section per call, K's rows owned by one task.
-    // Tiles further down the triangle hold more work: they are handed out first.
-    // Each position's span of non-zero columns, in G and in A. A pair (t, u) needs only the
-    // columns both of its positions span, and none when either span is empty: a position
-    // whose cotangents are zero (a causal model read at its last position), query columns
-    // that only the last position uses, an embedding's indices that never meet across two
-    // positions (a position embedding).
-    let g_spans: Vec<Option<Span>> = (0..positions)
-        .map(|t| nonzero_columns(g.subrows(t * r, r)))
-        .collect();
-    let a_spans: Vec<Option<Span>> = (0..positions)
-        .map(|t| nonzero_columns(a.subrows(t * m, m)))
-        .collect();
-    let pairs: Vec<(usize, usize, Span, Span)> = (0..positions)
-        .flat_map(|t| (0..positions).map(move |u| (t, u)))
-        .filter_map(|(t, u)| {
-            let gc = Span::meet(g_spans[t], g_spans[u])?;
-            let ac = Span::meet(a_spans[t], a_spans[u])?;
-            Some((t, u, gc, ac))
-        })
-        .collect();
-    if pairs.is_empty() {
-        return Ok(()); // every term is zero: the block adds nothing
+        positions,
+        block,
+    };
+    hadamard_gram_factored_accumulate_many(k, &[term], alpha, par)
+}
+
+/// One layer's operands of [`hadamard_gram_factored_accumulate_many`]: output cotangents `g`
+/// (T·R, Q) and inputs `a` (T·m, D), position by position, m = R / `block`.
+#[derive(Clone, Copy, Debug)]
+pub struct FactoredTerm<'a, T> {
+    pub g: MatRef<'a, T>,
+    pub a: MatRef<'a, T>,
+    pub positions: usize,
+    pub block: usize,
+}
+
+/// A validated term: its rows per position, and the position pairs with the columns each
+/// pair shares in G and in A.
+struct PlannedTerm<'a, T> {
+    term: FactoredTerm<'a, T>,
+    r: usize,
+    m: usize,
+    pairs: Vec<(usize, usize, Span, Span)>,
+}
+
+/// In place `K += alpha · Σ_terms` [`hadamard_gram_factored_accumulate`]'s block of each term:
+/// the eNTK of several layers that add into one kernel, with K checked, tiled and mirrored
+/// once, and every term's products of a row tile of K done by one task in one parallel
+/// section (no thread wake-up or pass over K per layer).
+///
+/// Every term is validated before K is touched (K is left unchanged on any error).
+pub fn hadamard_gram_factored_accumulate_many<T: Scalar>(
+    mut k: MatMut<'_, T>,
+    terms: &[FactoredTerm<'_, T>],
+    alpha: T,
+    par: Par,
+) -> CoreResult<()> {
+    let mut maxima = Vec::with_capacity(terms.len());
+    for term in terms {
+        check::non_empty("G", term.g)?;
+        check::non_empty("A", term.a)?;
+        rows_per_position(term.g, term.positions)?;
+        maxima.push((
+            check::finite_max_abs("G", term.g)?,
+            check::finite_max_abs("A", term.a)?,
+        ));
     }
+    let k_max = check::symmetric_input("K", k.rb())?;
+    check::finite_scalar("alpha", alpha)?;
+    let mut bound = k_max.to_f64();
+    let mut planned = Vec::with_capacity(terms.len());
+    for (term, (g_max, a_max)) in terms.iter().zip(maxima) {
+        let (g, a, positions, block) = (term.g, term.a, term.positions, term.block);
+        let r = g.nrows() / positions;
+        check_k_and_block(k.rb(), r, positions, block)?;
+        let m = r / block;
+        check::rows(
+            "A",
+            a,
+            positions * m,
+            "positions × rows of G per position divided by block",
+        )?;
+        let s_max = a_max.to_f64().powi(2) * a.ncols() as f64; // bounds every ⟨A_i, A_j⟩
+        bound = refuse_overflow(bound, alpha, s_max, (g_max, g.ncols()), positions, "A")?;
+        let pairs = shared_columns(g, a, positions, r, m);
+        if !pairs.is_empty() {
+            planned.push(PlannedTerm {
+                term: *term,
+                r,
+                m,
+                pairs,
+            });
+        }
+    }
+    if planned.is_empty() {
+        return Ok(()); // every term is zero: K is unchanged
+    }
+    // Row tiles of K run in parallel, each with its own scratch and, for every term, all its
+    // position pairs in turn (sequential products): one parallel section per call, K's rows
+    // owned by one task. Tiles further down the triangle hold more work: they go first.
+    let r = planned[0].r;
     let tile = FACTORED_TILE.min(r);
     let tiles: Vec<(usize, usize)> = (0..r.div_ceil(tile))
         .rev()
@@ -190,41 +232,55 @@ pub fn hadamard_gram_factored_accumulate<T: Scalar>(
         .into_par_iter()
         .try_for_each(|(start, end)| -> CoreResult<()> {
             let rows = end - start;
-            // Sample rows of S this tile needs: m0..m1 (rows), 0..m1 (columns).
-            let (m0, m1) = (start / block, (end - 1) / block + 1);
             let mut products = alloc::zeros::<T>("hadamard_gram_accumulate: workspace", end, rows)?;
-            let mut inputs = alloc::zeros::<T>("hadamard_gram_accumulate: workspace", m1, m1 - m0)?;
-            for &(t, u, gc, ac) in &pairs {
-                let (g, a) = (g.subcols(gc.0, gc.len()), a.subcols(ac.0, ac.len()));
-                // productsᵀ[j, i] = ⟨G_u[j], G_t[start + i]⟩: row i of the tile is a column.
-                matmul(
-                    products.as_mut(),
-                    Accum::Replace,
-                    g.subrows(u * r, end),
-                    g.subrows(t * r + start, rows).transpose(),
-                    T::ONE,
-                    Par::Seq,
-                );
-                matmul(
-                    inputs.as_mut(),
-                    Accum::Replace,
-                    a.subrows(u * m, m1),
-                    a.subrows(t * m + m0, m1 - m0).transpose(),
-                    T::ONE,
-                    Par::Seq,
-                );
-                // S tile: row si - m0, column sj (rows contiguous).
-                let weights = RawRef::new(inputs.as_ref().transpose());
-                for i in 0..rows {
-                    let gi = start + i;
-                    // SAFETY: column i of `products` holds `end` ≥ gi + 1 contiguous entries.
-                    let row =
-                        unsafe { std::slice::from_raw_parts(products.col(i).as_ptr(), gi + 1) };
-                    // SAFETY: this task alone writes rows start..end of K (columns 0..=gi);
-                    // the S tile has rows m0..m1 and columns 0..m1.
-                    unsafe {
-                        weighted_row_add(shared, gi, row, weights, gi / block - m0, block, alpha)
-                    };
+            for plan in &planned {
+                let (block, m) = (plan.term.block, plan.m);
+                // Sample rows of S this tile needs: m0..m1 (rows), 0..m1 (columns).
+                let (m0, m1) = (start / block, (end - 1) / block + 1);
+                let mut inputs =
+                    alloc::zeros::<T>("hadamard_gram_accumulate: workspace", m1, m1 - m0)?;
+                for &(t, u, gc, ac) in &plan.pairs {
+                    let g = plan.term.g.subcols(gc.0, gc.len());
+                    let a = plan.term.a.subcols(ac.0, ac.len());
+                    // productsᵀ[j, i] = ⟨G_u[j], G_t[start + i]⟩: row i of the tile is a column.
+                    matmul(
+                        products.as_mut(),
+                        Accum::Replace,
+                        g.subrows(u * r, end),
+                        g.subrows(t * r + start, rows).transpose(),
+                        T::ONE,
+                        Par::Seq,
+                    );
+                    matmul(
+                        inputs.as_mut(),
+                        Accum::Replace,
+                        a.subrows(u * m, m1),
+                        a.subrows(t * m + m0, m1 - m0).transpose(),
+                        T::ONE,
+                        Par::Seq,
+                    );
+                    // S tile: row si - m0, column sj (rows contiguous).
+                    let weights = RawRef::new(inputs.as_ref().transpose());
+                    for i in 0..rows {
+                        let gi = start + i;
+                        // SAFETY: column i of `products` holds `end` ≥ gi + 1 contiguous
+                        // entries.
+                        let row =
+                            unsafe { std::slice::from_raw_parts(products.col(i).as_ptr(), gi + 1) };
+                        // SAFETY: this task alone writes rows start..end of K (columns 0..=gi);
+                        // the S tile has rows m0..m1 and columns 0..m1.
+                        unsafe {
+                            weighted_row_add(
+                                shared,
+                                gi,
+                                row,
+                                weights,
+                                gi / block - m0,
+                                block,
+                                alpha,
+                            )
+                        };
+                    }
                 }
             }
             Ok(())
@@ -233,24 +289,53 @@ pub fn hadamard_gram_factored_accumulate<T: Scalar>(
     Ok(())
 }
 
+/// The position pairs (t, u) of a term with the columns both positions span, in G and in A;
+/// a pair is left out when either is empty. Each position's span of non-zero columns covers
+/// the cases where a pair needs less than all columns: a position whose cotangents are zero
+/// (a causal model read at its last position), query columns that only the last position
+/// uses, an embedding's indices that never meet across two positions (a position embedding).
+fn shared_columns<T: Scalar>(
+    g: MatRef<'_, T>,
+    a: MatRef<'_, T>,
+    positions: usize,
+    r: usize,
+    m: usize,
+) -> Vec<(usize, usize, Span, Span)> {
+    let g_spans: Vec<Option<Span>> = (0..positions)
+        .map(|t| nonzero_columns(g.subrows(t * r, r)))
+        .collect();
+    let a_spans: Vec<Option<Span>> = (0..positions)
+        .map(|t| nonzero_columns(a.subrows(t * m, m)))
+        .collect();
+    (0..positions)
+        .flat_map(|t| (0..positions).map(move |u| (t, u)))
+        .filter_map(|(t, u)| {
+            let gc = Span::meet(g_spans[t], g_spans[u])?;
+            let ac = Span::meet(a_spans[t], a_spans[u])?;
+            Some((t, u, gc, ac))
+        })
+        .collect()
+}
+
 /// Rows of K per tile of the factored accumulation: its two scratch tiles stay in cache.
 const FACTORED_TILE: usize = 64;
 
 /// Refuses, before K is touched, an update `K += alpha · Σ_{t,u} S_tu ∘ (G_t G_uᵀ)` that could
-/// overflow: |K| + |alpha| · max|S| · max|G|² · Q · T² must stay below the dtype's safe range.
+/// overflow: |K| + |alpha| · max|S| · max|G|² · Q · T² must stay below the dtype's safe range;
+/// returns that bound (the next term of a sum adds to it).
 fn refuse_overflow<T: Scalar>(
-    k_max: T,
+    k_max: f64,
     alpha: T,
     s_max: f64,
     (g_max, q): (T, usize),
     positions: usize,
     inputs: &str,
-) -> CoreResult<()> {
+) -> CoreResult<f64> {
     let terms = (positions * positions) as f64;
-    let bound = k_max.to_f64()
-        + alpha.abs_val().to_f64() * s_max * g_max.to_f64().powi(2) * q as f64 * terms;
+    let bound =
+        k_max + alpha.abs_val().to_f64() * s_max * g_max.to_f64().powi(2) * q as f64 * terms;
     if policy::overflow_safe::<T>(bound.sqrt(), 1) {
-        return Ok(());
+        return Ok(bound);
     }
     Err(CoreError::Solver(format!(
         "hadamard_gram_accumulate: the update could overflow this dtype; K was left unchanged \

@@ -3,6 +3,7 @@
 // Index loops mirror the formulas they check.
 #![allow(clippy::needless_range_loop)]
 
+use entk_core::hadamard::FactoredTerm;
 use entk_core::*;
 use faer::{Mat, MatRef, Par};
 
@@ -1106,4 +1107,74 @@ fn hadamard_factored_uses_only_the_columns_each_position_pair_shares() {
     )
     .unwrap();
     assert!(max_rel(k.as_ref(), want.as_ref()) < 1e-13);
+}
+
+#[test]
+fn hadamard_factored_many_equals_one_call_per_term_and_checks_every_term_first() {
+    // Two layers adding into one kernel: 2 positions with 3 rows per input row, and 3
+    // positions with one (the first position's cotangents zero).
+    let (n, block) = (40, 3);
+    let r = n * block;
+    let g1 = random(2 * r, 5, 51);
+    let a1 = random(2 * n, 4, 52);
+    let mut g2 = random(3 * r, 6, 53);
+    for i in 0..r {
+        for c in 0..6 {
+            g2[(i, c)] = 0.0;
+        }
+    }
+    let a2 = random(3 * r, 7, 54);
+    let start = Mat::<f64>::from_fn(r, r, |i, j| ((i + j) % 5) as f64);
+    let mut want = start.clone();
+    for (g, a, t, b) in [(&g1, &a1, 2, block), (&g2, &a2, 3, 1)] {
+        entk_core::hadamard::hadamard_gram_factored_accumulate(
+            want.as_mut(),
+            g.as_ref(),
+            a.as_ref(),
+            t,
+            b,
+            0.5,
+            PAR,
+        )
+        .unwrap();
+    }
+    let terms = [
+        FactoredTerm {
+            g: g1.as_ref(),
+            a: a1.as_ref(),
+            positions: 2,
+            block,
+        },
+        FactoredTerm {
+            g: g2.as_ref(),
+            a: a2.as_ref(),
+            positions: 3,
+            block: 1,
+        },
+    ];
+    let mut k = start.clone();
+    entk_core::hadamard::hadamard_gram_factored_accumulate_many(
+        k.as_mut(),
+        &terms,
+        0.5,
+        Par::rayon(2),
+    )
+    .unwrap();
+    assert!(max_rel(k.as_ref(), want.as_ref()) < 1e-13);
+    // a bad second term: an error naming it, and K untouched by the first
+    let mut bad = g2.clone();
+    bad[(r + 2, 1)] = f64::NAN;
+    let broken = [
+        terms[0],
+        FactoredTerm {
+            g: bad.as_ref(),
+            ..terms[1]
+        },
+    ];
+    let mut k = start.clone();
+    let err =
+        entk_core::hadamard::hadamard_gram_factored_accumulate_many(k.as_mut(), &broken, 0.5, PAR)
+            .unwrap_err();
+    assert!(err.to_string().contains('G'), "{err}");
+    assert_eq!(k, start);
 }

@@ -18,6 +18,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         linalg::hadamard_gram_factored_accumulate,
         m
     )?)?;
+    m.add_function(wrap_pyfunction!(
+        linalg::hadamard_gram_factored_accumulate_many,
+        m
+    )?)?;
     m.add_function(wrap_pyfunction!(linalg::eigh, m)?)?;
     m.add_function(wrap_pyfunction!(linalg::eigh_topk, m)?)?;
     m.add_function(wrap_pyfunction!(linalg::eigh_topk_operator, m)?)?;

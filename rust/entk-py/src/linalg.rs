@@ -412,6 +412,111 @@ pub fn hadamard_gram_factored_accumulate(
     })
 }
 
+/// hadamard_gram_factored_accumulate_many(K, Gs, As, blocks, positions, alpha) -> None: K +=
+/// the sum of hadamard_gram_factored_accumulate's blocks of the terms (Gs[i], As[i],
+/// blocks[i], positions[i]), with K checked, tiled and mirrored once; every term is checked
+/// before K is touched.
+#[pyfunction]
+#[pyo3(signature = (k, gs, a_s, blocks, positions, alpha = 1.0))]
+pub fn hadamard_gram_factored_accumulate_many(
+    py: Python<'_>,
+    k: &Bound<'_, PyAny>,
+    gs: Vec<Bound<'_, PyAny>>,
+    a_s: Vec<Bound<'_, PyAny>>,
+    blocks: Vec<i128>,
+    positions: Vec<i128>,
+    alpha: f64,
+) -> PyResult<()> {
+    let n = gs.len();
+    if a_s.len() != n || blocks.len() != n || positions.len() != n {
+        return Err(invalid_argument(
+            py,
+            format!(
+                "hadamard_gram_factored_accumulate_many: Gs, As, blocks and positions must \
+                 have one entry per term, got {n}, {}, {} and {}",
+                a_s.len(),
+                blocks.len(),
+                positions.len()
+            ),
+        ));
+    }
+    let blocks = blocks
+        .into_iter()
+        .map(|b| count(py, "blocks", b))
+        .collect::<PyResult<Vec<_>>>()?;
+    let positions = positions
+        .into_iter()
+        .map(|t| count(py, "positions", t))
+        .collect::<PyResult<Vec<_>>>()?;
+    let gs = gs
+        .iter()
+        .enumerate()
+        .map(|(i, g)| matrix(&format!("Gs[{i}]"), g))
+        .collect::<PyResult<Vec<_>>>()?;
+    let a_s = a_s
+        .iter()
+        .enumerate()
+        .map(|(i, a)| matrix(&format!("As[{i}]"), a))
+        .collect::<PyResult<Vec<_>>>()?;
+    let what = "hadamard_gram_factored_accumulate_many(K, Gs, As)";
+    let mixed = || {
+        type_error(
+            py,
+            format!("{what}: expected arrays of one dtype (all float32 or all float64)"),
+        )
+    };
+    macro_rules! all_of {
+        ($variant:ident, $list:expr) => {
+            $list
+                .into_iter()
+                .map(|m| match m {
+                    Float::$variant(x) => Ok(x),
+                    _ => Err(mixed()),
+                })
+                .collect::<PyResult<Vec<_>>>()?
+        };
+    }
+    match matrix_mut("K", k)? {
+        Float::F64(k) => {
+            let (gs, a_s) = (all_of!(F64, gs), all_of!(F64, a_s));
+            factored_many_impl::<f64>(py, k, &gs, &a_s, &blocks, &positions, alpha)
+        }
+        Float::F32(k) => {
+            let (gs, a_s) = (all_of!(F32, gs), all_of!(F32, a_s));
+            factored_many_impl::<f32>(py, k, &gs, &a_s, &blocks, &positions, alpha)
+        }
+    }
+}
+
+fn factored_many_impl<T: Element + Scalar>(
+    py: Python<'_>,
+    mut k: PyReadwriteArray2<'_, T>,
+    gs: &[PyReadonlyArray2<'_, T>],
+    a_s: &[PyReadonlyArray2<'_, T>],
+    blocks: &[usize],
+    positions: &[usize],
+    alpha: f64,
+) -> PyResult<()> {
+    let mut terms = Vec::with_capacity(gs.len());
+    for (i, (g, a)) in gs.iter().zip(a_s).enumerate() {
+        terms.push(entk_core::hadamard::FactoredTerm {
+            g: view(py, &format!("Gs[{i}]"), g)?,
+            a: view(py, &format!("As[{i}]"), a)?,
+            positions: positions[i],
+            block: blocks[i],
+        });
+    }
+    let kv = view_mut(py, "K", &mut k)?;
+    detach(py, move |par| {
+        entk_core::hadamard::hadamard_gram_factored_accumulate_many(
+            kv,
+            &terms,
+            T::from_f64(alpha),
+            par,
+        )
+    })
+}
+
 /// hadamard_gram_cross(Ga, Gb, S, block, alpha) -> out with
 /// out[i, j] = alpha * S[i // block, j // block] * <Ga[i], Gb[j]>.
 #[pyfunction]

@@ -716,8 +716,10 @@ class StructuredSource:
         alpha = problem.kernel_scale
         # Every operand is prepared first and the core's kernels then run back to back: a
         # torch operation between two of them would leave torch's OpenMP workers spinning
-        # (about 7 ms) on the cores the kernels use, at half their speed.
-        factored: list[tuple[np.ndarray, np.ndarray, np.ndarray, int, int]] = []
+        # (about 7 ms) on the cores the kernels use, at half their speed. The factored layers
+        # take one core call per kernel they add into (one for the full kernel).
+        factored: dict[int, tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray, int, int]]]]
+        factored = {}
         gram: list[tuple[np.ndarray, np.ndarray, np.ndarray, int, int]] = []
         weighted = self._weighted(self.sweep.layers)
         for group in _shared_inputs(weighted, tile.acts, tile.acts):
@@ -739,14 +741,14 @@ class StructuredSource:
                 shape = (tile.rows[first.path].block, first.positions)
                 if factor is not None:  # S (+ 1) = [F, 1][F, 1]ᵀ, formed tile by tile
                     f = np.hstack([factor, np.ones_like(factor[:, :1])]) if merged else factor
-                    factored.append((target[rows, rows], g, f, *shape))
+                    factored.setdefault(id(target), (target[rows, rows], []))[1].append(
+                        (g, f, *shape)
+                    )
                 else:
                     s = _position_gram(problem, first, tile.acts[first.path]) if s is None else s
                     gram.append((target[rows, rows], g, _plus_one(s, merged), *shape))
-        for k, g, f, block, positions in factored:
-            linalg.hadamard_gram_factored_accumulate(
-                k, g, f, block=block, alpha=alpha, positions=positions
-            )
+        for k, terms in factored.values():
+            linalg.hadamard_gram_factored_accumulate_many(k, terms, alpha=alpha)
         for k, g, weight, block, positions in gram:
             linalg.hadamard_gram_accumulate(
                 k, g, weight, block=block, alpha=alpha, positions=positions
