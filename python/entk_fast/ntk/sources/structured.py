@@ -500,6 +500,9 @@ def _probe_grads(
     if not y.requires_grad:
         return (None,) * len(inputs)
     with torch.enable_grad(), quiet_batching_fallback():
+        if batched and weights.shape[0] == 1:  # one group: a plain backward, no vmap over it
+            grads = torch.autograd.grad(y, inputs, grad_outputs=weights[0], allow_unused=True)
+            return tuple(None if g is None else g.unsqueeze(0) for g in grads)
         if batched:
             return torch.autograd.grad(
                 y, inputs, grad_outputs=weights, is_grads_batched=True, allow_unused=True
