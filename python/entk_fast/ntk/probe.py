@@ -5,7 +5,9 @@ is touched (reuse detection for the structured path), the shapes seen by ``nn.Li
 ``nn.Embedding`` layers and a per-sample activation size for memory planning. Each probe
 sample then runs alone: whether the samples interact inside a batch (outputs differ), and
 which Linear / Embedding layers see the samples row by row (row i of the batched input equals
-the input of sample i alone), which the structured path requires.
+the input of sample i alone), which the structured path requires. The lone runs are one
+vmapped call (each sample a batch of one, as the general path runs them); where vmap cannot
+run the forward, one call per sample, which also names a sample that fails alone.
 """
 
 from __future__ import annotations

@@ -221,8 +221,8 @@ def _forward_with_probes(
 ) -> tuple[Tensor, list[Tensor], dict[str, Tensor]]:
     """(R f (n, C_r), zero probes added to each layer's output, each layer's input).
 
-    ``probes``: the zero probes (n, *sample shape) to add (for a ``torch.func`` transform
-    that differentiates with respect to them); by default fresh leaves that require grad.
+    ``probes``: the zero probes (n, *sample shape) to add (one sample's slice of batched
+    probes under vmap); by default fresh leaves that require grad.
     ``check_attention``: as :func:`_hook_layers`.
     """
     n = inputs[0].shape[0]
