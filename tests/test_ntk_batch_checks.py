@@ -418,3 +418,37 @@ def test_vmapped_lone_runs_equal_the_sample_by_sample_runs(
     expected = reference_kernel(reference_jacobian(model, (tokens,)), "mean_pairs")
     assert relative_error(kernel.kernel, expected) < TOL
     assert relative_error(again.kernel, expected) < TOL
+
+
+def test_attention_settings_hold_until_the_last_thread_leaves() -> None:
+    """Torch keeps the MHA fast path and the SDPA backends process-wide: a thread that leaves
+    per_sample_attention while another is inside must not restore the fused kernels (vmap has
+    no batching rule or forward derivative for them); the last one out restores both."""
+    import threading
+
+    from entk_fast.ntk.vmapping import per_sample_attention
+
+    def fused() -> tuple[bool, bool]:
+        return torch.backends.mha.get_fastpath_enabled(), torch.backends.cuda.flash_sdp_enabled()
+
+    assert fused() == (True, True)
+    inside, release = threading.Event(), threading.Event()
+    seen: list[tuple[bool, bool]] = []
+
+    def other() -> None:
+        with per_sample_attention():
+            inside.set()
+            release.wait(10)
+            seen.append(fused())
+
+    thread = threading.Thread(target=other)
+    with per_sample_attention():
+        thread.start()
+        assert inside.wait(10)
+        with per_sample_attention():  # nested in one thread too
+            assert fused() == (False, False)
+    assert fused() == (False, False)  # the other thread is still inside
+    release.set()
+    thread.join(10)
+    assert seen == [(False, False)]
+    assert fused() == (True, True)

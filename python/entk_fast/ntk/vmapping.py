@@ -8,12 +8,13 @@ ops without a batching rule, and the one clear error for a forward that cannot b
 
 from __future__ import annotations
 
+import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..errors import InvalidArgumentError
 
@@ -38,6 +39,60 @@ def quiet_batching_fallback() -> Iterator[None]:
         yield
 
 
+def _sdpa_switches() -> dict[str, tuple[Callable[[], Any], Callable[[bool], Any]]]:
+    """(getter, setter) of each scaled-dot-product-attention backend flag torch has: the
+    process-wide flags that ``torch.nn.attention.sdpa_kernel`` sets (its context manager also
+    keeps a per-thread token, so it cannot be left from another thread)."""
+    cuda = torch.backends.cuda
+    switches: dict[str, tuple[Callable[[], Any], Callable[[bool], Any]]] = {
+        "flash": (cuda.flash_sdp_enabled, cuda.enable_flash_sdp),
+        "mem_efficient": (cuda.mem_efficient_sdp_enabled, cuda.enable_mem_efficient_sdp),
+        "cudnn": (cuda.cudnn_sdp_enabled, cuda.enable_cudnn_sdp),
+        "math": (cuda.math_sdp_enabled, cuda.enable_math_sdp),
+    }
+    get = getattr(torch._C, "_get_overrideable_sdp_enabled", None)
+    put = getattr(torch._C, "_set_sdp_use_overrideable", None)
+    if get is not None and put is not None:
+        switches["overrideable"] = (get, put)
+    return switches
+
+
+class _AttentionSettings:
+    """The process-wide attention settings :func:`per_sample_attention` holds, counted: torch
+    keeps them in global state, so threads computing eNTKs at once share one change, made by
+    the first to enter and undone by the last to leave (a thread that left early must not
+    restore the fused kernels under another thread's vmap)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.holders = 0
+        self.before: dict[str, bool] = {}
+        self.fastpath_before = True
+
+    def enter(self) -> None:
+        with self.lock:
+            if self.holders == 0:
+                switches = _sdpa_switches()
+                self.before = {name: bool(get()) for name, (get, _) in switches.items()}
+                self.fastpath_before = torch.backends.mha.get_fastpath_enabled()
+                torch.backends.mha.set_fastpath_enabled(False)
+                for name, (_, put) in switches.items():
+                    put(name == "math")
+            self.holders += 1
+
+    def leave(self) -> None:
+        with self.lock:
+            self.holders -= 1
+            if self.holders == 0:
+                for name, (_, put) in _sdpa_switches().items():
+                    if name in self.before:
+                        put(self.before[name])
+                torch.backends.mha.set_fastpath_enabled(self.fastpath_before)
+
+
+_ATTENTION = _AttentionSettings()
+
+
 @contextmanager
 def per_sample_attention() -> Iterator[None]:
     """Attention in the forms ``torch.func.vmap`` batches, for forwards run one sample at a time.
@@ -46,15 +101,14 @@ def per_sample_attention() -> Iterator[None]:
     and the fused CPU ``scaled_dot_product_attention`` kernels have no batching rule, so vmap
     would run them sample by sample (about 7× slower on a 400-sample chunk of 3 tokens), and
     no forward-mode derivative. Inside, the fast path is off and SDPA uses its math backend
-    (matmul, softmax): the same attention up to round-off. Restores both settings on exit.
+    (matmul, softmax): the same attention up to round-off. Both are process-wide torch
+    settings: they are restored when the last thread inside leaves.
     """
-    before = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
+    _ATTENTION.enter()
     try:
-        with sdpa_kernel([SDPBackend.MATH]):
-            yield
+        yield
     finally:
-        torch.backends.mha.set_fastpath_enabled(before)
+        _ATTENTION.leave()
 
 
 class NotVmappable(InvalidArgumentError):
