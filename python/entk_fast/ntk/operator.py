@@ -31,7 +31,6 @@ import psutil
 import torch
 from torch import Tensor
 from torch.func import jvp, vjp, vmap
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..errors import LinAlgError
 from .checks import all_finite, close, require_finite
@@ -122,7 +121,7 @@ class KernelOperator:
     def _linearise(self, start: int, stop: int) -> Linearisation:
         """Run samples ``start:stop``'s forward once and keep its graph: Mᵀ is the backward
         through it, M the backward of that backward (:meth:`_transposed`)."""
-        with sdpa_kernel([SDPBackend.MATH]):  # the math backend differentiates twice
+        with per_sample_attention():  # the math backend differentiates twice
             out, pull = self._forward(start, stop)
         return pull, torch.zeros_like(out)
 
@@ -153,7 +152,7 @@ class KernelOperator:
             name: torch.randn(t.shape, generator=gen, dtype=t.dtype, device=t.device)
             for name, t in self.pack.items()
         }
-        with sdpa_kernel([SDPBackend.MATH]):
+        with per_sample_attention():
             forward_mode = jvp(self._fn(start, stop), (self.pack,), (direction,))[1]
         return close(self._transposed(made)(direction), forward_mode)
 
@@ -271,7 +270,7 @@ class KernelOperator:
             def forward(t: Params, fn: Callable[[Params], Tensor] = fn) -> Tensor:
                 # The fused CPU attention kernels have no forward-mode derivative; the math
                 # backend (matmul, softmax) computes the same attention and has one.
-                with sdpa_kernel([SDPBackend.MATH]):
+                with per_sample_attention():
                     return jvp(fn, (self.pack,), (t,))[1]
 
             kept = self._kept.get(index)
