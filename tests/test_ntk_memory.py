@@ -17,6 +17,7 @@ from ntk_reference import (
 from entk_fast import MemoryBudgetError, empirical_ntk, entk_spectrum, entk_topk
 from entk_fast._validate import parse_memory
 from entk_fast.ntk.plan import (
+    _diagonal_width,
     format_bytes,
     plan_general,
     plan_structured,
@@ -246,3 +247,60 @@ def test_parse_memory() -> None:
     assert parse_memory("1.5 GiB") == int(1.5 * 2**30)
     assert parse_memory("512mb") == 512 * 10**6
     assert format_bytes(2.5e9) == "2.5 GB"
+
+
+class _TwoTables(torch.nn.Module):
+    """Two 256-row embeddings at 8 positions (one-hot factor rows 256 wide: 128× the index
+    they come from) and a Linear over the positions (too narrow for the structured path)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Embedding(256, 4)
+        self.b = torch.nn.Embedding(256, 4)
+        self.out = torch.nn.Linear(4, 2)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.out(self.a(tokens) * self.b(tokens.flip(1))).sum(1)
+
+
+def test_the_diagonal_operands_fit_the_budget_that_planned_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every layer's operands of a diagonal tile (one-hot factors, side-by-side cotangents) are
+    prepared before the core's kernels run: the plan's count of them covers what is held, and
+    the smallest budget the plan accepts untiled holds them all."""
+    import entk_fast.ntk.sources.structured as structured
+    from entk_fast import linalg
+
+    torch.manual_seed(3)
+    model = _TwoTables().double().eval()
+    tokens = torch.randint(0, 256, (300, 8), generator=torch.Generator().manual_seed(3))
+    with evaluation_mode(model):
+        problem = prepare(model, tokens, reduction="trace")
+    layers = find_layers(problem)
+    assert {layer.path for layer in layers} >= {"a", "b"}
+    kernel = problem.kernel_size**2 * problem.itemsize
+
+    def untiled(budget: int) -> bool:
+        sweeps, rejected = plan_structured(problem, layers, budget, kernel)
+        n, rows = problem.n_samples, problem.rows_per_sample
+        return not rejected and all(s.tile >= n and s.group >= rows for s in sweeps)
+
+    budget = next(b for b in (int(1.25**i) for i in range(60, 100)) if untiled(b))
+    held: list[int] = []
+    run = linalg.hadamard_gram_factored_accumulate_many
+
+    def record(k: np.ndarray, terms: list, **kwargs: object) -> None:  # type: ignore[type-arg]
+        held.append(sum(g.nbytes + a.nbytes for g, a, _, _ in terms))
+        run(k, terms, **kwargs)
+
+    monkeypatch.setattr(structured.linalg, "hadamard_gram_factored_accumulate_many", record)
+    result = empirical_ntk(model, tokens, reduction="trace", max_memory=budget, progress=False)
+    assert result.paths["a.weight"] == result.paths["b.weight"] == "structured"
+    assert held and max(held) <= budget, (held, budget)
+    rows = problem.rows_per_sample
+    counted = sum(_diagonal_width(layer, rows) for layer in layers if layer.path in {"a", "b"})
+    assert max(held) <= counted * problem.n_samples * problem.itemsize
+    expected = reference_kernel(reference_jacobian(model, (tokens[:40],)), "trace")
+    small = empirical_ntk(model, tokens[:40], reduction="trace", progress=False)
+    assert relative_error(small.kernel, expected) < 1e-10

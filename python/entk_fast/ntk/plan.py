@@ -312,6 +312,25 @@ def _input_width(layer: Any) -> int:
     return layer.positions * max(layer.in_features, 2)
 
 
+def _diagonal_width(layer: Any, rows: int) -> int:
+    """Values per sample a diagonal tile holds for ``layer`` besides its gathered inputs and
+    cotangents, all at once (its operands are prepared before the core's kernels run): the
+    position-major input factor (a Linear's inputs and a ones column for its bias, a small
+    embedding's one-hot rows) and a copy of its cotangents (layers side by side)."""
+    width = layer.rule.factor_width(layer.shape)
+    factor = 0 if width is None else layer.positions * (width + 1)
+    return factor + rows * layer.positions * layer.out_features
+
+
+def _diagonal_grams(layers: Sequence[Any]) -> int:
+    """(T·n)² input Grams over (position, sample) a diagonal tile holds at once, in units of
+    n²: one per layer whose rule gives no input factor (a large embedding), at least one."""
+    grams = sum(
+        layer.positions**2 for layer in layers if layer.rule.factor_width(layer.shape) is None
+    )
+    return max(grams, max(layer.positions**2 for layer in layers))
+
+
 def _untiled(problem: Problem, layers: Sequence[Any], limit: int) -> StructuredPass | None:
     """All samples at once, with the most output rows per backward that fit ``limit``."""
     n = problem.n_samples
@@ -320,10 +339,9 @@ def _untiled(problem: Problem, layers: Sequence[Any], limit: int) -> StructuredP
     # Per layer its inputs; with all rows in one sweep, a (T·N)² input Gram over positions and
     # two N×N (an all-ones weight, a Gram being formed); with row groups, an N×N per layer and
     # position pair (the cotangent Grams summed over groups) and two more.
-    # (twice: the inputs, and their position-major copies prepared before the kernels run)
-    inputs = 2 * n * sum(_input_width(layer) for layer in layers)
+    inputs = n * sum(_input_width(layer) for layer in layers)
     grams = sum(layer.position_pairs for layer in layers)
-    squares = max(layer.positions**2 for layer in layers)  # an input Gram over positions
+    squares = _diagonal_grams(layers)  # input Grams over positions
     outs = sum(layer.positions * layer.out_features for layer in layers)
     choices = range(rows, 0, -1) if problem.reduction.rows_concatenated else (rows,)
     # First choice: the most rows that leave the transients their usual room (fewer, larger
@@ -332,6 +350,8 @@ def _untiled(problem: Problem, layers: Sequence[Any], limit: int) -> StructuredP
         for group in choices:
             square = 2 + squares if group >= rows else grams + 2
             kept = it * (inputs + square * n * n) + n * group * outs * it
+            if group >= rows:  # the diagonal's operands, all prepared before its kernels
+                kept += it * n * sum(_diagonal_width(layer, rows) for layer in layers)
             per = max(1, structured_transient(problem, layers, group))
             room = min(n * per, max(_TRANSIENT_FRACTION * kept, _TRANSIENT_FLOOR)) if roomy else per
             if kept + room > limit:
@@ -350,14 +370,14 @@ def _tiled(problem: Problem, layers: Sequence[Any], limit: int) -> StructuredPas
     per_sample = sum(
         _input_width(layer) + rows * layer.positions * layer.out_features for layer in layers
     )
-    copies = sum(_input_width(layer) for layer in layers)
+    copies = sum(_diagonal_width(layer, rows) for layer in layers)
     per = max(1, structured_transient(problem, layers, rows))
-    squares = max(layer.positions**2 for layer in layers)
+    squares = _diagonal_grams(layers)
 
     def kept(t: int) -> int:
-        # two tiles of inputs and cotangents, a diagonal tile's position-major input copies,
-        # an activation tile (and an all-ones one), and a cross tile of the kernel with its
-        # transpose being added
+        # two tiles of inputs and cotangents, a diagonal tile's prepared operands and input
+        # Grams, an all-ones tile, and a cross tile of the kernel with its transpose being
+        # added
         return it * (
             2 * t * per_sample + t * copies + (squares + 1) * t * t + 2 * (t * per_row) ** 2
         )

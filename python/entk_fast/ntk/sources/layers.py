@@ -92,6 +92,11 @@ class LayerRule(Protocol):
         enough that the Gram is best formed tile by tile from them; else None."""
         ...
 
+    def factor_width(self, shape: LayerShape) -> int | None:
+        """D, the width of :meth:`input_factor`'s rows, or None when it gives none (the input
+        Gram is formed instead): what the memory plan counts."""
+        ...
+
     def weight_grad(
         self, shape: LayerShape, act: Tensor, cot: Tensor, weight_shape: torch.Size
     ) -> Tensor:
@@ -134,6 +139,9 @@ class LinearRule:
 
     def input_factor(self, shape: LayerShape, act: Tensor, dtype: np.dtype) -> np.ndarray | None:
         return act.detach().cpu().numpy().astype(dtype, copy=False)
+
+    def factor_width(self, shape: LayerShape) -> int | None:
+        return shape.in_features
 
     def weight_grad(
         self, shape: LayerShape, act: Tensor, cot: Tensor, weight_shape: torch.Size
@@ -196,6 +204,9 @@ class EmbeddingRule:
         if shape.padding_idx is not None:
             onehot[:, shape.padding_idx] = 0
         return onehot
+
+    def factor_width(self, shape: LayerShape) -> int | None:
+        return shape.table_rows if shape.table_rows <= _ONE_HOT_ROWS else None
 
     def weight_grad(
         self, shape: LayerShape, act: Tensor, cot: Tensor, weight_shape: torch.Size
