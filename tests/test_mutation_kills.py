@@ -32,7 +32,13 @@ from entk_fast.ntk.assemble import (
     spans,
     square_units,
 )
-from entk_fast.ntk.checks import all_finite, close, first_nonfinite, sample_namer
+from entk_fast.ntk.checks import (
+    all_finite,
+    close,
+    close_per_sample,
+    first_nonfinite,
+    sample_namer,
+)
 from entk_fast.ntk.problem import REDUCTIONS, normalise_metric
 
 # --- ntk/problem.py: reductions, output map, metric ---------------------------------------
@@ -187,6 +193,39 @@ def test_checks_close_is_allclose_with_atol_at_the_scale(
     b = a + torch.tensor(noise[: len(values)], dtype=dtype) * scale
     big = max(float(a.abs().max()), float(b.abs().max()), 1e-30)
     assert close(a, b, rtol=rtol) == bool(torch.allclose(a, b, rtol=rtol, atol=rtol * big))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.floats(-1e3, 1e3), min_size=6, max_size=6),
+    st.lists(st.floats(-3e-4, 3e-4), min_size=6, max_size=6),
+    st.floats(1e-6, 1.0),
+)
+def test_checks_close_per_sample_is_close_slice_by_slice(
+    values: list[float], noise: list[float], shrink: float
+) -> None:
+    """Each sample is held to its own scale: a small sample's error is not hidden by a large
+    one (whole-batch ``close`` would accept it)."""
+    a = torch.tensor(values, dtype=torch.float64).reshape(3, 2)
+    a[1] *= shrink  # one sample much smaller than the others
+    b = a + torch.tensor(noise, dtype=torch.float64).reshape(3, 2) * a.abs().amax()
+    want = all(close(p, q, rtol=1e-4) for p, q in zip(a, b, strict=True))
+    assert close_per_sample(a, b, rtol=1e-4) == want
+
+
+def test_checks_close_per_sample_edges() -> None:
+    big = torch.tensor([[1000.0, 2.0], [1e-3, 2e-3]], dtype=torch.float64)
+    off = big.clone()
+    off[1, 0] *= 1.01  # 1% off on the small sample: far below the large one's round-off
+    assert close(big, off, rtol=1e-4) and not close_per_sample(big, off, rtol=1e-4)
+    nan = big.clone()
+    nan[0, 1] = float("nan")
+    assert close_per_sample(nan, nan.clone()) and not close_per_sample(nan, big)
+    ints = torch.tensor([[1, 2], [3, 4]])
+    assert close_per_sample(ints, ints.clone()) and not close_per_sample(ints, ints + 1)
+    assert not close_per_sample(big, big[:1])
+    empty = torch.zeros(0, 3, dtype=torch.float64)
+    assert close_per_sample(empty, empty)
 
 
 def test_checks_finite_helpers_and_names() -> None:

@@ -452,3 +452,21 @@ def test_attention_settings_hold_until_the_last_thread_leaves() -> None:
     thread.join(10)
     assert seen == [(False, False)]
     assert fused() == (True, True)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork()")
+def test_a_child_forked_inside_per_sample_attention_gets_the_fused_kernels_back() -> None:
+    import os
+
+    from entk_fast.ntk.vmapping import per_sample_attention
+
+    with per_sample_attention():
+        pid = os.fork()
+        if pid == 0:  # the child: nobody there will leave the context
+            fused = torch.backends.mha.get_fastpath_enabled()
+            flash = torch.backends.cuda.flash_sdp_enabled()
+            os._exit(0 if fused and flash else 1)
+        assert not torch.backends.mha.get_fastpath_enabled()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert torch.backends.mha.get_fastpath_enabled()

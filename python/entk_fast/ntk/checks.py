@@ -24,6 +24,7 @@ __all__ = [
     "StructuredFallback",
     "all_finite",
     "close",
+    "close_per_sample",
     "first_nonfinite",
     "require_finite",
     "sample_namer",
@@ -79,6 +80,28 @@ def close(a: Tensor, b: Tensor, *, rtol: float | None = None) -> bool:
     if diff > 2 * rtol * scale:
         return False
     return bool(torch.allclose(a, b, rtol=rtol, atol=rtol * scale))
+
+
+def close_per_sample(a: Tensor, b: Tensor, *, rtol: float | None = None) -> bool:
+    """:func:`close` for every slice along dim 0 (one per sample), each with its own scale: a
+    sample with small values is held to its own round-off, not to the largest sample's.
+    Vectorised; slice by slice only where one is undecided or holds a NaN / inf."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if not a.is_floating_point() or a.dim() == 0 or a.numel() == 0:
+        return close(a, b, rtol=rtol)
+    if rtol is None:
+        rtol = 1e-4 if a.dtype != torch.float64 else 1e-9
+    x, y = a.detach().reshape(a.shape[0], -1), b.detach().reshape(b.shape[0], -1)
+    if not (all_finite(x) and all_finite(y)):
+        return all(close(p, q, rtol=rtol) for p, q in zip(x, y, strict=True))
+    scale = torch.maximum(x.abs().amax(dim=1), y.abs().amax(dim=1)).clamp_min(1e-30)
+    diff = (x - y).abs().amax(dim=1)
+    if bool((diff <= rtol * scale).all()):
+        return True
+    if bool((diff > 2 * rtol * scale).any()):
+        return False
+    return all(close(p, q, rtol=rtol) for p, q in zip(x, y, strict=True))
 
 
 def sample_namer(n_samples: int, n_samples2: int = 0) -> Callable[[int], str]:

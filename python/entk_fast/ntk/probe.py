@@ -24,7 +24,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
 from ..errors import InvalidArgumentError
-from .checks import close, require_finite, sample_namer
+from .checks import close, close_per_sample, require_finite, sample_namer
 from .sources.layers import LAYER_RULES
 from .vmapping import per_sample_attention, quiet_batching_fallback
 
@@ -234,7 +234,10 @@ def run_probe(
     ]
     counter = _UsageCounter(names_by_id)
     try:
-        with torch.no_grad(), counter:
+        # Attention as the lone runs (and the structured path's batched forward, under
+        # autograd) compute it: not through fused inference kernels, whose output can differ
+        # (TransformerEncoder's nested-tensor path zeroes padded positions).
+        with torch.no_grad(), counter, per_sample_attention():
             out = _checked_forward(
                 model, params, buffers, head, batch, names=lambda i: name(indices[i]), call=call
             )
@@ -263,7 +266,7 @@ def run_probe(
                     or a.shape[1] != 1
                     or b.dim() == 0
                     or b.shape[0] != batch
-                    or not close(a[:, 0], b)
+                    or not close_per_sample(a[:, 0], b)
                 ):
                     rowwise.discard(path)
         for i in range(batch if vmapped is None else 0):

@@ -8,6 +8,7 @@ ops without a batching rule, and the one clear error for a forward that cannot b
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -75,22 +76,39 @@ class _AttentionSettings:
                 switches = _sdpa_switches()
                 self.before = {name: bool(get()) for name, (get, _) in switches.items()}
                 self.fastpath_before = torch.backends.mha.get_fastpath_enabled()
-                torch.backends.mha.set_fastpath_enabled(False)
-                for name, (_, put) in switches.items():
-                    put(name == "math")
+                try:
+                    torch.backends.mha.set_fastpath_enabled(False)
+                    for name, (_, put) in switches.items():
+                        put(name == "math")
+                except BaseException:
+                    self._restore()
+                    raise
             self.holders += 1
 
     def leave(self) -> None:
         with self.lock:
             self.holders -= 1
             if self.holders == 0:
-                for name, (_, put) in _sdpa_switches().items():
-                    if name in self.before:
-                        put(self.before[name])
-                torch.backends.mha.set_fastpath_enabled(self.fastpath_before)
+                self._restore()
+
+    def _restore(self) -> None:
+        for name, (_, put) in _sdpa_switches().items():
+            if name in self.before:
+                put(self.before[name])
+        torch.backends.mha.set_fastpath_enabled(self.fastpath_before)
+
+    def after_fork_in_child(self) -> None:
+        """A child forked while a thread held the settings: that thread does not exist in
+        the child, so restore them there and start the count afresh."""
+        self.lock = threading.Lock()
+        if self.holders:
+            self.holders = 0
+            self._restore()
 
 
 _ATTENTION = _AttentionSettings()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_ATTENTION.after_fork_in_child)
 
 
 @contextmanager
