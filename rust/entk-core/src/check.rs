@@ -77,9 +77,12 @@ fn scan<T: Scalar>(a: MatRef<'_, T>) -> Result<T, (usize, usize)> {
     let (v, transposed) = column_major(a);
     // Contiguous columns are scanned in blocks of columns, each read as one slice when the
     // block is contiguous too (a C-order matrix: every row); else column by column.
+    // At least SCAN_ENTRIES entries a task: many short columns (the rows of a C-order
+    // matrix) are grouped, a few long ones still run in parallel.
+    let min_columns = (SCAN_ENTRIES / v.nrows().max(1)).max(1);
     let per_column = (0..v.ncols())
         .into_par_iter()
-        .with_min_len(SCAN_COLUMNS)
+        .with_min_len(min_columns)
         .map(|j| {
             let col = v.col(j);
             if let Some(slice) = col.try_as_col_major().map(|c| c.as_slice()) {
@@ -103,8 +106,8 @@ fn scan<T: Scalar>(a: MatRef<'_, T>) -> Result<T, (usize, usize)> {
     per_column.try_reduce(|| T::ZERO, |x, y| Ok(if x > y { x } else { y }))
 }
 
-/// Columns a scan task takes at least (short columns: one row of a C-order matrix each).
-const SCAN_COLUMNS: usize = 64;
+/// Entries a scan task reads at least.
+const SCAN_ENTRIES: usize = 4096;
 
 /// The largest |x| of `values`, or None if one is NaN or infinite; in lanes of 8 that the
 /// compiler vectorises (0 · x is 0 for a finite x and NaN otherwise).

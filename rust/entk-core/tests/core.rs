@@ -1110,7 +1110,7 @@ fn hadamard_factored_uses_only_the_columns_each_position_pair_shares() {
 }
 
 #[test]
-fn hadamard_factored_many_equals_one_call_per_term_and_checks_every_term_first() {
+fn hadamard_factored_many_equals_the_brute_force_sum_and_checks_every_term_first() {
     // Two layers adding into one kernel: 2 positions with 3 rows per input row, and 3
     // positions with one (the first position's cotangents zero).
     let (n, block) = (40, 3);
@@ -1125,18 +1125,23 @@ fn hadamard_factored_many_equals_one_call_per_term_and_checks_every_term_first()
     }
     let a2 = random(3 * r, 7, 54);
     let start = Mat::<f64>::from_fn(r, r, |i, j| ((i + j) % 5) as f64);
+    // brute force: every term, every position pair, every column
     let mut want = start.clone();
     for (g, a, t, b) in [(&g1, &a1, 2, block), (&g2, &a2, 3, 1)] {
-        entk_core::hadamard::hadamard_gram_factored_accumulate(
-            want.as_mut(),
-            g.as_ref(),
-            a.as_ref(),
-            t,
-            b,
-            0.5,
-            PAR,
-        )
-        .unwrap();
+        let m = r / b;
+        let s = naive_abt(a.as_ref(), a.as_ref());
+        let gg = naive_abt(g.as_ref(), g.as_ref());
+        for i in 0..r {
+            for j in 0..r {
+                for pt in 0..t {
+                    for pu in 0..t {
+                        want[(i, j)] += 0.5
+                            * s[(pt * m + i / b, pu * m + j / b)]
+                            * gg[(pt * r + i, pu * r + j)];
+                    }
+                }
+            }
+        }
     }
     let terms = [
         FactoredTerm {
