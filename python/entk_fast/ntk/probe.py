@@ -257,17 +257,8 @@ def run_probe(
             outputs, lone_inputs = vmapped
             alone = [_check_output(outputs[i], 1) for i in range(batch)]
             for path in list(rowwise):
-                a = lone_inputs.get(path)
-                b = batched_inputs[path]
-                if (
-                    a is None
-                    or calls[path] != 1
-                    or a.dim() < 2
-                    or a.shape[1] != 1
-                    or b.dim() == 0
-                    or b.shape[0] != batch
-                    or not close_per_sample(a[:, 0], b)
-                ):
+                lone = lone_inputs.get(path)
+                if not _rows_match(lone, calls[path], batched_inputs[path], batch, slice(0, batch)):
                     rowwise.discard(path)
         for i in range(batch if vmapped is None else 0):
             calls.clear()
@@ -285,16 +276,8 @@ def run_probe(
             alone.append(_check_output(single, 1))
             for path in list(rowwise):
                 a = layer_inputs.get(path)
-                b = batched_inputs[path]
-                if (
-                    a is None
-                    or calls[path] != 1
-                    or a.dim() == 0
-                    or a.shape[0] != 1
-                    or b.dim() == 0
-                    or b.shape[0] != batch
-                    or not close(a[0], b[i])
-                ):
+                lone = None if a is None else a.unsqueeze(0)
+                if not _rows_match(lone, calls[path], batched_inputs[path], batch, slice(i, i + 1)):
                     rowwise.discard(path)
     finally:
         for handle in handles:
@@ -320,6 +303,21 @@ def run_probe(
         batch_independent=independent,
         indices=indices,
         per_sample_layers=frozenset(rowwise),
+    )
+
+
+def _rows_match(lone: Tensor | None, calls: int, batched: Tensor, batch: int, at: slice) -> bool:
+    """Whether a layer's inputs in lone runs, ``lone`` (k, 1, ...) for the k samples ``at``, are
+    those samples' rows of its batched input (``batch``, ...), each from its only call."""
+    return (
+        lone is not None
+        and calls == 1
+        and lone.dim() >= 2
+        and lone.shape[1] == 1
+        and batched.dim() > 0
+        and batched.shape[0] == batch
+        and lone.shape[0] == len(range(batch)[at])
+        and close_per_sample(lone[:, 0], batched[at])
     )
 
 
