@@ -135,6 +135,32 @@ fn hadamard_accumulate_matches_kron_formula() {
     assert!(max_rel(k.as_ref(), want.as_ref()) < 1e-13);
 }
 
+/// Brute force of the position kernels: `start + alpha · Σ_{t,u} S[t·m + i/block, u·m + j/block]
+/// · (G Gᵀ)[t·R + i, u·R + j]` with S the input Gram, m = R / block, every pair and column.
+fn positions_brute_force(
+    start: &Mat<f64>,
+    s: &Mat<f64>,
+    g: MatRef<'_, f64>,
+    positions: usize,
+    block: usize,
+    alpha: f64,
+) -> Mat<f64> {
+    let r = start.nrows();
+    let m = r / block;
+    let gg = naive_abt(g, g);
+    Mat::from_fn(r, r, |i, j| {
+        let mut sum = start[(i, j)];
+        for pt in 0..positions {
+            for pu in 0..positions {
+                sum += alpha
+                    * s[(pt * m + i / block, pu * m + j / block)]
+                    * gg[(pt * r + i, pu * r + j)];
+            }
+        }
+        sum
+    })
+}
+
 #[test]
 fn hadamard_positions_accumulate_matches_the_sum_over_position_pairs() {
     // 3 positions, 130 samples of 2 rows (260 rows: two row tiles of 256 rows), inputs of
@@ -166,18 +192,7 @@ fn hadamard_positions_accumulate_matches_the_sum_over_position_pairs() {
         Par::rayon(2),
     )
     .unwrap();
-    let gg = naive_abt(g.as_ref(), g.as_ref());
-    let want = Mat::from_fn(r, r, |i, j| {
-        let mut sum = before[(i, j)];
-        for pt in 0..t {
-            for pu in 0..t {
-                sum += 0.25
-                    * s[(pt * n + i / block, pu * n + j / block)]
-                    * gg[(pt * r + i, pu * r + j)];
-            }
-        }
-        sum
-    });
+    let want = positions_brute_force(&before, &s, g.as_ref(), t, block, 0.25);
     assert!(max_rel(k.as_ref(), want.as_ref()) < 1e-13);
     // rows of G that are not a multiple of the positions: an error naming the argument
     let err = entk_core::hadamard::hadamard_gram_positions_accumulate(
@@ -999,21 +1014,10 @@ fn hadamard_accumulates_skip_positions_whose_cotangents_are_zero() {
                 }
             }
         }
-        let gg = naive_abt(g.as_ref(), g.as_ref());
         let start = Mat::<f64>::from_fn(r, r, |i, j| {
             ((i + 2 * j) % 3) as f64 + ((2 * i + j) % 3) as f64
         });
-        let want = Mat::from_fn(r, r, |i, j| {
-            let mut sum = start[(i, j)];
-            for pt in 0..t {
-                for pu in 0..t {
-                    sum += 0.5
-                        * s[(pt * n + i / block, pu * n + j / block)]
-                        * gg[(pt * r + i, pu * r + j)];
-                }
-            }
-            sum
-        });
+        let want = positions_brute_force(&start, &s, g.as_ref(), t, block, 0.5);
         let mut factored = start.clone();
         entk_core::hadamard::hadamard_gram_factored_accumulate(
             factored.as_mut(),
@@ -1082,19 +1086,8 @@ fn hadamard_factored_uses_only_the_columns_each_position_pair_shares() {
         }
     }
     let s = naive_abt(a.as_ref(), a.as_ref());
-    let gg = naive_abt(g.as_ref(), g.as_ref());
     let start = Mat::<f64>::from_fn(r, r, |i, j| ((i * j) % 4) as f64);
-    let want = Mat::from_fn(r, r, |i, j| {
-        let mut sum = start[(i, j)];
-        for pt in 0..t {
-            for pu in 0..t {
-                sum += 0.75
-                    * s[(pt * n + i / block, pu * n + j / block)]
-                    * gg[(pt * r + i, pu * r + j)];
-            }
-        }
-        sum
-    });
+    let want = positions_brute_force(&start, &s, g.as_ref(), t, block, 0.75);
     let mut k = start.clone();
     entk_core::hadamard::hadamard_gram_factored_accumulate(
         k.as_mut(),
@@ -1128,20 +1121,8 @@ fn hadamard_factored_many_equals_the_brute_force_sum_and_checks_every_term_first
     // brute force: every term, every position pair, every column
     let mut want = start.clone();
     for (g, a, t, b) in [(&g1, &a1, 2, block), (&g2, &a2, 3, 1)] {
-        let m = r / b;
         let s = naive_abt(a.as_ref(), a.as_ref());
-        let gg = naive_abt(g.as_ref(), g.as_ref());
-        for i in 0..r {
-            for j in 0..r {
-                for pt in 0..t {
-                    for pu in 0..t {
-                        want[(i, j)] += 0.5
-                            * s[(pt * m + i / b, pu * m + j / b)]
-                            * gg[(pt * r + i, pu * r + j)];
-                    }
-                }
-            }
-        }
+        want = positions_brute_force(&want, &s, g.as_ref(), t, b, 0.5);
     }
     let terms = [
         FactoredTerm {
