@@ -174,6 +174,8 @@ def test_checks_close_tolerance_and_nonfinite() -> None:
     assert close(empty, empty)
     one = torch.ones(1, dtype=torch.float64)
     assert close(one, one.clone()) and not close(one, 2 * one)
+    huge = torch.tensor([1e300, 2.0], dtype=torch.float64)  # a scale beyond float32's range
+    assert close(huge, huge.clone()) and not close(huge, huge * 1.01)
 
 
 @settings(max_examples=200, deadline=None)

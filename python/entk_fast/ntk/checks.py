@@ -71,15 +71,22 @@ def close(a: Tensor, b: Tensor, *, rtol: float | None = None) -> bool:
             return True
         ends = (float(a.min()), float(a.max()), float(b.min()), float(b.max()))
     scale = max(max(abs(end) for end in ends), 1e-30)
-    # allclose(a, b, rtol, atol = rtol · scale) holds where |a - b| ≤ rtol · scale and fails
-    # where |a - b| > 2 · rtol · scale anywhere (|b| ≤ scale): the elementwise test only
-    # between the two.
-    diff = float((a - b).abs().max())
-    if diff <= rtol * scale:
-        return True
-    if diff > 2 * rtol * scale:
-        return False
+    decided = _decided((a - b).abs().max(), torch.tensor(scale, dtype=torch.float64), rtol)
+    if decided is not None:
+        return decided
     return bool(torch.allclose(a, b, rtol=rtol, atol=rtol * scale))
+
+
+def _decided(diff: Tensor, scale: Tensor, rtol: float) -> bool | None:
+    """``allclose(a, b, rtol, atol = rtol · scale)`` from the largest |a − b| alone, for every
+    slice (``diff`` and ``scale`` one value per slice): it holds where each diff ≤ rtol · scale
+    and fails where one > 2 · rtol · scale (|b| ≤ scale); None in between, where only the
+    elementwise test decides."""
+    if bool((diff <= rtol * scale).all()):
+        return True
+    if bool((diff > 2 * rtol * scale).any()):
+        return False
+    return None
 
 
 def close_per_sample(a: Tensor, b: Tensor, *, rtol: float | None = None) -> bool:
@@ -96,11 +103,9 @@ def close_per_sample(a: Tensor, b: Tensor, *, rtol: float | None = None) -> bool
     if not (all_finite(x) and all_finite(y)):
         return all(close(p, q, rtol=rtol) for p, q in zip(x, y, strict=True))
     scale = torch.maximum(x.abs().amax(dim=1), y.abs().amax(dim=1)).clamp_min(1e-30)
-    diff = (x - y).abs().amax(dim=1)
-    if bool((diff <= rtol * scale).all()):
-        return True
-    if bool((diff > 2 * rtol * scale).any()):
-        return False
+    decided = _decided((x - y).abs().amax(dim=1), scale, rtol)
+    if decided is not None:
+        return decided
     return all(close(p, q, rtol=rtol) for p, q in zip(x, y, strict=True))
 
 
