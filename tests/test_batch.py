@@ -237,11 +237,13 @@ def test_changed_inputs_are_recomputed_and_only_they(runs_dir: Path, tmp_path: P
     assert sorted(report.succeeded) == sorted(j for j in _records(out) if j.endswith("spectrum"))
     assert len(report.skipped) == N_JOBS // 2
     assert NTKSpectrum.load(out / "jobs/seed1/step-000040.spectrum.npz").eigenvalues.size == 20
-    # a damaged arrays file is detected by its hash and recomputed
+    # a damaged arrays file is detected by its hash, reported and recomputed
     npz = out / "jobs/seed1/step-000010.spectrum.npz"
     npz.write_bytes(npz.read_bytes()[:-10])
-    report = run_batch(runs, out, k=20)
+    with pytest.warns(RuntimeWarning, match="1 stored results are damaged"):
+        report = run_batch(runs, out, k=20)
     assert report.succeeded == ["seed1/step-000010/spectrum"]
+    assert report.damaged == ["seed1/step-000010/spectrum"] and not report.recomputed
 
 
 def test_a_corrupt_checkpoint_is_one_recorded_failure_and_everything_else_completes(
@@ -542,21 +544,16 @@ def test_bad_arguments_give_clear_errors(runs_dir: Path, tmp_path: Path) -> None
 
 
 _CLI_SCRIPT = """
-import argparse, sys
-from entk_fast.batch.cli import add_batch_parser
-parser = argparse.ArgumentParser()
-add_batch_parser(parser.add_subparsers())
-args = parser.parse_args(sys.argv[1:])
-try:
-    sys.exit(args.func(args))
-except KeyboardInterrupt:
-    sys.exit(130)
+import sys
+from entk_fast.cli import main
+sys.exit(main(sys.argv[1:]))
 """
 
 
 def test_sigterm_during_a_batch_keeps_every_finished_result(tmp_path: Path) -> None:
-    """SLURM's time limit sends SIGTERM: the batch stops, its report says interrupted, the
-    results written so far are complete, and the next invocation computes only the rest."""
+    """SLURM's time limit sends SIGTERM: the batch stops with exit status 143 (128 + 15, as
+    ``train`` does), its report says interrupted, the results written so far are complete,
+    and the next invocation computes only the rest."""
     import subprocess
     import sys
 
@@ -569,7 +566,7 @@ def test_sigterm_during_a_batch_keeps_every_finished_result(tmp_path: Path) -> N
     while len(list(out.glob("jobs/long/*.json"))) < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 130
+    assert proc.wait(timeout=60) == 143
     report = json.loads((out / "batch.json").read_text())
     assert report["interrupted"] is True
     done = set(_records(out))

@@ -3,21 +3,27 @@
 Convention for subcommands: a module exposes ``add_parser(subparsers)``, which registers its
 subparser and calls ``set_defaults(func=...)`` with ``func(args) -> int``. :func:`main` parses,
 calls ``args.func(args)``, and turns an :class:`~entk_fast.errors.EntkError` into
-``entk-fast: error: <message>`` on stderr with exit status 2.
+``entk-fast: error: <message>`` on stderr with exit status 2 (1 for a computation that
+failed). With ``--json``, every error also prints one JSON object on stdout,
+``{"error": <message>, "type": <exception class>}``, and keeps its exit status. A signal
+that stops a command exits 128 + its number, for every command: 130 for Ctrl-C (SIGINT),
+143 for SIGTERM (a cluster's time limit, ``kill``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextvars
 import dataclasses
 import importlib
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from ._io import add_json_flag
+from ._io import add_json_flag, print_json_error, sigterm_as_interrupt
 from .errors import EntkError, InvalidArgumentError, InvalidTypeError, RunDirectoryError
 
 __all__ = ["main"]
@@ -25,9 +31,31 @@ __all__ = ["main"]
 PROG = "entk-fast"
 #: Exit statuses: 2 for a request that cannot be carried out as given (a bad option value, a
 #: run directory that holds something else; argparse uses it too), 1 for a computation that
-#: failed (memory budget, solver, a corrupt checkpoint), 130 for Ctrl-C.
+#: failed (memory budget, solver, a corrupt checkpoint), 128 + N for signal N (130: Ctrl-C,
+#: 143: SIGTERM).
 USAGE_ERROR = 2
 RUNTIME_ERROR = 1
+
+#: Whether the command line being parsed asked for ``--json`` (argparse's own errors then
+#: print the JSON error object too).
+_JSON_ERRORS: contextvars.ContextVar[bool] = contextvars.ContextVar("json_errors", default=False)
+
+
+def interrupt_status(stop: BaseException) -> int:
+    """The exit status of a command stopped by a signal: 128 + its number (``signum`` of a
+    :class:`~entk_fast.errors.SignalInterrupt`; SIGINT for a plain Ctrl-C)."""
+    return 128 + int(getattr(stop, "signum", signal.SIGINT))
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors also print the JSON error object under
+    ``--json`` (subcommands' parsers are of this class too)."""
+
+    def error(self, message: str) -> NoReturn:
+        if _JSON_ERRORS.get():
+            print_json_error(argparse.ArgumentError(None, message), message)
+        super().error(message)
+
 
 # Subcommands defined in other modules: (name, module, function that registers it). Each is
 # imported while the parser is built; one that cannot be imported is replaced by a stub that
@@ -44,23 +72,44 @@ _EXTERNAL_COMMANDS: tuple[tuple[str, str, str], ...] = (
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    options = words[: words.index("--")] if "--" in words else words
+    token = _JSON_ERRORS.set("--json" in options)
+    try:
+        args = parser.parse_args(words)
+    finally:
+        _JSON_ERRORS.reset(token)
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)
         return 2
     _configure_logging(args.verbose)
+    as_json = bool(getattr(args, "json", False))
     try:
-        return int(func(args) or 0)
+        with sigterm_as_interrupt():
+            return int(func(args) or 0)
     except (InvalidArgumentError, InvalidTypeError, RunDirectoryError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
+        if as_json:
+            print_json_error(e)
         return USAGE_ERROR
     except EntkError as e:  # the request was fine; the computation failed
         print(f"{PROG}: error: {e}", file=sys.stderr)
+        if as_json:
+            print_json_error(e)
         return RUNTIME_ERROR
-    except KeyboardInterrupt:
-        print(f"\n{PROG}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        how = (
+            "terminated" if getattr(e, "signum", signal.SIGINT) != signal.SIGINT else "interrupted"
+        )
+        print(f"\n{PROG}: {how}", file=sys.stderr)
+        if as_json:
+            print_json_error(e, how)
+        return interrupt_status(e)
+    except Exception as e:  # a bug or an unforeseen failure: its traceback follows on stderr
+        if as_json:
+            print_json_error(e)
+        raise
 
 
 def _configure_logging(verbose: int) -> None:
@@ -78,7 +127,7 @@ def _configure_logging(verbose: int) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from ._version import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Find the features a trained network uses from its empirical NTK.",
     )
@@ -103,6 +152,7 @@ def _add_external(subparsers: Any, name: str, module: str, function: str) -> Non
     except (ImportError, AttributeError) as e:
         reason = f"{type(e).__name__}: {e}"
         stub = subparsers.add_parser(name, help=f"(unavailable: {reason})")
+        add_json_flag(stub, "the error")
         stub.set_defaults(func=_unavailable(name, reason))
         return
     add_parser(subparsers)
@@ -110,7 +160,10 @@ def _add_external(subparsers: Any, name: str, module: str, function: str) -> Non
 
 def _unavailable(name: str, reason: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        print(f"{PROG}: error: the {name!r} command is unavailable ({reason})", file=sys.stderr)
+        message = f"the {name!r} command is unavailable ({reason})"
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        if getattr(args, "json", False):
+            print_json_error(ImportError(message))
         return 2
 
     return run
@@ -229,7 +282,7 @@ def _resume_config(out: Path, spec: Any, given: dict[str, Any]) -> Any:
 def _run_train(args: argparse.Namespace) -> int:
     from ._io import print_json, stdout_to_stderr
     from .experiments import runs
-    from .experiments.train import Terminated, train
+    from .experiments.train import train
 
     spec = args.task
     cls = spec.config_cls
@@ -255,13 +308,16 @@ def _run_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as stop:
         steps = runs.checkpoint_steps(args.out)
         last = f"last checkpoint: step {steps[-1]}" if steps else "no checkpoint yet"
-        how = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
+        status = interrupt_status(stop)
+        how = "terminated (SIGTERM)" if status == 128 + signal.SIGTERM else "interrupted"
         print(
             f"\n{PROG}: {how} ({last}); continue with: {PROG} train {spec.kind} "
             f"--out {args.out} --resume",
             file=sys.stderr,
         )
-        return 143 if isinstance(stop, Terminated) else 130
+        if args.json:
+            print_json_error(stop, f"{how} ({last})")
+        return status
     if args.json:
         final = {k: v[-1] for k, v in result.history.items()}
         print_json({"run_directory": result.out, "kind": spec.kind, "final": final})

@@ -36,6 +36,21 @@ class CheckpointError(EntkError, OSError):
     """A checkpoint file is missing, truncated or corrupt."""
 
 
+class StorageError(EntkError, OSError):
+    """A file could not be written because its file system is full (or over quota); the
+    message names the path. The file it would have replaced is left as it was."""
+
+
+class SignalInterrupt(KeyboardInterrupt):
+    """A signal (SIGTERM: a cluster's time limit, ``kill``) stopped a command the way Ctrl-C
+    does; ``signum`` is the signal. The CLI exits with 128 + ``signum`` (143 for SIGTERM, as
+    130 = 128 + SIGINT for Ctrl-C). Not an :class:`EntkError`: like Ctrl-C it is no error."""
+
+    def __init__(self, signum: int, message: str | None = None) -> None:
+        super().__init__(message if message is not None else f"signal {signum}")
+        self.signum = int(signum)
+
+
 __all__ = [
     "CheckpointError",
     "EntkError",
@@ -44,4 +59,6 @@ __all__ = [
     "LinAlgError",
     "MemoryBudgetError",
     "RunDirectoryError",
+    "SignalInterrupt",
+    "StorageError",
 ]

@@ -4,12 +4,19 @@ Both know the row layout of flattened kernels (row = n·C + c, sample-major; J. 
 2510.00468, the flattened eNTK), reshape eigenvectors to (N, C) and back, and save to / load
 from a numpy ``.npz`` file holding the arrays and a JSON header (what the result is, how it
 was computed, the format and package versions). Writes are atomic.
+
+Loading checks the file before it allocates: each array's declared size (the zip member's
+uncompressed size and the ``.npy`` header's shape) must fit a bound (``max_bytes``, by
+default about the file's own size: :meth:`save` stores arrays uncompressed), and every array
+must have the shape and dtype its JSON header implies; a file that contradicts itself is
+refused with :class:`~entk_fast.errors.InvalidArgumentError` naming ``path``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -36,6 +43,11 @@ RIDGE_EPSILON = 1e-8
 
 _FORMAT_VERSION = 1
 _META_KEY = "__entk_fast_meta__"
+_REDUCTIONS = ("flattened", "trace", "mean_pairs")
+_FLOATS = (np.dtype("float32"), np.dtype("float64"))
+_METRIC_FLOATS = (np.dtype("float16"), *_FLOATS, np.dtype("longdouble"))
+#: What a load may allocate beyond the file's own size (by default): its JSON header, slack.
+_LOAD_SLACK_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -211,9 +223,11 @@ class EmpiricalNTK(_Layout):
         _save(path, self.kind, meta, arrays)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> EmpiricalNTK:
-        """Read a result written by :meth:`save`; refuses other kinds and format versions."""
-        meta, arrays = _load(path, cls.kind)
+    def load(cls, path: str | os.PathLike[str], *, max_bytes: int | None = None) -> EmpiricalNTK:
+        """Read a result written by :meth:`save`; refuses other kinds and format versions,
+        arrays that contradict the header, and files whose arrays would take more than
+        ``max_bytes`` in memory (default: twice the file's size plus 64 MiB)."""
+        meta, arrays = _load(path, cls.kind, max_bytes, _ntk_shapes)
         try:
             return cls(
                 kernel=arrays["kernel"],
@@ -311,9 +325,17 @@ class NTKSpectrum(_Layout):
         _save(path, self.kind, meta, arrays)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> NTKSpectrum:
-        """Read a result written by :meth:`save`; refuses other kinds and format versions."""
-        meta, arrays = _load(path, cls.kind)
+    def load(cls, path: str | os.PathLike[str], *, max_bytes: int | None = None) -> NTKSpectrum:
+        """Read a result written by :meth:`save`; refuses other kinds and format versions,
+        arrays that contradict the header, and files whose arrays would take more than
+        ``max_bytes`` in memory (default: twice the file's size plus 64 MiB)."""
+        meta, arrays = _load(path, cls.kind, max_bytes, _spectrum_shapes)
+        values, vectors = arrays["eigenvalues"], arrays["eigenvectors"]
+        if vectors.shape[1] != values.shape[0] or values.shape[0] > vectors.shape[0]:
+            raise InvalidArgumentError(
+                f"path: {path} holds {values.shape[0]} eigenvalues and eigenvectors of shape "
+                f"{vectors.shape}: they do not belong together"
+            )
         try:
             return cls(
                 eigenvalues=arrays["eigenvalues"],
@@ -374,25 +396,113 @@ def _save(
         np.savez(f, **payload)
 
 
-def _load(path: str | os.PathLike[str], kind: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+#: (shape with None for "any", allowed dtypes, required) of each array a header implies.
+_Expected = dict[str, tuple[tuple[int | None, ...], tuple[np.dtype, ...], bool]]
+
+
+def _load(
+    path: str | os.PathLike[str],
+    kind: str,
+    max_bytes: int | None = None,
+    expected: Any = None,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``(header, arrays)`` of a saved result of ``kind``, checked before the arrays are
+    read: each zip member's declared size and ``.npy`` header against ``max_bytes`` and the
+    member's own size, then (``expected(meta)``) each array's shape and dtype against the
+    JSON header."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
+        with zipfile.ZipFile(path) as zf:
+            members = _npy_members(zf, path, max_bytes)
+            meta = _read_meta(zf, members, path)
+            _check_header(meta, kind, path)
+            plan = _expected_arrays(expected, meta, members, path)
+            arrays = {}
+            for name in plan:
+                with zf.open(members[name].info) as f:
+                    arrays[name] = np.lib.format.read_array(f, allow_pickle=False)
     except FileNotFoundError:
         raise InvalidArgumentError(f"path: {path} does not exist") from None
     except IsADirectoryError:
         raise InvalidArgumentError(f"path: {path} is a directory, not a saved result") from None
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        if isinstance(exc, InvalidArgumentError):
+            raise
         raise InvalidArgumentError(
             f"path: {path} is not a result saved by entk-fast ({exc})"
         ) from exc
-    raw = arrays.pop(_META_KEY, None)
-    try:
-        meta = json.loads(str(raw)) if raw is not None else None
-    except ValueError:
-        meta = None
+    return meta, arrays
+
+
+class _Member:
+    """A ``.npy`` member of a saved result: its zip entry and its header, not its data."""
+
+    def __init__(self, info: zipfile.ZipInfo, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.info = info
+        self.shape = shape
+        self.dtype = dtype
+
+
+def _npy_members(
+    zf: zipfile.ZipFile, path: str | os.PathLike[str], max_bytes: int | None
+) -> dict[str, _Member]:
+    """Every ``NAME.npy`` member's header, after checking the declared (uncompressed) sizes
+    against the bound: nothing but the small headers is decompressed here."""
+    infos = zf.infolist()
+    if max_bytes is None:
+        max_bytes = 2 * os.path.getsize(path) + _LOAD_SLACK_BYTES
+    declared = sum(info.file_size for info in infos)
+    if declared > max_bytes:
+        raise InvalidArgumentError(
+            f"path: {path} declares {declared} bytes of arrays once decompressed, more than "
+            f"the {max_bytes} a load may allocate (max_bytes; entk-fast writes its arrays "
+            "uncompressed, so a file of its own declares about its size)"
+        )
+    members: dict[str, _Member] = {}
+    for info in infos:
+        if not info.filename.endswith(".npy"):
+            raise InvalidArgumentError(
+                f"path: {path} holds {info.filename!r}, which is no array of a saved result"
+            )
+        name = info.filename[: -len(".npy")]
+        with zf.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise InvalidArgumentError(f"path: {path}: {name} has .npy version {version}")
+            offset = f.tell()
+        if dtype.hasobject:
+            raise InvalidArgumentError(f"path: {path}: {name} holds Python objects")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize if shape else dtype.itemsize
+        if nbytes != info.file_size - offset:
+            raise InvalidArgumentError(
+                f"path: {path}: the header of {name} declares {nbytes} bytes of data, its zip "
+                f"entry {info.file_size - offset}"
+            )
+        members[name] = _Member(info, tuple(int(n) for n in shape), np.dtype(dtype))
+    return members
+
+
+def _read_meta(
+    zf: zipfile.ZipFile, members: dict[str, _Member], path: str | os.PathLike[str]
+) -> dict[str, Any]:
+    member = members.get(_META_KEY)
+    meta = None
+    if member is not None and member.dtype.kind == "U" and member.shape == ():
+        with zf.open(member.info) as f:
+            raw = np.lib.format.read_array(f, allow_pickle=False)
+        try:
+            meta = json.loads(str(raw))
+        except ValueError:
+            meta = None
     if not isinstance(meta, dict) or "format" not in meta:
         raise InvalidArgumentError(f"path: {path} is not a result saved by entk-fast")
+    return meta
+
+
+def _check_header(meta: dict[str, Any], kind: str, path: str | os.PathLike[str]) -> None:
     if meta["format"] != kind:
         raise InvalidArgumentError(
             f"path: {path} holds a {meta['format']!r}, not a {kind!r} "
@@ -404,7 +514,87 @@ def _load(path: str | os.PathLike[str], kind: str) -> tuple[dict[str, Any], dict
             f"entk-fast {meta.get('entk_fast')}; this entk-fast {__version__} reads version "
             f"{_FORMAT_VERSION}"
         )
-    return meta, arrays
+
+
+def _expected_arrays(
+    expected: Any, meta: dict[str, Any], members: dict[str, _Member], path: Any
+) -> list[str]:
+    """The names of the arrays to read, after checking each against what the header
+    implies (``expected(meta)``): no array missing, extra, or of another shape or dtype."""
+    names = [name for name in members if name != _META_KEY]
+    if expected is None:
+        return names
+    try:
+        wanted: _Expected = expected(meta)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidArgumentError(f"path: {path} has an incomplete header: {exc}") from exc
+    extra = sorted(set(names) - set(wanted))
+    if extra:
+        raise InvalidArgumentError(f"path: {path} holds arrays its header does not name: {extra}")
+    for name, (shape, dtypes, required) in wanted.items():
+        member = members.get(name)
+        if member is None:
+            if required:
+                raise InvalidArgumentError(f"path: {path} lacks the array {name!r}")
+            continue
+        fits = len(member.shape) == len(shape) and all(
+            want is None or want == got for want, got in zip(shape, member.shape, strict=True)
+        )
+        if not fits:
+            shown = tuple("k" if n is None else n for n in shape)
+            raise InvalidArgumentError(
+                f"path: {path}: array {name!r} has shape {member.shape}, its header implies {shown}"
+            )
+        if member.dtype not in dtypes:
+            raise InvalidArgumentError(
+                f"path: {path}: array {name!r} has dtype {member.dtype}, expected one of "
+                f"{', '.join(map(str, dtypes))}"
+            )
+    return names
+
+
+def _header_int(meta: dict[str, Any], key: str, minimum: int = 1) -> int:
+    value = meta[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{key} = {value!r}, expected an integer ≥ {minimum}")
+    return value
+
+
+def _header_reduction(meta: dict[str, Any]) -> str:
+    reduction = meta["reduction"]
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction = {reduction!r}, expected one of {_REDUCTIONS}")
+    return str(reduction)
+
+
+def _rows(meta: dict[str, Any], samples_key: str = "n_samples") -> int:
+    n = _header_int(meta, samples_key)
+    c = _header_int(meta, "n_outputs")
+    return n * c if _header_reduction(meta) == "flattened" else n
+
+
+def _ntk_shapes(meta: dict[str, Any]) -> _Expected:
+    rows = _rows(meta)
+    cols = rows if meta.get("n_samples2") is None else _rows(meta, "n_samples2")
+    c = _header_int(meta, "n_outputs")
+    layer_names = meta["layer_names"]
+    if not isinstance(layer_names, list):
+        raise TypeError(f"layer_names = {layer_names!r}, expected a list")
+    out: _Expected = {"kernel": ((rows, cols), _FLOATS, True)}
+    for i in range(len(layer_names)):
+        out[f"layer_{i}"] = ((rows, cols), _FLOATS, True)
+    out["output_metric"] = ((c, c), _METRIC_FLOATS, False)
+    return out
+
+
+def _spectrum_shapes(meta: dict[str, Any]) -> _Expected:
+    rows = _rows(meta)
+    c = _header_int(meta, "n_outputs")
+    return {
+        "eigenvalues": ((None,), _FLOATS, True),
+        "eigenvectors": ((rows, None), _FLOATS, True),
+        "output_metric": ((c, c), _METRIC_FLOATS, False),
+    }
 
 
 def spectrum_of_kernel(

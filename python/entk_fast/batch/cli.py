@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import signal
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._io import add_json_flag
+from .._io import add_json_flag, sigterm_as_interrupt
 from .jobs import ANALYSES, DEFAULT_K
 
 if TYPE_CHECKING:
@@ -151,22 +148,12 @@ def add_spectrum_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt in the main thread for the block: a batch stops as
-    on Ctrl-C (tasks cancelled, report written, finished results kept)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def _sigterm_as_interrupt() -> contextlib.AbstractContextManager[None]:
+    """SIGTERM raises :class:`~entk_fast.errors.SignalInterrupt` (a KeyboardInterrupt) in
+    the main thread for the block: a batch stops as on Ctrl-C (tasks cancelled, report
+    written, finished results kept), and the CLI exits 128 + 15 = 143 as every command does
+    on SIGTERM."""
+    return sigterm_as_interrupt()
 
 
 def _run_batch(args: argparse.Namespace) -> int:

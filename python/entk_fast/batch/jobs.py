@@ -25,10 +25,13 @@ import dataclasses
 import datetime
 import os
 import platform
+import re
 import socket
+import sys
 import time
 import traceback
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +67,9 @@ __all__ = [
 
 ANALYSES = ("spectrum", "overlaps")
 DEFAULT_K = 200
+#: The largest checkpoint file a batch reads (hashes and loads); a bigger one, or anything
+#: that is not a regular file (a symlink to /dev/zero, a FIFO), is a failed job.
+MAX_CHECKPOINT_BYTES = 16 << 30
 #: Bumped when an analysis changes what it computes, so stored results are recomputed.
 ANALYSIS_VERSION = 1
 
@@ -199,8 +205,8 @@ def analyse_checkpoint(task: CheckpointTask) -> CheckpointResult:
         file = checkpoint_path(run.path, task.step)
         try:
             before = _file_state(file)
-            sha = file_sha256(file)
-        except OSError as e:
+            sha = file_sha256(file, max_bytes=MAX_CHECKPOINT_BYTES, what="checkpoint")
+        except (OSError, InvalidArgumentError) as e:
             raise CheckpointError(f"cannot read checkpoint {file}: {e}") from e
         model = run.load_checkpoint(task.step)
         if _file_state(file) != before:
@@ -314,24 +320,50 @@ def _overlaps(spec: NTKSpectrum, p: int, params: dict[str, Any]) -> dict[str, An
 def find_runs(runs_dir: str | os.PathLike[str]) -> dict[str, Path]:
     """Run name -> run directory for every run under ``runs_dir`` (a directory holding a
     ``config.json``; ``runs_dir`` itself when it is a run). Names are the runs' paths
-    relative to ``runs_dir`` (the run's own folder name when ``runs_dir`` is a run)."""
+    relative to ``runs_dir`` (the run's own folder name when ``runs_dir`` is a run).
+
+    Symlinks to folders are followed: a symlinked run is found under the link's name (its
+    results record the link's target as the run's path). A folder reached twice (a second
+    link to it, a link loop) is searched once and a run reached twice is analysed once,
+    under the name of its first path (real folders before links); a link whose target is
+    missing is reported. Each of these gives a warning: nothing is skipped silently. A
+    folder inside a run is not searched.
+    """
     root = Path(runs_dir)
     if not root.is_dir():
         raise InvalidArgumentError(f"runs_dir: {root} is not a directory")
     if (root / "config.json").is_file():
-        return {check_run_name(root.resolve().name): root}
+        return {root.resolve().name: root}
     found: dict[str, Path] = {}
-    for config in sorted(root.rglob("config.json")):
-        run = config.parent
-        inside = run.relative_to(root).parents  # the folders between root and the run
-        if any((root / parent / "config.json").is_file() for parent in inside if parent.parts):
-            continue  # a folder inside another run (e.g. a copy kept in it) is not a run
-        found[check_run_name(run.relative_to(root).as_posix())] = run
+    visited: dict[str, str] = {}  # real folder -> the name of the path that reached it
+    notes: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        here = Path(dirpath)
+        name = here.relative_to(root).as_posix()
+        real = os.path.realpath(here)
+        if real in visited:
+            first = visited[real] or "RUNS_DIR"
+            notes.append(f"{name} is {first} again (through a symlink): searched once")
+            dirnames[:] = []
+            continue
+        visited[real] = "" if name == "." else name
+        if here != root and (here / "config.json").is_file():
+            found[name] = here
+            dirnames[:] = []  # a folder inside a run (e.g. a copy kept in it) is not a run
+            continue
+        # real folders first, so a run is named by its real path rather than a link to it
+        dirnames.sort(key=lambda d: (os.path.islink(os.path.join(dirpath, d)), d))
+        for f in sorted(filenames):
+            link = here / f
+            if link.is_symlink() and not link.exists():
+                notes.append(f"{link.relative_to(root).as_posix()} is a broken symlink")
+    for note in notes:
+        warnings.warn(f"runs_dir: {note}", RuntimeWarning, stacklevel=2)
     if not found:
         raise InvalidArgumentError(
             f"runs_dir: no run directories (folders holding config.json) under {root}"
         )
-    return found
+    return dict(sorted(found.items()))
 
 
 @dataclass
@@ -345,6 +377,8 @@ class BatchPlan:
     skipped: list[JobId] = field(default_factory=list)
     stale: list[JobId] = field(default_factory=list)
     """Jobs with a stored result made from other inputs (recomputed)."""
+    damaged: list[JobId] = field(default_factory=list)
+    """Jobs whose stored record is damaged (edited, truncated, arrays lost): recomputed."""
     not_applicable: list[str] = field(default_factory=list)
     problems: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Failures found while planning (an unreadable run), keyed like failures.json."""
@@ -380,12 +414,16 @@ def plan_batch(
     only = None if steps is None else {check_int("step", s, minimum=0) for s in steps}
     found = find_runs(runs_dir) if runs is None else runs
     plan = BatchPlan()
-    for name, path in found.items():
+    for raw_name, path in found.items():
         try:
+            name = check_run_name(raw_name)
             run = load_run(path)
         except EntkError as e:
-            plan.problems[f"{name}/*"] = _failure_entry(f"{name}/*", e, traceback.format_exc())
+            plan.problems[f"{raw_name}/*"] = _failure_entry(
+                f"{raw_name}/*", e, traceback.format_exc()
+            )
             continue
+        _check_same_run(store, name, path)
         config = dataclasses.asdict(run.config)
         params = {a: analysis_params(a, run.kind, run.config, k) for a in names}
         for a in names:
@@ -404,8 +442,8 @@ def plan_batch(
         for step in available:
             file = checkpoint_path(run.path, step)
             try:
-                sha = file_sha256(file)
-            except OSError as e:
+                sha = file_sha256(file, max_bytes=MAX_CHECKPOINT_BYTES, what="checkpoint")
+            except (OSError, EntkError) as e:
                 sha = f"unreadable: {e}"
             todo: list[str] = []
             for a in names:
@@ -422,10 +460,13 @@ def plan_batch(
                 plan.jobs.append(job)
                 plan.inputs[job] = inputs
                 plan.metrics[job] = _metrics_at(run, history_steps, step)
-                if not force and store.valid_record(job, inputs) is not None:
+                state, _ = store.record_state(job, inputs)
+                if not force and state == "valid":
                     plan.skipped.append(job)
                     continue
-                if store.read_record(job) is not None:
+                if state == "damaged":
+                    plan.damaged.append(job)
+                elif state != "missing":
                     plan.stale.append(job)
                 todo.append(a)
             if todo:
@@ -440,6 +481,29 @@ def plan_batch(
                     )
                 )
     return plan
+
+
+def _check_same_run(store: ResultStore, name: str, path: Path) -> None:
+    """Refuse to store ``path``'s results under ``name`` when the store holds results of
+    another run folder (still there) under that name: two runs sharing a folder name
+    (``seed0/modadd``, ``seed1/modadd``) must not overwrite each other's results."""
+    recorded = store.recorded_run_path(name)
+    if recorded is None:
+        return
+    here = path.resolve()
+    other = Path(recorded)
+    if other == here or not (other / "config.json").is_file():
+        return  # the same run, or one that was moved or deleted since
+    with contextlib.suppress(OSError):
+        if os.path.samefile(other, here):
+            return
+    raise InvalidArgumentError(
+        f"name: the results folder {store.root} already holds results of the run {name!r} "
+        f"computed from {other}, and {here} is another run with the same name; name it "
+        "differently (entk-fast spectrum --name, e.g. its path relative to the folder of "
+        "all runs; entk-fast batch names runs by their path relative to RUNS_DIR) or "
+        "write to another results folder"
+    )
 
 
 def _metrics_at(run: Run, steps: np.ndarray, step: int) -> dict[str, float]:
@@ -468,6 +532,8 @@ class BatchReport:
     failed: list[str] = field(default_factory=list)
     recomputed: list[str] = field(default_factory=list)
     """The succeeded jobs that replaced a stale result (inputs changed)."""
+    damaged: list[str] = field(default_factory=list)
+    """Jobs whose stored record was found damaged (and so recomputed)."""
     not_applicable: list[str] = field(default_factory=list)
     interrupted: bool = False
     seconds: float = 0.0
@@ -489,6 +555,7 @@ class BatchReport:
             "skipped": self.skipped,
             "failed": self.failed,
             "recomputed": self.recomputed,
+            "damaged": self.damaged,
             "not_applicable": self.not_applicable,
             "interrupted": self.interrupted,
             "seconds": self.seconds,
@@ -654,29 +721,54 @@ def run_batch(
     retries = check_int("retries", retries, minimum=0)
     start = time.perf_counter()
     store = ResultStore(out)
-    store.clean_stale_tmp_files()
-    plan = plan_batch(runs_dir, out, analyses, k=k, threads=threads, force=force)
-    report = BatchReport(out=Path(out), not_applicable=list(plan.not_applicable))
-    report.skipped = [job.name for job in plan.skipped]
-    recorder = _Recorder(store, plan, report, on_result)
-    bar = None
-    try:
-        from .._progress import progress_bar
+    names = parse_analyses(analyses)  # the request is checked before the store is touched
+    k = check_int("k", k, minimum=1)
+    if threads is not None:
+        check_int("threads", threads, minimum=1)
+    found = find_runs(runs_dir)
+    with store.batch_lock():
+        store.clean_stale_tmp_files()
+        plan = plan_batch(
+            runs_dir, out, names, k=k, threads=threads, force=force, runs=found, store=store
+        )
+        if plan.damaged:
+            shown = ", ".join(job.name for job in plan.damaged[:5])
+            more = f", … ({len(plan.damaged)} in all)" if len(plan.damaged) > 5 else ""
+            warnings.warn(
+                f"out: {len(plan.damaged)} stored results are damaged and will be recomputed: "
+                f"{shown}{more}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        report = BatchReport(out=Path(out), not_applicable=list(plan.not_applicable))
+        report.skipped = [job.name for job in plan.skipped]
+        report.damaged = [job.name for job in plan.damaged]
+        recorder = _Recorder(store, plan, report, on_result)
+        bar = None
+        failed = False
+        try:
+            from .._progress import progress_bar
 
-        bar = progress_bar(progress, len(plan.jobs), "jobs", unit="job")
-        bar.update(len(plan.skipped))
-        if client is None:
-            _run_serial(plan.tasks, recorder, retries, bar)
-        else:
-            report.workers = _describe_workers(client)
-            _run_dask(client, plan.tasks, recorder, retries, bar)
-    except BaseException:
-        report.interrupted = True
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-        recorder.finish(start)
+            bar = progress_bar(progress, len(plan.jobs), "jobs", unit="job")
+            bar.update(len(plan.skipped))
+            if client is None:
+                _run_serial(plan.tasks, recorder, retries, bar)
+            else:
+                report.workers = _describe_workers(client)
+                _run_dask(client, plan.tasks, recorder, retries, bar)
+        except BaseException:
+            report.interrupted = True
+            failed = True
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+            try:
+                recorder.finish(start)
+            except OSError as e:  # e.g. a full disk: do not hide the error that stopped us
+                if not failed:
+                    raise
+                print(f"entk-fast: could not write the batch report: {e}", file=sys.stderr)
     return report
 
 
@@ -707,7 +799,7 @@ def run_checkpoint(
         from ..experiments.runs import load_run
 
         load_run(path)  # raises the run-directory error that explains what is wrong
-    label = check_run_name(name if name is not None else path.resolve().name)
+    label = check_run_name(name if name is not None else default_run_name(path))
     names = parse_analyses(analyses)
     target = Path(out)
     if target.suffix == ".json":
@@ -745,6 +837,17 @@ def run_checkpoint(
     return [r for r in records if r is not None], computed
 
 
+def default_run_name(path: str | os.PathLike[str]) -> str:
+    """The name of a run given alone (``entk-fast spectrum RUN``): ``RUN`` itself when it is a
+    relative path inside the current folder (``seed1/modadd``: the name ``batch`` gives it
+    when run from here), else the run folder's own name."""
+    given = Path(path)
+    parts = [p for p in given.parts if p != "."]
+    if not given.is_absolute() and parts and ".." not in parts:
+        return "/".join(parts)
+    return given.resolve().name
+
+
 def _run_serial(
     tasks: Sequence[CheckpointTask], recorder: _Recorder, retries: int, bar: Any
 ) -> None:
@@ -779,11 +882,13 @@ def _run_dask(
 
     token = uuid.uuid4().hex[:8]
     futures = {}
-    for task in tasks:
+    for i, task in enumerate(tasks):
+        # keys keep to plain characters whatever the run's folder is called (spaces, commas)
+        label = re.sub(r"[^A-Za-z0-9._/=+@-]", "_", task.label)
         future = client.submit(
             analyse_checkpoint,
             task,
-            key=f"entk-{task.label}-{token}",
+            key=f"entk-{label}-{i}-{token}",
             retries=retries,
             pure=False,
         )

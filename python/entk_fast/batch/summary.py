@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,7 +111,8 @@ class BatchSummary:
     def text(self) -> str:
         lines = [f"results in {self.out}: {self.n_results} results from {len(self.runs)} runs"]
         if self.last_batch is not None:
-            counts = self.last_batch.get("counts", {})
+            counts = self.last_batch.get("counts")
+            counts = counts if isinstance(counts, dict) else {}
             lines.append(
                 "last batch: "
                 f"{counts.get('succeeded', 0)} succeeded, {counts.get('skipped', 0)} skipped, "
@@ -147,42 +149,79 @@ def summarize(out: str | os.PathLike[str]) -> BatchSummary:
     )
     rows: list[dict[str, Any]] = []
     run_paths: dict[str, str] = {}
-    for record in store.iter_records():
-        name = str(record.get("run"))
-        step = int(record.get("step", -1))
-        analysis = str(record.get("analysis"))
-        kind = str(record.get("inputs", {}).get("kind", "?"))
+    damaged: list[str] = []
+    for path, record in store.iter_record_files():
+        try:
+            parsed = _parse_record(record)
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            damaged.append(f"{path.relative_to(root)} ({type(e).__name__}: {e})")
+            continue
+        name, step, analysis, kind, metrics, run_path, result = parsed
         run = runs.setdefault(name, RunSummary(name, kind))
         steps[name][analysis].add(step)
-        metrics = record.get("metrics") or {}
-        run_paths.setdefault(name, str(record.get("provenance", {}).get("run_path", "")))
+        run_paths.setdefault(name, run_path)
         if "test_acc" in metrics:
-            accs[name][step] = float(metrics["test_acc"])
-        if analysis != "overlaps":
+            accs[name][step] = metrics["test_acc"]
+        if result is None:
             continue
-        result = record.get("result", {})
-        run.dimension = int(result.get("dimension", 0)) or None
-        for block, families in result.get("blocks", {}).items():
+        dimension, blocks = result
+        run.dimension = dimension
+        for block, families in blocks.items():
             for family, value in families.items():
-                points[name][(block, family)][step] = float(value)
+                points[name][(block, family)][step] = value
                 rows.append(
                     {
                         "run": name,
                         "step": step,
                         "block": block,
                         "family": family,
-                        "overlap": float(value),
-                        "overlap_percent": 100.0 * float(value) / (run.dimension or 1),
+                        "overlap": value,
+                        "overlap_percent": 100.0 * value / (run.dimension or 1),
                         "train_acc": metrics.get("train_acc", ""),
                         "test_acc": metrics.get("test_acc", ""),
                     }
                 )
+    if damaged:
+        warnings.warn(
+            f"results: {len(damaged)} damaged records left out of the summary (entk-fast "
+            f"batch recomputes them): {'; '.join(damaged[:5])}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     for name, run in runs.items():
         run.steps = {a: sorted(s) for a, s in sorted(steps[name].items())}
         run.curves = {key: sorted(v.items()) for key, v in points[name].items()}
         run.test_acc = _full_accuracy(run_paths.get(name)) or sorted(accs[name].items())
     rows.sort(key=lambda r: (r["run"], _block_start(r["block"]), r["family"], r["step"]))
     return BatchSummary(root, runs, store.read_failures(), store.read_report(), rows)
+
+
+def _parse_record(record: dict[str, Any]) -> tuple[Any, ...]:
+    """The fields the summary reads from one record, checked: ``(run, step, analysis, kind,
+    metrics, run_path, overlaps)`` with ``overlaps = (dimension, {block: {family: value}})``
+    for an overlaps record, else None. Raises (TypeError, ValueError, ...) on a damaged one."""
+    name = record["run"]
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"run {name!r}")
+    step = record["step"]
+    if not isinstance(step, int) or isinstance(step, bool):
+        raise TypeError(f"step {step!r}")
+    analysis = str(record["analysis"])
+    inputs = record.get("inputs")
+    kind = str(inputs.get("kind", "?")) if isinstance(inputs, dict) else "?"
+    raw = record.get("metrics") or {}
+    metrics = {str(k): float(v) for k, v in raw.items() if k in ("train_acc", "test_acc")}
+    provenance = record.get("provenance")
+    run_path = str(provenance.get("run_path", "")) if isinstance(provenance, dict) else ""
+    if analysis != "overlaps":
+        return name, step, analysis, kind, metrics, run_path, None
+    result = record["result"]
+    dimension = int(result.get("dimension", 0)) or None
+    blocks = {
+        str(block): {str(family): float(value) for family, value in families.items()}
+        for block, families in result.get("blocks", {}).items()
+    }
+    return name, step, analysis, kind, metrics, run_path, (dimension, blocks)
 
 
 def _full_accuracy(path: str | None) -> list[tuple[int, float]]:
@@ -196,9 +235,9 @@ def _full_accuracy(path: str | None) -> list[tuple[int, float]]:
     try:
         history = load_run(path).history
         steps, acc = history["step"], history["test_acc"]
-    except (EntkError, KeyError):
+        return [(int(s), float(a)) for s, a in zip(steps, acc, strict=True)]
+    except (EntkError, KeyError, TypeError, ValueError):
         return []
-    return [(int(s), float(a)) for s, a in zip(steps, acc, strict=True)]
 
 
 def write_curves(summary: BatchSummary, directory: str | os.PathLike[str]) -> tuple[Path, Path]:

@@ -7,7 +7,11 @@ only for a ≤ b, and writes it and its mirror K(X_b, X_a) = K(X_a, X_b)ᵀ into
 Zarr array whose chunks are the tiles (one file per chunk, so workers never write the same
 file), or, without Zarr, a ``.npy`` file written through memory maps. The array is built
 under a temporary name and renamed onto ``out_path`` only when every tile is written, so
-``out_path`` is never a partial kernel.
+``out_path`` is never a partial kernel. The temporary name carries the writer's pid and
+host; a later call for the same ``out_path`` removes the partial arrays of writers that were
+killed. ``overwrite=True`` replaces only a file, or a folder that is a kernel stored by
+:func:`tiled_kernel` (its metadata says so): never another folder. A full disk is a
+:class:`~entk_fast.errors.StorageError` naming ``out_path``, with the partial array removed.
 
 Limits (honest ones):
 
@@ -26,9 +30,12 @@ Limits (honest ones):
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import importlib
+import json
 import os
+import re
 import secrets
 import shutil
 import time
@@ -40,10 +47,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import linalg
-from .._io import atomic_write_json, fsync_dir
+from .._io import (
+    atomic_write_json,
+    fsync_dir,
+    owner_tag,
+    read_regular_bytes,
+    storage_error,
+    written_by_dead_process,
+)
 from .._validate import check_choice, check_int
 from .._version import __version__
-from ..errors import InvalidArgumentError
+from ..errors import EntkError, InvalidArgumentError
 
 if TYPE_CHECKING:  # pragma: no cover
     from distributed import Client
@@ -53,6 +67,9 @@ __all__ = ["StoredKernel", "open_stored_kernel", "stored_topk", "tiled_kernel"]
 
 FORMATS = ("auto", "zarr", "npy")
 REDUCTIONS = ("flattened", "trace", "mean_pairs")
+#: The ``format`` of a stored kernel's metadata (Zarr attributes, or the ``.npy``'s
+#: ``NAME.npy.json`` next to it).
+KERNEL_FORMAT = "entk-fast-tiled-kernel"
 
 
 @dataclass(frozen=True)
@@ -209,7 +226,8 @@ def tiled_kernel(
         format: ``"zarr"``, ``"npy"`` or ``"auto"`` (Zarr when installed, else npy).
         retries: extra attempts of a failed tile task.
         threads: Rust and torch threads in each task (None: unchanged).
-        overwrite: replace an existing ``out_path``.
+        overwrite: replace an existing ``out_path``: a file, or a folder holding a kernel
+            stored by this function; any other folder is refused (never deleted).
 
     Returns:
         A :class:`StoredKernel`. The array appears at ``out_path`` only once every tile is
@@ -234,8 +252,15 @@ def tiled_kernel(
             raise InvalidArgumentError(
                 f"out_path: {target} exists; pass overwrite=True to replace it"
             )
+        if target.is_dir() and not target.is_symlink() and not is_stored_kernel(target):
+            raise InvalidArgumentError(
+                f"out_path: {target} is a folder that holds no kernel stored by tiled_kernel "
+                "(no entk-fast kernel metadata); overwrite=True replaces only such a kernel "
+                "or a file, never another folder: remove it yourself or choose another path"
+            )
     if not target.parent.is_dir():
         raise InvalidArgumentError(f"out_path: the folder {target.parent} does not exist")
+    _remove_dead_partials(target)
     n = _n_samples(x)
     c = _n_outputs(model, x)
     scale = c if reduction == "flattened" else 1
@@ -249,7 +274,7 @@ def tiled_kernel(
     }
     ranges = [(s, min(s + tile, n)) for s in range(0, n, tile)]
     pairs = [(a, b) for i, a in enumerate(ranges) for b in ranges[i:]]
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.partial")
+    tmp = target.with_name(f".{target.name}.{owner_tag()}.{secrets.token_hex(6)}.partial")
     start = time.perf_counter()
     try:
         _create(tmp, fmt, order, tile * scale, np_dtype)
@@ -259,7 +284,7 @@ def tiled_kernel(
         else:
             _run_tiles(client, model, x, pairs, scale, str(tmp), fmt, options, threads, retries)
         meta = {
-            "format": "entk-fast-tiled-kernel",
+            "format": KERNEL_FORMAT,
             "order": order,
             "n_samples": n,
             "n_outputs": c,
@@ -271,12 +296,51 @@ def tiled_kernel(
             "seconds": time.perf_counter() - start,
         }
         _finalise(tmp, target, fmt, meta, overwrite)
-    except BaseException:
+    except BaseException as e:
         _remove(tmp)
+        if isinstance(e, OSError) and (full := storage_error(e, target)) is not e:
+            raise full from e
         raise
     return StoredKernel(
         target, fmt, order, n, c, reduction, tile, str(np_dtype), {"tiles": len(pairs)}
     )
+
+
+def is_stored_kernel(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a kernel written by :func:`tiled_kernel`: a Zarr folder whose
+    attributes, or a ``.npy`` file whose ``NAME.json`` next to it, say
+    ``format: entk-fast-tiled-kernel``."""
+    p = Path(path)
+    if p.is_dir():
+        candidates = [(p / "zarr.json", "attributes"), (p / ".zattrs", None)]
+    else:
+        candidates = [(p.with_name(p.name + ".json"), None)]
+    for file, key in candidates:
+        try:
+            data = json.loads(read_regular_bytes(file, 16 << 20).decode("utf-8"))
+        except (OSError, ValueError, EntkError):
+            continue
+        if isinstance(data, dict) and key is not None:
+            data = data.get(key)
+        if isinstance(data, dict) and data.get("format") == KERNEL_FORMAT:
+            return True
+    return False
+
+
+def _remove_dead_partials(target: Path) -> list[Path]:
+    """Remove the partial arrays of ``target`` left by writers that were killed (their pid,
+    in the name, no longer runs on this host); a live writer's stay. Returns those removed."""
+    pattern = re.compile(
+        rf"^\.{re.escape(target.name)}\.\d+-[0-9a-f]{{8}}\.[0-9a-f]{{12}}\.partial$"
+    )
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in target.parent.iterdir():
+            if pattern.match(entry.name) and written_by_dead_process(entry.name):
+                with contextlib.suppress(OSError):
+                    _remove(entry)
+                    removed.append(entry)
+    return removed
 
 
 def _float_dtype(dtype: Any) -> np.dtype:
@@ -303,9 +367,25 @@ def _create(path: Path, fmt: str, order: int, chunk: int, dtype: np.dtype) -> No
         )
     else:
         mm = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(order, order))
+        del mm  # a sparse file: reserve its blocks first, so a full disk is an error here
+        _preallocate(path)  # and not a SIGBUS when the memory map's pages are written
+        mm = np.load(path, mmap_mode="r+")
         mm[...] = np.nan
         mm.flush()
         del mm
+
+
+def _preallocate(path: Path) -> None:
+    fd = os.open(path, os.O_RDWR)
+    try:
+        if hasattr(os, "posix_fallocate"):
+            try:
+                os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+            except OSError as e:  # a file system without fallocate: write as before
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+    finally:
+        os.close(fd)
 
 
 def _run_tiles(

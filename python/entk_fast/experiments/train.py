@@ -26,7 +26,7 @@ from torch import nn
 
 from .._progress import interactive
 from .._validate import check_int
-from ..errors import CheckpointError, InvalidArgumentError, InvalidTypeError
+from ..errors import CheckpointError, InvalidArgumentError, InvalidTypeError, SignalInterrupt
 from . import runs
 from .modadd import ModAddConfig
 from .registry import build_model, task_of_config
@@ -249,12 +249,15 @@ def _loop(
     return TrainResult(config=config, model=task.model, history=_as_arrays(history), out=run_dir)
 
 
-class Terminated(KeyboardInterrupt):
+class Terminated(SignalInterrupt):
     """SIGTERM arrived (a cluster's time limit, ``kill``): training saved a checkpoint of the
-    step it had finished and stopped; resuming continues bit-identically."""
+    step it had finished and stopped; resuming continues bit-identically. A
+    KeyboardInterrupt, with ``signum`` = SIGTERM (the CLI exits 143, like every command)."""
 
     def __init__(self, step: int) -> None:
-        super().__init__(f"terminated by SIGTERM after step {step} (checkpoint saved)")
+        super().__init__(
+            signal.SIGTERM, f"terminated by SIGTERM after step {step} (checkpoint saved)"
+        )
         self.step = step
 
 
