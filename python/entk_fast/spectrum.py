@@ -33,6 +33,7 @@ from .errors import InvalidArgumentError, MemoryBudgetError
 from .ntk.checks import StructuredFallback
 from .ntk.factored import FactoredOperator, factor_bytes
 from .ntk.kernel import check_model, compute_kernel, describe_kernel
+from .ntk.layer_operator import CachedLayerOperator, cached_layer_reason
 from .ntk.operator import KernelOperator
 from .ntk.plan import format_bytes, structured_transient, work_budget
 from .ntk.problem import Problem, evaluation_mode, prepare
@@ -214,9 +215,22 @@ def _matrix_free(
         min(problem.n_samples, max(1, (transient - columns * per_vector) // (per_sample * columns)))
     )
     room = max(0, budget - fixed - transient)
-    factored = _factored_operator(problem, structured, room // 2, transient)
+    cached_reason = cached_layer_reason(problem)
+    cached = None
+    if cached_reason is None:
+        # One affine layer: its inputs cached, products through the suffix after it only.
+        per_unit = problem.probe.activation_numel * it
+        cached_columns = int(min(width, max(1, transient // (4 * per_unit))))
+        cached_chunk = int(min(problem.n_samples, max(1, transient // (per_unit * cached_columns))))
+        cached = CachedLayerOperator(problem, cached_chunk, cached_columns, keep_bytes=room)
+        chunk, columns = cached_chunk, cached_columns
+    factored = (
+        None
+        if cached is not None
+        else _factored_operator(problem, structured, room // 2, transient)
+    )
     done = set() if factored is None else {n for layer in factored.layers for n in layer.names}
-    rest = [name for name in problem.selected if name not in done]
+    rest = [] if cached is not None else [n for n in problem.selected if n not in done]
     general = None
     if rest:
         # What the basis, transients and factors leave keeps the chunks' forward graphs.
@@ -229,7 +243,7 @@ def _matrix_free(
 
         def matmat(v: np.ndarray) -> np.ndarray:
             nonlocal count
-            parts = [op.matmat(v) for op in (factored, general) if op is not None]
+            parts = [op.matmat(v) for op in (cached, factored, general) if op is not None]
             out = np.add.reduce([part.astype(np.float64, copy=False) for part in parts])
             if count == 0:  # the random start block: K V = 0 only if K = 0
                 check_kernel_nonzero(float(np.abs(out).max()))
@@ -268,10 +282,15 @@ def _matrix_free(
             "solver": "eigh_topk_operator",
             "factored_layers": [] if factored is None else [f.path for f in factored.layers],
             "factored_bytes": 0 if factored is None else factored.nbytes,
-            "kept_chunks": 0 if general is None else general.kept_chunks,
-            "kept_transposes": 0 if general is None else general.kept_transposes,
-            "chunks": 0 if general is None else -(-problem.n_samples // chunk),
-            "kept_bytes": 0 if general is None else general.kept_bytes,
+            "products": "cached_layer" if cached is not None else "autograd",
+            "cached_layer": None if cached is None else cached.layer.path,
+            "cached_layer_reason": cached_reason,
+            "kept_chunks": len(cached.kept) if cached else (general.kept_chunks if general else 0),
+            "kept_transposes": cached.kept_transposes
+            if cached
+            else (general.kept_transposes if general else 0),
+            "chunks": -(-problem.n_samples // chunk) if (cached or general) else 0,
+            "kept_bytes": cached.kept_bytes if cached else (general.kept_bytes if general else 0),
         },
     )
 
@@ -334,6 +353,7 @@ def entk_spectrum(
     reduction: str = "flattened",
     output_metric: Any = None,
     output_fn: Callable[[Any], Any] | None = None,
+    positions: Any = None,
     params: Iterable[str] | str | None = None,
     dtype: Any = None,
     method: str = "auto",
@@ -371,6 +391,7 @@ def entk_spectrum(
             reduction=reduction,
             output_metric=output_metric,
             output_fn=output_fn,
+            positions=positions,
             params=params,
             dtype=dtype,
         )
@@ -413,6 +434,7 @@ def entk_topk(
     reduction: str = "flattened",
     output_metric: Any = None,
     output_fn: Callable[[Any], Any] | None = None,
+    positions: Any = None,
     params: Iterable[str] | str | None = None,
     dtype: Any = None,
     tol: float | None = None,
@@ -460,6 +482,7 @@ def entk_topk(
             reduction=reduction,
             output_metric=output_metric,
             output_fn=output_fn,
+            positions=positions,
             params=params,
             dtype=dtype,
         )

@@ -178,6 +178,7 @@ def empirical_ntk(
     x2: Any = None,
     *,
     output_fn: Callable[[Any], Any] | None = None,
+    positions: Any = None,
     reduction: str = "flattened",
     output_metric: Any = None,
     layerwise: bool = False,
@@ -208,6 +209,11 @@ def empirical_ntk(
         output_fn: what of the model's output to differentiate: a callable mapping it (a
             tensor, a Hugging Face ``ModelOutput``, a tuple) to a tensor (N, ...), e.g.
             ``lambda o: o.logits[:, -1]``. Default: the output itself (a tensor).
+        positions: None, or integers (N,): sample n's output is row ``positions[n]`` of
+            dim 1 of what ``output_fn`` returns (n, T, ...), e.g. the labelled word's token
+            or the last real token of a padded batch:
+            ``output_fn=lambda o: o.last_hidden_state, positions=mask.sum(1) - 1``. Negative
+            positions count from the end. Not with ``x2``.
         reduction: ``"flattened"`` (N·C, N·C) with row = n·C + c; ``"trace"`` (N, N), the mean
             over outputs of K[:, :, c, c]; ``"mean_pairs"`` (N, N), the mean over all output
             pairs (the eNTK of the mean output).
@@ -250,6 +256,7 @@ def empirical_ntk(
             inputs,
             inputs2=x2,
             output_fn=output_fn,
+            positions=positions,
             reduction=reduction,
             output_metric=output_metric,
             params=params,

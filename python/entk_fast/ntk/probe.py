@@ -36,6 +36,7 @@ __all__ = [
     "forward_batch",
     "probe_indices",
     "run_probe",
+    "select_positions",
 ]
 
 
@@ -118,6 +119,11 @@ class ModelCall:
 
     keys: tuple[str | None, ...] = ()
     output_fn: Callable[[Any], Any] | None = None
+    positions: bool = False
+    """True: the last input tensor is not the model's but the readout positions (n,) (int):
+    sample i's output is row ``positions[i]`` of dim 1 of what ``output_fn`` returns (a
+    per-sample token position, e.g. the labelled word or the last real token of a padded
+    batch)."""
 
 
 DEFAULT_CALL = ModelCall()
@@ -132,11 +138,28 @@ def forward_batch(
 ) -> Any:
     """The model's output on a batch (through ``call.output_fn``), with ``params`` and
     ``buffers`` substituted."""
+    positions = None
+    if call.positions:
+        inputs, positions = inputs[:-1], inputs[-1]
     keys = call.keys or (None,) * len(inputs)
     args = tuple(x for x, key in zip(inputs, keys, strict=True) if key is None)
     kwargs = {key: x for x, key in zip(inputs, keys, strict=True) if key is not None}
     out = functional_call(model, (dict(params), dict(buffers)), args, kwargs)
-    return out if call.output_fn is None else call.output_fn(out)
+    out = out if call.output_fn is None else call.output_fn(out)
+    return out if positions is None else select_positions(out, positions)
+
+
+def select_positions(out: Any, positions: Tensor) -> Any:
+    """Row ``positions[i]`` of dim 1 of sample i's output: (n, T, ...) -> (n, ...). A gather,
+    so that it runs under vmap too (each sample's own position)."""
+    if not isinstance(out, Tensor) or out.dim() < 2:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise InvalidArgumentError(
+            "positions: the model's output (after output_fn) must be (n, T, ...) with the "
+            f"positions along dim 1, got {shape}"
+        )
+    index = positions.reshape(-1, 1, *([1] * (out.dim() - 2))).expand(-1, 1, *out.shape[2:])
+    return torch.gather(out, 1, index).squeeze(1)
 
 
 def _numel(value: Any) -> int:

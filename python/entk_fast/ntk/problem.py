@@ -453,6 +453,7 @@ def prepare(
     params: Iterable[str] | str | None = None,
     groups: Mapping[str, Iterable[str] | str] | None = None,
     dtype: Any = None,
+    positions: Any = None,
 ) -> Problem:
     """Validate everything and probe the model once. Call inside :func:`evaluation_mode`."""
     if not isinstance(model, nn.Module):
@@ -495,6 +496,12 @@ def prepare(
         xs = _concatenate(xs, second)
         n_samples2 = int(second[0].shape[0])
     call = ModelCall(keys, output_fn)
+    if positions is not None:
+        if n_samples2:
+            raise InvalidArgumentError("positions is not available for a cross kernel (x2)")
+        where = _check_positions(model, tensors, buffers, xs, call, positions)
+        xs = (*xs, where)
+        call = ModelCall(keys, output_fn, positions=True)
     probe = run_probe(model, tensors, buffers, xs, sample_namer(len(xs[0]), n_samples2), call=call)
     root = normalise_metric(output_metric, probe.n_outputs)
     out_map = red.output_map(root, probe.n_outputs, torch_dtype, device)
@@ -515,6 +522,51 @@ def prepare(
         n_samples2=n_samples2,
         call=call,
     )
+
+
+def _check_positions(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    buffers: Mapping[str, Tensor],
+    xs: tuple[Tensor, ...],
+    call: ModelCall,
+    positions: Any,
+) -> Tensor:
+    """``positions`` as an int64 tensor (N,) on the inputs' device, each within the T rows of
+    dim 1 of the model's output (one sample's forward tells T)."""
+    if isinstance(positions, np.ndarray):
+        positions = torch.from_numpy(np.ascontiguousarray(positions))
+    elif isinstance(positions, list | tuple):
+        positions = torch.as_tensor(positions)
+    if not isinstance(positions, Tensor):
+        raise InvalidTypeError(
+            f"positions must be an integer tensor (N,), got {type(positions).__name__}"
+        )
+    n = int(xs[0].shape[0])
+    if positions.is_floating_point() or positions.is_complex() or positions.dtype == torch.bool:
+        raise InvalidTypeError(f"positions must hold integers, got {positions.dtype}")
+    if tuple(positions.shape) != (n,):
+        raise InvalidArgumentError(
+            f"positions must have shape ({n},) (one readout position per sample), got "
+            f"{tuple(positions.shape)}"
+        )
+    with torch.no_grad():
+        out = forward_batch(model, params, buffers, tuple(x[:1] for x in xs), call)
+    if not isinstance(out, Tensor) or out.dim() < 2:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise InvalidArgumentError(
+            "positions: the model's output (after output_fn) must be (n, T, ...) with the "
+            f"positions along dim 1, got {shape}"
+        )
+    length = int(out.shape[1])
+    bad = ((positions < -length) | (positions >= length)).nonzero()
+    if len(bad):
+        i = int(bad[0, 0])
+        raise InvalidArgumentError(
+            f"positions[{i}] = {int(positions[i])} is outside the output's {length} positions "
+            "(dim 1 after output_fn)"
+        )
+    return (positions.to(torch.int64) % length).to(xs[0].device)
 
 
 def _concatenate(first: tuple[Tensor, ...], second: tuple[Tensor, ...]) -> tuple[Tensor, ...]:

@@ -1,0 +1,318 @@
+"""Kernel-vector products for one affine layer deep inside a model, from a cached prefix.
+
+When the kernel's parameters are those of a single affine module (``nn.Linear``, or the
+``Conv1D`` of GPT-2-style Hugging Face models) that runs once per forward, a sample's Jacobian
+factors through that module: with a_{n,t} the module's input at position t of sample n,
+y_{n,t} = W a_{n,t} + b its output and h_n the (metric-weighted) readout,
+
+    Jᵀ v = Σ_{n,t} g_{n,t} a_{n,t}ᵀ   (and Σ g_{n,t} for b),   g_{n,t} = (∂h_n/∂y_{n,t})ᵀ v_n,
+    J G  = (∂h_n/∂y_n) · (G a_{n,t} (+ b-part))_t,
+
+(arXiv 2510.00468, the layerwise eNTK of a language-model layer). So the model runs up to and
+through the module once per chunk of samples: the module's inputs are cached, and only the
+part of the graph after it (the *suffix*, from the module's output to the readout) is kept.
+A product of a block of b vectors is then one batched backward through the suffix (the g's),
+two batched matrix products with the cached inputs (the layer's own contraction, over every
+position of every sample in the chunk and the whole block), and one batched backward through
+the suffix's transpose (∂h/∂y · dy, exact because the backward is linear in its cotangent).
+
+The batch runs as the model's ordinary batched forward, not one sample at a time under vmap:
+padded batches with a 2-D attention mask (which Hugging Face models cannot run under vmap)
+keep this fast path. The probe has shown the model batch-independent, and the module's input
+is checked to have one row per sample. Where the path cannot apply, :func:`cached_layer_reason`
+says why and the caller uses the general products.
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+from torch import Tensor, nn
+
+from ..errors import InvalidArgumentError
+from .checks import require_finite
+from .problem import Problem
+from .vmapping import per_sample_attention, quiet_batching_fallback
+
+__all__ = ["AffineLayer", "CachedLayerOperator", "cached_layer_reason", "find_affine_layer"]
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    """Hugging Face's ``Conv1D`` (GPT-2): y = x @ W + b with W (in, out); matched by name so
+    that transformers stays optional."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
+@dataclass(frozen=True)
+class AffineLayer:
+    """The one affine module the kernel's parameters belong to."""
+
+    path: str
+    module: nn.Module
+    weight: str | None
+    """Canonical name of the selected weight (None: only the bias is selected)."""
+    bias: str | None
+    """Canonical name of the selected bias (None: not selected or absent)."""
+    d_in: int
+    d_out: int
+    transposed: bool
+    """True for Conv1D (weight stored (in, out))."""
+
+
+def find_affine_layer(problem: Problem) -> tuple[AffineLayer | None, str]:
+    """The affine module whose parameters are exactly the selected ones, or (None, why not)."""
+    owners = {problem.index.infos[name].owner for name in problem.selected}
+    if len(owners) != 1:
+        return None, "the selected parameters belong to more than one module"
+    path = owners.pop()
+    module = problem.model.get_submodule(path) if path else problem.model
+    if isinstance(module, nn.Linear):
+        transposed = False
+        d_in, d_out = module.in_features, module.out_features
+    elif _is_conv1d(module):
+        transposed = True
+        d_in, d_out = int(module.weight.shape[0]), int(module.weight.shape[1])
+    else:
+        return None, f"module {path!r} is a {type(module).__name__}, not nn.Linear or Conv1D"
+    weight = bias = None
+    for name in problem.selected:
+        info = problem.index.infos[name]
+        if info.aliases:
+            return None, f"parameter {name!r} is tied to {info.aliases[0]!r}"
+        leaf = name.rpartition(".")[2]
+        if leaf == "weight":
+            weight = name
+        elif leaf == "bias":
+            bias = name
+        else:
+            return None, f"parameter {name!r} is not the module's weight or bias"
+    calls = problem.probe.calls.get(path, 0)
+    if calls != 1:
+        return None, f"module {path!r} runs {calls} times per forward (the cached path needs 1)"
+    for name in problem.selected:
+        if problem.probe.usage.get(name, 0) != 1:
+            return None, f"parameter {name!r} is used by more than the module's one call"
+    if not problem.probe.batch_independent:
+        return None, "the model's samples interact inside a batch"
+    return AffineLayer(path, module, weight, bias, d_in, d_out, transposed), ""
+
+
+def cached_layer_reason(problem: Problem) -> str | None:
+    """None when the cached-layer products apply to ``problem``, else the reason they do not."""
+    if problem.reduction.rows_concatenated:
+        return f"reduction {problem.reduction.name!r} concatenates a sample's output rows"
+    if problem.n_samples2:
+        return "a cross kernel"
+    layer, why = find_affine_layer(problem)
+    return why if layer is None else None
+
+
+@dataclass
+class _Chunk:
+    """One chunk's cached prefix: the layer's inputs and the suffix graph after it."""
+
+    start: int
+    stop: int
+    inputs: Tensor
+    """(n·L, d_in): the module's input at every position of the chunk's samples."""
+    positions: int
+    """L, the positions per sample."""
+    leaf: Tensor
+    """(n, ..., d_out), L positions: the module's output, the suffix's input (requires
+    grad; kept as the module returned it, a view of it would not be in the graph)."""
+    out: Tensor
+    """(n, C_r): the readout R f, with the graph back to ``leaf``."""
+    transpose: tuple[Tensor, Tensor] | None = None
+    """(g(u) (n, L, d_out), u (n, C_r)): the suffix's backward at a symbolic cotangent u,
+    whose own backward gives ∂h/∂y · dy; kept when memory allows, else rebuilt per product."""
+
+
+def _resident() -> int:
+    gc.collect()
+    return int(psutil.Process().memory_info().rss)
+
+
+class CachedLayerOperator:
+    """K V = M (Mᵀ V) for the single affine layer of ``problem`` (see the module docstring).
+
+    ``chunk`` samples per cached forward; ``columns`` vectors per batched backward;
+    ``keep_bytes`` bounds the memory of the cached chunks (the suffix graphs, their transposes
+    and the layer inputs; measured as resident growth). Chunks beyond it rerun their forward
+    per product. ``n_matvec`` counts vector products.
+    """
+
+    def __init__(self, problem: Problem, chunk: int, columns: int, keep_bytes: int) -> None:
+        layer, why = find_affine_layer(problem)
+        if layer is None:
+            raise InvalidArgumentError(f"the cached-layer products do not apply: {why}")
+        self.problem = problem
+        self.layer = layer
+        self.chunk = max(1, int(chunk))
+        self.columns = max(1, int(columns))
+        self.keep_bytes = max(0, int(keep_bytes))
+        self.kept: dict[int, _Chunk] = {}
+        self.kept_bytes = 0
+        self.n_matvec = 0
+        self._full = False
+        self._checked = False
+
+    @property
+    def size(self) -> int:
+        return self.problem.kernel_size
+
+    @property
+    def kept_transposes(self) -> int:
+        return sum(1 for c in self.kept.values() if c.transpose is not None)
+
+    def _slices(self) -> list[tuple[int, int]]:
+        n = self.problem.n_samples
+        return [(s, min(s + self.chunk, n)) for s in range(0, n, self.chunk)]
+
+    def _run(self, start: int, stop: int) -> _Chunk:
+        """The model's batched forward on samples ``start:stop`` with the layer's output made
+        the graph's leaf: only the suffix after the layer is recorded."""
+        problem = self.problem
+        seen: list[tuple[Tensor, Tensor]] = []
+
+        def hook(_module: nn.Module, args: tuple[Any, ...], output: Any) -> Tensor:
+            if not args or not isinstance(args[0], Tensor) or not isinstance(output, Tensor):
+                raise InvalidArgumentError(
+                    f"module {self.layer.path!r} must take and return tensors for the "
+                    "cached-layer products"
+                )
+            leaf = output.detach().requires_grad_(True)
+            seen.append((args[0].detach(), leaf))
+            return leaf
+
+        handle = self.layer.module.register_forward_hook(hook)
+        xs = tuple(x[start:stop] for x in problem.inputs)
+        try:
+            with torch.enable_grad(), per_sample_attention():
+                out = problem.out_map.apply(problem.forward(xs))
+        finally:
+            handle.remove()
+        n = stop - start
+        if len(seen) != 1:
+            raise InvalidArgumentError(
+                f"module {self.layer.path!r} ran {len(seen)} times in one forward; the "
+                "cached-layer products need exactly one call"
+            )
+        inputs, leaf = seen[0]
+        if inputs.dim() < 2 or inputs.shape[0] != n or leaf.shape[0] != n:
+            raise InvalidArgumentError(
+                f"module {self.layer.path!r} must see the samples along dim 0 (input shape "
+                f"{tuple(inputs.shape)} for {n} samples)"
+            )
+        require_finite(out, "output", problem.samples_from(start))
+        positions = int(inputs[0].numel() // self.layer.d_in)
+        return _Chunk(
+            start,
+            stop,
+            inputs.reshape(n * positions, self.layer.d_in),
+            positions,
+            leaf,
+            out,
+        )
+
+    @staticmethod
+    def _make_transpose(chunk: _Chunk) -> tuple[Tensor, Tensor]:
+        with torch.enable_grad():
+            u = torch.zeros_like(chunk.out, requires_grad=True)
+            (g,) = torch.autograd.grad(chunk.out, chunk.leaf, u, create_graph=True)
+        return g, u
+
+    def _chunks(self) -> list[_Chunk]:
+        """Every chunk: the kept ones, and the others run afresh (kept while they fit)."""
+        out = []
+        for index, (start, stop) in enumerate(self._slices()):
+            chunk = self.kept.get(index)
+            if chunk is None:
+                before = _resident() if not self._full else 0
+                chunk = self._run(start, stop)
+                if not self._full:
+                    chunk.transpose = self._make_transpose(chunk)
+                    grown = max(_resident() - before, 0)
+                    if self.kept_bytes + grown <= self.keep_bytes:
+                        self.kept[index] = chunk
+                        self.kept_bytes += grown
+                    else:
+                        self._full = True
+            if not self._checked:
+                self._check_adjoint(chunk)
+            out.append(chunk)
+        return out
+
+    def _check_adjoint(self, chunk: _Chunk) -> None:
+        """⟨∂h/∂y · w, u⟩ = ⟨w, (∂h/∂y)ᵀ u⟩ on random u, w: a backward that is not itself
+        differentiable (a custom Function that detaches) would make M silently wrong."""
+        self._checked = True
+        gen = torch.Generator(device=chunk.out.device).manual_seed(0)
+        u = torch.randn(chunk.out.shape, generator=gen, dtype=chunk.out.dtype)
+        w = torch.randn(chunk.leaf.shape, generator=gen, dtype=chunk.leaf.dtype)
+        pulled = torch.autograd.grad(chunk.out, chunk.leaf, u, retain_graph=True)[0]
+        g, sym = chunk.transpose if chunk.transpose is not None else self._make_transpose(chunk)
+        pushed = torch.autograd.grad(g, sym, w, retain_graph=True)[0]
+        lhs, rhs = float((pushed * u).sum()), float((pulled * w).sum())
+        scale = float(pushed.norm() * u.norm() + pulled.norm() * w.norm()) or 1.0
+        tol = 1e-4 if chunk.out.dtype == torch.float32 else 1e-10
+        if abs(lhs - rhs) > tol * scale:
+            raise InvalidArgumentError(
+                "the model's backward after the selected layer is not differentiable as its "
+                f"forward is (adjoint test {lhs:.6g} vs {rhs:.6g}); the cached-layer products "
+                "need an autograd-consistent suffix"
+            )
+
+    def _grads(self, out: Tensor, wrt: Tensor, cot: Tensor) -> Tensor:
+        """Batched backward: cot (b, *out.shape) -> (b, *wrt.shape)."""
+        if cot.shape[0] == 1:
+            return torch.autograd.grad(out, wrt, cot[0], retain_graph=True)[0].unsqueeze(0)
+        with quiet_batching_fallback():
+            return torch.autograd.grad(out, wrt, cot, retain_graph=True, is_grads_batched=True)[0]
+
+    def _block(self, chunks: list[_Chunk], v: Tensor) -> Tensor:
+        """K V for one block V (b, N, C_r) -> (b, N, C_r)."""
+        layer = self.layer
+        b = v.shape[0]
+        weight = torch.zeros(b, layer.d_out, layer.d_in, dtype=v.dtype, device=v.device)
+        bias = torch.zeros(b, 1, layer.d_out, dtype=v.dtype, device=v.device)
+        for chunk in chunks:
+            g = self._grads(chunk.out, chunk.leaf, v[:, chunk.start : chunk.stop])
+            g = g.reshape(b, -1, layer.d_out)  # (b, n·L, d_out)
+            if layer.weight is not None:
+                weight.add_(g.transpose(1, 2) @ chunk.inputs)
+            if layer.bias is not None:
+                bias.add_(g.sum(dim=1, keepdim=True))
+            del g
+        result = torch.empty_like(v)
+        for chunk in chunks:
+            dy = chunk.inputs @ weight.transpose(1, 2) if layer.weight is not None else 0.0
+            dy = dy + bias  # (b, n·L, d_out)
+            g_sym, u = (
+                chunk.transpose if chunk.transpose is not None else self._make_transpose(chunk)
+            )
+            pushed = self._grads(g_sym, u, dy.reshape(b, *chunk.leaf.shape))
+            require_finite(pushed, "jacobian", self.problem.samples_from(chunk.start), dim=1)
+            result[:, chunk.start : chunk.stop] = pushed
+            del dy, pushed
+        return result
+
+    def matmat(self, block: np.ndarray) -> np.ndarray:
+        """K V for V (R, b) (any float dtype); returns (R, b) in the problem's dtype."""
+        problem = self.problem
+        n, rows = problem.n_samples, problem.rows_per_sample
+        vectors = torch.as_tensor(np.ascontiguousarray(np.asarray(block).T), device=problem.device)
+        vectors = vectors.to(problem.dtype).reshape(-1, n, rows)
+        chunks = self._chunks()
+        parts = [
+            self._block(chunks, vectors[s : s + self.columns])
+            for s in range(0, vectors.shape[0], self.columns)
+        ]
+        del chunks
+        self.n_matvec += vectors.shape[0]
+        out = torch.cat(parts).reshape(vectors.shape[0], -1).T.detach().cpu().numpy()
+        return np.ascontiguousarray(out, dtype=problem.numpy_dtype)
