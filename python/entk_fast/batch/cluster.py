@@ -100,6 +100,7 @@ def open_client(
             dask-jobqueue, configured by ``cluster_config`` (YAML/JSON keyword arguments of
             ``SLURMCluster`` / ``PBSCluster``) or dask-jobqueue's own configuration.
         dashboard: start the local cluster's dashboard (port 8787 when free; needs bokeh).
+            A local cluster (scheduler, workers, dashboard) listens on 127.0.0.1 only.
         local_directory: the local workers' scratch directory.
     """
     require_dask()
@@ -140,16 +141,30 @@ def open_client(
                 yield client
         return
     n = workers if workers is not None else _usable_cores()
-    local = LocalCluster(
-        n_workers=n,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=":8787" if dashboard else None,
-        local_directory=None if local_directory is None else str(local_directory),
-    )
+    local = LocalCluster(**_local_cluster_kwargs(n, dashboard, local_directory))
     with local, Client(local) as client:
         yield client
+
+
+#: Where a local cluster listens: the loopback interface only. Its scheduler, workers,
+#: nannies and dashboard are reachable from this machine alone (an SSH tunnel shows the
+#: dashboard elsewhere); the tasks unpickle what they receive, so nothing else may connect.
+LOOPBACK = "127.0.0.1"
+
+
+def _local_cluster_kwargs(
+    n: int, dashboard: bool, local_directory: str | os.PathLike[str] | None
+) -> dict[str, Any]:
+    """The keyword arguments of the ``LocalCluster`` that :func:`open_client` starts."""
+    return {
+        "n_workers": n,
+        "threads_per_worker": 1,
+        "processes": True,
+        "host": LOOPBACK,
+        "dashboard_address": f"{LOOPBACK}:8787" if dashboard else None,
+        "worker_dashboard_address": None,
+        "local_directory": None if local_directory is None else str(local_directory),
+    }
 
 
 def _usable_cores() -> int:

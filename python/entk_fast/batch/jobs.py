@@ -42,7 +42,7 @@ import numpy as np
 from .. import linalg
 from .._validate import check_int
 from .._version import __version__
-from ..errors import CheckpointError, EntkError, InvalidArgumentError
+from ..errors import CheckpointError, EntkError, InvalidArgumentError, StorageError
 from .store import JobId, ResultStore, check_run_name, file_sha256
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -335,14 +335,27 @@ def find_runs(runs_dir: str | os.PathLike[str]) -> dict[str, Path]:
     if (root / "config.json").is_file():
         return {root.resolve().name: root}
     found: dict[str, Path] = {}
+    # the folders under root by their real paths, so that a run is named by its real path
+    # rather than by a symlink to it, wherever the two are met in the walk
+    real_root = os.path.realpath(root)
+    real_names = {real_root: "RUNS_DIR"}
+    for dirpath, dirnames, _ in os.walk(root):
+        for d in dirnames:
+            path = os.path.join(dirpath, d)
+            if not os.path.islink(path):  # os.walk lists links to folders, never enters them
+                real_names[os.path.realpath(path)] = Path(path).relative_to(root).as_posix()
     visited: dict[str, str] = {}  # real folder -> the name of the path that reached it
     notes: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         here = Path(dirpath)
         name = here.relative_to(root).as_posix()
         real = os.path.realpath(here)
-        if real in visited:
+        direct = os.path.join(real_root, *here.relative_to(root).parts)
+        through_link = here != root and real != direct
+        first = real_names.get(real) if through_link else None
+        if first is None and real in visited:
             first = visited[real] or "RUNS_DIR"
+        if first is not None:
             notes.append(f"{name} is {first} again (through a symlink): searched once")
             dirnames[:] = []
             continue
@@ -351,8 +364,7 @@ def find_runs(runs_dir: str | os.PathLike[str]) -> dict[str, Path]:
             found[name] = here
             dirnames[:] = []  # a folder inside a run (e.g. a copy kept in it) is not a run
             continue
-        # real folders first, so a run is named by its real path rather than a link to it
-        dirnames.sort(key=lambda d: (os.path.islink(os.path.join(dirpath, d)), d))
+        dirnames.sort()
         for f in sorted(filenames):
             link = here / f
             if link.is_symlink() and not link.exists():
@@ -644,6 +656,9 @@ class _Recorder:
             for job, record, arrays in _records(self.plan, task, result):
                 self.store.write_result(job, record, arrays)
                 written.append(job)
+        except StorageError:  # a full disk: nothing more can be recorded, stop the batch
+            self._record(written, True)
+            raise
         except (OSError, EntkError, KeyError) as e:  # this job is lost, not the batch
             rest = [job for job in jobs if job not in written]
             self._record(written, True)

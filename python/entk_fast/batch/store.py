@@ -371,6 +371,12 @@ def _record_problem(record: dict[str, Any], job: JobId, path: Path) -> str | Non
         return "no inputs"
     if not isinstance(record.get("result"), dict):
         return "no result"
+    if (record.get("run"), record.get("step"), record.get("analysis")) != (
+        job.run,
+        job.step,
+        job.analysis,
+    ):
+        return "it names another job"
     if "arrays" not in record:
         return "no arrays entry"
     arrays = record["arrays"]
