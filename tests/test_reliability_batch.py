@@ -195,6 +195,20 @@ def test_a_checkpoint_symlinked_to_a_regular_file_is_followed(
     assert not report.failed and len(report.succeeded) == len(STEPS)
 
 
+def test_a_run_whose_history_is_a_symlink_to_dev_zero_is_one_recorded_failure(
+    one_run: Path, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    _copy_run(one_run, runs / "good")
+    bad = _copy_run(one_run, runs / "bad", seed=2)
+    (bad / "history.json").unlink()
+    (bad / "history.json").symlink_to("/dev/zero")
+    report = _in_thread(lambda: run_batch(runs, tmp_path / "res", "spectrum"), 120)
+    assert report.failed == ["bad/*"] and len(report.succeeded) == len(STEPS)
+    error = ResultStore(tmp_path / "res").read_failures()["bad/*"]["error"]
+    assert "history.json" in error and "not a regular file" in error
+
+
 def test_file_sha256_reads_regular_files_only_and_honours_its_cap(tmp_path: Path) -> None:
     file = tmp_path / "f"
     file.write_bytes(b"x" * 1000)

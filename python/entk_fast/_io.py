@@ -34,6 +34,7 @@ __all__ = [
     "atomic_write_text",
     "fsync_dir",
     "json_default",
+    "open_regular",
     "owner_tag",
     "print_json",
     "print_json_error",

@@ -713,8 +713,12 @@ def run_batch(
     """Run every job of ``runs_dir`` × checkpoints × ``analyses`` and store the results.
 
     Args:
-        runs_dir: a run directory, or a directory holding runs (searched recursively).
-        out: the results directory (see :mod:`entk_fast.batch.store`).
+        runs_dir: a run directory, or a directory holding runs (searched recursively;
+            symlinks to folders are followed, see :func:`find_runs`; a checkpoint is read
+            only when it is a regular file, or a symlink to one, of at most
+            :data:`MAX_CHECKPOINT_BYTES`: anything else is a failed job).
+        out: the results directory (see :mod:`entk_fast.batch.store`). One batch at a time
+            writes it: a second one is refused (InvalidArgumentError naming ``out``).
         analyses: ``"spectrum"``, ``"overlaps"`` (a comma-separated string or a list).
         k: eigenpairs of the spectrum job (at most the kernel's order).
         client: a ``dask.distributed.Client``: one task per checkpoint on its workers. None:

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._io import TMP_FILE_RE, atomic_open, atomic_write_json
-from ..errors import CheckpointError, RunDirectoryError
+from .._io import TMP_FILE_RE, atomic_open, atomic_write_json, read_regular_bytes
+from ..errors import CheckpointError, EntkError, RunDirectoryError
 from .registry import build_model, config_from_dict
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,6 +43,9 @@ CHECKPOINT_DIR = "checkpoints"
 PLOT_FILE = "training_curve.png"
 LOCK_FILE = ".lock"
 _CHECKPOINT_RE = re.compile(r"^step-(\d+)\.pt$")
+#: The largest config.json / history.json read (a symlink to /dev/zero must not hang a reader).
+MAX_CONFIG_BYTES = 16 << 20
+MAX_HISTORY_BYTES = 1 << 30
 _TMP_RE = re.compile(TMP_FILE_RE)
 
 
@@ -53,12 +56,12 @@ def read_config_file(path: Path) -> tuple[str, dict[str, Any]]:
     """``(kind, config fields)`` from ``path/config.json``; RunDirectoryError if unreadable."""
     file = path / CONFIG_FILE
     try:
-        meta = json.loads(file.read_text(encoding="utf-8"))
+        meta = json.loads(read_regular_bytes(file, MAX_CONFIG_BYTES, what="config").decode("utf-8"))
     except FileNotFoundError:
         raise RunDirectoryError(
             f"{path} is not an entk-fast run directory (no {CONFIG_FILE})"
         ) from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EntkError) as e:
         raise RunDirectoryError(f"cannot read {file}: {e}") from e
     if (
         not isinstance(meta, dict)
@@ -352,13 +355,14 @@ def load_run(path: str | os.PathLike[str]) -> Run:
         raise RunDirectoryError(f"{run_path / CONFIG_FILE} holds an invalid config: {e}") from e
     file = run_path / HISTORY_FILE
     try:
-        meta = json.loads(file.read_text(encoding="utf-8"))
+        raw = read_regular_bytes(file, MAX_HISTORY_BYTES, what="history")
+        meta = json.loads(raw.decode("utf-8"))
         history = {k: np.asarray(v) for k, v in meta["history"].items()}
         completed = bool(meta["completed"])
     except FileNotFoundError:
         raise RunDirectoryError(
             f"{run_path} has no {HISTORY_FILE} (training never started)"
         ) from None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, EntkError) as e:
         raise RunDirectoryError(f"cannot read {file}: {e}") from e
     return Run(path=run_path, kind=kind, config=config, history=history, completed=completed)
