@@ -135,7 +135,12 @@ def add_spectrum_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--k", type=int, default=DEFAULT_K, help=f"eigenpairs (default {DEFAULT_K})"
     )
-    parser.add_argument("--name", help="the run's name in a results folder (default: RUN's name)")
+    parser.add_argument(
+        "--name",
+        help="the run's name in a results folder (default: RUN as given when it is a relative "
+        "path inside this folder, e.g. seed1/modadd, as batch names it from here; else RUN's "
+        "folder name). Results of another run under the same name are never overwritten",
+    )
     parser.add_argument(
         "--threads",
         type=_positive_int,
