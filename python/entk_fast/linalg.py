@@ -360,7 +360,7 @@ def eigh_topk(
     stops improving, falls back to it. Ctrl-C interrupts the iteration.
 
     Tuning (rarely needed): ``oversample`` extra block columns (default 8), ``basis_blocks``
-    blocks in the Krylov basis (in [3, 64]; default 10, or 16 when that basis is at most a
+    blocks in the Krylov basis (in [3, 256]; default 10, or 16 when that basis is at most a
     quarter of n), ``seed`` of the random start block
     (results are deterministic).
 

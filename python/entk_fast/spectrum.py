@@ -49,6 +49,8 @@ METHODS = ("auto", "dense", "dual", "matrix_free")
 # Matrix-free transients: at most this fraction of the working budget (and at least the floor).
 _TRANSIENT_FRACTION = 0.05
 _TRANSIENT_FLOOR = 64 * 2**20
+#: The cached-layer products' share for their batched backwards (they hold nothing else).
+_CACHED_TRANSIENT_FRACTION = 0.15
 #: The matrix-free solver's default relative residual target for float32 products (the
 #: float64 solver's own default, 1e-11, is below their round-off).
 _FLOAT32_TOL = 1e-4
@@ -182,9 +184,20 @@ def _matrix_free(
             f"k = {k} must be smaller than the kernel's order {size} for the matrix-free "
             "solver; use entk_spectrum(..., method='dense') for the full spectrum"
         )
-    width = min(size, k + 8) if block is None else int(block)
+    cached_reason = cached_layer_reason(problem)
+    # Cached-layer products run the model's own batched forward over many samples, so one
+    # vector a product costs no more a vector than a block: single vectors reach a Krylov
+    # degree, and with it convergence, in the fewest products (about a third of a block of
+    # k + 8 on a language-model layer's top 25 at 1e-3). The other products are vmapped
+    # per sample, where a block of vectors amortises the per-call work.
+    default_width = 1 if cached_reason is None else k + 8
+    width = min(size, default_width) if block is None else int(block)
     if not 1 <= width <= size:
         raise InvalidArgumentError(f"block must be in [1, {size}], got {block}")
+    basis_blocks = _BASIS_BLOCKS
+    if width < k:
+        # a basis of at least 2k + 16 vectors (ARPACK's 2k + 1, and room to restart)
+        basis_blocks = int(min(256, max(_BASIS_BLOCKS, -(-(2 * k + 16) // width))))
     it = problem.itemsize
     numel = problem.numel(problem.selected)
     rows = problem.rows_per_sample
@@ -192,7 +205,7 @@ def _matrix_free(
     # The Krylov basis Q and its images K Q (_BASIS_BLOCKS blocks each), the Ritz vectors and
     # their images a convergence test forms (about k + width each), V, K V and the next
     # block: float64 whatever the problem's dtype (float32 products, float64 solver; below).
-    fixed = (2 * _BASIS_BLOCKS * width + 2 * (k + width) + 3 * width) * size * 8
+    fixed = (2 * basis_blocks * width + 2 * (k + width) + 3 * width) * size * 8
     budget = work_budget(
         max_memory,
         size * k * it,
@@ -215,15 +228,13 @@ def _matrix_free(
         min(problem.n_samples, max(1, (transient - columns * per_vector) // (per_sample * columns)))
     )
     room = max(0, budget - fixed - transient)
-    cached_reason = cached_layer_reason(problem)
     cached = None
     if cached_reason is None:
         # One affine layer: its inputs cached, products through the suffix after it only.
-        per_unit = problem.probe.activation_numel * it
-        cached_columns = int(min(width, max(1, transient // (4 * per_unit))))
-        cached_chunk = int(min(problem.n_samples, max(1, transient // (per_unit * cached_columns))))
-        cached = CachedLayerOperator(problem, cached_chunk, cached_columns, keep_bytes=room)
-        chunk, columns = cached_chunk, cached_columns
+        # its batched backwards are its only transients: give them a larger share
+        wide = int(min(budget - fixed, max(transient, _CACHED_TRANSIENT_FRACTION * budget)))
+        room = max(0, budget - fixed - wide)
+        cached = CachedLayerOperator(problem, width, wide, keep_bytes=room)
     factored = (
         None
         if cached is not None
@@ -264,7 +275,7 @@ def _matrix_free(
             block=width,
             maxiter=maxiter,
             seed=seed,
-            basis_blocks=_BASIS_BLOCKS,
+            basis_blocks=basis_blocks,
         )
     return NTKSpectrum(
         eigenvalues=values.astype(problem.numpy_dtype),

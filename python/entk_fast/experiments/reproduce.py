@@ -15,6 +15,10 @@ Sections (J. Lin, *Feature Identification via the Empirical NTK*, arXiv 2510.004
 * ``transformer``: the 1-layer modular-addition transformer (p = 29): its key frequencies and
   the overlap of each layer kernel's top eigenvectors with the Fourier modes at those
   frequencies, at the end and over training (:mod:`.reproduce_transformer`).
+* ``lm``: a pretrained language model (the packaged all-MiniLM-L6-v2 by default, or
+  ``--model``): one layer's eNTK top eigenvectors against PCA of its block's activations as
+  part-of-speech detectors (:mod:`.reproduce_lm`; needs the ``lm`` extra, and ``all`` runs it
+  only when that is installed).
 
 Everything lands in ``--out``: ``report.json`` (every number, named), one PNG per figure, and
 ``report.md`` (the figures and our numbers next to the paper's). Runs are trained into
@@ -27,9 +31,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,13 +69,14 @@ from .reproduce_base import Section
 from .reproduce_base import config_tag as _tag
 from .reproduce_base import figure_links as _figures
 from .reproduce_base import trained_run as _run
+from .reproduce_lm import LMConfig, lm_available
 from .tms import TMSConfig
 from .train import torch_threads
 from .transformer import TransformerConfig
 
 __all__ = ["SECTIONS", "add_parser", "reproduce"]
 
-SECTIONS = ("tms", "modadd", "grokking", "transformer")
+SECTIONS = ("tms", "modadd", "grokking", "transformer", "lm")
 TMS_SETTINGS = ((10, 0.3), (10, 0.9), (40, 0.9))
 BETAS = (0.0, 0.3, 1.0)
 
@@ -97,6 +103,7 @@ class Plan:
     tms: tuple[TMSConfig, ...]
     modadd: ModAddConfig
     transformer: TransformerConfig = TransformerConfig()
+    lm: LMConfig = LMConfig()
     quick: bool = False
 
     @classmethod
@@ -110,9 +117,10 @@ class Plan:
         tms = tuple(
             TMSConfig(n_hidden=m, sparsity=s, n_points=120, steps=1500) for m, s in TMS_SETTINGS
         )
+        from .reproduce_lm import QUICK as QUICK_LM
         from .reproduce_transformer import QUICK
 
-        return cls(tms, ModAddConfig(p=23, hidden=256, epochs=300), QUICK, quick=True)
+        return cls(tms, ModAddConfig(p=23, hidden=256, epochs=300), QUICK, QUICK_LM, quick=True)
 
 
 def _tms_name(config: TMSConfig) -> str:
@@ -438,12 +446,22 @@ def run_transformer(plan: Plan, runs: Path, cache: Path, log: _Log) -> Section:
     return run(plan.transformer, runs, cache, log)
 
 
+def run_lm(plan: Plan, runs: Path, cache: Path, log: _Log) -> Section:
+    """The pretrained language model (:mod:`.reproduce_lm`)."""
+    from .reproduce_lm import run_lm as run
+
+    return run(plan.lm, cache, log)
+
+
 _RUNNERS: dict[str, Callable[[Plan, Path, Path, _Log], Section]] = {
     "tms": run_tms,
     "modadd": run_modadd,
     "grokking": run_grokking,
     "transformer": run_transformer,
+    "lm": run_lm,
 }
+#: Sections that use every core (a large model); the others run torch on one thread.
+_ALL_THREADS = ("lm",)
 
 
 # --- the report -----------------------------------------------------------------------------------
@@ -493,8 +511,11 @@ def reproduce(
         start = time.perf_counter()
         # One torch thread: the models are small, and torch's spinning intra-op threads slow
         # everything down many-fold when the machine is shared (Rust keeps its own pool).
-        with torch_threads(1):
+        if name in _ALL_THREADS:
             section = _RUNNERS[name](plan, runs_dir, cache, log)
+        else:
+            with torch_threads(1):
+                section = _RUNNERS[name](plan, runs_dir, cache, log)
         report["sections"][name] = _plain(section.numbers)
         report["checks"][name] = section.checks
         report["seconds"][name] = {"total": time.perf_counter() - start, **section.seconds}
@@ -597,6 +618,10 @@ def _markdown(report: dict[str, Any]) -> str:
         from .reproduce_transformer import markdown
 
         lines += markdown(report)
+    if "lm" in sections:
+        from .reproduce_lm import markdown as lm_markdown
+
+        lines += lm_markdown(report)
     lines += ["## Checks", ""]
     for name, checks in report["checks"].items():
         for text, ok in checks.items():
@@ -624,15 +649,49 @@ def add_parser(subparsers: Any) -> None:
         "--quick", action="store_true", help="reduced sizes: a smoke test in under a minute"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress lines")
+    lm = parser.add_argument_group("the lm section")
+    lm.add_argument(
+        "--model",
+        default=None,
+        metavar="M",
+        help="a local Hugging Face model directory or a hub name in the local cache (default: "
+        "the packaged all-MiniLM-L6-v2)",
+    )
+    lm.add_argument(
+        "--layer",
+        default=None,
+        metavar="L",
+        help="the Linear / Conv1D module (default: the last-but-one block's MLP output)",
+    )
+    lm.add_argument(
+        "--text", default=None, metavar="FILE", help="English text (default: Python's docs)"
+    )
+    lm.add_argument(
+        "--readout",
+        choices=("word", "mask"),
+        default="word",
+        help="encoders: read at the labelled word or at a mask token in its place",
+    )
     add_json_flag(parser)
     parser.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
     sections = list(SECTIONS) if args.what == "all" else [args.what]
+    if args.what == "all" and lm_available() is not None:
+        print(f"skipping lm: {lm_available()}", file=sys.stderr)
+        sections.remove("lm")
+    plan = Plan.reduced() if args.quick else Plan.paper()
+    lm_options = {
+        "model": args.model,
+        "layer": args.layer,
+        "text": None if args.text is None else str(args.text),
+        "readout": args.readout,
+    }
+    plan = replace(plan, lm=replace(plan.lm, **lm_options))
     with stdout_to_stderr(args.json):
         report = reproduce(
-            sections, args.out, runs=args.runs, quick=args.quick, progress=not args.no_progress
+            sections, args.out, runs=args.runs, progress=not args.no_progress, plan=plan
         )
     failed = [
         f"{name}: {text}"

@@ -25,12 +25,10 @@ says why and the caller uses the general products.
 
 from __future__ import annotations
 
-import gc
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import psutil
 import torch
 from torch import Tensor, nn
 
@@ -132,33 +130,44 @@ class _Chunk:
     whose own backward gives ∂h/∂y · dy; kept when memory allows, else rebuilt per product."""
 
 
-def _resident() -> int:
-    gc.collect()
-    return int(psutil.Process().memory_info().rss)
+#: Samples of the first chunk, which measures a sample's cached forward.
+FIRST_CHUNK = 16
+#: Most samples a chunk: its batched backward is then a matrix product of 64·T rows, past
+#: which larger chunks gain nothing.
+MAX_CHUNK = 64
 
 
 class CachedLayerOperator:
     """K V = M (Mᵀ V) for the single affine layer of ``problem`` (see the module docstring).
 
-    ``chunk`` samples per cached forward; ``columns`` vectors per batched backward;
-    ``keep_bytes`` bounds the memory of the cached chunks (the suffix graphs, their transposes
-    and the layer inputs; measured as resident growth). Chunks beyond it rerun their forward
-    per product. ``n_matvec`` counts vector products.
+    ``columns`` vectors per batched backward. The first chunk (at most :data:`FIRST_CHUNK`
+    samples) measures what a sample's suffix graph takes (resident growth); the chunk size is
+    then the most samples whose batched backward (about three graphs' worth a sample and
+    column) fits ``transient`` bytes, at most :data:`MAX_CHUNK`. Chunks stay cached (layer
+    inputs and suffix graph) while they fit ``keep_bytes``, and so do their transposes'
+    graphs when every chunk's forward fits; chunks beyond run their forward per product
+    (and a transpose is rebuilt per block product: one unbatched backward). ``n_matvec``
+    counts vector products.
     """
 
-    def __init__(self, problem: Problem, chunk: int, columns: int, keep_bytes: int) -> None:
+    def __init__(self, problem: Problem, columns: int, transient: int, keep_bytes: int) -> None:
         layer, why = find_affine_layer(problem)
         if layer is None:
             raise InvalidArgumentError(f"the cached-layer products do not apply: {why}")
         self.problem = problem
         self.layer = layer
-        self.chunk = max(1, int(chunk))
         self.columns = max(1, int(columns))
+        self.transient = max(1, int(transient))
         self.keep_bytes = max(0, int(keep_bytes))
         self.kept: dict[int, _Chunk] = {}
         self.kept_bytes = 0
         self.n_matvec = 0
-        self._full = False
+        self.chunk = min(problem.n_samples, FIRST_CHUNK)
+        self.sample_bytes = 0
+        """Bytes one sample's cached forward holds (inputs and suffix graph), measured."""
+        self.graph_bytes = 0
+        self._bounds: list[tuple[int, int]] | None = None
+        self._keep_transposes = False
         self._checked = False
 
     @property
@@ -170,8 +179,12 @@ class CachedLayerOperator:
         return sum(1 for c in self.kept.values() if c.transpose is not None)
 
     def _slices(self) -> list[tuple[int, int]]:
-        n = self.problem.n_samples
-        return [(s, min(s + self.chunk, n)) for s in range(0, n, self.chunk)]
+        if self._bounds is None:
+            n, first = self.problem.n_samples, self.chunk
+            bounds = [(0, first)]
+            bounds += [(s, min(s + self.chunk, n)) for s in range(first, n, self.chunk)]
+            self._bounds = bounds
+        return self._bounds
 
     def _run(self, start: int, stop: int) -> _Chunk:
         """The model's batched forward on samples ``start:stop`` with the layer's output made
@@ -189,13 +202,26 @@ class CachedLayerOperator:
             seen.append((args[0].detach(), leaf))
             return leaf
 
+        saved: dict[tuple[int, int], int] = {}
+
+        def pack(t: Tensor) -> Tensor:
+            # the bytes the suffix graph holds (each storage once)
+            storage = t.untyped_storage()
+            saved[(storage.data_ptr(), storage.nbytes())] = storage.nbytes()
+            return t
+
         handle = self.layer.module.register_forward_hook(hook)
         xs = tuple(x[start:stop] for x in problem.inputs)
         try:
-            with torch.enable_grad(), per_sample_attention():
+            with (
+                torch.enable_grad(),
+                per_sample_attention(),
+                torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+            ):
                 out = problem.out_map.apply(problem.forward(xs))
         finally:
             handle.remove()
+        self.graph_bytes = sum(saved.values())
         n = stop - start
         if len(seen) != 1:
             raise InvalidArgumentError(
@@ -226,22 +252,36 @@ class CachedLayerOperator:
             (g,) = torch.autograd.grad(chunk.out, chunk.leaf, u, create_graph=True)
         return g, u
 
+    def _measure(self) -> _Chunk:
+        """Run the first chunk, measure a sample's share, and size the other chunks."""
+        first = self._run(0, self.chunk)
+        held = self.graph_bytes + first.inputs.numel() * first.inputs.element_size()
+        self.sample_bytes = max(1, held // self.chunk)
+        per = 3 * self.sample_bytes * self.columns
+        self.chunk = int(min(self.problem.n_samples, MAX_CHUNK, max(1, self.transient // per)))
+        n_forward = self.sample_bytes * self.problem.n_samples
+        # A transpose graph holds about twice the forward graph.
+        self._keep_transposes = 3 * n_forward <= self.keep_bytes
+        self._bounds = None
+        return first
+
     def _chunks(self) -> list[_Chunk]:
         """Every chunk: the kept ones, and the others run afresh (kept while they fit)."""
+        first = None if self._bounds is not None else self._measure()
+        slices = self._slices()
+        if first is not None and first.stop != slices[0][1]:
+            first = None  # the first chunk is now of another size: rerun as planned
         out = []
-        for index, (start, stop) in enumerate(self._slices()):
+        for index, (start, stop) in enumerate(slices):
             chunk = self.kept.get(index)
             if chunk is None:
-                before = _resident() if not self._full else 0
-                chunk = self._run(start, stop)
-                if not self._full:
-                    chunk.transpose = self._make_transpose(chunk)
-                    grown = max(_resident() - before, 0)
-                    if self.kept_bytes + grown <= self.keep_bytes:
-                        self.kept[index] = chunk
-                        self.kept_bytes += grown
-                    else:
-                        self._full = True
+                chunk = first if (index == 0 and first is not None) else self._run(start, stop)
+                cost = self.sample_bytes * (stop - start) * (3 if self._keep_transposes else 1)
+                if self.kept_bytes + cost <= self.keep_bytes:
+                    if self._keep_transposes:
+                        chunk.transpose = self._make_transpose(chunk)
+                    self.kept[index] = chunk
+                    self.kept_bytes += cost
             if not self._checked:
                 self._check_adjoint(chunk)
             out.append(chunk)
