@@ -184,7 +184,17 @@ def _matrix_free(
             f"k = {k} must be smaller than the kernel's order {size} for the matrix-free "
             "solver; use entk_spectrum(..., method='dense') for the full spectrum"
         )
+    it = problem.itemsize
+    rows = problem.rows_per_sample
+    budget = work_budget(
+        max_memory,
+        size * k * it,
+        f"the {size}×{k} eigenvector block",
+        suggest_reduction=problem.reduction.per_output and rows > 1,
+    )
     cached_reason = cached_layer_reason(problem)
+    if cached_reason is None and structured and _factors_fit(problem, budget // 4):
+        cached_reason = "the layer's factored products fit in memory (gathered once: faster)"
     # Cached-layer products run the model's own batched forward over many samples, so one
     # vector a product costs no more a vector than a block: single vectors reach a Krylov
     # degree, and with it convergence, in the fewest products (about a third of a block of
@@ -198,20 +208,12 @@ def _matrix_free(
     if width < k:
         # a basis of at least 2k + 16 vectors (ARPACK's 2k + 1, and room to restart)
         basis_blocks = int(min(256, max(_BASIS_BLOCKS, -(-(2 * k + 16) // width))))
-    it = problem.itemsize
     numel = problem.numel(problem.selected)
-    rows = problem.rows_per_sample
     copies = rows if problem.reduction.rows_concatenated else 1
     # The Krylov basis Q and its images K Q (_BASIS_BLOCKS blocks each), the Ritz vectors and
     # their images a convergence test forms (about k + width each), V, K V and the next
     # block: float64 whatever the problem's dtype (float32 products, float64 solver; below).
     fixed = (2 * basis_blocks * width + 2 * (k + width) + 3 * width) * size * 8
-    budget = work_budget(
-        max_memory,
-        size * k * it,
-        f"the {size}×{k} eigenvector block",
-        suggest_reduction=problem.reduction.per_output and rows > 1,
-    )
     per_vector = 3 * copies * numel * it  # a vector's parameter-sized pullback and tangent
     per_sample = it * (copies + 3) * (problem.probe.activation_numel + rows)
     if fixed + per_vector + per_sample > budget:
@@ -288,8 +290,8 @@ def _matrix_free(
         output_metric=problem.metric,
         info={
             **info,
-            "chunk": chunk,
-            "columns": columns,
+            "chunk": cached.chunk if cached else chunk,
+            "columns": cached.columns if cached else columns,
             "solver": "eigh_topk_operator",
             "factored_layers": [] if factored is None else [f.path for f in factored.layers],
             "factored_bytes": 0 if factored is None else factored.nbytes,
@@ -304,6 +306,14 @@ def _matrix_free(
             "kept_bytes": cached.kept_bytes if cached else (general.kept_bytes if general else 0),
         },
     )
+
+
+def _factors_fit(problem: Problem, room: int) -> bool:
+    """Whether every selected parameter belongs to a structured layer whose factors fit
+    ``room`` bytes (then the factored products, gathered once, are the fastest)."""
+    layers = verify_layers(problem, find_layers(problem))
+    names = {n for layer in layers for n in layer.names}
+    return set(problem.selected) <= names and factor_bytes(problem, layers) <= room
 
 
 def _factored_operator(

@@ -484,8 +484,10 @@ fn krylov<T: Scalar>(
         return Ok(Run::from_phase(best, &budget));
     }
     // A block smaller than k: one thick-restarted run for all k pairs (a wide basis of small
-    // blocks reaches a high Krylov degree in few products); should it stop short, converge
-    // the rest half a block at a time and lock them; then look for missed copies as below.
+    // blocks reaches a high Krylov degree in few products). Should it stagnate (an eigenvalue
+    // repeated more often than the block holds), start over converging half a block at a
+    // time (the top pairs of a block Krylov space converge fast, whatever their multiplicity
+    // up to the block size) and locking them. Then look for missed copies as below.
     let half = (plan.block / 2).max(1);
     let mut merged = false;
     let mut best = phase(
@@ -498,6 +500,18 @@ fn krylov<T: Scalar>(
         cancel,
         par,
     )?;
+    if !best.converged && budget.cycles < budget.max_cycles {
+        best = phase(
+            op,
+            none.as_ref(),
+            half.min(k),
+            plan,
+            &mut rng,
+            &mut budget,
+            cancel,
+            par,
+        )?;
+    }
     while best.converged && best.values.len() < k {
         let need = half.min(k - best.values.len());
         let more = phase(

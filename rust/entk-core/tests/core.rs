@@ -904,9 +904,9 @@ fn topk_settings_are_checked_at_their_bounds() {
     assert!(solve(with(|p| p.tolerance = Some(f64::EPSILON))).is_ok());
     assert!(solve(with(|p| p.tolerance = Some(0.5))).is_ok());
     assert_eq!(arg(with(|p| p.basis_blocks = Some(2))), "basis_blocks");
-    assert_eq!(arg(with(|p| p.basis_blocks = Some(65))), "basis_blocks");
+    assert_eq!(arg(with(|p| p.basis_blocks = Some(257))), "basis_blocks");
     assert!(solve(with(|p| p.basis_blocks = Some(3))).is_ok());
-    assert!(solve(with(|p| p.basis_blocks = Some(64))).is_ok());
+    assert!(solve(with(|p| p.basis_blocks = Some(256))).is_ok());
     assert_eq!(arg(with(|p| p.max_cycles = 0)), "maxiter");
 }
 
