@@ -148,7 +148,6 @@ fn check_k(k: usize, n: usize, of: &str) -> CoreResult<()> {
 }
 
 /// Validated solver settings: block size, basis width, tolerance.
-#[derive(Clone, Copy)]
 struct Plan {
     block: usize,
     width: usize,
@@ -532,20 +531,13 @@ fn krylov<T: Scalar>(
     }
     // Fresh random phases orthogonal to the k pairs look for eigenvalues above the k-th that
     // were missed (copies of a repeated eigenvalue beyond the block size), until none is left.
-    // A search only has to place the top Ritz values of the rest against the k-th eigenvalue,
-    // and Ritz values err by about the square of their residual: it runs to √tol, and only a
-    // search that finds something runs on to tol for the pairs it merges.
-    let search = Plan {
-        tol: plan.tol.sqrt().max(plan.tol),
-        ..*plan
-    };
     while best.converged && n > k {
         let need = half.min(n - k);
-        let mut extra = phase(
+        let extra = phase(
             op,
             best.vectors.as_ref(),
             need,
-            &search,
+            plan,
             &mut rng,
             &mut budget,
             cancel,
@@ -557,24 +549,6 @@ fn krylov<T: Scalar>(
             .chain(extra.values.iter())
             .fold(f64::MIN_POSITIVE, |m, v| m.max(v.to_f64().abs()));
         let cut = best.values[k - 1].to_f64() + plan.tol * scale;
-        let missed: Vec<usize> = (0..extra.values.len())
-            .filter(|&j| extra.values[j].to_f64() > cut)
-            .collect();
-        if missed.is_empty() {
-            break;
-        }
-        if search.tol > plan.tol {
-            extra = phase(
-                op,
-                best.vectors.as_ref(),
-                need,
-                plan,
-                &mut rng,
-                &mut budget,
-                cancel,
-                par,
-            )?;
-        }
         let missed: Vec<usize> = (0..extra.values.len())
             .filter(|&j| extra.values[j].to_f64() > cut)
             .collect();
