@@ -297,7 +297,7 @@ class Contexts:
 def save_npz(path: Path, **arrays: np.ndarray) -> None:
     """Write ``arrays`` to the .npz ``path`` atomically (no pickles)."""
     with atomic_open(path) as f:
-        np.savez(f, **arrays)
+        np.savez(f, allow_pickle=False, **arrays)
 
 
 def _token_spans(tokenizer: Any, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

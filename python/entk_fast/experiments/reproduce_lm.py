@@ -191,7 +191,6 @@ def run_lm(config: LMConfig, cache: Path, log: Log) -> Section:
     (every one named), figures and checks."""
     import torch
 
-    from .. import entk_topk
     from ..analysis.language import (
         eigenvector_scores,
         evaluate_labels,
@@ -202,6 +201,7 @@ def run_lm(config: LMConfig, cache: Path, log: Log) -> Section:
         stratified_split,
     )
     from ..results import NTKSpectrum
+    from ..spectrum import entk_topk
 
     missing = lm_available()
     if missing:
@@ -357,7 +357,7 @@ def _figures(numbers: dict[str, Any]) -> dict[str, Any]:
     ax.set_ylim(0.4, 1.0)
     ax.set_ylabel("test AUROC")
     ax.set_title(f"{numbers['model']}, {numbers['layer']}: part of speech by mode")
-    ax.legend(fontsize=8, ncols=4, loc="lower center")
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=8, ncols=4, loc="outside lower center")
     spectrum = spectrum_figure(
         numbers["eigenvalues"], title=f"eNTK top-{numbers['k']}, {numbers['layer']}"
     )

@@ -74,7 +74,8 @@ def find_affine_layer(problem: Problem) -> tuple[AffineLayer | None, str]:
         d_in, d_out = module.in_features, module.out_features
     elif _is_conv1d(module):
         transposed = True
-        d_in, d_out = int(module.weight.shape[0]), int(module.weight.shape[1])
+        stored = module.get_parameter("weight")
+        d_in, d_out = int(stored.shape[0]), int(stored.shape[1])
     else:
         return None, f"module {path!r} is a {type(module).__name__}, not nn.Linear or Conv1D"
     weight = bias = None
