@@ -58,6 +58,9 @@ class ProbeResult:
     usage: Counter[str] = field(default_factory=Counter)
     """Canonical parameter name -> number of torch operations that take it as an argument."""
     batch_independent: bool = True
+    vmappable: bool = True
+    """Whether the lone runs ran under vmap (False: the forward cannot, e.g. a Hugging Face
+    model with a 2-D attention mask; the general path then takes per-sample autograd)."""
     """Whether each probe sample's output is the same alone and inside the probe batch."""
     indices: tuple[int, ...] = ()
     """The samples the probe ran (batched, in this order, and each alone)."""
@@ -324,6 +327,7 @@ def run_probe(
         io_shapes=io_shapes,
         usage=counter.counts,
         batch_independent=independent,
+        vmappable=batch == 1 or vmapped is not None,
         indices=indices,
         per_sample_layers=frozenset(rowwise),
     )
