@@ -16,6 +16,7 @@ from ..errors import InvalidTypeError
 from ..results import EmpiricalNTK
 from .assemble import TileSource, assemble_cross, assemble_square, cross_units, square_units
 from .checks import StructuredFallback
+from .layer_operator import CachedLayerOperator, cached_layer_reason
 from .plan import format_bytes, plan_general, plan_structured, work_budget
 from .problem import Problem, evaluation_mode, prepare
 from .sources.general import GeneralSource
@@ -74,6 +75,10 @@ def compute_kernel(
 
     start = time.perf_counter()
     layers = verify_layers(problem, find_layers(problem)) if structured else []
+    if n_rows is None and _cached_dense_applies(problem, layers, layerwise, budget):
+        ntk = _cached_dense(problem, layerwise, budget, progress)
+        log.info("eNTK: cached-layer kernel in %.2f s", time.perf_counter() - start)
+        return ntk
     log.info(
         "eNTK: %s, %s; working memory %s; structured layers: %s",
         describe_kernel(problem, count, shape),
@@ -91,6 +96,49 @@ def compute_kernel(
             log.info("eNTK: %s; redoing them on the general path", exc)
             kept = [layer for layer in layers if layer.path not in exc.paths]
             layers = kept if len(kept) < len(layers) else []
+
+
+def _cached_dense_applies(
+    problem: Problem, layers: list[StructuredLayer], layerwise: bool, budget: int
+) -> bool:
+    """One affine layer deep in the model, not on the structured path, whose per-sample
+    Jacobian the general path could not hold (or whose forward vmap cannot run): the
+    cached-layer kernel (:meth:`CachedLayerOperator.dense_kernel`) is the fast way."""
+    if layerwise and len(problem.groups) > 1:
+        return False
+    if cached_layer_reason(problem) is not None:
+        return False
+    if set(problem.selected) <= {name for layer in layers for name in layer.names}:
+        return False
+    jacobian = problem.rows_per_sample * problem.numel(problem.selected) * problem.itemsize
+    return not problem.probe.vmappable or 8 * jacobian > budget
+
+
+def _cached_dense(
+    problem: Problem, layerwise: bool, budget: int, progress: bool | None
+) -> EmpiricalNTK:
+    n, rows = problem.n_samples, problem.rows_per_sample
+    dtype = problem.numpy_dtype
+    kernel = np.zeros((n * rows, n * rows), dtype=dtype)
+    operator = CachedLayerOperator(
+        problem, columns=max(1, min(rows, 32)), transient=budget // 8, keep_bytes=budget // 2
+    )
+    with progress_bar(progress, n, "eNTK (cached layer)", unit="row") as bar:
+        operator.dense_kernel(kernel, bar.update)
+    if problem.reduction.rows_concatenated:  # pragma: no cover - excluded by the reason
+        raise AssertionError("trace is not a cached-layer reduction")
+    layer_kernels = {key: kernel.copy() for key in problem.groups} if layerwise else {}
+    return EmpiricalNTK(
+        kernel=kernel,
+        layer_kernels=layer_kernels,
+        n_samples=n,
+        n_outputs=problem.n_outputs,
+        reduction=problem.reduction.name,
+        parameter_groups=dict(problem.groups),
+        output_metric=problem.metric,
+        paths={name: "cached_layer" for name in problem.selected},
+        n_parameters=problem.numel(problem.selected),
+    )
 
 
 def _assemble(
