@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import warnings
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import psutil
@@ -32,32 +32,31 @@ import torch
 from torch import Tensor
 from torch.func import jvp, vjp, vmap
 
-from ..errors import LinAlgError
+from ..errors import EntkError, InvalidArgumentError, LinAlgError
 from .checks import all_finite, close, require_finite
 from .problem import Problem
 from .sources.general import sample_failures, sample_function
-from .vmapping import per_sample_attention, quiet_batching_fallback, vmappable_forward
+from .vmapping import (
+    NotVmappable,
+    load_forward_ad,
+    per_sample_attention,
+    quiet_batching_fallback,
+    vmappable_forward,
+)
 
 __all__ = ["KernelOperator"]
+
+_NO_PRODUCTS = (
+    "the model has an op without a forward-mode derivative (torch.func.jvp) and its backward "
+    "is not itself differentiable, so no kernel-vector product M w can be formed: use "
+    "entk_spectrum(..., method='dense') or method='dual' (reverse mode only), or "
+    "params=[...] to leave that part's parameters out"
+)
 
 Params = dict[str, Tensor]
 #: A chunk's kept linearisation: Mᵀ (cotangents -> parameter-shaped) and a zero cotangent, the
 #: point at which Mᵀ's own backward (M, transposed) is taken.
 Linearisation = tuple[Callable[[Tensor], Params], Tensor]
-
-
-def _load_forward_ad() -> None:
-    """Import torch's forward-AD decompositions once, quietly.
-
-    torch scripts them with ``torch.jit.script`` on first use of forward AD, which itself
-    emits a FutureWarning about torch's internals (not the user's code).
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit\.script")
-        try:
-            from torch._decomp import decompositions_for_jvp  # noqa: F401
-        except ImportError:  # pragma: no cover - layout of a future torch
-            pass
 
 
 def _resident_bytes(trim: bool = False) -> int:
@@ -87,7 +86,15 @@ class KernelOperator:
         self.chunk = max(1, int(chunk))
         self.columns = max(1, int(columns))
         f = sample_function(problem)
+        self._sample = f
         self._batched = vmap(f, in_dims=(None, *([0] * len(problem.inputs))))
+        self._lone = problem.lone_autograd
+        """Samples one by one (a Python loop under autograd), not vmapped: the forward proved
+        not vmappable (per-sample autograd, as the dense general path falls back to)."""
+        self._forward_mode = True
+        """Whether forward mode (jvp) runs the model; else M w is the kept graph's transpose,
+        checked against Mᵀ by the adjoint identity (weight-normalised layers have no jvp)."""
+        self._started = False
         self.pack: Params = {name: problem.params[name] for name in problem.selected}
         self.n_matvec = 0
         self.keep_bytes = max(0, int(keep_bytes))
@@ -95,7 +102,7 @@ class KernelOperator:
         self._transposes: dict[int, Callable[[Params], Tensor]] = {}
         self._keeping = self.keep_bytes > 0
         self.kept_bytes = 0
-        _load_forward_ad()
+        load_forward_ad()
 
     @property
     def kept_chunks(self) -> int:
@@ -116,7 +123,26 @@ class KernelOperator:
 
     def _fn(self, start: int, stop: int) -> Callable[[Params], Tensor]:
         xs = tuple(x[start:stop] for x in self.problem.inputs)
-        return lambda pack: self._batched(pack, *xs)
+        if not self._lone:
+            return lambda pack: self._batched(pack, *xs)
+        sample = self._sample
+        return lambda pack: torch.stack(
+            [sample(pack, *(x[i] for x in xs)) for i in range(stop - start)]
+        )
+
+    def _map(self, fn: Callable[[Any], Tensor | Params], values: Any) -> Any:
+        """``fn`` over the leading dim of ``values`` (a tensor or a dict of them): vmapped, or
+        one by one and stacked where the forward is not vmappable."""
+        if not self._lone:
+            return vmap(fn)(values)
+        count = next(iter(values.values())).shape[0] if isinstance(values, dict) else len(values)
+        parts: list[Any] = [
+            fn({k: v[i] for k, v in values.items()} if isinstance(values, dict) else values[i])
+            for i in range(count)
+        ]
+        if isinstance(parts[0], dict):
+            return {key: torch.stack([part[key] for part in parts]) for key in parts[0]}
+        return torch.stack(parts)
 
     def _linearise(self, start: int, stop: int) -> Linearisation:
         """Run samples ``start:stop``'s forward once and keep its graph: Mᵀ is the backward
@@ -146,15 +172,61 @@ class KernelOperator:
     def _transpose_is_exact(self, made: Linearisation, start: int, stop: int) -> bool:
         """M w by the kept graph's transpose equals forward-mode M w on one random direction:
         a custom autograd Function whose backward is not itself differentiable (it detaches,
-        or leaves torch) would make the transpose silently wrong, not fail."""
+        or leaves torch) would make the transpose silently wrong, not fail.
+
+        Where forward mode cannot run the model (an op without a jvp rule, such as weight
+        normalisation's), products take the transpose and this checks it by the adjoint
+        identity ⟨M w, u⟩ = ⟨w, Mᵀ u⟩ on a random u instead (a transpose that misses part of
+        the backward's dependence on u breaks it)."""
         gen = torch.Generator(device=self.problem.device).manual_seed(0)
         direction = {
             name: torch.randn(t.shape, generator=gen, dtype=t.dtype, device=t.device)
             for name, t in self.pack.items()
         }
-        with per_sample_attention():
-            forward_mode = jvp(self._fn(start, stop), (self.pack,), (direction,))[1]
-        return close(self._transposed(made)(direction), forward_mode)
+        pull, zero = made
+        if self._forward_mode:
+            try:
+                with per_sample_attention():
+                    forward_mode = jvp(self._fn(start, stop), (self.pack,), (direction,))[1]
+            except (EntkError, torch.OutOfMemoryError):
+                raise
+            except Exception:  # noqa: BLE001 - no forward-mode rule: the adjoint test below
+                self._forward_mode = False
+            else:
+                return close(self._transposed(made)(direction), forward_mode)
+        u = torch.randn(zero.shape, generator=gen, dtype=zero.dtype, device=zero.device)
+        pushed = self._transposed(made)(direction)
+        pulled = pull(u)
+        lhs = float((pushed.double() * u.double()).sum())
+        rhs = sum(float((direction[k].double() * g.double()).sum()) for k, g in pulled.items())
+        norm = float(pushed.norm() * u.norm()) + sum(
+            float(direction[k].norm() * g.norm()) for k, g in pulled.items()
+        )
+        rtol = 1e-4 if self.problem.itemsize < 8 else 1e-9
+        return abs(lhs - rhs) <= rtol * (norm or 1.0)
+
+    def _start(self) -> None:
+        """Before the first product: decide how products run. The vmapped forward is tried on
+        the first chunk; where it fails, samples run one by one (as the dense general path's
+        per-sample autograd). Forward mode is tried too, and where it fails, M w is the kept
+        graph's transpose, checked once."""
+        self._started = True
+        start, stop = self._slices()[0]
+        if not self._lone:
+            try:
+                self._forward(start, stop)
+            except (EntkError, torch.OutOfMemoryError, MemoryError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - per-sample autograd decides
+                if isinstance(exc, NotVmappable) and exc.random:
+                    raise
+                self._lone = True
+                self._forward(start, stop)  # its own error, if it fails too
+        if self._keeping:
+            return  # _keep_graphs checks the transpose on the first chunk
+        made = self._linearise(start, stop)
+        if not self._transpose_is_exact(made, start, stop) and not self._forward_mode:
+            raise InvalidArgumentError(_NO_PRODUCTS)
 
     def _keep_graphs(self) -> None:
         """Keep what fits ``keep_bytes``: first each chunk's forward graph (a product then runs
@@ -177,10 +249,14 @@ class KernelOperator:
             try:
                 made = self._linearise(start, stop)
                 trusted = self._transpose_is_exact(made, start, stop)
+            except (EntkError, torch.OutOfMemoryError):
+                raise
             except RuntimeError:  # the products without kept graphs raise what is wrong
                 return False
             if trusted:
                 self._kept[index] = made
+            elif not self._forward_mode:
+                raise InvalidArgumentError(_NO_PRODUCTS)
             return trusted
 
         def transpose(index: int, start: int, stop: int) -> bool:
@@ -230,7 +306,7 @@ class KernelOperator:
             kept = self._kept.get(index)
             pull = kept[0] if kept is not None else self._forward(start, stop)[1]
             part = cot[..., start:stop, :]
-            grads = vmap(pull)(part) if batched else pull(part)
+            grads = self._map(pull, part) if batched else pull(part)
             del pull
             if not all(all_finite(g) for g in grads.values()):
                 self._blame(start, stop, cot, batched)
@@ -247,9 +323,13 @@ class KernelOperator:
         """Name the sample of ``start:stop`` whose Jacobian made Mᵀ v non-finite (one pullback
         per sample; error path only)."""
         for i in range(start, stop):
-            pull = vjp(self._fn(i, i + 1), self.pack)[1]
+            raw = vjp(self._fn(i, i + 1), self.pack)[1]
+
+            def pull(u: Tensor, raw: Callable[[Tensor], tuple[Params]] = raw) -> Params:
+                return raw(u)[0]
+
             part = cot[..., i : i + 1, :]
-            grads = (vmap(pull)(part) if batched else pull(part))[0]
+            grads = self._map(pull, part) if batched else pull(part)
             for g in grads.values():
                 require_finite(g.unsqueeze(0), "jacobian", self.problem.samples_from(i))
         raise LinAlgError(
@@ -274,10 +354,13 @@ class KernelOperator:
                     return jvp(fn, (self.pack,), (t,))[1]
 
             kept = self._kept.get(index)
+            if kept is None and not self._forward_mode:
+                # no forward mode: the transpose of this chunk's graph, built for this product
+                kept = self._linearise(start, stop)
             along = self._transposes.get(index) or (
                 self._transposed(kept) if kept is not None else forward
             )
-            part = vmap(along)(tangent) if batched else along(tangent)
+            part = self._map(along, tangent) if batched else along(tangent)
             require_finite(part, "jacobian", self.problem.samples_from(start), dim=part.dim() - 2)
             if result is None:
                 shape = (*part.shape[:-2], self.problem.n_samples, part.shape[-1])
@@ -300,6 +383,8 @@ class KernelOperator:
             vmappable_forward(),
             per_sample_attention(),
         ):
+            if not self._started:
+                self._start()
             if self._keeping:
                 self._keep_graphs()
             for start in range(0, vectors.shape[0], self.columns):

@@ -19,17 +19,18 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
+from torch.func import functional_call, jvp, vmap
 from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
 from ..errors import InvalidArgumentError
 from .checks import close, close_per_sample, require_finite, sample_namer
 from .sources.layers import LAYER_RULES
-from .vmapping import per_sample_attention, quiet_batching_fallback
+from .vmapping import load_forward_ad, per_sample_attention, quiet_batching_fallback
 
 __all__ = [
     "DEFAULT_CALL",
+    "check_derivative",
     "ModelCall",
     "ProbeResult",
     "failing_sample",
@@ -449,3 +450,205 @@ def failing_sample(
             return first
         others_run = False  # one sample ran: the next failure is to blame
     return None
+
+
+#: Random (direction, cotangent) pairs of the derivative check: each direction meets each
+#: cotangent, so 2 give 4 independent comparisons.
+_DERIVATIVE_PAIRS = 2
+#: A discrepancy of the derivative check beyond this fraction of the products' own size (about
+#: ‖J‖_F, the spread of ⟨J w, u⟩ over random w and u) is a backward that is not the derivative.
+_DERIVATIVE_RTOL = 1e-3
+
+_NOT_DERIVATIVE = (
+    "the model's backward is not the derivative of its forward for the selected parameters "
+    "({detail}): reverse mode (the kernel's Jᵀ products) and {other} disagree, so its eNTK "
+    "is not defined and its paths would compute different kernels. Likely causes: a "
+    "gradient hook in forward (tensor.register_hook / a module backward hook that rescales "
+    "gradients), a custom torch.autograd.Function whose backward is not the derivative of "
+    "its forward (a straight-through estimator), a torch.no_grad() block in forward that "
+    "depends on parameters (use .detach() there, which both modes respect), or "
+    "Embedding(scale_grad_by_freq=True). Remove it, or leave the parameters it affects out "
+    "with params=[...]"
+)
+
+
+def check_derivative(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    buffers: Mapping[str, Tensor],
+    inputs: tuple[Tensor, ...],
+    selected: list[str],
+    call: ModelCall = DEFAULT_CALL,
+) -> None:
+    """Refuse a model whose backward is not its forward's derivative on ``inputs`` (the probe
+    samples): the adjoint identity ⟨J w, u⟩ = ⟨w, Jᵀ u⟩ on random directions w of the
+    ``selected`` parameters and output cotangents u, with J w by forward mode (or, where an op
+    has no forward-mode derivative, central differences) and Jᵀ u by reverse mode.
+
+    Every path builds its kernel from reverse-mode products, and the matrix-free products
+    also from forward-mode ones: a gradient hook, a custom Function with another backward or
+    a ``no_grad`` block would otherwise give each path a different kernel without an error.
+    A forward that fails here, is not deterministic or has no graph to the parameters is left
+    to the engine, which reports it.
+    """
+    names = [name for name in selected if params[name].is_floating_point()]
+    if not names:
+        return
+    device = params[names[0]].device
+    gen = torch.Generator(device=device).manual_seed(0)
+    directions = [
+        {
+            name: torch.randn(
+                params[name].shape, generator=gen, dtype=params[name].dtype, device=device
+            )
+            for name in names
+        }
+        for _ in range(_DERIVATIVE_PAIRS)
+    ]
+
+    def f(pack: Mapping[str, Tensor]) -> Tensor:
+        out = forward_batch(model, {**params, **pack}, buffers, inputs, call)
+        if not isinstance(out, Tensor):
+            raise TypeError("not a tensor")
+        return out
+
+    try:
+        with torch.enable_grad(), quiet_batching_fallback(), per_sample_attention():
+            leaves = {name: params[name].detach().requires_grad_() for name in names}
+            out = f(leaves)
+            if not out.requires_grad or not out.is_floating_point():
+                return
+            cotangents = [
+                torch.randn(out.shape, generator=gen, dtype=out.dtype, device=out.device)
+                for _ in range(_DERIVATIVE_PAIRS)
+            ]
+            pulled = [
+                torch.autograd.grad(
+                    out, list(leaves.values()), u, retain_graph=True, allow_unused=True
+                )
+                for u in cotangents
+            ]
+        out = out.detach()
+    except torch.OutOfMemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - the engine's own products report it
+        return
+    pack = {name: params[name] for name in names}
+    other = "forward mode (jvp)"
+    pushed: list[tuple[Tensor, float]] = []
+    try:
+        load_forward_ad()
+        with torch.no_grad(), quiet_batching_fallback(), per_sample_attention():
+            for w in directions:
+                result = jvp(f, (pack,), (w,))
+                primal, tangent = result[0], result[1]
+                if not close(primal, out):  # not deterministic: left to the engine
+                    return
+                pushed.append((tangent, 0.0))
+    except torch.OutOfMemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - an op without a forward-mode derivative
+        other = "central differences"
+        found = _central_differences(model, params, buffers, inputs, call, directions, out)
+        if found is None:
+            return
+        pushed = found
+    for u, grads in zip(cotangents, pulled, strict=True):
+        for w, (tangent, error) in zip(directions, pushed, strict=True):
+            mismatch = _adjoint_mismatch(tangent, u, w, names, grads, error)
+            if mismatch is not None:
+                raise InvalidArgumentError(_NOT_DERIVATIVE.format(detail=mismatch, other=other))
+
+
+def _adjoint_mismatch(
+    tangent: Tensor,
+    u: Tensor,
+    w: Mapping[str, Tensor],
+    names: list[str],
+    grads: tuple[Tensor | None, ...],
+    error: float = 0.0,
+) -> str | None:
+    """Where ⟨J w, u⟩ (``tangent`` = J w, within ``error`` in norm) and ⟨w, Jᵀ u⟩ (``grads`` =
+    Jᵀ u) differ beyond round-off, the two numbers as text; else None."""
+    tangent = tangent.to(torch.float64)
+    u = u.to(torch.float64)
+    lhs = float((tangent * u).sum())
+    rhs = 0.0
+    norm_w = norm_g = 0.0
+    for name, g in zip(names, grads, strict=True):
+        wn = w[name].to(torch.float64)
+        norm_w += float((wn * wn).sum())
+        if g is not None:
+            gn = g.to(torch.float64)
+            rhs += float((wn * gn).sum())
+            norm_g += float((gn * gn).sum())
+    norm_t, norm_u = float(tangent.norm()), float(u.norm())
+    norm_w, norm_g = norm_w**0.5, norm_g**0.5
+    # ‖J w‖ and ‖Jᵀ u‖ are about ‖J‖_F (the spread of both numbers); the second term bounds
+    # the round-off of the two sums (float32 parts of a float64 model included).
+    eps = float(torch.finfo(torch.float32).eps)
+    tol = (
+        _DERIVATIVE_RTOL * max(norm_t, norm_g)
+        + 16 * eps * (norm_t * norm_u + norm_w * norm_g)
+        + error * norm_u
+    )
+    if abs(lhs - rhs) <= tol:
+        return None
+    return f"on random w and u, ⟨J w, u⟩ = {lhs:.6g} but ⟨w, Jᵀ u⟩ = {rhs:.6g}"
+
+
+def _central_differences(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    buffers: Mapping[str, Tensor],
+    inputs: tuple[Tensor, ...],
+    call: ModelCall,
+    directions: list[dict[str, Tensor]],
+    out: Tensor,
+) -> list[tuple[Tensor, float]] | None:
+    """(J w, a bound on its error's norm) for each direction by central differences, or None
+    where they cannot be trusted.
+
+    In float64 (parameters, buffers and floating inputs cast), at two step sizes; a direction
+    whose two estimates disagree (a kink crossed, float32 inside the model) gives None, as
+    does a forward that fails in float64.
+    """
+
+    def wide(t: Tensor) -> Tensor:
+        return t.to(torch.float64) if t.is_floating_point() else t
+
+    values = {name: wide(t) for name, t in params.items()}
+    state = {name: wide(t) for name, t in buffers.items()}
+    xs = tuple(wide(x) for x in inputs)
+    scale = max(
+        [1.0, *(float(values[name].abs().max()) for name in directions[0] if values[name].numel())]
+    )
+    result = []
+    try:
+        with torch.no_grad(), quiet_batching_fallback(), per_sample_attention():
+            for w in directions:
+                estimates = []
+                for step in (1e-4 * scale, 1e-3 * scale):
+                    ends = [
+                        forward_batch(
+                            model,
+                            {**values, **{n: values[n] + sign * step * wide(w[n]) for n in w}},
+                            state,
+                            xs,
+                            call,
+                        )
+                        for sign in (1.0, -1.0)
+                    ]
+                    estimates.append((ends[0] - ends[1]).to(torch.float64) / (2 * step))
+                if estimates[0].shape != out.shape or not close(
+                    estimates[0], estimates[1], rtol=_DERIVATIVE_RTOL / 4
+                ):
+                    return None
+                # truncation falls 100-fold and round-off rises 10-fold from the larger step
+                # to the smaller: the smaller step's error is within twice their difference
+                result.append((estimates[0], 2 * float((estimates[0] - estimates[1]).norm())))
+    except torch.OutOfMemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - not runnable in float64: no check
+        return None
+    return result

@@ -31,7 +31,14 @@ from .._validate import check_choice
 from ..errors import InvalidArgumentError, InvalidTypeError
 from .checks import sample_namer
 from .params import ParameterIndex, resolve_groups, resolve_selection
-from .probe import DEFAULT_CALL, ModelCall, ProbeResult, forward_batch, run_probe
+from .probe import (
+    DEFAULT_CALL,
+    ModelCall,
+    ProbeResult,
+    check_derivative,
+    forward_batch,
+    run_probe,
+)
 
 __all__ = ["REDUCTIONS", "OutputMap", "Problem", "Reduction", "evaluation_mode", "prepare"]
 
@@ -354,6 +361,7 @@ def normalise_inputs(
             value = torch.from_numpy(np.ascontiguousarray(value))
         if not isinstance(value, Tensor):
             raise InvalidTypeError(f"{where} must be a tensor, got {type(value).__name__}")
+        _check_storage(value, where)
         if value.is_complex():
             raise InvalidTypeError(f"{where} is complex; only real inputs are supported")
         if value.dim() == 0:
@@ -385,6 +393,7 @@ def normalise_metric(metric: Any, n_outputs: int) -> tuple[np.ndarray, np.ndarra
     if metric is None:
         return None
     if isinstance(metric, Tensor):
+        _check_storage(metric, "output_metric")
         metric = metric.detach().cpu().numpy()
     try:
         arr = np.asarray(metric)
@@ -465,19 +474,30 @@ def prepare(
     partition = resolve_groups(index, selected, groups)
     first = next(iter(model.parameters()))
     device = first.device
+    _check_modules(model, index, selected)
     tensors: dict[str, Tensor] = {}
     named = dict(model.named_parameters())
     for name in index.infos:
         value = named[name].detach()
+        _check_storage(value, f"parameter {name!r}")
+        if value.is_complex() and name in selected:
+            raise InvalidTypeError(
+                f"parameter {name!r} is complex ({value.dtype}); the eNTK is defined for real "
+                "parameters only: leave it out with params= (or freeze it), or split it into "
+                "real and imaginary parts"
+            )
         if value.is_floating_point():
             if not bool(torch.isfinite(value).all()):
                 raise InvalidArgumentError(f"parameter {name!r} contains NaN or infinite values")
             value = value.to(torch_dtype)
         tensors[name] = value
-    buffers = {
-        name: (b.detach().to(torch_dtype) if b.is_floating_point() else b.detach())
-        for name, b in model.named_buffers()
-    }
+    # Copies: a forward that updates a buffer in place must not change the user's model.
+    buffers: dict[str, Tensor] = {}
+    for name, b in model.named_buffers():
+        _check_storage(b, f"buffer {name!r}")
+        value = b.detach().to(torch_dtype) if b.is_floating_point() else b.detach()
+        buffers[name] = value.clone()
+    versions = _versions(tensors, buffers)
     if output_fn is not None and not callable(output_fn):
         raise InvalidTypeError(
             f"output_fn must be a callable (model output -> tensor (N, ...)), got "
@@ -503,6 +523,9 @@ def prepare(
         xs = (*xs, where)
         call = ModelCall(keys, output_fn, positions=True)
     probe = run_probe(model, tensors, buffers, xs, sample_namer(len(xs[0]), n_samples2), call=call)
+    _check_unchanged(versions, tensors, buffers)
+    check_derivative(model, tensors, buffers, _probe_samples(xs, probe), selected, call)
+    _check_unchanged(versions, tensors, buffers)
     root = normalise_metric(output_metric, probe.n_outputs)
     out_map = red.output_map(root, probe.n_outputs, torch_dtype, device)
     return Problem(
@@ -524,6 +547,88 @@ def prepare(
     )
 
 
+def _check_storage(value: Tensor, where: str) -> None:
+    """A tensor the engine can read: dense (strided) and with data (not on the meta device)."""
+    if value.layout != torch.strided:
+        raise InvalidTypeError(
+            f"{where} is a {value.layout} tensor; only dense (strided) tensors are supported: "
+            "pass it through .to_dense()"
+        )
+    if value.device.type == "meta":
+        hint = (
+            "materialise the model first (model.to_empty(device=...), then load its weights)"
+            if where.startswith(("parameter", "buffer"))
+            else "create it on the CPU or a GPU"
+        )
+        raise InvalidArgumentError(
+            f"{where} is on the meta device, which holds shapes but no values: {hint}"
+        )
+
+
+def _check_modules(model: nn.Module, index: ParameterIndex, selected: list[str]) -> None:
+    """Refuse embedding layers whose backward is not their forward's derivative
+    (``scale_grad_by_freq``, for selected weights) or whose forward rewrites their weight in
+    place (``max_norm``: it would change the user's model)."""
+    chosen = set(selected)
+    for path, module in model.named_modules():
+        if not isinstance(module, nn.Embedding | nn.EmbeddingBag):
+            continue
+        where = f"model: {type(module).__name__} {path or '(the model itself)'!r}"
+        if module.max_norm is not None:
+            raise InvalidArgumentError(
+                f"{where} has max_norm={module.max_norm}: its forward renormalises rows of its "
+                "weight in place, which would change the model and makes the output depend on "
+                "earlier calls; renormalise the weight once beforehand and set max_norm=None"
+            )
+        weight = f"{path}.weight" if path else "weight"
+        if module.scale_grad_by_freq and index.canonical.get(weight) in chosen:
+            raise InvalidArgumentError(
+                f"{where} has scale_grad_by_freq=True: its backward divides gradients by how "
+                "often each index occurs in the batch, so it is not the derivative of its "
+                "forward and the eNTK of its weight is not defined; set "
+                "scale_grad_by_freq=False (the forward is the same) or leave its weight out "
+                "with params="
+            )
+
+
+def _versions(*groups: Mapping[str, Tensor]) -> list[tuple[str, Tensor, int]]:
+    """Each tensor's in-place version counter, to see whether the model's forward wrote it."""
+    return [(name, t, t._version) for group in groups for name, t in group.items()]
+
+
+def _check_unchanged(
+    versions: list[tuple[str, Tensor, int]],
+    params: Mapping[str, Tensor],
+    buffers: Mapping[str, Tensor],
+) -> None:
+    """Refuse a forward that wrote a parameter or buffer in place (a counter, running
+    statistics): the eNTK is that of a function of the parameters and inputs, and such a
+    forward's output would depend on how often and on what the engine ran it. The engine
+    runs on copies of the buffers, so the user's buffers are unchanged."""
+    for name, tensor, version in versions:
+        if tensor._version == version:
+            continue
+        if name in buffers and buffers[name] is tensor:
+            raise InvalidArgumentError(
+                f"the model's forward updates buffer {name!r} in place (a counter, running "
+                "statistics): the eNTK needs a forward that is a function of the parameters "
+                "and inputs, so that every run of it is the same function. Make the update "
+                "conditional on self.training (the eNTK runs the model in eval mode) or move "
+                "it out of forward; the model's own buffers were left unchanged"
+            )
+        raise InvalidArgumentError(
+            f"the model's forward writes parameter {name!r} in place: the eNTK needs a "
+            "forward that is a function of the parameters, and this one changed the model's "
+            "parameter while it was probed; move that update out of forward"
+        )
+
+
+def _probe_samples(xs: tuple[Tensor, ...], probe: ProbeResult) -> tuple[Tensor, ...]:
+    """The samples the probe ran (``probe.indices``), as input tensors."""
+    where = torch.tensor(probe.indices, device=xs[0].device)
+    return tuple(x.index_select(0, where) for x in xs)
+
+
 def _check_positions(
     model: nn.Module,
     params: Mapping[str, Tensor],
@@ -542,6 +647,7 @@ def _check_positions(
         raise InvalidTypeError(
             f"positions must be an integer tensor (N,), got {type(positions).__name__}"
         )
+    _check_storage(positions, "positions")
     n = int(xs[0].shape[0])
     if positions.is_floating_point() or positions.is_complex() or positions.dtype == torch.bool:
         raise InvalidTypeError(f"positions must hold integers, got {positions.dtype}")

@@ -19,10 +19,30 @@ import torch
 
 from ..errors import InvalidArgumentError
 
-__all__ = ["NotVmappable", "per_sample_attention", "quiet_batching_fallback", "vmappable_forward"]
+__all__ = [
+    "NotVmappable",
+    "load_forward_ad",
+    "per_sample_attention",
+    "quiet_batching_fallback",
+    "vmappable_forward",
+]
 
 # Substrings of the errors torch.func raises when a forward cannot run under vmap.
 _VMAP_MARKERS = ("vmap", "Batching rule", "randomness", "data-dependent control flow")
+
+
+def load_forward_ad() -> None:
+    """Import torch's forward-AD decompositions once, quietly.
+
+    torch scripts them with ``torch.jit.script`` on first use of forward AD, which itself
+    emits a FutureWarning about torch's internals (not the user's code).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit\.script")
+        try:
+            from torch._decomp import decompositions_for_jvp  # noqa: F401
+        except ImportError:  # pragma: no cover - layout of a future torch
+            pass
 
 
 @contextmanager

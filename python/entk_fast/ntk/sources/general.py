@@ -126,6 +126,15 @@ def jacobian_block(
                     raise
                 _warn_lone_autograd(problem, exc)
                 jac, y = _lone_jacobians(problem, names, s, e)
+            except (EntkError, StructuredFallback, torch.OutOfMemoryError, MemoryError):
+                raise
+            except Exception as exc:
+                # vmap failed where each sample's forward runs (an op whose batching rule
+                # fails, e.g. the recurrent layers' in-place updates in float64): per-sample
+                # autograd decides, whatever torch's message says. If it fails too, its own
+                # error (naming the sample where the forward fails) is the one to see.
+                jac, y = _lone_jacobians(problem, names, s, e)
+                _warn_lone_autograd(problem, exc)
         require_finite(y, "output", problem.samples_from(s))
         offset = 0
         for name, size in zip(names, sizes, strict=True):
@@ -137,10 +146,14 @@ def jacobian_block(
     return out
 
 
-def _warn_lone_autograd(problem: Problem, reason: NotVmappable) -> None:
+def _warn_lone_autograd(problem: Problem, reason: Exception) -> None:
     """Switch the problem to per-sample autograd, with one warning that says why and the cost."""
     problem.lone_autograd = True
-    why = str(reason).split("torch said: ")[-1]
+    if isinstance(reason, NotVmappable):
+        why = str(reason).split("torch said: ")[-1]
+    else:
+        lines = str(reason).splitlines()
+        why = f"{type(reason).__name__}: {lines[0] if lines else ''}"
     warnings.warn(
         "the model's forward cannot run under torch.func.vmap (" + why + "); the eNTK is "
         "computed exactly with per-sample autograd instead: one forward and C_r backward "
