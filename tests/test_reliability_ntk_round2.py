@@ -363,3 +363,19 @@ def test_sparse_x2_and_a_meta_model_are_named() -> None:
         ef.empirical_ntk(nn.Linear(3, 2, device="meta"), torch.randn(4, 3), progress=False)
     with pytest.raises(InvalidArgumentError, match=r"parameter 'weight' is on the meta device"):
         ef.entk_topk(nn.Linear(3, 2, device="meta"), torch.randn(4, 3), 2, progress=False)
+
+
+def test_an_embedding_padding_row_is_no_backward_defect() -> None:
+    # padding_idx: the backward leaves that row out by design (the reference's convention)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(6, 3, padding_idx=2), nn.Flatten(), nn.Linear(6, 2))
+    model = model.double()
+    tokens = torch.tensor([[0, 2], [2, 2], [5, 1], [3, 2], [4, 0]])
+    want = reference_kernel(reference_jacobian(model, (tokens,)), "trace")
+    for structured in (True, False):
+        got = ef.empirical_ntk(
+            model, tokens, reduction="trace", structured=structured, progress=False
+        ).kernel
+        assert relative_error(got, want) < 1e-12
+    top = ef.entk_topk(model, tokens, 2, reduction="trace", progress=False).eigenvalues
+    np.testing.assert_allclose(top, np.linalg.eigvalsh(want)[::-1][:2], rtol=1e-8)

@@ -12,6 +12,7 @@ run the forward, one call per sample, which also names a sample that fails alone
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -479,6 +480,7 @@ def check_derivative(
     inputs: tuple[Tensor, ...],
     selected: list[str],
     call: ModelCall = DEFAULT_CALL,
+    frozen_rows: Mapping[str, int] | None = None,
 ) -> None:
     """Refuse a model whose backward is not its forward's derivative on ``inputs`` (the probe
     samples): the adjoint identity ⟨J w, u⟩ = ⟨w, Jᵀ u⟩ on random directions w of the
@@ -489,7 +491,8 @@ def check_derivative(
     also from forward-mode ones: a gradient hook, a custom Function with another backward or
     a ``no_grad`` block would otherwise give each path a different kernel without an error.
     A forward that fails here, is not deterministic or has no graph to the parameters is left
-    to the engine, which reports it.
+    to the engine, which reports it. ``frozen_rows``: parameter name -> a row its backward
+    leaves out by design (an embedding's ``padding_idx``); the directions are zero there.
     """
     names = [name for name in selected if params[name].is_floating_point()]
     if not names:
@@ -505,6 +508,10 @@ def check_derivative(
         }
         for _ in range(_DERIVATIVE_PAIRS)
     ]
+    for name, row in (frozen_rows or {}).items():
+        for w in directions:
+            if name in w and w[name].dim() > 0:
+                w[name][row] = 0
 
     def f(pack: Mapping[str, Tensor]) -> Tensor:
         out = forward_batch(model, {**params, **pack}, buffers, inputs, call)
@@ -584,6 +591,8 @@ def _adjoint_mismatch(
             norm_g += float((gn * gn).sum())
     norm_t, norm_u = float(tangent.norm()), float(u.norm())
     norm_w, norm_g = norm_w**0.5, norm_g**0.5
+    if not all(map(math.isfinite, (lhs, rhs, norm_t, norm_g))):
+        return None  # a NaN / inf Jacobian: the engine names the sample
     # ‖J w‖ and ‖Jᵀ u‖ are about ‖J‖_F (the spread of both numbers); the second term bounds
     # the round-off of the two sums (float32 parts of a float64 model included).
     eps = float(torch.finfo(torch.float32).eps)

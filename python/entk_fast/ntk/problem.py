@@ -524,7 +524,15 @@ def prepare(
         call = ModelCall(keys, output_fn, positions=True)
     probe = run_probe(model, tensors, buffers, xs, sample_namer(len(xs[0]), n_samples2), call=call)
     _check_unchanged(versions, tensors, buffers)
-    check_derivative(model, tensors, buffers, _probe_samples(xs, probe), selected, call)
+    check_derivative(
+        model,
+        tensors,
+        buffers,
+        _probe_samples(xs, probe),
+        selected,
+        call,
+        frozen_rows=_padding_rows(model, index),
+    )
     _check_unchanged(versions, tensors, buffers)
     root = normalise_metric(output_metric, probe.n_outputs)
     out_map = red.output_map(root, probe.n_outputs, torch_dtype, device)
@@ -589,6 +597,18 @@ def _check_modules(model: nn.Module, index: ParameterIndex, selected: list[str])
                 "scale_grad_by_freq=False (the forward is the same) or leave its weight out "
                 "with params="
             )
+
+
+def _padding_rows(model: nn.Module, index: ParameterIndex) -> dict[str, int]:
+    """Embedding weights (canonical name) -> their ``padding_idx``, the row their backward
+    leaves at zero by design (forward mode does not: the derivative check skips that row)."""
+    rows: dict[str, int] = {}
+    for path, module in model.named_modules():
+        if isinstance(module, nn.Embedding | nn.EmbeddingBag) and module.padding_idx is not None:
+            name = index.canonical.get(f"{path}.weight" if path else "weight")
+            if name is not None:
+                rows[name] = int(module.padding_idx)
+    return rows
 
 
 def _versions(*groups: Mapping[str, Tensor]) -> list[tuple[str, Tensor, int]]:
