@@ -9,7 +9,6 @@ or with the dense path; refusals with the package's own exception and the argume
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -206,10 +205,38 @@ def test_recurrent_layers_top_k_equal_the_reference(cls: type[nn.Module]) -> Non
     model = Recurrent(cls).double()
     x = torch.randn(6, 5, 3, dtype=torch.float64)
     want = np.linalg.eigvalsh(reference_kernel(reference_jacobian(model, (x,)), "flattened"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
+    with pytest.warns(UserWarning, match="per-sample autograd"):
         got = ef.entk_topk(model, x, 3, progress=False).eigenvalues
     np.testing.assert_allclose(got, want[::-1][:3], rtol=1e-8)
+
+
+class Routed(nn.Module):
+    """Top-1 routing by boolean masks (data-dependent control flow: not vmappable)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.experts = nn.ModuleList([nn.Linear(4, 5), nn.Linear(4, 5)])
+        self.out = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        route = (x[:, 0] > 0).long()
+        h = torch.zeros(x.shape[0], 5, dtype=x.dtype)
+        for i, expert in enumerate(self.experts):
+            mask = route == i
+            if mask.any():
+                h = h.index_put((mask.nonzero()[:, 0],), expert(x[mask]))
+        return self.out(torch.tanh(h))
+
+
+@pytest.mark.parametrize("reduction", ["flattened", "trace"])
+def test_top_k_of_a_forward_vmap_cannot_run_equals_the_reference(reduction: str) -> None:
+    torch.manual_seed(3)
+    model = Routed().double()
+    x = torch.randn(12, 4, dtype=torch.float64)
+    want = np.linalg.eigvalsh(reference_kernel(reference_jacobian(model, (x,)), reduction))
+    with pytest.warns(UserWarning, match="per-sample autograd"):
+        top = ef.entk_topk(model, x, 3, reduction=reduction, progress=False)
+    np.testing.assert_allclose(top.eigenvalues, want[::-1][:3], rtol=1e-8)
 
 
 # --- C2: weight normalisation (no forward-mode derivative) ------------------------------------

@@ -35,7 +35,7 @@ from torch.func import jvp, vjp, vmap
 from ..errors import EntkError, InvalidArgumentError, LinAlgError
 from .checks import all_finite, close, require_finite
 from .problem import Problem
-from .sources.general import sample_failures, sample_function
+from .sources.general import sample_failures, sample_function, warn_lone_autograd
 from .vmapping import (
     NotVmappable,
     load_forward_ad,
@@ -222,6 +222,7 @@ class KernelOperator:
                     raise
                 self._lone = True
                 self._forward(start, stop)  # its own error, if it fails too
+                warn_lone_autograd(self.problem, exc)
         if self._keeping:
             return  # _keep_graphs checks the transpose on the first chunk
         made = self._linearise(start, stop)

@@ -37,6 +37,7 @@ __all__ = [
     "jacobian_block",
     "sample_failures",
     "sample_function",
+    "warn_lone_autograd",
 ]
 
 
@@ -124,7 +125,7 @@ def jacobian_block(
             except NotVmappable as exc:
                 if exc.random:
                     raise
-                _warn_lone_autograd(problem, exc)
+                warn_lone_autograd(problem, exc)
                 jac, y = _lone_jacobians(problem, names, s, e)
             except (EntkError, StructuredFallback, torch.OutOfMemoryError, MemoryError):
                 raise
@@ -134,7 +135,7 @@ def jacobian_block(
                 # autograd decides, whatever torch's message says. If it fails too, its own
                 # error (naming the sample where the forward fails) is the one to see.
                 jac, y = _lone_jacobians(problem, names, s, e)
-                _warn_lone_autograd(problem, exc)
+                warn_lone_autograd(problem, exc)
         require_finite(y, "output", problem.samples_from(s))
         offset = 0
         for name, size in zip(names, sizes, strict=True):
@@ -146,7 +147,7 @@ def jacobian_block(
     return out
 
 
-def _warn_lone_autograd(problem: Problem, reason: Exception) -> None:
+def warn_lone_autograd(problem: Problem, reason: Exception) -> None:
     """Switch the problem to per-sample autograd, with one warning that says why and the cost."""
     problem.lone_autograd = True
     if isinstance(reason, NotVmappable):
@@ -156,9 +157,10 @@ def _warn_lone_autograd(problem: Problem, reason: Exception) -> None:
         why = f"{type(reason).__name__}: {lines[0] if lines else ''}"
     warnings.warn(
         "the model's forward cannot run under torch.func.vmap (" + why + "); the eNTK is "
-        "computed exactly with per-sample autograd instead: one forward and C_r backward "
-        "passes per sample, much slower than the vmapped path. If the forward draws random "
-        "numbers, the kernel is that of one draw.",
+        "computed exactly with per-sample autograd instead: one sample at a time (for the "
+        "dense kernel one forward and C_r backward passes a sample, for top-k a forward and "
+        "backward a sample and product), much slower than the vmapped path. If the forward "
+        "draws random numbers, the kernel is that of one draw.",
         UserWarning,
         stacklevel=2,
     )
