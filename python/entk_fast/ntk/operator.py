@@ -213,16 +213,22 @@ class KernelOperator:
         self._started = True
         start, stop = self._slices()[0]
         if not self._lone:
+            lone_because: Exception | None = None
             try:
-                self._forward(start, stop)
+                with vmappable_forward():
+                    self._forward(start, stop)
+            except NotVmappable as exc:
+                if exc.random:  # a random forward has no eNTK: no fallback either
+                    raise
+                lone_because = exc
             except (EntkError, torch.OutOfMemoryError, MemoryError):
                 raise
             except Exception as exc:  # noqa: BLE001 - per-sample autograd decides
-                if isinstance(exc, NotVmappable) and exc.random:
-                    raise
+                lone_because = exc
+            if lone_because is not None:
                 self._lone = True
                 self._forward(start, stop)  # its own error, if it fails too
-                warn_lone_autograd(self.problem, exc)
+                warn_lone_autograd(self.problem, lone_because)
         if self._keeping:
             return  # _keep_graphs checks the transpose on the first chunk
         made = self._linearise(start, stop)
