@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from ntk_reference import MLP, make_case, relative_error
+from torch import nn
 
 from entk_fast import empirical_ntk, entk_spectrum, entk_topk, linalg
 
@@ -172,3 +173,18 @@ def test_unflatten_round_trip() -> None:
     np.testing.assert_array_equal(grid[2, 1], spec.eigenvectors[2 * 3 + 1])
     np.testing.assert_array_equal(spec.flatten(grid), spec.eigenvectors)
     np.testing.assert_array_equal(kernel.unflatten(spec.eigenvectors[:, 0]), grid[:, :, 0])
+
+
+def test_float32_dual_keeps_small_real_eigenvalues() -> None:
+    """The dual path's float64 Gram resolves a float32 model's eigenvalues far below
+    ε₃₂·λ₁: none above round-off is dropped, and they match the float64 ones."""
+    torch.manual_seed(0)
+    n, p = 40, 6
+    scales = torch.tensor([1.0, 1e-1, 1e-2, 1e-3, 3e-4, 1e-4])  # λ down to 1e-8·λ₁
+    q, _ = torch.linalg.qr(torch.randn(n, p, dtype=torch.float64))
+    x = (q * scales * n**0.5).to(torch.float64)
+    model = nn.Linear(p, 1, bias=False)
+    exact = entk_spectrum(model.double(), x, method="dual", progress=False)
+    single = entk_spectrum(model.float(), x.float(), method="dual", progress=False)
+    assert exact.info["rank"] == p and single.info["rank"] == p
+    np.testing.assert_allclose(single.eigenvalues, exact.eigenvalues, rtol=1e-3)

@@ -114,9 +114,14 @@ def _dual(
         check_kernel_nonzero(trace)
         values, vectors = linalg.eigh(gram_dual)
         del gram_dual
-        eps = np.finfo(dtype).eps
-        # Below this the eigenvalue is round-off of the Jacobian entries and u = M v / √λ noise.
-        cutoff = max(float(values[0]), 0.0) * 100 * eps
+        # The Q×Q Gram is accumulated and diagonalised in float64 whatever the dtype, so its
+        # eigenvalues carry float64 round-off of λ₁, and a float32 Jacobian's own rounding
+        # (relative ε₃₂ in each entry) makes spurious eigenvalues of about ε₃₂²·λ₁ in its null
+        # space. Below 100 times the larger of the two an eigenvalue is round-off and
+        # u = M v / √λ noise; above it, it is kept (a float32 cut at 100·ε₃₂·λ₁ dropped real
+        # eigenvalues down to 1.2e-5·λ₁).
+        floor = 100 * max(float(np.finfo(np.float64).eps), float(np.finfo(dtype).eps) ** 2)
+        cutoff = max(float(values[0]), 0.0) * floor
         rank = int((values > cutoff).sum())
         count = rank if k is None else min(k, rank)
         values = np.ascontiguousarray(values[:count])
@@ -400,7 +405,7 @@ def entk_spectrum(
             for trace) than the kernel has rows, else ``"dense"`` when the kernel fits in
             memory, else ``"matrix_free"`` (needs ``k``). The choice is in ``.method``.
             The dual path returns only eigenpairs above its round-off floor
-            (``info["rank"]``); the rest of the spectrum is zero.
+            (``info["rank"]``: above 100·max(ε₆₄, ε²)·λ₁ for the dtype's ε; below is round-off).
         ridge: ε ≥ 0; adds ε·mean(diag K) to K's diagonal (reported as ``.ridge``). Not
             available matrix-free.
         tol: solver tolerance (top-k dense and matrix-free solvers).
