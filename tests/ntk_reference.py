@@ -19,6 +19,7 @@ from entk_fast import TMS, ModAddMLP
 __all__ = [
     "MLP",
     "BagOfTokens",
+    "Routed",
     "ConvNet",
     "ModAddMLP",
     "TMS",
@@ -48,6 +49,25 @@ class MLP(nn.Module):
             if i < len(self.layers) - 1:
                 x = torch.tanh(x)
         return x
+
+
+class Routed(nn.Module):
+    """Top-1 routing by boolean masks: each expert runs on its own samples only (data-dependent
+    control flow: vmap cannot run it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.experts = nn.ModuleList([nn.Linear(4, 5), nn.Linear(4, 5)])
+        self.out = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        route = (x[:, 0] > 0).long()
+        h = torch.zeros(x.shape[0], 5, dtype=x.dtype)
+        for i, expert in enumerate(self.experts):
+            mask = route == i
+            if mask.any():
+                h = h.index_put((mask.nonzero()[:, 0],), expert(x[mask]))
+        return self.out(torch.tanh(h))
 
 
 class TokenMLP(nn.Module):

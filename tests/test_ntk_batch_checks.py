@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from ntk_reference import MLP, reference_jacobian, reference_kernel, relative_error
+from ntk_reference import MLP, Routed, reference_jacobian, reference_kernel, relative_error
 from torch import nn
 
 import entk_fast.ntk.probe as probe_module
@@ -204,24 +204,6 @@ def test_layer_that_misbehaves_on_the_full_batch_falls_back(cls: type) -> None:
     paths = _check(cls(), (x,), layerwise=True)
     assert paths["a.weight"] == "general"
     assert paths["b.weight"] == "structured"
-
-
-class Routed(nn.Module):
-    """Top-1 routing by boolean masks: each expert runs on its own samples only."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.experts = nn.ModuleList([nn.Linear(4, 5), nn.Linear(4, 5)])
-        self.out = nn.Linear(5, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        route = (x[:, 0] > 0).long()
-        h = torch.zeros(x.shape[0], 5, dtype=x.dtype)
-        for i, expert in enumerate(self.experts):
-            mask = route == i
-            if mask.any():
-                h = h.index_put((mask.nonzero()[:, 0],), expert(x[mask]))
-        return self.out(torch.tanh(h))
 
 
 def test_routed_linear_gives_a_clear_error_not_a_size_mismatch() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from ntk_reference import reference_jacobian, reference_kernel, relative_error
+from ntk_reference import Routed, reference_jacobian, reference_kernel, relative_error
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
@@ -208,24 +208,6 @@ def test_recurrent_layers_top_k_equal_the_reference(cls: type[nn.Module]) -> Non
     with pytest.warns(UserWarning, match="per-sample autograd"):
         got = ef.entk_topk(model, x, 3, progress=False).eigenvalues
     np.testing.assert_allclose(got, want[::-1][:3], rtol=1e-8)
-
-
-class Routed(nn.Module):
-    """Top-1 routing by boolean masks (data-dependent control flow: not vmappable)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.experts = nn.ModuleList([nn.Linear(4, 5), nn.Linear(4, 5)])
-        self.out = nn.Linear(5, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        route = (x[:, 0] > 0).long()
-        h = torch.zeros(x.shape[0], 5, dtype=x.dtype)
-        for i, expert in enumerate(self.experts):
-            mask = route == i
-            if mask.any():
-                h = h.index_put((mask.nonzero()[:, 0],), expert(x[mask]))
-        return self.out(torch.tanh(h))
 
 
 @pytest.mark.parametrize("reduction", ["flattened", "trace"])
