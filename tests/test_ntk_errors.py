@@ -127,6 +127,20 @@ def test_unknown_group_names(mlp: tuple) -> None:
         )
     with pytest.raises(InvalidArgumentError, match="'nope'"):
         empirical_ntk(model, x, params=["nope"])
+    with pytest.raises(InvalidArgumentError, match=r"did you mean 'layers\.0\.weight'"):
+        empirical_ntk(model, x, params=["layers.0.weigth"])
+    with pytest.raises(InvalidArgumentError, match="'layers.*.bias_x'"):
+        empirical_ntk(model, x, params=["layers.*.bias_x"])
+
+
+def test_params_take_glob_patterns(mlp: tuple) -> None:
+    model, x = mlp
+    by_glob = empirical_ntk(model, x, params="layers.*.weight")
+    by_name = empirical_ntk(
+        model, x, params=[n for n, _ in model.named_parameters() if n.endswith(".weight")]
+    )
+    np.testing.assert_array_equal(by_glob.kernel, by_name.kernel)
+    assert by_glob.n_parameters == by_name.n_parameters
     with pytest.raises(InvalidTypeError, match="groups"):
         empirical_ntk(model, x, layerwise=True, groups=["layers.0"])
 

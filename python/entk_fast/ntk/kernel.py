@@ -274,8 +274,9 @@ def empirical_ntk(
             holding parameters (``"fc1"``, ``"blocks.0.attn"``; a root-level parameter is its
             own group). Without ``layerwise=True`` they have no effect: a ``UserWarning``
             says so and they are ignored (not validated).
-        params: restrict θ to these parameter names / module paths (default: every parameter
-            with ``requires_grad=True``).
+        params: restrict θ to these parameter names / module paths / glob patterns over
+            parameter names (``"encoder.layer.*.output.dense.weight"``; default: every
+            parameter with ``requires_grad=True``). A typo's error names the closest names.
         dtype: float32 or float64 for the whole computation (default: the model's): a torch
             or numpy dtype, or a string read as numpy reads it (``"double"``, ``"float"``
             and ``float`` mean float64, ``"single"`` float32).

@@ -7,6 +7,8 @@ parameter under it. Frozen parameters (``requires_grad=False``) never enter the 
 
 from __future__ import annotations
 
+import difflib
+import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -70,8 +72,10 @@ class ParameterIndex:
     def expand(self, entry: object, *, argument: str) -> list[str]:
         """Canonical names of the trainable parameters that ``entry`` designates.
 
-        ``entry`` is a parameter name (or alias) or a module path. Raises a clear error when
-        it names nothing, or only frozen parameters.
+        ``entry`` is a parameter name (or alias), a module path, or a glob pattern over
+        parameter names (``*``, ``?``, ``[...]``: ``"encoder.layer.*.output.dense.weight"``).
+        Raises a clear error, with the closest names, when it names nothing, or only frozen
+        parameters.
         """
         if not isinstance(entry, str):
             raise InvalidTypeError(
@@ -80,6 +84,13 @@ class ParameterIndex:
             )
         if entry in self.canonical:
             found = [self.canonical[entry]]
+        elif any(c in entry for c in "*?["):
+            # a glob over parameter names: "encoder.layer.*.output.dense.weight"
+            found = []
+            for name in self.canonical:
+                canon = self.canonical[name]
+                if fnmatch.fnmatchcase(name, entry) and canon not in found:
+                    found.append(canon)
         else:
             prefix = f"{entry}." if entry else ""
             found = []
@@ -88,11 +99,18 @@ class ParameterIndex:
                 if name.startswith(prefix) and canon not in found:
                     found.append(canon)
         if not found:
-            known = ", ".join(list(self.canonical)[:12])
-            more = " ..." if len(self.canonical) > 12 else ""
+            paths = {name.rpartition(".")[0] for name in self.canonical} - {""}
+            close = difflib.get_close_matches(entry, [*self.canonical, *paths], n=4, cutoff=0.6)
+            hint = (
+                f"did you mean {' or '.join(map(repr, close))}?"
+                if close
+                else "parameters: "
+                + ", ".join(list(self.canonical)[:12])
+                + (" ..." if len(self.canonical) > 12 else "")
+            )
             raise InvalidArgumentError(
-                f"{argument}: {entry!r} is neither a parameter name nor a module path of the "
-                f"model (parameters: {known}{more})"
+                f"{argument}: {entry!r} is neither a parameter name, a module path nor a glob "
+                f"pattern matching one of the model ({hint})"
             )
         trainable = [name for name in found if self.infos[name].trainable]
         if not trainable:
