@@ -77,6 +77,7 @@ def ours(model: Any, inputs: Any, positions: Any, k: int, tol: float) -> dict[st
         "max_residual": spec.info["max_residual"],
         "eigenvalues": [float(v) for v in spec.eigenvalues],
         "products": spec.info["products"],
+        "pruned_block": spec.info["pruned_block"],
         "vectors": spec.eigenvectors,
     }
 
@@ -163,7 +164,8 @@ def main() -> None:
     peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 2**20
     print(
         f"ours: {mine['seconds']:.1f} s, {mine['n_matvec']} products, max residual "
-        f"{mine['max_residual']:.1e}, peak RSS growth {peak:.2f} GB ({mine['products']})"
+        f"{mine['max_residual']:.1e}, peak RSS growth {peak:.2f} GB ({mine['products']}, "
+        f"last block at the read positions: {mine['pruned_block']})"
     )
     result["ours"] = {key: v for key, v in mine.items() if key != "vectors"}
     result["ours"]["peak_rss_growth_gb"] = peak

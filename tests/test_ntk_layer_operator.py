@@ -361,3 +361,37 @@ def test_negative_positions_count_from_the_end() -> None:
     last = empirical_ntk(model, inputs, positions=torch.full((4,), -1), **common).kernel
     explicit = empirical_ntk(model, inputs, positions=torch.full((4,), 5), **common).kernel
     np.testing.assert_allclose(last, explicit, rtol=1e-12)
+
+
+def test_the_last_block_runs_at_the_read_positions_only_when_that_is_the_readout() -> None:
+    torch.manual_seed(6)
+    model = _bert().double().eval()
+    inputs, positions = _inputs()
+    layer = "encoder.layer.0.output.dense"
+    names = [f"{layer}.weight"]
+    kernel = _brute_force(model, inputs, positions, names)
+    expected = np.linalg.eigvalsh(kernel)[::-1][:4]
+    common: dict[str, Any] = {"params": names, "positions": positions, "tol": 1e-12}
+    pruned = entk_topk(
+        model, inputs, 4, output_fn=lambda o: o.last_hidden_state, progress=False, **common
+    )
+    assert pruned.info["pruned_block"] == "encoder.layer.1"
+    np.testing.assert_allclose(pruned.eigenvalues, expected, rtol=1e-10)
+    # a readout that is not the last block's state: its own check turns the pruning off
+    doubled = entk_topk(
+        model, inputs, 4, output_fn=lambda o: 2 * o.last_hidden_state, progress=False, **common
+    )
+    assert doubled.info["pruned_block"] is None
+    np.testing.assert_allclose(doubled.eigenvalues, 4 * expected, rtol=1e-10)
+    # the layer in the last block itself: nothing after it to prune
+    last = entk_topk(
+        model,
+        inputs,
+        4,
+        output_fn=lambda o: o.last_hidden_state,
+        params="encoder.layer.1.output.dense.weight",
+        positions=positions,
+        tol=1e-10,
+        progress=False,
+    )
+    assert last.info["pruned_block"] is None

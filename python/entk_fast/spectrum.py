@@ -307,6 +307,7 @@ def _matrix_free(
             "factored_bytes": 0 if factored is None else factored.nbytes,
             "products": "cached_layer" if cached is not None else "autograd",
             "cached_layer": None if cached is None else cached.layer.path,
+            "pruned_block": None if cached is None or cached.pruner is None else cached.pruner.path,
             "cached_layer_reason": cached_reason,
             "kept_chunks": len(cached.kept) if cached else (general.kept_chunks if general else 0),
             "kept_transposes": cached.kept_transposes

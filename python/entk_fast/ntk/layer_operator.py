@@ -34,8 +34,9 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InvalidArgumentError
-from .checks import require_finite
+from .checks import close, require_finite
 from .problem import Problem
+from .readout_pruning import LastBlockAtPositions, find_last_block
 from .vmapping import per_sample_attention, quiet_batching_fallback
 
 __all__ = ["AffineLayer", "CachedLayerOperator", "cached_layer_reason", "find_affine_layer"]
@@ -175,6 +176,10 @@ class CachedLayerOperator:
         """Bytes one sample's cached forward holds (inputs and suffix graph), measured."""
         self.graph_bytes = 0
         self._bounds: list[tuple[int, int]] | None = None
+        last = find_last_block(problem.model, layer.path) if problem.call.positions else None
+        self.pruner = None if last is None else LastBlockAtPositions(*last)
+        """The last block at the read positions (:mod:`.readout_pruning`), or None."""
+        self._pruning_checked = False
         self._keep_transposes = False
         self._checked = False
 
@@ -226,9 +231,12 @@ class CachedLayerOperator:
                 per_sample_attention(),
                 torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
             ):
-                out = problem.out_map.apply(problem.forward(xs))
+                out = self._readout(xs)
         finally:
             handle.remove()
+        if self.pruner is not None and not self._pruning_checked:
+            if not self._pruning_holds(xs, out):
+                return self._run(start, stop)
         self.graph_bytes = sum(saved.values())
         n = stop - start
         if len(seen) != 1:
@@ -252,6 +260,27 @@ class CachedLayerOperator:
             leaf,
             out,
         )
+
+    def _readout(self, xs: tuple[Tensor, ...]) -> Tensor:
+        """R f on the chunk's inputs ``xs``: the model's own forward, or with the last block
+        run at the read positions only, once that has reproduced the model's readout."""
+        problem = self.problem
+        if self.pruner is None:
+            return problem.out_map.apply(problem.forward(xs))
+        n = int(xs[0].shape[0])
+        pruned = self.pruner(lambda: problem.forward(xs), xs[-1])
+        return problem.out_map.apply(pruned.reshape(n, -1))
+
+    def _pruning_holds(self, xs: tuple[Tensor, ...], out: Tensor) -> bool:
+        """Whether the pruned readout ``out`` equals the model's own on ``xs`` (checked once;
+        a mismatch turns pruning off: the readout is not the last block at the positions)."""
+        self._pruning_checked = True
+        with torch.no_grad(), per_sample_attention():
+            full = self.problem.out_map.apply(self.problem.forward(xs))
+        if full.shape == out.shape and close(out.detach(), full):
+            return True
+        self.pruner = None
+        return False
 
     @staticmethod
     def _make_transpose(chunk: _Chunk) -> tuple[Tensor, Tensor]:
