@@ -88,8 +88,9 @@ class LastBlockAtPositions:
         return self._block(hidden, mask, positions)
 
     def _block(self, hidden: Tensor, mask: Tensor | None, positions: Tensor) -> Tensor:
-        block = self.block
-        core = block.attention.self
+        # a BERT-style block (checked by find_last_block): its submodules by name
+        block: Any = self.block
+        core: Any = block.attention.self
         n, length, _ = hidden.shape
         rows = torch.arange(n, device=hidden.device)
         here = hidden[rows, positions]  # (n, d)
