@@ -395,3 +395,37 @@ def test_the_last_block_runs_at_the_read_positions_only_when_that_is_the_readout
         progress=False,
     )
     assert last.info["pruned_block"] is None
+
+
+def test_constant_keyword_inputs_reach_the_model() -> None:
+    torch.manual_seed(7)
+    model = _bert().double().eval()
+    inputs, positions = _inputs()
+    layer = "encoder.layer.0.output.dense.weight"
+    plain = empirical_ntk(
+        model, inputs, params=layer, output_fn=lambda o: o.last_hidden_state[:, 0], progress=False
+    )
+    flagged = empirical_ntk(
+        model,
+        {**inputs, "output_hidden_states": True},
+        params=layer,
+        output_fn=lambda o: o.hidden_states[-1][:, 0],
+        progress=False,
+    )
+    np.testing.assert_allclose(flagged.kernel, plain.kernel, rtol=1e-12)
+    top = entk_topk(
+        model,
+        {**inputs, "output_hidden_states": True},
+        3,
+        params=layer,
+        output_fn=lambda o: o.hidden_states[-1],
+        positions=torch.zeros(5, dtype=torch.long),
+        tol=1e-10,
+        progress=False,
+    )
+    expected = np.linalg.eigvalsh(plain.kernel)[::-1][:3]
+    np.testing.assert_allclose(top.eigenvalues, expected, rtol=1e-8)
+    with pytest.raises(InvalidArgumentError, match="no tensor among its keywords"):
+        empirical_ntk(model, {"output_hidden_states": True}, params=layer, progress=False)
+    with pytest.raises(TypeError, match=r"inputs\['flags'\] must be a tensor"):
+        empirical_ntk(model, {**inputs, "flags": [1, 2]}, params=layer, progress=False)

@@ -250,7 +250,9 @@ def empirical_ntk(
             each sample is treated alone.
         inputs: a tensor (N, ...), a tuple of tensors sharing dim 0 (several positional
             inputs), or a dict of keyword tensors sharing dim 0 (e.g. ``input_ids`` and
-            ``attention_mask``). Integer inputs (token ids) are passed as they are; floating
+            ``attention_mask``; constant keywords — a bool, number, string or None such as
+            ``output_hidden_states=True`` — go to every call unchanged). Integer inputs
+            (token ids) are passed as they are; floating
             ones are cast to ``dtype``. The model's output (N, ...) is flattened to C values a
             sample.
         x2: None, or second inputs (N2, ...) of the same structure as ``inputs``.

@@ -124,6 +124,8 @@ class ModelCall:
 
     keys: tuple[str | None, ...] = ()
     output_fn: Callable[[Any], Any] | None = None
+    constants: tuple[tuple[str, Any], ...] = ()
+    """Keyword arguments passed to every call as they are (``output_hidden_states=True``)."""
     positions: bool = False
     """True: the last input tensor is not the model's but the readout positions (n,) (int):
     sample i's output is row ``positions[i]`` of dim 1 of what ``output_fn`` returns (a
@@ -149,6 +151,7 @@ def forward_batch(
     keys = call.keys or (None,) * len(inputs)
     args = tuple(x for x, key in zip(inputs, keys, strict=True) if key is None)
     kwargs = {key: x for x, key in zip(inputs, keys, strict=True) if key is not None}
+    kwargs.update(call.constants)
     out = functional_call(model, (dict(params), dict(buffers)), args, kwargs)
     out = out if call.output_fn is None else call.output_fn(out)
     return out if positions is None else select_positions(out, positions)

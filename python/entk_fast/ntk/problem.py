@@ -312,17 +312,34 @@ def resolve_dtype(dtype: Any, model: nn.Module) -> torch.dtype:
     )
 
 
-def split_keywords(inputs: Any, name: str = "inputs") -> tuple[Any, tuple[str | None, ...]]:
-    """A dict of keyword tensors as (its values, its keys); anything else as (it, ())."""
+#: Keyword values passed to the model as they are, the same for every sample.
+_CONSTANT_TYPES = (bool, int, float, str, type(None))
+
+
+def split_keywords(
+    inputs: Any, name: str = "inputs"
+) -> tuple[Any, tuple[str | None, ...], tuple[tuple[str, Any], ...]]:
+    """A dict of keyword inputs as (its tensor values, their keys, its constant keywords);
+    anything else as (it, (), ()). Constants (``output_hidden_states=True``, a flag, a
+    number, None) go to every call of the model unchanged."""
     if not isinstance(inputs, Mapping):
-        return inputs, ()
+        return inputs, (), ()
     if not inputs:
         raise InvalidArgumentError(f"{name} is an empty dict: give at least one keyword tensor")
     keys = tuple(inputs)
     bad = [key for key in keys if not isinstance(key, str)]
     if bad:
         raise InvalidTypeError(f"{name}: keyword names must be strings, got {bad[0]!r}")
-    return list(inputs.values()), keys
+    constants = tuple(
+        (key, value) for key, value in inputs.items() if isinstance(value, _CONSTANT_TYPES)
+    )
+    tensors = [key for key in keys if not isinstance(inputs[key], _CONSTANT_TYPES)]
+    if not tensors:
+        raise InvalidArgumentError(
+            f"{name} has no tensor among its keywords ({', '.join(keys)}): give at least one "
+            "keyword tensor (N, ...)"
+        )
+    return [inputs[key] for key in tensors], tuple(tensors), constants
 
 
 def normalise_inputs(
@@ -503,25 +520,26 @@ def prepare(
             f"output_fn must be a callable (model output -> tensor (N, ...)), got "
             f"{type(output_fn).__name__}"
         )
-    values, keys = split_keywords(inputs)
+    values, keys, constants = split_keywords(inputs)
     xs = normalise_inputs(values, torch_dtype, device, keys=keys)
     n_samples2 = 0
     if inputs2 is not None:
-        values2, keys2 = split_keywords(inputs2, "x2")
-        if keys2 != keys:
+        values2, keys2, constants2 = split_keywords(inputs2, "x2")
+        if keys2 != keys or constants2 != constants:
             raise InvalidArgumentError(
-                f"x2 must have the structure of inputs: keywords {list(keys)}, got {list(keys2)}"
+                f"x2 must have the structure of inputs: keywords {list(keys)} and constants "
+                f"{dict(constants)}, got {list(keys2)} and {dict(constants2)}"
             )
         second = normalise_inputs(values2, torch_dtype, device, name="x2", keys=keys2)
         xs = _concatenate(xs, second)
         n_samples2 = int(second[0].shape[0])
-    call = ModelCall(keys, output_fn)
+    call = ModelCall(keys, output_fn, constants=constants)
     if positions is not None:
         if n_samples2:
             raise InvalidArgumentError("positions is not available for a cross kernel (x2)")
         where = _check_positions(model, tensors, buffers, xs, call, positions)
         xs = (*xs, where)
-        call = ModelCall(keys, output_fn, positions=True)
+        call = ModelCall(keys, output_fn, positions=True, constants=constants)
     probe = run_probe(model, tensors, buffers, xs, sample_namer(len(xs[0]), n_samples2), call=call)
     _check_unchanged(versions, tensors, buffers)
     check_derivative(
