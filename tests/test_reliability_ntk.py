@@ -1,4 +1,4 @@
-"""Issue 13, the eNTK engine: bad samples are named, parameter-free outputs give the exact zero
+"""Reliability of the eNTK engine: bad samples are named, parameter-free outputs give the exact zero
 kernel, and every spectrum path agrees with the brute-force reference (tests/ntk_reference.py).
 
 Each test asserts a right answer against an independent reference or the package's own

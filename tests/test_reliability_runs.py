@@ -1,4 +1,4 @@
-"""Issue 13, training and run directories: resuming past a corrupt checkpoint, load_run on a
+"""Reliability of training and run directories: resuming past a corrupt checkpoint, load_run on a
 file, thread-count validation before any work, and tests that fail when AdamW's weight decay
 or ``--no-plot`` is ignored.
 """
