@@ -335,7 +335,7 @@ def split_keywords(
     )
     tensors = [key for key in keys if not isinstance(inputs[key], _CONSTANT_TYPES)]
     if not tensors:
-        raise InvalidArgumentError(
+        raise InvalidTypeError(
             f"{name} has no tensor among its keywords ({', '.join(keys)}): give at least one "
             "keyword tensor (N, ...)"
         )
