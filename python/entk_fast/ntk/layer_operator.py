@@ -20,7 +20,8 @@ The batch runs as the model's ordinary batched forward, not one sample at a time
 padded batches with a 2-D attention mask (which Hugging Face models cannot run under vmap)
 keep this fast path. The probe has shown the model batch-independent, and the module's input
 is checked to have one row per sample. Where the path cannot apply, :func:`cached_layer_reason`
-says why and the caller uses the general products.
+says why and the caller uses the general products. With ``positions=`` and a BERT-style last
+block, that block runs at the read positions only (:mod:`.readout_pruning`).
 """
 
 from __future__ import annotations
@@ -150,8 +151,8 @@ class CachedLayerOperator:
     """K V = M (Mᵀ V) for the single affine layer of ``problem`` (see the module docstring).
 
     ``columns`` vectors per batched backward. The first chunk (at most :data:`FIRST_CHUNK`
-    samples) measures what a sample's suffix graph takes (resident growth); the chunk size is
-    then the most samples whose batched backward (about three graphs' worth a sample and
+    samples) measures what a sample's cached forward holds (the tensors autograd saves for the
+    suffix, and the layer's inputs); the chunk size is then the most samples whose batched backward (about three graphs' worth a sample and
     column) fits ``transient`` bytes, at most :data:`MAX_CHUNK`. Chunks stay cached (layer
     inputs and suffix graph) while they fit ``keep_bytes``, and so do their transposes'
     graphs when every chunk's forward fits; chunks beyond run their forward per product
