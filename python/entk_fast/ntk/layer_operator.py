@@ -152,8 +152,9 @@ class CachedLayerOperator:
 
     ``columns`` vectors per batched backward. The first chunk (at most :data:`FIRST_CHUNK`
     samples) measures what a sample's cached forward holds (the tensors autograd saves for the
-    suffix, and the layer's inputs); the chunk size is then the most samples whose batched backward (about three graphs' worth a sample and
-    column) fits ``transient`` bytes, at most :data:`MAX_CHUNK`. Chunks stay cached (layer
+    suffix, and the layer's inputs); the chunk size is then the most samples whose batched
+    backward (about three graphs' worth a sample and column) fits ``transient`` bytes, at most
+    :data:`MAX_CHUNK`. Chunks stay cached (layer
     inputs and suffix graph) while they fit ``keep_bytes``, and so do their transposes'
     graphs when every chunk's forward fits; chunks beyond run their forward per product
     (and a transpose is rebuilt per block product: one unbatched backward). ``n_matvec``
