@@ -38,6 +38,7 @@ from .ntk.operator import KernelOperator
 from .ntk.plan import format_bytes, structured_transient, work_budget
 from .ntk.problem import Problem, evaluation_mode, prepare
 from .ntk.sources.general import jacobian_block
+from .ntk.sources.layers import StructuredLayer
 from .ntk.sources.structured import find_layers, verify_layers
 from .results import NTKSpectrum, spectrum_of_kernel
 
@@ -198,11 +199,19 @@ def _matrix_free(
         suggest_reduction=problem.reduction.per_output and rows > 1,
     )
     cached_reason = cached_layer_reason(problem)
+    verified: list[StructuredLayer] | None = None  # the structured layers, verified once
+
+    def structured_layers() -> list[StructuredLayer]:
+        nonlocal verified
+        if verified is None:
+            verified = verify_layers(problem, find_layers(problem)) if structured else []
+        return verified
+
     if (
         cached_reason is None
         and structured
         and problem.probe.vmappable
-        and _factors_fit(problem, budget // 4)
+        and _factors_fit(problem, structured_layers(), budget // 4)
     ):
         cached_reason = "the layer's factored products fit in memory (gathered once: faster)"
     # Cached-layer products run the model's own batched forward over many samples, so one
@@ -250,7 +259,7 @@ def _matrix_free(
     factored = (
         None
         if cached is not None
-        else _factored_operator(problem, structured, room // 2, transient)
+        else _factored_operator(problem, structured_layers(), room // 2, transient)
     )
     done = set() if factored is None else {n for layer in factored.layers for n in layer.names}
     rest = [] if cached is not None else [n for n in problem.selected if n not in done]
@@ -319,20 +328,18 @@ def _matrix_free(
     )
 
 
-def _factors_fit(problem: Problem, room: int) -> bool:
-    """Whether every selected parameter belongs to a structured layer whose factors fit
-    ``room`` bytes (then the factored products, gathered once, are the fastest)."""
-    layers = verify_layers(problem, find_layers(problem))
+def _factors_fit(problem: Problem, layers: list[StructuredLayer], room: int) -> bool:
+    """Whether every selected parameter belongs to one of the structured ``layers`` and their
+    factors fit ``room`` bytes (then the factored products, gathered once, are the fastest)."""
     names = {n for layer in layers for n in layer.names}
     return set(problem.selected) <= names and factor_bytes(problem, layers) <= room
 
 
 def _factored_operator(
-    problem: Problem, structured: bool, room: int, transient: int
+    problem: Problem, layers: list[StructuredLayer], room: int, transient: int
 ) -> FactoredOperator | None:
-    """Products of the structured layers whose factors fit ``room`` bytes, from factors
+    """Products of the structured ``layers`` whose factors fit ``room`` bytes, from factors
     gathered once (:mod:`entk_fast.ntk.factored`); None when no layer qualifies or fits."""
-    layers = verify_layers(problem, find_layers(problem)) if structured else []
     chosen, used = [], 0
     costs = [(factor_bytes(problem, [layer]), layer) for layer in layers]
     for cost, layer in sorted(costs, key=lambda pair: pair[0]):
