@@ -114,11 +114,11 @@ def _build(case: str) -> tuple[Any, Any, str]:
         pick = torch.randperm(len(tokens), generator=torch.Generator().manual_seed(0))[:400]
         return _attention_model().eval(), tokens[pick], "mean_pairs"
     if case.startswith("transformer"):
-        from entk_fast.experiments.transformer import ModAddTransformer
+        from entk_fast.toys.transformer import ModAddTransformer
 
         return ModAddTransformer(29).eval(), _modadd_tokens(29), "mean_pairs"
     if case == "a":
-        from entk_fast import ModAddMLP
+        from entk_fast.toys import ModAddMLP
 
         p = 29
         model = ModAddMLP(p, 512).eval()

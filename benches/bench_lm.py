@@ -42,7 +42,7 @@ def _inputs(n: int, length: int) -> tuple[Any, Any, Any]:
     """n padded contexts of the packaged MiniLM's tokenizer from Python's docs, a word each."""
     import torch
 
-    from entk_fast.experiments.language import default_text, load_language_model
+    from entk_fast.paper.language import default_text, load_language_model
 
     lm = load_language_model(None)
     words = default_text().split()

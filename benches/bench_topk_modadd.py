@@ -39,7 +39,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def _problem(p: int, hidden: int) -> tuple[Any, Any]:
     import torch
 
-    from entk_fast.experiments.modadd import ModAddMLP, modadd_dataset
+    from entk_fast.toys.modadd import ModAddMLP, modadd_dataset
 
     model = ModAddMLP(p, hidden, generator=torch.Generator().manual_seed(0))
     return model, modadd_dataset(p).inputs

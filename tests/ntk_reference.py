@@ -1,4 +1,4 @@
-"""Independent brute-force eNTK reference and tiny test models for the tests/test_ntk_* files.
+"""Independent brute-force eNTK reference and tiny test models for the tests under tests/ntk/.
 
 The reference loops ``torch.autograd.grad`` over every sample and output (float64), builds the
 full Jacobian J (N, C, P) and reduces it with plain numpy / scipy; it shares no code with the
@@ -14,7 +14,7 @@ import scipy.linalg
 import torch
 from torch import nn
 
-from entk_fast import TMS, ModAddMLP
+from entk_fast.toys import TMS, ModAddMLP
 
 __all__ = [
     "MLP",

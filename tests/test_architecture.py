@@ -1,5 +1,7 @@
 """The package's imports (lazy ones included) run one way along the pipeline stages, without
-cycles: leaves ← ntk ← spectrum ← analysis ← experiments ← batch ← cli."""
+cycles: leaves ← ntk ← analysis ← plotting, toys ← paper ← batch ← cli; inside ``ntk/`` the same
+holds along the engine's own order (layer rules → probe → request → plan → sources → kernel →
+spectrum); and no module imports another module's private name."""
 
 from __future__ import annotations
 
@@ -22,12 +24,32 @@ STAGES: dict[str, int] = {
     "linalg": 0,
     "results": 0,
     "ntk": 1,
-    "spectrum": 2,
-    "analysis": 3,
-    "experiments": 4,
+    "analysis": 2,
+    "plotting": 3,
+    "toys": 3,
+    "paper": 4,
     "batch": 5,
     "cli": 6,
     "__main__": 6,
+}
+
+# Order inside ntk/ (the engine's pipeline): a module may import its own or lower stages only.
+NTK_STAGES: dict[str, int] = {
+    "checks": 0,
+    "vmapping": 0,
+    "params": 0,
+    "readout_pruning": 0,
+    "assemble": 0,
+    "layers": 1,  # the layer rules registry
+    "probe": 2,
+    "problem": 3,  # the request: parameters, reduction, inputs
+    "plan": 4,  # the one planner
+    "sources": 5,  # Jacobian sources: general | structured (attention is one of its rules)
+    "kernel": 6,
+    "layer_operator": 6,
+    "operator": 6,
+    "factored": 6,
+    "spectrum": 7,
 }
 
 
@@ -100,16 +122,25 @@ def _graph() -> dict[str, set[str]]:
     return {name: _imports(name, path, known) for name, path in modules.items()}
 
 
-def _stage(module: str) -> int | None:
+def _stage(module: str) -> tuple[int, int] | None:
+    """(stage of the package part, stage inside ntk/); None for the package root."""
     parts = module.split(".")
     if len(parts) < 2:
         return None  # the package root: the public face, re-exports every stage lazily
-    return STAGES[parts[1]]
+    if parts[1] != "ntk":
+        inner = 0
+    elif len(parts) == 2:  # ntk/__init__: the engine's public face, re-exports its last stage
+        inner = max(NTK_STAGES.values())
+    else:
+        inner = NTK_STAGES[parts[2]]
+    return STAGES[parts[1]], inner
 
 
 def test_every_part_of_the_package_has_a_stage() -> None:
     tops = {name.split(".")[1] for name in _modules() if "." in name}
     assert tops <= set(STAGES), f"parts without a stage: {sorted(tops - set(STAGES))}"
+    inner = {n.split(".")[2] for n in _modules() if n.startswith("entk_fast.ntk.")}
+    assert inner <= set(NTK_STAGES), f"ntk modules without a stage: {inner - set(NTK_STAGES)}"
 
 
 def test_imports_run_one_way_along_the_stages() -> None:
@@ -122,8 +153,12 @@ def test_imports_run_one_way_along_the_stages() -> None:
             target_stage = _stage(target)
             if target_stage is None:
                 wrong.append(f"{module} -> {target} (the package root)")
-            elif target_stage > stage:
+            elif target_stage[0] > stage[0]:
                 wrong.append(f"{module} (stage {stage}) -> {target} (stage {target_stage})")
+            elif target_stage[0] == stage[0] == STAGES["ntk"] and target_stage[1] > stage[1]:
+                wrong.append(
+                    f"{module} (ntk stage {stage[1]}) -> {target} (ntk stage {target_stage[1]})"
+                )
     assert not wrong, "imports against the stage order:\n" + "\n".join(sorted(wrong))
 
 
@@ -153,8 +188,9 @@ def test_there_is_no_import_cycle() -> None:
 @pytest.mark.parametrize(
     ("source", "expected"),
     [
-        ("from ..spectrum import entk_spectrum\n", "against the stage order"),
-        ("from ..experiments.train import train\n", "against the stage order"),
+        ("from ..analysis import cliffs\n", "against the stage order"),
+        ("from ..paper.train import train\n", "against the stage order"),
+        ("from .kernel import empirical_ntk\n", "ntk stage 4"),
     ],
 )
 def test_the_checker_catches_a_backward_import(
@@ -174,3 +210,56 @@ def test_the_checker_catches_a_backward_import(
     monkeypatch.setitem(globals(), "_imports", planted)
     with pytest.raises(AssertionError, match=expected):
         test_imports_run_one_way_along_the_stages()
+
+
+def _private_imports(name: str, path: Path, known: set[str]) -> list[str]:
+    """``from module import _name`` of an entk_fast module, and ``module._name`` on a module
+    bound by an import (private modules such as ``_validate`` may be imported; their names are
+    what the leading underscore keeps private: ``_core`` is linalg's alone)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: list[str] = []
+    bound: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            targets = _resolve(name, path.name == "__init__.py", node, known)
+            for alias, target in zip(node.names, targets, strict=True):
+                if not target.startswith("entk_fast"):
+                    continue
+                if target.endswith("." + alias.name):
+                    bound.add(alias.asname or alias.name)
+                elif alias.name.startswith("_") and not alias.name.startswith("__"):
+                    found.append(f"{name}: from {target} import {alias.name}")
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in bound
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
+            found.append(f"{name}: {node.value.id}.{node.attr}")
+    return found
+
+
+def test_no_module_imports_another_modules_private_name() -> None:
+    modules = _modules()
+    known = set(modules) | {"entk_fast._core"}
+    found = [
+        hit
+        for name, path in modules.items()
+        if name != "entk_fast.linalg"  # the one wrapper of the private extension
+        for hit in _private_imports(name, path, known)
+    ]
+    assert not found, "private names used across modules:\n" + "\n".join(sorted(found))
+
+
+def test_the_checker_catches_a_private_import(tmp_path: Path) -> None:
+    modules = _modules()
+    known = set(modules) | {"entk_fast._core"}
+    fake = tmp_path / "kernel.py"
+    fake.write_text("from .plan import _diagonal_width\nfrom . import plan\nplan._x\n")
+    hits = _private_imports("entk_fast.ntk.kernel", fake, known)
+    assert hits == [
+        "entk_fast.ntk.kernel: from entk_fast.ntk.plan import _diagonal_width",
+        "entk_fast.ntk.kernel: plan._x",
+    ]

@@ -44,62 +44,61 @@ PACKAGE = ROOT / "python" / "entk_fast"
 # Target module (relative to python/entk_fast) -> the pytest arguments that should kill its
 # mutants. Subsets are chosen to be fast (seconds) yet to exercise the module's numbers
 # against independent references (brute-force eNTKs, numpy / scipy, closed forms).
-K = "tests/test_mutation_kills.py::"
 TARGETS: dict[str, list[str]] = {
     "ntk/problem.py": [
-        "tests/test_ntk_errors.py",
-        "tests/test_ntk_batch_checks.py::test_numpy_dtype_spellings",
-        "tests/test_ntk_batch_checks.py::test_bad_dtype_names_the_accepted_values",
-        "tests/test_ntk_cross.py::test_cross_kernel_rejects_mismatched_inputs",
-        K + "test_problem_reductions_match_brute_force",
-        K + "test_problem_reduction_objects_closed_form",
-        K + "test_problem_metric_root_squares_to_the_metric",
-        K + "test_problem_metric_tolerances_scale_with_dtype_and_size",
-        K + "test_problem_keyword_inputs_and_partial_nan",
+        "tests/ntk/test_errors.py",
+        "tests/ntk/test_batch_checks.py::test_numpy_dtype_spellings",
+        "tests/ntk/test_batch_checks.py::test_bad_dtype_names_the_accepted_values",
+        "tests/ntk/test_cross.py::test_cross_kernel_rejects_mismatched_inputs",
+        "tests/ntk/test_problem.py::test_problem_reductions_match_brute_force",
+        "tests/ntk/test_problem.py::test_problem_reduction_objects_closed_form",
+        "tests/ntk/test_problem.py::test_problem_metric_root_squares_to_the_metric",
+        "tests/ntk/test_problem.py::test_problem_metric_tolerances_scale_with_dtype_and_size",
+        "tests/ntk/test_problem.py::test_problem_keyword_inputs_and_partial_nan",
     ],
     "ntk/checks.py": [
-        "tests/test_ntk_batch_checks.py",
-        K + "test_checks_close_tolerance_and_nonfinite",
-        K + "test_checks_finite_helpers_and_names",
+        "tests/ntk/test_batch_checks.py",
+        "tests/ntk/test_checks.py::test_checks_close_tolerance_and_nonfinite",
+        "tests/ntk/test_checks.py::test_checks_finite_helpers_and_names",
     ],
     "ntk/assemble.py": [
-        "tests/test_ntk_cross.py::test_tiled_cross_kernel_matches_reference",
-        "tests/test_ntk_memory.py::test_sample_tiles_give_the_same_kernel",
-        K + "test_assemble_spans_and_units",
-        K + "test_assemble_square_is_the_gram",
-        K + "test_assemble_cross_is_the_cross_gram",
+        "tests/ntk/test_cross.py::test_tiled_cross_kernel_matches_reference",
+        "tests/ntk/test_memory.py::test_sample_tiles_give_the_same_kernel",
+        "tests/ntk/test_assemble.py::test_assemble_spans_and_units",
+        "tests/ntk/test_assemble.py::test_assemble_square_is_the_gram",
+        "tests/ntk/test_assemble.py::test_assemble_cross_is_the_cross_gram",
     ],
-    "spectrum.py": [
-        "tests/test_ntk_spectrum.py",
-        K + "test_spectrum_dual_matches_numpy",
-        K + "test_spectrum_dual_with_k_and_ridge",
-        K + "test_spectrum_dense_and_matrix_free_match_numpy",
-        K + "test_spectrum_auto_takes_dual_only_with_fewer_columns_than_rows",
+    "ntk/spectrum.py": [
+        "tests/ntk/test_spectrum.py",
+        "tests/ntk/test_spectrum_paths.py::test_spectrum_dual_matches_numpy",
+        "tests/ntk/test_spectrum_paths.py::test_spectrum_dual_with_k_and_ridge",
+        "tests/ntk/test_spectrum_paths.py::test_spectrum_dense_and_matrix_free_match_numpy",
+        "tests/ntk/test_spectrum_paths.py::test_spectrum_auto_takes_dual_only_with_fewer_columns_than_rows",
     ],
     "linalg.py": [
-        "tests/test_linalg.py",
-        "tests/test_linalg_operator.py",
-        K + "test_linalg_overlap_of_a_vector_and_integer_range",
+        "tests/linalg/test_linalg.py",
+        "tests/linalg/test_operator.py",
+        "tests/linalg/test_overlap.py::test_linalg_overlap_of_a_vector_and_integer_range",
     ],
     "analysis/alignment.py": [
-        "tests/test_analysis.py",
-        "tests/test_cliffs_fourier.py",
-        K + "test_analysis_alignment_closed_form",
+        "tests/analysis/test_analysis.py",
+        "tests/analysis/test_cliffs_fourier.py",
+        "tests/analysis/test_closed_forms.py::test_analysis_alignment_closed_form",
     ],
     "analysis/cliffs.py": [
-        "tests/test_analysis.py",
-        "tests/test_cliffs_fourier.py",
-        K + "test_analysis_feature_cliffs_closed_form",
+        "tests/analysis/test_analysis.py",
+        "tests/analysis/test_cliffs_fourier.py",
+        "tests/analysis/test_closed_forms.py::test_analysis_feature_cliffs_closed_form",
     ],
     "analysis/fourier.py": [
-        "tests/test_analysis.py",
-        "tests/test_cliffs_fourier.py",
-        K + "test_analysis_fourier_rotation_of_a_two_column_block",
+        "tests/analysis/test_analysis.py",
+        "tests/analysis/test_cliffs_fourier.py",
+        "tests/analysis/test_closed_forms.py::test_analysis_fourier_rotation_of_a_two_column_block",
     ],
     "analysis/tms.py": [
-        "tests/test_analysis.py",
-        "tests/test_cliffs_fourier.py",
-        K + "test_analysis_tms_heatmap_closed_form",
+        "tests/analysis/test_analysis.py",
+        "tests/analysis/test_cliffs_fourier.py",
+        "tests/analysis/test_closed_forms.py::test_analysis_tms_heatmap_closed_form",
     ],
 }
 
@@ -496,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--without-kills",
         action="store_true",
-        help="leave out tests/test_mutation_kills.py: score the rest of the suite alone",
+        help="leave out the tests written to kill mutants (the ones named NAME::test_...): "
+        "score the module's own test files alone",
     )
     opts = parser.parse_args(argv)
 
@@ -552,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
         for m in chosen:
             by_target.setdefault(m.target, []).append(m)
         for target, mutants in by_target.items():
-            args = [a for a in TARGETS[target] if not (opts.without_kills and a.startswith(K))]
+            args = [a for a in TARGETS[target] if not (opts.without_kills and "::" in a)]
             code, base = run_tests(copy_root, args, 1800, logs / f"{target.replace('/', '_')}.base")
             if code != 0:
                 print(f"{target}: the unmutated tests fail (exit {code}); skipped", flush=True)

@@ -17,23 +17,24 @@ from numpy.typing import NDArray
 from typing_extensions import assert_type
 
 import entk_fast as ef
+from entk_fast import paper, toys
 from entk_fast.analysis import feature_cliffs, spectral_cliffs
 from entk_fast.batch import run_batch, summarize
 from entk_fast.linalg import FloatArray, TopkInfo
 
 
 def linear_algebra(j: NDArray[np.float64], n: int) -> tuple[FloatArray, ...]:
-    k = ef.gram(j)
-    ef.gram_accumulate(k, j, alpha=0.5)
-    cross = ef.gram_cross(j, j)
-    values, vectors = ef.eigh(k)
-    top_values, top_vectors, info = ef.eigh_topk(k, 4, return_info=True)
+    k = ef.linalg.gram(j)
+    ef.linalg.gram_accumulate(k, j, alpha=0.5)
+    cross = ef.linalg.gram_cross(j, j)
+    values, vectors = ef.linalg.eigh(k)
+    top_values, top_vectors, info = ef.linalg.eigh_topk(k, 4, return_info=True)
     assert_type(info, TopkInfo)
-    op_values, _, _ = ef.eigh_topk_operator(lambda v: k @ v, n, 2)
-    angles: NDArray[np.float64] = ef.principal_angles(vectors, top_vectors)
+    op_values, _, _ = ef.linalg.eigh_topk_operator(lambda v: k @ v, n, 2)
+    angles: NDArray[np.float64] = ef.linalg.principal_angles(vectors, top_vectors)
     ef.set_num_threads(2)
     threads: int = ef.get_num_threads()
-    overlap: float = ef.subspace_overlap(vectors, top_vectors)
+    overlap: float = ef.linalg.subspace_overlap(vectors, top_vectors)
     del threads, overlap
     return values, top_values, op_values, cross, angles
 
@@ -58,17 +59,17 @@ def kernels(model: torch.nn.Module, x: torch.Tensor) -> list[tuple[int, float]]:
 
 
 def training(out: Path) -> int:
-    result = ef.train_modadd(ef.ModAddConfig(p=7, epochs=2), None, progress=False)
+    result = paper.train_modadd(paper.ModAddConfig(p=7, epochs=2), None, progress=False)
     model: torch.nn.Module = result.model
-    tms = ef.TMS(5, 2)
-    importance: torch.Tensor = ef.tms_importance(5)
-    points: torch.Tensor = ef.tms_dataset(5, 10)
-    data = ef.modadd_dataset(7)
-    run = ef.load_run(out)
-    assert_type(run, ef.Run)
+    tms = toys.TMS(5, 2)
+    importance: torch.Tensor = toys.tms_importance(5)
+    points: torch.Tensor = toys.tms_dataset(5, 10)
+    data = toys.modadd_dataset(7)
+    run = paper.load_run(out)
+    assert_type(run, paper.Run)
     steps: list[int] = run.checkpoint_steps
-    mlp = ef.ModAddMLP(7, hidden=8)
-    ef.train_tms(ef.TMSConfig(steps=1), None, progress=False, plot=False)
+    mlp = toys.ModAddMLP(7, hidden=8)
+    paper.train_tms(paper.TMSConfig(steps=1), None, progress=False, plot=False)
     del model, tms, importance, points, data, mlp
     return len(steps)
 

@@ -5,12 +5,7 @@ key frequencies of the modular-addition transformer (``transformer``)."""
 
 from __future__ import annotations
 
-from .alignment import (
-    AlignmentCurve,
-    alignment_curve,
-    central_difference,
-    principal_angles_degrees,
-)
+from .alignment import AlignmentCurve, alignment_curve, central_difference, principal_angles_degrees
 from .cliffs import (
     RIDGE_EPSILON,
     CliffReport,

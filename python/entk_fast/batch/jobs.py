@@ -48,7 +48,7 @@ from .store import JobId, ResultStore, check_run_name, file_sha256
 if TYPE_CHECKING:  # pragma: no cover
     from distributed import Client
 
-    from ..experiments.runs import Run
+    from ..paper.runs import Run
     from ..results import NTKSpectrum
 
 __all__ = [
@@ -160,7 +160,7 @@ class CheckpointResult:
 
 
 @contextlib.contextmanager
-def _threads(n: int | None) -> Iterator[None]:
+def pinned_threads(n: int | None) -> Iterator[None]:
     """Rust and torch thread counts set to ``n`` for the block, restored after (workers
     sharing a node must not each take every core)."""
     if n is None:
@@ -196,11 +196,11 @@ def analyse_checkpoint(task: CheckpointTask) -> CheckpointResult:
     """
     import torch
 
-    from ..experiments.runs import checkpoint_path, load_run
-    from ..spectrum import entk_spectrum
+    from ..ntk.spectrum import entk_spectrum
+    from ..paper.runs import checkpoint_path, load_run
 
     start = time.perf_counter()
-    with _threads(task.threads):
+    with pinned_threads(task.threads):
         run = load_run(task.run_path)
         file = checkpoint_path(run.path, task.step)
         try:
@@ -416,7 +416,7 @@ def plan_batch(
     (jobs whose stored result is missing, damaged or made from other inputs; all with
     ``force``). ``runs`` (name -> directory) replaces the search of ``runs_dir``; ``steps``
     keeps only those checkpoints."""
-    from ..experiments.runs import checkpoint_path, load_run
+    from ..paper.runs import checkpoint_path, load_run
 
     names = parse_analyses(analyses)
     k = check_int("k", k, minimum=1)
@@ -815,7 +815,7 @@ def run_checkpoint(
 
     path = Path(run_path)
     if not (path / "config.json").is_file():
-        from ..experiments.runs import load_run
+        from ..paper.runs import load_run
 
         load_run(path)  # raises the run-directory error that explains what is wrong
     label = check_run_name(name if name is not None else default_run_name(path))

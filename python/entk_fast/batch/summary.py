@@ -228,7 +228,7 @@ def _full_accuracy(path: str | None) -> list[tuple[int, float]]:
     """The run's whole test-accuracy curve when its folder is still readable here (the
     records hold it at the checkpoints only)."""
     from ..errors import EntkError
-    from ..experiments.runs import load_run
+    from ..paper.runs import load_run
 
     if not path:
         return []

@@ -171,10 +171,10 @@ def _kernel_tile(
 ) -> tuple[int, int]:
     """One task: the tile K(X[a], X[b]) (and its mirror) written into the array at ``path``."""
     from ..ntk import empirical_ntk
-    from .jobs import _threads
+    from .jobs import pinned_threads
 
     model = _model_of(model)
-    with _threads(threads):
+    with pinned_threads(threads):
         xa = _slice(x, *a)
         if a == b:
             tile = empirical_ntk(model, xa, progress=False, **options).kernel

@@ -1,17 +1,25 @@
-"""The torch eNTK engine: model + inputs -> kernel tiles -> kernels, and K·v without K.
+"""The torch eNTK engine: model + inputs -> kernel tiles -> kernels -> eigenpairs.
 
-Modules, one job each: ``problem`` (the validated request and the ``Reduction`` objects),
-``params`` (parameter selection and groups), ``probe`` (one cheap look at the model),
-``checks`` (batch-independence checks), ``plan`` (the memory budget and every path's tile /
-chunk plan), ``sources/`` (what a sample tile contributes: ``general`` = vmap(jacrev) blocks,
-``structured`` + ``layers`` = the exact Linear/Embedding fast path and its rule registry),
-``assemble`` (the one tile loop), ``operator`` (kernel-vector products through kept autograd
-graphs), ``factored`` (kernel-vector products from the structured layers' gathered factors),
-``kernel`` (``empirical_ntk``, square and cross).
+Modules in pipeline order, one job each (tests/test_architecture.py keeps the order):
+
+1. ``checks``, ``vmapping``, ``params``, ``readout_pruning``, ``assemble``: helpers (closeness
+   checks, vmap quirks, parameter selection and groups, the one tile loop);
+2. ``layers``: the registry of layers with an exact structured block (Linear, Conv1D, Embedding,
+   and attention's projections through their rules);
+3. ``probe``: one cheap look at the model (output shape, batch independence, derivative check);
+4. ``problem``: the validated request and the ``Reduction`` objects;
+5. ``plan``: the memory budget and every path's tile / chunk plan;
+6. ``sources/``: what a sample tile contributes (``general`` = vmap(jacrev) blocks,
+   ``structured`` = the exact fast path, ``attention`` its attention rule);
+7. ``kernel`` (``empirical_ntk``, square and cross), ``operator`` (K·v through kept autograd
+   graphs), ``factored`` (K·v from gathered factors), ``layer_operator`` (K·v for one layer
+   through a cached forward);
+8. ``spectrum``: ``entk_spectrum`` and ``entk_topk`` (dense, dual, matrix-free).
 """
 
 from __future__ import annotations
 
 from .kernel import empirical_ntk
+from .spectrum import entk_spectrum, entk_topk
 
-__all__ = ["empirical_ntk"]
+__all__ = ["empirical_ntk", "entk_spectrum", "entk_topk"]

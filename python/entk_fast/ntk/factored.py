@@ -38,9 +38,9 @@ from torch import Tensor
 
 from ..errors import LinAlgError
 from .checks import all_finite
+from .layers import StructuredLayer
 from .plan import StructuredPass
 from .problem import Problem
-from .sources.layers import StructuredLayer
 from .sources.structured import gather
 
 __all__ = ["FactoredOperator", "compress_columns", "compress_trace", "factor_bytes"]

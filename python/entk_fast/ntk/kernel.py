@@ -17,10 +17,10 @@ from ..results import EmpiricalNTK
 from .assemble import TileSource, assemble_cross, assemble_square, cross_units, square_units
 from .checks import StructuredFallback
 from .layer_operator import CachedLayerOperator, cached_layer_reason
+from .layers import StructuredLayer
 from .plan import format_bytes, plan_general, plan_structured, work_budget
 from .problem import Problem, evaluation_mode, prepare
 from .sources.general import GeneralSource
-from .sources.layers import StructuredLayer
 from .sources.structured import StructuredSource, find_layers, verify_layers
 
 log = logging.getLogger("entk_fast")

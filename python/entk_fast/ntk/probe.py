@@ -26,7 +26,7 @@ from torch.utils import _pytree as pytree
 
 from ..errors import InvalidArgumentError
 from .checks import close, close_per_sample, require_finite, sample_namer
-from .sources.layers import LAYER_RULES
+from .layers import LAYER_RULES
 from .vmapping import load_forward_ad, per_sample_attention, quiet_batching_fallback
 
 __all__ = [

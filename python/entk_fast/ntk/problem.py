@@ -31,14 +31,7 @@ from .._validate import check_choice
 from ..errors import InvalidArgumentError, InvalidTypeError
 from .checks import sample_namer
 from .params import ParameterIndex, resolve_groups, resolve_selection
-from .probe import (
-    DEFAULT_CALL,
-    ModelCall,
-    ProbeResult,
-    check_derivative,
-    forward_batch,
-    run_probe,
-)
+from .probe import DEFAULT_CALL, ModelCall, ProbeResult, check_derivative, forward_batch, run_probe
 
 __all__ = ["REDUCTIONS", "OutputMap", "Problem", "Reduction", "evaluation_mode", "prepare"]
 

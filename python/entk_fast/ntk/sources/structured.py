@@ -49,6 +49,7 @@ from torch.func import vmap
 
 from ... import linalg
 from ..checks import StructuredFallback, close, require_finite
+from ..layers import LAYER_RULES, LayerShape, StructuredLayer, position_pairs
 from ..plan import StructuredPass
 from ..problem import Problem
 from ..vmapping import (
@@ -58,7 +59,6 @@ from ..vmapping import (
     vmappable_forward,
 )
 from . import attention
-from .layers import LAYER_RULES, LayerShape, StructuredLayer, position_pairs
 
 __all__ = ["StructuredSource", "find_layers", "gather", "verify_layers"]
 

@@ -1,0 +1,540 @@
+"""Eigen-analysis of an eNTK: ``entk_spectrum`` (dense, dual or matrix-free) and ``entk_topk``.
+
+* dense: form K (with the structured fast paths) and diagonalise it.
+* dual: when the Jacobian M (R × Q, K = alpha·M Mᵀ) has fewer columns than rows, diagonalise
+  the Q × Q Gram alpha·Mᵀ M instead; eigenvectors map back by u = √alpha · M v / √λ.
+* matrix_free: block Krylov (the Rust core) on K V = alpha·M (Mᵀ V), never forming
+  K or M; for kernels too large to store. Structured layers' products come from their
+  gathered factors (``ntk.factored``), the other parameters' through kept autograd graphs
+  (``ntk.operator``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from .. import linalg
+from .._progress import progress_bar
+from .._resources import available_memory
+from .._validate import (
+    check_choice,
+    check_k,
+    check_kernel_nonzero,
+    check_ridge,
+    check_solver_options,
+)
+from ..errors import InvalidArgumentError, MemoryBudgetError
+from ..results import NTKSpectrum, spectrum_of_kernel
+from .checks import StructuredFallback
+from .factored import FactoredOperator, factor_bytes
+from .kernel import check_model, compute_kernel, describe_kernel
+from .layer_operator import CachedLayerOperator, cached_layer_reason
+from .layers import StructuredLayer
+from .operator import KernelOperator
+from .plan import format_bytes, structured_transient, work_budget
+from .problem import Problem, evaluation_mode, prepare
+from .sources.general import jacobian_block
+from .sources.structured import find_layers, verify_layers
+
+log = logging.getLogger("entk_fast")
+
+__all__ = ["entk_spectrum", "entk_topk"]
+
+METHODS = ("auto", "dense", "dual", "matrix_free")
+# Matrix-free transients: at most this fraction of the working budget (and at least the floor).
+_TRANSIENT_FRACTION = 0.05
+_TRANSIENT_FLOOR = 64 * 2**20
+#: The cached-layer products' share for their batched backwards (they hold nothing else).
+_CACHED_TRANSIENT_FRACTION = 0.15
+#: The matrix-free solver's default relative residual target for float32 products (the
+#: float64 solver's own default, 1e-11, is below their round-off).
+_FLOAT32_TOL = 1e-4
+#: Krylov basis width of the matrix-free solver, in blocks. The solver tests convergence as
+#: the basis grows (eNTK products are expensive), so a wider basis saves products only when a
+#: solve needs restarts, and it costs 2 · block · N·C floats per block: the LM stand-in's
+#: top-25 (N·C = 131 072) converged in 7 blocks of 33.
+_BASIS_BLOCKS = 10
+
+
+def _dual_columns(problem: Problem) -> int:
+    """Q, the columns of M: P (flattened, mean_pairs) or C·P (trace)."""
+    return problem.reduction.dual_columns(problem.rows_per_sample, problem.numel(problem.selected))
+
+
+def _dual(
+    problem: Problem, k: int | None, ridge: float, max_memory: Any, progress: bool | None
+) -> NTKSpectrum:
+    """Spectrum from the Q × Q Gram alpha·Mᵀ M, mapped back to kernel eigenvectors."""
+    n = problem.n_samples
+    size = problem.kernel_size
+    q = _dual_columns(problem)
+    it = problem.itemsize
+    numel = problem.numel(problem.selected)
+    rows = problem.rows_per_sample
+    out_cols = min(q, size) if k is None else k
+    budget = work_budget(
+        max_memory,
+        (q * q + size * out_cols) * it,
+        f"the dual {q}×{q} Gram Mᵀ M and the eigenvectors",
+        suggest_reduction=problem.reduction.per_output and rows > 1,
+    )
+    # The Jacobian block, its float64 copy and transpose, and vmap(jacrev)'s intermediates.
+    per_sample = (it + 16) * rows * numel + it * (rows + 2) * problem.probe.activation_numel
+    if per_sample > budget:
+        raise MemoryBudgetError(
+            f"{budget.describe()} is too small for the dual path: one sample's Jacobian "
+            f"needs about {format_bytes(per_sample)}"
+        )
+    keep_all = size * q * it <= budget // 2
+    spare = budget - (size * q * it if keep_all else 0)
+    chunk = int(min(n, max(1, spare // per_sample)))
+    slices = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
+    dtype = problem.numpy_dtype
+    stored: list[np.ndarray] = []
+    # Q×Q is small: accumulate and diagonalise it in float64 whatever the model's dtype, so
+    # the small eigenvalues keep the accuracy the Jacobian itself has.
+    gram_dual = np.zeros((q, q), dtype=np.float64)
+    with progress_bar(progress, 2 * len(slices), "eNTK dual", unit="block") as bar:
+        for start, stop in slices:
+            block = problem.as_kernel_rows(
+                jacobian_block(problem, problem.selected, start, stop, chunk)
+            )
+            wide = np.ascontiguousarray(block.T, dtype=np.float64)
+            linalg.gram_accumulate(gram_dual, wide, alpha=problem.kernel_scale)
+            del wide
+            if keep_all:
+                stored.append(block)
+            bar.update(1)
+        trace = float(np.trace(gram_dual))  # = trace(K)
+        check_kernel_nonzero(trace)
+        values, vectors = linalg.eigh(gram_dual)
+        del gram_dual
+        # The Q×Q Gram is accumulated and diagonalised in float64 whatever the dtype, so its
+        # eigenvalues carry float64 round-off of λ₁, and a float32 Jacobian's own rounding
+        # (relative ε₃₂ in each entry) makes spurious eigenvalues of about ε₃₂²·λ₁ in its null
+        # space. Below 100 times the larger of the two an eigenvalue is round-off and
+        # u = M v / √λ noise; above it, it is kept (a float32 cut at 100·ε₃₂·λ₁ dropped real
+        # eigenvalues down to 1.2e-5·λ₁).
+        floor = 100 * max(float(np.finfo(np.float64).eps), float(np.finfo(dtype).eps) ** 2)
+        cutoff = max(float(values[0]), 0.0) * floor
+        rank = int((values > cutoff).sum())
+        count = rank if k is None else min(k, rank)
+        values = np.ascontiguousarray(values[:count])
+        basis = np.ascontiguousarray(vectors[:, :count].T)  # (count, Q)
+        del vectors
+        scale = np.sqrt(problem.kernel_scale) / np.sqrt(values)
+        eigvecs = np.empty((size, count), dtype=dtype)
+        per = problem.kernel_rows_per_sample
+        for i, (start, stop) in enumerate(slices):
+            if keep_all:
+                block = stored[i]
+            else:
+                block = problem.as_kernel_rows(
+                    jacobian_block(problem, problem.selected, start, stop, chunk)
+                )
+            mapped = linalg.gram_cross(block.astype(np.float64), basis) * scale
+            eigvecs[start * per : stop * per] = mapped
+            bar.update(1)
+    shift = 0.0
+    if ridge > 0:
+        shift = ridge * trace / size
+        values = values + shift
+    return NTKSpectrum(
+        eigenvalues=values.astype(dtype),
+        eigenvectors=eigvecs,
+        method="dual",
+        n_samples=n,
+        n_outputs=problem.n_outputs,
+        reduction=problem.reduction.name,
+        ridge=shift,
+        n_parameters=numel,
+        output_metric=problem.metric,
+        info={
+            "dual_size": q,
+            "rank": rank,
+            "n_dropped": (size if k is None else k) - count,
+            "ridge_relative": ridge,
+            "jacobian_kept": keep_all,
+            "chunk": chunk,
+        },
+    )
+
+
+def _matrix_free(
+    problem: Problem,
+    k: int,
+    *,
+    max_memory: Any,
+    tol: float | None,
+    maxiter: int | None,
+    block: int | None,
+    seed: int,
+    progress: bool | None,
+    structured: bool = True,
+) -> NTKSpectrum:
+    """Top-k by the Rust thick-restarted block Krylov on K V = scale · M (Mᵀ V), V (R, b).
+
+    Every copy of a repeated eigenvalue is found (a single-vector Lanczos misses copies).
+    Structured layers whose factors fit half the memory left after the basis take factored
+    products (``structured``); the other parameters take the kept-graph products.
+    """
+    size = problem.kernel_size
+    if k >= size:
+        raise InvalidArgumentError(
+            f"k = {k} must be smaller than the kernel's order {size} for the matrix-free "
+            "solver; use entk_spectrum(..., method='dense') for the full spectrum"
+        )
+    it = problem.itemsize
+    rows = problem.rows_per_sample
+    budget = work_budget(
+        max_memory,
+        size * k * it,
+        f"the {size}×{k} eigenvector block",
+        suggest_reduction=problem.reduction.per_output and rows > 1,
+    )
+    cached_reason = cached_layer_reason(problem)
+    verified: list[StructuredLayer] | None = None  # the structured layers, verified once
+
+    def structured_layers() -> list[StructuredLayer]:
+        nonlocal verified
+        if verified is None:
+            verified = verify_layers(problem, find_layers(problem)) if structured else []
+        return verified
+
+    if (
+        cached_reason is None
+        and structured
+        and problem.probe.vmappable
+        and _factors_fit(problem, structured_layers(), budget // 4)
+    ):
+        cached_reason = "the layer's factored products fit in memory (gathered once: faster)"
+    # Cached-layer products run the model's own batched forward over many samples, so one
+    # vector a product costs no more a vector than a block: single vectors reach a Krylov
+    # degree, and with it convergence, in the fewest products (about a third of a block of
+    # k + 8 on a language-model layer's top 25 at 1e-3). The other products are vmapped
+    # per sample, where a block of vectors amortises the per-call work.
+    default_width = 1 if cached_reason is None else k + 8
+    width = min(size, default_width) if block is None else int(block)
+    if not 1 <= width <= size:
+        raise InvalidArgumentError(f"block must be in [1, {size}], got {block}")
+    basis_blocks = _BASIS_BLOCKS
+    if width < k:
+        # a basis of at least 2k + 16 vectors (ARPACK's 2k + 1, and room to restart)
+        basis_blocks = int(min(256, max(_BASIS_BLOCKS, -(-(2 * k + 16) // width))))
+    numel = problem.numel(problem.selected)
+    copies = rows if problem.reduction.rows_concatenated else 1
+    # The Krylov basis Q and its images K Q (_BASIS_BLOCKS blocks each), the Ritz vectors and
+    # their images a convergence test forms (about k + width each), V, K V and the next
+    # block: float64 whatever the problem's dtype (float32 products, float64 solver; below).
+    fixed = (2 * basis_blocks * width + 2 * (k + width) + 3 * width) * size * 8
+    per_vector = 3 * copies * numel * it  # a vector's parameter-sized pullback and tangent
+    per_sample = it * (copies + 3) * (problem.probe.activation_numel + rows)
+    if fixed + per_vector + per_sample > budget:
+        raise MemoryBudgetError(
+            f"{budget.describe()} is too small for the matrix-free solver: the Krylov basis "
+            f"needs {format_bytes(fixed)}, a vector's parameter-sized products "
+            f"{format_bytes(per_vector)} and a sample {format_bytes(per_sample)}"
+        )
+    # Transients (per-vector pullbacks, vmapped backward intermediates) are capped like the
+    # dense paths': more, smaller torch calls rather than a peak near the whole budget.
+    transient = int(min(budget - fixed, max(_TRANSIENT_FLOOR, _TRANSIENT_FRACTION * budget)))
+    columns = int(min(width, max(1, transient // (2 * per_vector))))
+    chunk = int(
+        min(problem.n_samples, max(1, (transient - columns * per_vector) // (per_sample * columns)))
+    )
+    room = max(0, budget - fixed - transient)
+    cached = None
+    if cached_reason is None:
+        # One affine layer: its inputs cached, products through the suffix after it only.
+        # its batched backwards are its only transients: give them a larger share
+        wide = int(min(budget - fixed, max(transient, _CACHED_TRANSIENT_FRACTION * budget)))
+        room = max(0, budget - fixed - wide)
+        cached = CachedLayerOperator(problem, width, wide, keep_bytes=room)
+    factored = (
+        None
+        if cached is not None
+        else _factored_operator(problem, structured_layers(), room // 2, transient)
+    )
+    done = set() if factored is None else {n for layer in factored.layers for n in layer.names}
+    rest = [] if cached is not None else [n for n in problem.selected if n not in done]
+    general = None
+    if rest:
+        # What the basis, transients and factors leave keeps the chunks' forward graphs.
+        left = room - (0 if factored is None else factored.nbytes)
+        general = KernelOperator(
+            replace(problem, selected=rest), chunk, columns, keep_bytes=max(0, left)
+        )
+    count = 0
+    with progress_bar(progress, None, "eNTK top-k", unit="matvec") as bar:
+
+        def matmat(v: np.ndarray) -> np.ndarray:
+            nonlocal count
+            parts = [op.matmat(v) for op in (cached, factored, general) if op is not None]
+            out = np.add.reduce([part.astype(np.float64, copy=False) for part in parts])
+            if count == 0:  # the random start block: K V = 0 only if K = 0
+                check_kernel_nonzero(float(np.abs(out).max()))
+            count += v.shape[1]
+            bar.update(v.shape[1])
+            return out
+
+        # The solver runs in float64 also for float32 problems: its basis in float32 loses
+        # orthogonality, and residuals stalled near 2e-3, above the 1e-4 tolerance, on a
+        # language-model-like spectrum; float32 products in a float64 basis converge.
+        values, vectors, info = linalg.eigh_topk_operator(
+            matmat,
+            size,
+            k,
+            dtype=np.float64,
+            # the tolerance the problem's dtype supports (float32 products: 1e-4)
+            tol=tol if tol is not None or problem.itemsize == 8 else _FLOAT32_TOL,
+            block=width,
+            maxiter=maxiter,
+            seed=seed,
+            basis_blocks=basis_blocks,
+        )
+    return NTKSpectrum(
+        eigenvalues=values.astype(problem.numpy_dtype),
+        eigenvectors=vectors.astype(problem.numpy_dtype),
+        method="matrix_free",
+        n_samples=problem.n_samples,
+        n_outputs=problem.n_outputs,
+        reduction=problem.reduction.name,
+        n_parameters=numel,
+        output_metric=problem.metric,
+        info={
+            **info,
+            "chunk": cached.chunk if cached else chunk,
+            "columns": cached.columns if cached else columns,
+            "solver": "eigh_topk_operator",
+            "factored_layers": [] if factored is None else [f.path for f in factored.layers],
+            "factored_bytes": 0 if factored is None else factored.nbytes,
+            "products": "cached_layer" if cached is not None else "autograd",
+            "cached_layer": None if cached is None else cached.layer.path,
+            "pruned_block": None if cached is None or cached.pruner is None else cached.pruner.path,
+            "cached_layer_reason": cached_reason,
+            "kept_chunks": len(cached.kept) if cached else (general.kept_chunks if general else 0),
+            "kept_transposes": cached.kept_transposes
+            if cached
+            else (general.kept_transposes if general else 0),
+            "chunks": -(-problem.n_samples // chunk) if (cached or general) else 0,
+            "kept_bytes": cached.kept_bytes if cached else (general.kept_bytes if general else 0),
+        },
+    )
+
+
+def _factors_fit(problem: Problem, layers: list[StructuredLayer], room: int) -> bool:
+    """Whether every selected parameter belongs to one of the structured ``layers`` and their
+    factors fit ``room`` bytes (then the factored products, gathered once, are the fastest)."""
+    names = {n for layer in layers for n in layer.names}
+    return set(problem.selected) <= names and factor_bytes(problem, layers) <= room
+
+
+def _factored_operator(
+    problem: Problem, layers: list[StructuredLayer], room: int, transient: int
+) -> FactoredOperator | None:
+    """Products of the structured ``layers`` whose factors fit ``room`` bytes, from factors
+    gathered once (:mod:`entk_fast.ntk.factored`); None when no layer qualifies or fits."""
+    chosen, used = [], 0
+    costs = [(factor_bytes(problem, [layer]), layer) for layer in layers]
+    for cost, layer in sorted(costs, key=lambda pair: pair[0]):
+        if used + cost <= room:
+            chosen.append(layer)
+            used += cost
+    per_sample = structured_transient(problem, chosen, problem.rows_per_sample)
+    chunk = int(min(problem.n_samples, max(1, transient // max(1, per_sample))))
+    while chosen:
+        try:
+            return FactoredOperator(problem, chosen, chunk, transient)
+        except StructuredFallback as exc:  # misbehaved on the full batch: general path
+            log.info("top-k: %s; these layers take the general path", exc)
+            kept = [layer for layer in chosen if layer.path not in exc.paths]
+            chosen = kept if len(kept) < len(chosen) else []
+    return None
+
+
+def _choose(problem: Problem, k: int | None, method: str) -> str:
+    size = problem.kernel_size
+    q = _dual_columns(problem)
+    available = available_memory().available
+    it = problem.itemsize
+    dual_ok = q < size and (k is None or k <= q) and q * q * it <= 0.5 * available
+    if method == "dual" and not (q < size and (k is None or k <= q)):
+        raise InvalidArgumentError(
+            f"method='dual' needs fewer Jacobian columns than kernel rows and k ≤ {q}: here "
+            f"the dual Gram is {q}×{q} and the kernel {size}×{size}"
+        )
+    if method != "auto":
+        return method
+    if dual_ok:
+        return "dual"
+    if size * size * it <= 0.5 * available:
+        return "dense"
+    if k is None:
+        raise MemoryBudgetError(
+            f"{describe_kernel(problem)} needs {format_bytes(size * size * it)} and the dual "
+            f"Gram has {q} columns; neither fits in memory. Pass k to find the top k "
+            "eigenpairs matrix-free"
+        )
+    return "matrix_free"
+
+
+def entk_spectrum(
+    model: nn.Module,
+    inputs: Any,
+    k: int | None = None,
+    *,
+    reduction: str = "flattened",
+    output_metric: Any = None,
+    output_fn: Callable[[Any], Any] | None = None,
+    positions: Any = None,
+    params: Iterable[str] | str | None = None,
+    dtype: Any = None,
+    method: str = "auto",
+    ridge: float = 0.0,
+    tol: float | None = None,
+    max_memory: int | float | str | None = None,
+    structured: bool = True,
+    seed: int = 0,
+    progress: bool | None = None,
+) -> NTKSpectrum:
+    """Eigenvalues (descending) and eigenvectors of the reduced, metric-weighted eNTK.
+
+    Arguments are those of :func:`entk_fast.empirical_ntk`, plus:
+
+    Args:
+        k: how many eigenpairs (``None``: all, or all non-zero ones on the dual path).
+        method: ``"auto"`` picks ``"dual"`` when the Jacobian has fewer columns Q (P, or C·P
+            for trace) than the kernel has rows, else ``"dense"`` when the kernel fits in
+            memory, else ``"matrix_free"`` (needs ``k``). The choice is in ``.method``.
+            The dual path returns only eigenpairs above its round-off floor
+            (``info["rank"]``: above 100·max(ε₆₄, ε²)·λ₁ for the dtype's ε; below is round-off).
+        ridge: ε ≥ 0; adds ε·mean(diag K) to K's diagonal (reported as ``.ridge``). Not
+            available matrix-free.
+        tol: solver tolerance (top-k dense and matrix-free solvers).
+        seed: start vector of the matrix-free solver.
+    """
+    check_model(model)
+    check_choice("method", method, METHODS)
+    eps = check_ridge(ridge)
+    tol, _, _, seed = check_solver_options(tol=tol, seed=seed)
+    with evaluation_mode(model):
+        problem = prepare(
+            model,
+            inputs,
+            reduction=reduction,
+            output_metric=output_metric,
+            output_fn=output_fn,
+            positions=positions,
+            params=params,
+            dtype=dtype,
+        )
+        kk = check_k(k, problem.kernel_size, required=method == "matrix_free")
+        chosen = _choose(problem, kk, method)
+        log.info("spectrum: method %s (asked %r), k = %s", chosen, method, kk)
+        if chosen == "dual":
+            return _dual(problem, kk, eps, max_memory, progress)
+        if chosen == "dense":
+            ntk = compute_kernel(
+                problem,
+                layerwise=False,
+                max_memory=max_memory,
+                structured=structured,
+                progress=progress,
+            )
+            check_kernel_nonzero(float(np.abs(ntk.kernel).max()))
+            return spectrum_of_kernel(ntk, kk, ridge=eps, tol=tol, in_place=True)
+        if eps > 0:
+            raise InvalidArgumentError("ridge is not available on the matrix-free path")
+        assert kk is not None
+        return _matrix_free(
+            problem,
+            kk,
+            max_memory=max_memory,
+            tol=tol,
+            maxiter=None,
+            block=None,
+            seed=seed,
+            progress=progress,
+            structured=structured,
+        )
+
+
+def entk_topk(
+    model: nn.Module,
+    inputs: Any,
+    k: int,
+    *,
+    reduction: str = "flattened",
+    output_metric: Any = None,
+    output_fn: Callable[[Any], Any] | None = None,
+    positions: Any = None,
+    params: Iterable[str] | str | None = None,
+    dtype: Any = None,
+    tol: float | None = None,
+    maxiter: int | None = None,
+    block: int | None = None,
+    seed: int = 0,
+    max_memory: int | float | str | None = None,
+    structured: bool = True,
+    progress: bool | None = None,
+) -> NTKSpectrum:
+    """The top-k eigenpairs of the reduced, metric-weighted eNTK without forming it.
+
+    The Rust thick-restarted block Krylov solver (:func:`entk_fast.linalg.eigh_topk_operator`)
+    on K V = J (Jᵀ V) for blocks V of ``block`` vectors (default k + 8), in float64 also for
+    float32 models. Each chunk's forward runs once: its autograd graph is kept while it fits the
+    memory plan, and a block product is one vmapped backward through it and one through its
+    transpose (C_r of each per vector for ``trace``); the transposes' graphs are kept too when
+    room is left. Chunks that do not fit take a VJP and a JVP per product. Memory stays at the
+    Krylov basis (10 blocks of N·C), the kept graphs (bounded by ``max_memory``, measured as
+    resident growth) and parameter-sized vectors; the residuals are tested as the basis grows,
+    so a fast-converging solve stops early. The parameters of structured layers (exact
+    ``nn.Linear`` / ``nn.Embedding`` calls, as on the dense path; ``structured=False`` turns
+    this off) take factored products instead while their factors fit half the memory left
+    after the basis: each layer's inputs and output cotangents are gathered once and
+    compressed exactly, and a product is a few matrix products without autograd (for
+    ``trace`` not C of them: one output unit's cotangents over the C outputs often have rank
+    1). Every copy of a repeated eigenvalue is found —
+    cos/sin pairs of Fourier features, a linear model's C-fold eigenvalues — also when the
+    multiplicity exceeds the block. Arguments as in :func:`entk_fast.empirical_ntk`; ``tol`` is
+    the relative residual target ‖K v − λ v‖ / λ₁ (default 1e-11 in float64, 1e-4 in float32),
+    ``maxiter`` the most restart cycles, ``seed`` fixes the random start blocks. ``info``
+    reports ``n_matvec`` (vector products), ``residuals``, ``max_residual``, ``converged``,
+    ``factored_layers`` and ``factored_bytes``, ``kept_chunks`` of ``chunks``,
+    ``kept_transposes`` and ``kept_bytes``; a ``RuntimeWarning``
+    says when the solver did not converge.
+    """
+    check_model(model)
+    tol, maxiter, block, seed = check_solver_options(
+        tol=tol, maxiter=maxiter, block=block, seed=seed
+    )
+    with evaluation_mode(model):
+        problem = prepare(
+            model,
+            inputs,
+            reduction=reduction,
+            output_metric=output_metric,
+            output_fn=output_fn,
+            positions=positions,
+            params=params,
+            dtype=dtype,
+        )
+        kk = check_k(k, problem.kernel_size, required=True)
+        assert kk is not None
+        return _matrix_free(
+            problem,
+            kk,
+            max_memory=max_memory,
+            tol=tol,
+            maxiter=maxiter,
+            block=block,
+            seed=seed,
+            progress=progress,
+            structured=structured,
+        )

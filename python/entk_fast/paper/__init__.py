@@ -1,0 +1,55 @@
+"""The paper's harness (J. Lin, arXiv 2510.00468): training the toy models into run
+directories, the demo, the figures and ``reproduce/`` (one module per section of the paper).
+
+It uses the library like any user would. The names most users want:
+
+* :func:`train_tms`, :func:`train_modadd` and :class:`TMSConfig`, :class:`ModAddConfig`,
+  :class:`TransformerConfig`: train a toy model, writing checkpoints into a run directory;
+* :func:`load_run` and :class:`Run`: read a run directory back (config, history, checkpoints).
+
+Submodules are imported on first use, so ``import entk_fast.paper`` is cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_LAZY: dict[str, str] = {
+    "train_tms": "train",
+    "train_modadd": "train",
+    "train": "train",
+    "load_run": "runs",
+    "Run": "runs",
+    "TMSConfig": "tasks.tms",
+    "ModAddConfig": "tasks.modadd",
+    "TransformerConfig": "tasks.transformer",
+}
+
+__all__ = [
+    "ModAddConfig",
+    "Run",
+    "TMSConfig",
+    "TransformerConfig",
+    "load_run",
+    "train",
+    "train_modadd",
+    "train_tms",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'entk_fast.paper' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:  # pragma: no cover - what static type checkers see for the lazy names
+    from .runs import Run, load_run  # noqa: F401
+    from .tasks.modadd import ModAddConfig  # noqa: F401
+    from .tasks.tms import TMSConfig  # noqa: F401
+    from .tasks.transformer import TransformerConfig  # noqa: F401
+    from .train import train, train_modadd, train_tms  # noqa: F401
