@@ -321,9 +321,11 @@ def _progress_fn(progress: ProgressFn | bool | None, kind: str) -> ProgressFn:
 
 
 def _have_matplotlib() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("matplotlib") is not None
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _log(history: dict[str, list[Any]], step: int, metrics: Mapping[str, float]) -> None:

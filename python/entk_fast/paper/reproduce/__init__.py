@@ -92,13 +92,13 @@ def reproduce(
     """
     from ..figures import save_figure
 
-    import importlib.util
-
-    if importlib.util.find_spec("matplotlib") is None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
         raise InvalidArgumentError(
             "reproduce writes figures and needs matplotlib: pip install matplotlib (or install "
             "entk-fast with the 'paper' extra)"
-        )
+        ) from None
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown or not sections:
         raise InvalidArgumentError(
