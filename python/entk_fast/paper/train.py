@@ -79,8 +79,9 @@ class TrainResult:
 
 def tqdm_progress(desc: str, **tqdm_kwargs: Any) -> ProgressFn:
     """A :class:`ProgressFn` that draws a tqdm bar (to stderr) with the latest metrics."""
-    from tqdm.auto import tqdm
+    from .._progress import bar_class
 
+    tqdm = bar_class()
     bar: Any = None
 
     def update(step: int, total: int, metrics: Mapping[str, float]) -> None:
