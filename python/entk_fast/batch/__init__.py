@@ -1,29 +1,26 @@
 """Batch analysis on a CPU cluster with Dask: many runs × checkpoints × analyses as
-resumable tasks (``jobs``), their results store (``store``), where the tasks run
-(``cluster``: local, a scheduler address, SLURM/PBS via dask-jobqueue), kernels assembled
-tile by tile on disk (``tiled``), the summary of a results folder (``summary``) and the
-``batch`` / ``batch-summary`` / ``spectrum`` commands (``cli``).
+resumable tasks.
 
-Dask (``dask[distributed]``) is imported only when a client is opened; the serial path and
-the store work without it.
+* ``analyses``: what a batch can compute (the registry of analyses);
+* ``plan``: which jobs a batch has, and which of them are done;
+* ``execute``: the tasks run serially or on Dask (``run_batch``, ``run_checkpoint``);
+* ``records``: what is written for each job, and the batch's report;
+* ``store``: the results store; ``summary``: the summary of a results folder;
+* ``cluster``: where the tasks run (local, a scheduler address, SLURM/PBS via dask-jobqueue);
+* ``tiled``: kernels assembled tile by tile on disk.
+
+The ``batch`` / ``batch-summary`` / ``spectrum`` commands are in :mod:`entk_fast.cli`. Dask
+(``dask[distributed]``) is imported only when a client is opened; the serial path and the
+store work without it.
 """
 
 from __future__ import annotations
 
+from .analyses import ANALYSES, DEFAULT_K, parse_analyses
 from .cluster import open_client
-from .jobs import (
-    ANALYSES,
-    DEFAULT_K,
-    BatchPlan,
-    BatchReport,
-    CheckpointTask,
-    analyse_checkpoint,
-    find_runs,
-    parse_analyses,
-    plan_batch,
-    run_batch,
-    run_checkpoint,
-)
+from .execute import analyse_checkpoint, run_batch, run_checkpoint
+from .plan import BatchPlan, CheckpointTask, find_runs, plan_batch
+from .records import BatchReport
 from .store import JobId, ResultStore, file_sha256
 from .summary import BatchSummary, summarize, write_curves
 from .tiled import StoredKernel, open_stored_kernel, stored_topk, tiled_kernel

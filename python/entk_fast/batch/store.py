@@ -24,6 +24,7 @@ are gone are removed.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import json
 import os
@@ -52,7 +53,9 @@ __all__ = [
     "JobId",
     "ResultStore",
     "SingleRecordStore",
+    "failure_entry",
     "file_sha256",
+    "utc_timestamp",
     "write_record",
 ]
 
@@ -126,6 +129,23 @@ def check_run_name(name: str) -> str:
             "backslashes or control characters (it names the run's folder in the results store)"
         )
     return "/".join(parts)
+
+
+def utc_timestamp() -> str:
+    """The current UTC time, ISO 8601 to the second (``finished_at``, ``failed_at``)."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def failure_entry(name: str, exc: BaseException, tb: str, **extra: Any) -> dict[str, Any]:
+    """One entry of failures.json: the job's name, the error, its traceback ``tb`` and when
+    it failed, with ``extra`` fields (``attempts``, the job's run, step and analysis)."""
+    return {
+        "job": name,
+        "error": f"{type(exc).__name__}: {exc}",
+        "traceback": tb,
+        "failed_at": utc_timestamp(),
+        **extra,
+    }
 
 
 class ResultStore:

@@ -171,7 +171,7 @@ def _kernel_tile(
 ) -> tuple[int, int]:
     """One task: the tile K(X[a], X[b]) (and its mirror) written into the array at ``path``."""
     from ..ntk import empirical_ntk
-    from .jobs import pinned_threads
+    from .execute import pinned_threads
 
     model = _model_of(model)
     with pinned_threads(threads):

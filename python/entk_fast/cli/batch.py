@@ -15,7 +15,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from .._io import add_json_flag, sigterm_as_interrupt
-from ..batch.jobs import ANALYSES, DEFAULT_K
+from ..batch.analyses import ANALYSES, DEFAULT_K
 from .common import positive_int
 
 if TYPE_CHECKING:
@@ -114,8 +114,9 @@ def _sigterm_as_interrupt() -> contextlib.AbstractContextManager[None]:
 
 def _run_batch(args: argparse.Namespace) -> int:
     from .._io import print_json, stdout_to_stderr
+    from ..batch.analyses import parse_analyses
     from ..batch.cluster import dashboard_address, open_client
-    from ..batch.jobs import parse_analyses, run_batch
+    from ..batch.execute import run_batch
     from ..errors import InvalidArgumentError
 
     analyses = parse_analyses(args.analysis)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import add_json_flag
-from ..batch.jobs import DEFAULT_K
+from ..batch.analyses import DEFAULT_K
 from .common import positive_int
 
 __all__ = ["add_spectrum_parser"]
@@ -55,7 +55,7 @@ def add_spectrum_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _run_spectrum(args: argparse.Namespace) -> int:
     from .._io import print_json
-    from ..batch.jobs import run_checkpoint
+    from ..batch.execute import run_checkpoint
     from ..errors import InvalidArgumentError
 
     if args.threads == 0:
