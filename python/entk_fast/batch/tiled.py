@@ -216,8 +216,12 @@ def tiled_kernel(
     """Assemble the eNTK of ``model`` on ``x`` tile by tile into an on-disk array.
 
     Args:
-        model, x, reduction, output_metric, params, dtype: as in
-            :func:`entk_fast.empirical_ntk` (the tiles are its cross kernels).
+        model: the network, as in `entk_fast.empirical_ntk` (the tiles are its cross kernels).
+        x: the inputs, shape (N, ...), as in `entk_fast.empirical_ntk`.
+        reduction: ``"trace"``, ``"mean_pairs"`` or ``"flattened"``, as in `empirical_ntk`.
+        output_metric: the output metric, as in `empirical_ntk`.
+        params: the parameters to differentiate, as in `empirical_ntk`.
+        dtype: the kernel's dtype, as in `empirical_ntk`.
         out_path: where the kernel goes: a Zarr directory, or a ``.npy`` file.
         tile: samples per tile side; one task computes a tile of tile × tile samples
             ((tile·C)² entries flattened). Its Jacobians bound a worker's memory.
