@@ -429,3 +429,38 @@ def test_constant_keyword_inputs_reach_the_model() -> None:
         empirical_ntk(model, {"output_hidden_states": True}, params=layer, progress=False)
     with pytest.raises(TypeError, match=r"inputs\['flags'\] must be a tensor"):
         empirical_ntk(model, {**inputs, "flags": [1, 2]}, params=layer, progress=False)
+
+
+def test_a_wide_layer_of_a_padded_model_vmap_cannot_run_takes_the_cached_kernel() -> None:
+    """A layer wide enough for the structured path (T(T+1)/2·(d_in + d_out) ≤ d_in·d_out) in a
+    model whose padded forward vmap cannot run: the dense kernel comes from the cached layer
+    (as entk_topk's products do), not from per-sample autograd, and equals the brute force."""
+    config = transformers.BertConfig(
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        hidden_size=16,
+        intermediate_size=64,
+        vocab_size=20,
+        max_position_embeddings=12,
+    )
+    config._attn_implementation = "eager"
+    torch.manual_seed(5)
+    model = transformers.BertModel(config, add_pooling_layer=False).double().eval()
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, 20, (4, 3), generator=gen)
+    mask = torch.ones(4, 3, dtype=torch.long)
+    mask[1, 2:] = 0
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    positions = mask.sum(dim=1) - 1
+    name = "encoder.layer.1.output.dense.weight"  # 64 -> 16: structured at T = 3
+    kernel = _brute_force(model, inputs, positions, [name])
+    ntk = empirical_ntk(
+        model,
+        inputs,
+        params=name,
+        output_fn=lambda o: o.last_hidden_state,
+        positions=positions,
+        progress=False,
+    )
+    assert ntk.paths == {name: "cached_layer"}
+    np.testing.assert_allclose(ntk.kernel, kernel, rtol=1e-10, atol=1e-12 * np.abs(kernel).max())

@@ -108,8 +108,9 @@ def _cached_dense_applies(
         return False
     if cached_layer_reason(problem) is not None:
         return False
-    if set(problem.selected) <= {name for layer in layers for name in layer.names}:
-        return False
+    structured = {name for layer in layers for name in layer.names}
+    if problem.probe.vmappable and set(problem.selected) <= structured:
+        return False  # the structured path gathers its factors with vmap
     jacobian = problem.rows_per_sample * problem.numel(problem.selected) * problem.itemsize
     return not problem.probe.vmappable or 8 * jacobian > budget
 
