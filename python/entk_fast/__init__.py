@@ -7,7 +7,20 @@ The user's API: :func:`empirical_ntk` (the kernel), :func:`entk_spectrum` and :f
 :mod:`entk_fast.paper` (its harness) and :mod:`entk_fast.batch` (many runs, on Dask).
 
 Submodules are imported lazily, so ``import entk_fast`` is cheap and torch is only imported by
-the parts that need it (``entk_fast.linalg`` is torch-free).
+the parts that need it (``entk_fast.linalg`` is torch-free). ``entk_fast.__version__`` is the
+installed version, a string.
+
+Examples:
+    >>> import torch
+    >>> from torch import nn
+    >>> import entk_fast as ef
+    >>> model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2))
+    >>> x = torch.randn(4, 3)  # N = 4 samples, C = 2 outputs
+    >>> ef.empirical_ntk(model, x).kernel.shape  # (N·C, N·C)
+    (8, 8)
+    >>> spec = ef.entk_spectrum(model, x, k=3)
+    >>> spec.eigenvalues.shape, spec.eigenvectors.shape  # (k,), (N·C, k)
+    ((3,), (8, 3))
 """
 
 from __future__ import annotations

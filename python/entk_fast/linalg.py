@@ -11,6 +11,14 @@ that does not fit in memory a ``MemoryError``. Long iterative solves stop at Ctr
 
 This module owns types and normalisation only (torch → numpy, dtype, dimensions, integer and
 real types); the Rust core checks shapes, ranges and values, so each rule lives in one place.
+
+Examples:
+    >>> import numpy as np
+    >>> from entk_fast import linalg
+    >>> J = np.array([[1.0, 2.0], [3.0, 4.0], [0.0, 1.0]])  # 3 Jacobian rows, 2 parameters
+    >>> values, vectors = linalg.eigh(linalg.gram(J))
+    >>> values.shape, vectors.shape, bool(values[0] >= values[1] >= values[2])
+    ((3,), (3, 3), True)
 """
 
 from __future__ import annotations
@@ -72,8 +80,30 @@ def _to_numpy(x: Any, name: str) -> np.ndarray:
 def as_float_matrix(x: Any, name: str, *, allow_vector: bool = False) -> np.ndarray:
     """``x`` as a 2-D float32/float64 numpy array (no copy when already one), validated.
 
-    ``allow_vector`` treats a 1-D array of length n as one column, shape (n, 1).
-    Raises InvalidTypeError for non-float dtypes and InvalidArgumentError for wrong ndim.
+    The normalisation every function of this module applies to its matrix arguments.
+
+    Args:
+        x: a numpy array, a torch tensor (a GPU tensor is copied to the host), a list or a
+            scalar, of dtype float32 or float64 (kept).
+        name: the argument's name, for error messages.
+        allow_vector: treat a 1-D array of length n as one column, shape (n, 1).
+
+    Returns:
+        A 2-D aligned numpy array of ``x``'s dtype, sharing memory with ``x`` where it can.
+
+    Raises:
+        InvalidTypeError: ``x`` is of another type, or not float32/float64 (integers too).
+        InvalidArgumentError: ``x`` is not 2-D (or 1-D with ``allow_vector``).
+
+    Examples:
+        >>> import numpy as np
+        >>> from entk_fast.linalg import as_float_matrix
+        >>> as_float_matrix(np.arange(3.0), "x", allow_vector=True).shape
+        (3, 1)
+        >>> as_float_matrix(np.arange(3), "x")
+        Traceback (most recent call last):
+            ...
+        entk_fast.errors.InvalidTypeError: x: expected dtype float32 or float64, got int64 ...
     """
     a = _to_numpy(x, name)
     if a.dtype not in _FLOATS:
@@ -130,13 +160,28 @@ def _detached_from(target: np.ndarray, operand: np.ndarray) -> np.ndarray:
 
 
 def gram(J: Any) -> FloatArray:
-    """Gram matrix ``K = J Jᵀ``.
+    """Gram matrix ``K = J Jᵀ``: the eNTK of the stacked Jacobian J (J. Lin, arXiv 2510.00468).
 
     Args:
-        J: (R, P) matrix, e.g. R = N·C stacked Jacobian rows over P parameters.
+        J: (R, P) float32/float64 matrix, e.g. R = N·C stacked Jacobian rows (row n·C + c)
+            over P parameters.
+
     Returns:
         (R, R) symmetric array of J's dtype. One triangle is computed (a symmetric
         rank-k update) and mirrored, so K is exactly symmetric.
+
+    Raises:
+        InvalidTypeError: J is not a float32/float64 array or tensor.
+        InvalidArgumentError: J is not 2-D, or holds NaN or inf.
+
+    Examples:
+        >>> import numpy as np
+        >>> from entk_fast import linalg
+        >>> J = np.array([[1.0, 2.0], [3.0, 4.0], [0.0, 1.0]])
+        >>> linalg.gram(J)
+        array([[ 5., 11.,  2.],
+               [11., 25.,  4.],
+               [ 2.,  4.,  1.]])
     """
     return _core.gram(as_float_matrix(J, "J"))
 
@@ -152,6 +197,21 @@ def gram_accumulate(K: Any, J: Any, *, alpha: float = 1.0) -> None:
             same dtype as J. Only its lower triangle is read; the result is exactly symmetric.
         J: (R, P) block of columns.
         alpha: finite scale factor.
+
+    Raises:
+        InvalidTypeError: K and J differ in dtype, or one is not float32/float64.
+        InvalidArgumentError: the shapes do not match, alpha is not finite, or K cannot be
+            updated in place (read-only, misaligned, on a GPU, or a tensor requiring grad).
+
+    Examples:
+        >>> import numpy as np
+        >>> from entk_fast import linalg
+        >>> J = np.array([[1.0, 2.0], [3.0, 4.0], [0.0, 1.0]])
+        >>> K = np.zeros((3, 3))
+        >>> linalg.gram_accumulate(K, J[:, :1])  # one parameter block at a time
+        >>> linalg.gram_accumulate(K, J[:, 1:])
+        >>> np.array_equal(K, linalg.gram(J))
+        True
     """
     k = _writable_matrix(K, "K")
     j = _detached_from(k, as_float_matrix(J, "J"))
@@ -161,7 +221,28 @@ def gram_accumulate(K: Any, J: Any, *, alpha: float = 1.0) -> None:
 
 
 def gram_cross(A: Any, B: Any) -> FloatArray:
-    """Cross Gram tile ``A Bᵀ``: A (R, P), B (S, P) → (R, S), for off-diagonal sample blocks."""
+    """Cross Gram tile ``A Bᵀ``: A (R, P), B (S, P) → (R, S), for off-diagonal sample blocks.
+
+    Args:
+        A: (R, P) float32/float64 matrix.
+        B: (S, P) matrix of the same dtype.
+
+    Returns:
+        (R, S) array of the inputs' dtype; with Jacobians, the cross kernel K(X, X2).
+
+    Raises:
+        InvalidTypeError: the dtypes differ, or are not float32/float64.
+        InvalidArgumentError: A and B are not 2-D with the same number of columns.
+
+    Examples:
+        >>> import numpy as np
+        >>> from entk_fast import linalg
+        >>> A = np.array([[1.0, 2.0], [3.0, 4.0], [0.0, 1.0]])
+        >>> linalg.gram_cross(A, A[:1])
+        array([[ 5.],
+               [11.],
+               [ 2.]])
+    """
     a = as_float_matrix(A, "A")
     b = as_float_matrix(B, "B")
     _same_dtype("gram_cross(A, B)", a, b)
@@ -192,6 +273,22 @@ def hadamard_gram_accumulate(
         block: rows of G per row of S (C for a flattened kernel, 1 for reduced ones).
         alpha: finite scale factor (1/C for ``trace``, 1/C² for ``mean_pairs``).
         positions: T, the positions per sample (default 1).
+
+    Raises:
+        InvalidTypeError: the dtypes differ, or are not float32/float64.
+        InvalidArgumentError: the shapes do not fit together, ``block`` or ``positions`` is
+            not ≥ 1, alpha is not finite, or K cannot be updated in place.
+
+    Examples:
+        >>> import numpy as np
+        >>> from entk_fast import linalg
+        >>> rng = np.random.default_rng(0)
+        >>> G = rng.standard_normal((4, 3))  # N = 2 samples · C = 2 outputs, 3 output units
+        >>> S = np.array([[2.0, 1.0], [1.0, 3.0]])  # the inputs' (N, N) Gram
+        >>> K = np.zeros((4, 4))
+        >>> linalg.hadamard_gram_accumulate(K, G, S, block=2)
+        >>> np.allclose(K, np.kron(S, np.ones((2, 2))) * (G @ G.T))
+        True
     """
     k = _writable_matrix(K, "K")
     g = _detached_from(k, as_float_matrix(G, "G"))
@@ -226,6 +323,22 @@ def hadamard_gram_factored_accumulate(
         block: rows of G per input row (C for a flattened kernel, 1 for reduced ones).
         alpha: finite scale factor.
         positions: T, the positions per sample (default 1).
+
+    Raises:
+        InvalidTypeError: the dtypes differ, or are not float32/float64.
+        InvalidArgumentError: the shapes do not fit together, ``block`` or ``positions`` is
+            not ≥ 1, alpha is not finite, or K cannot be updated in place.
+
+    Examples:
+        >>> import numpy as np
+        >>> from entk_fast import linalg
+        >>> rng = np.random.default_rng(0)
+        >>> G = rng.standard_normal((4, 3))  # N = 2 samples · C = 2 outputs
+        >>> A = rng.standard_normal((2, 5))  # the layer's input, one row a sample
+        >>> K = np.zeros((4, 4))
+        >>> linalg.hadamard_gram_factored_accumulate(K, G, A, block=2)
+        >>> np.allclose(K, np.kron(A @ A.T, np.ones((2, 2))) * (G @ G.T))
+        True
     """
     k = _writable_matrix(K, "K")
     g = _detached_from(k, as_float_matrix(G, "G"))
@@ -260,6 +373,25 @@ def hadamard_gram_factored_accumulate_many(
         terms: (G (T·R, Q), A (T·R // block, D), block, T) per layer, as in
             :func:`hadamard_gram_factored_accumulate`; Q, D, block and T may differ.
         alpha: finite scale factor.
+
+    Raises:
+        InvalidTypeError: the dtypes differ, or are not float32/float64.
+        InvalidArgumentError: a term is not a 4-tuple, its shapes do not fit K, or K cannot
+            be updated in place.
+
+    Examples:
+        >>> import numpy as np
+        >>> from entk_fast import linalg
+        >>> rng = np.random.default_rng(0)
+        >>> G1, A1 = rng.standard_normal((4, 3)), rng.standard_normal((2, 5))
+        >>> G2, A2 = rng.standard_normal((4, 2)), rng.standard_normal((2, 1))
+        >>> K = np.zeros((4, 4))
+        >>> linalg.hadamard_gram_factored_accumulate_many(K, [(G1, A1, 2, 1), (G2, A2, 2, 1)])
+        >>> one = np.zeros((4, 4))
+        >>> for G, A in ((G1, A1), (G2, A2)):
+        ...     linalg.hadamard_gram_factored_accumulate(one, G, A, block=2)
+        >>> np.allclose(K, one)
+        True
     """
     k = _writable_matrix(K, "K")
     gs, a_s, blocks, positions = [], [], [], []
@@ -291,10 +423,27 @@ def hadamard_gram_cross(
 
     Args:
         Ga: (R, Q) cotangents of one sample tile; R a multiple of ``block``.
-        Gb: (S, Q) cotangents of another sample tile.
-        S: (R // block, S // block) activation cross-Gram of the two tiles.
+        Gb: (R2, Q) cotangents of another sample tile; R2 a multiple of ``block``.
+        S: (R // block, R2 // block) activation cross-Gram of the two tiles.
+        block: rows of Ga and Gb per row and column of S (C for a flattened kernel).
+        alpha: finite scale factor.
+
     Returns:
-        (R, S) array of the inputs' dtype.
+        (R, R2) array of the inputs' dtype.
+
+    Raises:
+        InvalidTypeError: the dtypes differ, or are not float32/float64.
+        InvalidArgumentError: the shapes do not fit together, or alpha is not finite.
+
+    Examples:
+        >>> import numpy as np
+        >>> from entk_fast import linalg
+        >>> rng = np.random.default_rng(0)
+        >>> Ga, Gb = rng.standard_normal((4, 3)), rng.standard_normal((2, 3))
+        >>> S = np.array([[2.0], [1.0]])  # 2 samples of one tile × 1 of the other
+        >>> tile = linalg.hadamard_gram_cross(Ga, Gb, S, block=2)
+        >>> tile.shape, np.allclose(tile, np.kron(S, np.ones((2, 2))) * (Ga @ Gb.T))
+        ((4, 2), True)
     """
     ga = as_float_matrix(Ga, "Ga")
     gb = as_float_matrix(Gb, "Gb")
@@ -306,10 +455,28 @@ def hadamard_gram_cross(
 def eigh(K: Any) -> tuple[FloatArray, FloatArray]:
     """All eigenpairs of the symmetric matrix K (n, n).
 
+    Args:
+        K: (n, n) symmetric float32/float64 matrix (numpy or CPU torch).
+
     Returns:
         ``(values, vectors)``: values (n,) in descending order; vectors (n, n), column i the
         unit eigenvector of ``values[i]``. Same dtype as K. The lower triangle is used;
         an asymmetry above sqrt(eps)·max|K| is rejected.
+
+    Raises:
+        InvalidTypeError: K is not a float32/float64 array or tensor.
+        InvalidArgumentError: K is not square, not symmetric, or holds NaN or inf.
+        LinAlgError: the solver failed.
+
+    Examples:
+        >>> import numpy as np
+        >>> from entk_fast import linalg
+        >>> K = np.array([[2.0, 1.0], [1.0, 2.0]])
+        >>> values, vectors = linalg.eigh(K)
+        >>> values
+        array([3., 1.])
+        >>> np.allclose(K @ vectors, vectors * values)
+        True
     """
     return _core.eigh(as_float_matrix(K, "K"))
 
@@ -369,7 +536,25 @@ def eigh_topk(
         ``return_info=True`` also a dict: ``method`` ("dense", "krylov" or
         "dense-fallback"), ``cycles``, ``n_matvec`` (products K·v), ``block``,
         ``residuals`` (per pair, as above), ``max_residual``, ``tol``, ``converged``,
-        ``stagnated``.
+        ``stagnated``. Same dtype as K.
+
+    Raises:
+        InvalidTypeError: K is not a float32/float64 array, or an option is not an integer
+            (a real for ``tol``).
+        InvalidArgumentError: K is not square and symmetric, holds NaN or inf, k is not in
+            [1, n], or an option is out of range.
+        LinAlgError: the solver failed.
+
+    Examples:
+        >>> import numpy as np
+        >>> from entk_fast import linalg
+        >>> K = np.diag([1.0, 6.0, 2.0, 5.0, 3.0, 4.0])
+        >>> values, vectors = linalg.eigh_topk(K, 2)
+        >>> values, vectors.shape
+        (array([6., 5.]), (6, 2))
+        >>> _, _, info = linalg.eigh_topk(K, 2, return_info=True)
+        >>> info["converged"]
+        True
     """
     m = as_float_matrix(K, "K")
     values, vectors, info = _core.eigh_topk(
@@ -417,8 +602,9 @@ def eigh_topk_operator(
         tol: relative residual target as in :func:`eigh_topk` (default 1e-11 / 1e-4).
         maxiter: most restart cycles (default 200).
         seed: seed of the random start blocks.
-        basis_blocks: Krylov basis width in blocks, 3..64 (default as :func:`eigh_topk`);
+        basis_blocks: Krylov basis width in blocks, in [3, 256] (default as :func:`eigh_topk`);
             the basis and its images take 2 · basis_blocks · block · n floats.
+
     Returns:
         ``(values (k,) descending, vectors (n, k), info)``, info as in :func:`eigh_topk`
         (``method`` is "krylov"). The residuals are tested as the basis grows whenever the
@@ -426,6 +612,21 @@ def eigh_topk_operator(
         stops before the basis is full. When the iteration did not converge (maxiter reached or
         the residuals stagnated) the best pairs found are returned, ``info["converged"]``
         is False, and a ``RuntimeWarning`` says so.
+
+    Raises:
+        InvalidTypeError: ``matmat`` is not callable, ``dtype`` is not float32/float64, or
+            ``matmat`` returned another dtype.
+        InvalidArgumentError: n, k, block, tol or basis_blocks is out of range, or
+            ``matmat`` returned a wrong shape, NaN or inf, or an asymmetric operator.
+        LinAlgError: the solver failed.
+
+    Examples:
+        >>> import numpy as np
+        >>> from entk_fast import linalg
+        >>> K = np.diag(np.arange(50.0, 0.0, -1.0))  # known only through K @ V below
+        >>> values, vectors, info = linalg.eigh_topk_operator(lambda V: K @ V, 50, 3)
+        >>> values, vectors.shape, info["converged"]
+        (array([50., 49., 48.]), (50, 3), True)
     """
     if not callable(matmat):
         raise InvalidTypeError(
@@ -470,14 +671,28 @@ def principal_angles(A: Any, B: Any) -> NDArray[np.float64]:
     """Principal angles between span(A) and span(B), in radians, ascending.
 
     Args:
-        A: (n, d) matrix (or an (n,) vector); its columns need not be orthonormal.
-        B: (n, m) matrix (or vector).
+        A: (n, d) float32/float64 matrix (or an (n,) vector); its columns need not be
+            orthonormal.
+        B: (n, m) matrix (or vector) of the same dtype.
+
     Returns:
         float64 array of min(rank A, rank B) angles in [0, π/2]. Cosines come from the SVD of
         Q_Aᵀ Q_B and, for angles below 45°, sines from the SVD of the residual (Knyazev),
         so small angles stay accurate; the rank rule is ``scipy.linalg.orth``'s. Agrees with
         ``np.sort(scipy.linalg.subspace_angles(A, B))`` except where scipy's own small-angle
         pairing is off (scipy can return 0 for an angle of 1e-8 next to a large one).
+
+    Raises:
+        InvalidTypeError: the dtypes differ, or are not float32/float64.
+        InvalidArgumentError: A and B differ in rows, or hold NaN or inf.
+
+    Examples:
+        >>> import numpy as np
+        >>> from entk_fast import linalg
+        >>> A = np.array([1.0, 0.0, 0.0])
+        >>> B = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+        >>> np.degrees(linalg.principal_angles(A, B)).round(6)
+        array([45.])
     """
     a = as_float_matrix(A, "A", allow_vector=True)
     b = as_float_matrix(B, "B", allow_vector=True)
@@ -488,7 +703,26 @@ def principal_angles(A: Any, B: Any) -> NDArray[np.float64]:
 def subspace_overlap(A: Any, B: Any) -> float:
     """Subspace overlap Σ cos²θ_i between span(A) (n, d) and span(B) (n, m).
 
-    In [0, min(rank A, rank B)]; the paper reports it divided by m as a percentage.
+    In [0, min(rank A, rank B)]; the paper (J. Lin, arXiv 2510.00468) reports it divided by
+    m as a percentage. θ_i are the :func:`principal_angles`.
+
+    Args:
+        A: (n, d) float32/float64 matrix (or an (n,) vector).
+        B: (n, m) matrix (or vector) of the same dtype.
+
+    Returns:
+        The overlap, a Python float.
+
+    Raises:
+        InvalidTypeError: the dtypes differ, or are not float32/float64.
+        InvalidArgumentError: A and B differ in rows, or hold NaN or inf.
+
+    Examples:
+        >>> import numpy as np
+        >>> from entk_fast import linalg
+        >>> I = np.eye(4)
+        >>> linalg.subspace_overlap(I[:, :2], I[:, 1:3])  # they share one direction
+        1.0
     """
     a = as_float_matrix(A, "A", allow_vector=True)
     b = as_float_matrix(B, "B", allow_vector=True)
@@ -504,6 +738,20 @@ def set_num_threads(n: int | None = None) -> None:
     The default applies from import on, so Dask workers (which set OMP_NUM_THREADS=1) and
     SLURM tasks do not oversubscribe their node. A process forked after this call (torch
     DataLoader workers, multiprocessing) keeps the count.
+
+    Args:
+        n: the thread count, or None for the default.
+
+    Raises:
+        InvalidTypeError: n is not an integer.
+        InvalidArgumentError: n is not in [1, 1024].
+
+    Examples:
+        >>> import entk_fast as ef
+        >>> ef.set_num_threads(2)
+        >>> ef.get_num_threads()
+        2
+        >>> ef.set_num_threads(None)  # back to the default
     """
     if n is None:
         _core.set_num_threads(threads_from_environment())
@@ -512,7 +760,16 @@ def set_num_threads(n: int | None = None) -> None:
 
 
 def get_num_threads() -> int:
-    """Number of threads the Rust routines use."""
+    """Number of threads the Rust routines use (see :func:`set_num_threads`).
+
+    Returns:
+        The thread count, an int ≥ 1.
+
+    Examples:
+        >>> from entk_fast import linalg
+        >>> linalg.get_num_threads() >= 1
+        True
+    """
     return int(_core.get_num_threads())
 
 

@@ -10,6 +10,14 @@ uncompressed size and the ``.npy`` header's shape) must fit a bound (``max_bytes
 default about the file's own size: :meth:`save` stores arrays uncompressed), and every array
 must have the shape and dtype its JSON header implies; a file that contradicts itself is
 refused with :class:`~entk_fast.errors.InvalidArgumentError` naming ``path``.
+
+Examples:
+    >>> import torch
+    >>> from torch import nn
+    >>> import entk_fast as ef
+    >>> ntk = ef.empirical_ntk(nn.Linear(2, 2), torch.ones(3, 2))
+    >>> type(ntk).__name__, type(ntk.spectrum()).__name__
+    ('EmpiricalNTK', 'NTKSpectrum')
 """
 
 from __future__ import annotations
@@ -37,9 +45,18 @@ __all__ = [
     "spectrum_of_kernel",
 ]
 
-#: Relative ridge ε (arXiv 2510.00468): eigenvalues are floored at ε · mean(diag K) before
-#: spectral ratios are taken, so round-off zeros give large but finite ratios.
 RIDGE_EPSILON = 1e-8
+"""Relative ridge ε (J. Lin, arXiv 2510.00468): eigenvalues are floored at ε · mean(diag K)
+before spectral ratios are taken, so round-off zeros give large but finite ratios.
+
+Examples:
+    >>> from entk_fast.results import RIDGE_EPSILON, spectral_cliffs
+    >>> RIDGE_EPSILON
+    1e-08
+    >>> cliff = spectral_cliffs([2.0, 1.0, 0.0], top=1, mean_diagonal=1.0)[0]
+    >>> cliff.index, cliff.ratio  # 1.0 / (ε · 1.0), not 1.0 / 0
+    (2, 100000000.0)
+"""
 
 _FORMAT_VERSION = 1
 _META_KEY = "__entk_fast_meta__"
@@ -52,12 +69,25 @@ _LOAD_SLACK_BYTES = 64 << 20
 
 @dataclass(frozen=True)
 class SpectralCliff:
-    """A gap after the ``index``-th eigenvalue (counted from 1): λ_index / λ_{index+1}."""
+    """A gap after the ``index``-th eigenvalue (counted from 1): λ_index / λ_{index+1}.
+
+    One entry of :func:`spectral_cliffs`; a sharp cliff separates feature families
+    (J. Lin, arXiv 2510.00468).
+
+    Examples:
+        >>> from entk_fast.results import spectral_cliffs
+        >>> spectral_cliffs([10.0, 9.0, 3.0, 2.9], top=1)[0]
+        SpectralCliff(index=2, ratio=3.0, before=9.0, after=3.0)
+    """
 
     index: int
+    """k, counted from 1: the cliff lies between λ_k and λ_{k+1}."""
     ratio: float
+    """λ_k / λ_{k+1}, both floored at ε·mean(diag K) (:data:`RIDGE_EPSILON`)."""
     before: float
+    """λ_k, unfloored."""
     after: float
+    """λ_{k+1}, unfloored."""
 
 
 def spectral_cliffs(
@@ -71,6 +101,20 @@ def spectral_cliffs(
         mean_diagonal: mean(diag K) = trace / n, which sets the floor ε·mean(diag K) applied to
             eigenvalues before taking ratios (ε = RIDGE_EPSILON), so round-off zeros do not
             produce infinite ratios. Default: the mean of ``values`` (exact for a full spectrum).
+
+    Returns:
+        Up to ``top`` :class:`SpectralCliff` s, largest ratio first (ties: smaller k first).
+
+    Raises:
+        InvalidArgumentError: ``values`` is not a finite, descending 1-D array of at least two
+            eigenvalues, or ``top`` < 1.
+
+    Examples:
+        >>> from entk_fast.results import spectral_cliffs
+        >>> for cliff in spectral_cliffs([10.0, 9.0, 3.0, 2.9, 0.1], top=2):
+        ...     print(cliff.index, round(cliff.ratio, 2))
+        4 29.0
+        2 3.0
     """
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 1 or v.size < 2:
@@ -111,7 +155,17 @@ class _Layout:
             )
 
     def unflatten(self, v: Any) -> np.ndarray:
-        """Eigenvector(s) of a flattened kernel as (N, C) or (N, C, k); [n, c] = row n·C + c."""
+        """Eigenvector(s) of a flattened kernel as (N, C) or (N, C, k); [n, c] = row n·C + c.
+
+        Args:
+            v: a vector (N·C,) or a matrix (N·C, k), e.g. ``eigenvectors``.
+
+        Returns:
+            A view of ``v`` as an array of shape (N, C) or (N, C, k).
+
+        Raises:
+            InvalidArgumentError: the kernel is not flattened, or ``v`` has not N·C rows.
+        """
         self._check_flattened()
         arr = np.asarray(v)
         rows = self.n_samples * self.n_outputs
@@ -123,7 +177,11 @@ class _Layout:
         return arr.reshape(self.n_samples, self.n_outputs, *arr.shape[1:])
 
     def flatten(self, u: Any) -> np.ndarray:
-        """(N, C[, k]) -> (N·C[, k]), the inverse of :meth:`unflatten`."""
+        """(N, C[, k]) -> (N·C[, k]), the inverse of :meth:`unflatten`.
+
+        Raises:
+            InvalidArgumentError: the kernel is not flattened, or ``u`` is not (N, C[, k]).
+        """
         self._check_flattened()
         arr = np.asarray(u)
         n, c = self.n_samples, self.n_outputs
@@ -141,14 +199,40 @@ class EmpiricalNTK(_Layout):
     ``kernel`` is (N·C, N·C) for ``flattened`` (row = n·C + c) and (N, N) for ``trace`` and
     ``mean_pairs``; a cross kernel K(X, X2) is (N·C, N2·C) or (N, N2). ``layer_kernels``
     (``layerwise=True``) has one kernel of the same shape per parameter group, and they sum to
-    ``kernel``.
+    ``kernel``. Returned by :func:`entk_fast.empirical_ntk`; :meth:`unflatten` reshapes a
+    flattened kernel's eigenvectors to (N, C), :meth:`spectrum` diagonalises it, and
+    :meth:`save` / :meth:`load` write and read it as ``.npz``.
+
+    Examples:
+        >>> import tempfile
+        >>> import numpy as np
+        >>> import torch
+        >>> from torch import nn
+        >>> import entk_fast as ef
+        >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # N = 3 samples
+        >>> ntk = ef.empirical_ntk(nn.Linear(2, 2, bias=False), x, dtype=torch.float64)
+        >>> ntk.shape, ntk.n_samples, ntk.n_outputs  # C = 2 outputs
+        ((6, 6), 3, 2)
+        >>> X = x.double().numpy()  # a linear model's eNTK is (X Xᵀ) ⊗ I_C
+        >>> np.allclose(ntk.kernel, np.kron(X @ X.T, np.eye(2)))
+        True
+        >>> spec = ntk.spectrum(k=2)
+        >>> spec.eigenvalues.round(6), ntk.unflatten(spec.eigenvectors).shape
+        (array([3., 3.]), (3, 2, 2))
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     ntk.save(f"{tmp}/ntk.npz")
+        ...     np.array_equal(ef.EmpiricalNTK.load(f"{tmp}/ntk.npz").kernel, ntk.kernel)
+        True
     """
 
     kind: ClassVar[str] = "entk-fast-ntk"
 
     kernel: np.ndarray
+    """The kernel, of the computation's dtype (float32 or float64); shapes above."""
     layer_kernels: dict[str, np.ndarray]
+    """Group name -> its kernel (``layerwise=True``), each of ``kernel``'s shape; else {}."""
     n_samples: int
+    """N, the samples of ``inputs`` (the rows' samples of a cross kernel)."""
     n_outputs: int
     """C, the model's outputs per sample (its output flattened)."""
     reduction: str
@@ -159,11 +243,13 @@ class EmpiricalNTK(_Layout):
     paths: dict[str, str] = field(default_factory=dict)
     """Parameter name -> ``"structured"`` (exact fast path) or ``"general"``."""
     n_parameters: int = 0
+    """P, the number of parameters differentiated."""
     n_samples2: int | None = None
     """N2 for a cross kernel K(X, X2); None for the square kernel K(X, X)."""
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """``kernel.shape``: (N·C, N·C), (N, N), or a cross kernel's (N·C, N2·C) / (N, N2)."""
         return tuple(self.kernel.shape)
 
     @property
@@ -200,11 +286,27 @@ class EmpiricalNTK(_Layout):
         return _repr_html("EmpiricalNTK", self._summary())
 
     def spectrum(self, k: int | None = None, *, ridge: float = 0.0) -> NTKSpectrum:
-        """Eigenpairs (descending) of this kernel; see :func:`entk_fast.entk_spectrum`."""
+        """Eigenpairs (descending) of this kernel; see :func:`entk_fast.entk_spectrum`.
+
+        Args:
+            k: the top k eigenpairs (a Krylov solve), or None for all (a full solve).
+            ridge: ε ≥ 0; adds ε·mean(diag K) to the diagonal, on a copy.
+
+        Returns:
+            An :class:`NTKSpectrum` with ``method="dense"``.
+
+        Raises:
+            InvalidArgumentError: this is a cross kernel, k is not in [1, order], or ridge < 0.
+        """
         return spectrum_of_kernel(self, k, ridge=ridge)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write this result to ``path`` (``.npz``: arrays + JSON header), atomically."""
+        """Write this result to ``path`` (``.npz``: arrays + JSON header), atomically.
+
+        Raises:
+            StorageError: the file system is full; the previous file is left as it was.
+            OSError: ``path`` cannot be written.
+        """
         arrays = {"kernel": self.kernel}
         for i, key in enumerate(self.layer_kernels):
             arrays[f"layer_{i}"] = self.layer_kernels[key]
@@ -252,13 +354,33 @@ class NTKSpectrum(_Layout):
     """Top eigenpairs of a (reduced, metric-weighted) eNTK, eigenvalues descending.
 
     ``eigenvectors`` is (R, k) with R = N·C (flattened, row = n·C + c) or N; column i belongs
-    to ``eigenvalues[i]``. ``method`` says how they were found.
+    to ``eigenvalues[i]``. ``method`` says how they were found. Returned by
+    :func:`entk_fast.entk_spectrum`, :func:`entk_fast.entk_topk` and
+    :meth:`EmpiricalNTK.spectrum`; ``len(spectrum)`` is k. :meth:`gaps` lists the spectral
+    cliffs, :meth:`unflatten` reshapes eigenvectors to (N, C[, k]) (J. Lin, arXiv
+    2510.00468: an eigenvector of the flattened eNTK is one feature's value on every
+    (sample, output)), :meth:`save` / :meth:`load` write and read it as ``.npz``.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> import entk_fast as ef
+        >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+        >>> spec = ef.entk_spectrum(nn.Linear(2, 2, bias=False), x, dtype=torch.float64)
+        >>> len(spec), spec.method, spec.eigenvalues.round(6)
+        (4, 'dual', array([3., 3., 1., 1.]))
+        >>> spec.eigenvectors.shape, spec.unflatten(spec.eigenvectors).shape
+        ((6, 4), (3, 2, 4))
+        >>> [(k, round(ratio, 6)) for k, ratio in spec.gaps(1)]  # λ_2 / λ_3
+        [(2, 3.0)]
     """
 
     kind: ClassVar[str] = "entk-fast-spectrum"
 
     eigenvalues: np.ndarray
+    """(k,) descending, of the computation's dtype."""
     eigenvectors: np.ndarray
+    """(R, k) unit columns, R = N·C (row n·C + c) or N; column i belongs to eigenvalue i."""
     method: str
     """``"dense"``, ``"dual"`` or ``"matrix_free"``."""
     n_samples: int
@@ -267,7 +389,9 @@ class NTKSpectrum(_Layout):
     ridge: float = 0.0
     """Absolute ridge ε·mean(diag K) added to K's diagonal (and so to every eigenvalue)."""
     n_parameters: int = 0
+    """P, the number of parameters differentiated."""
     output_metric: np.ndarray | None = None
+    """The metric S (C, C) that weighted the outputs, or None."""
     info: dict[str, Any] = field(default_factory=dict)
     """Solver details: e.g. ``n_matvec``, ``tol``, ``rank``, ``solver``."""
 
@@ -301,7 +425,16 @@ class NTKSpectrum(_Layout):
 
         Sorted by ratio, largest first. Eigenvalues are floored at ε·mean(λ) (ε = 1e-8,
         :data:`RIDGE_EPSILON`) first, so round-off zeros give large but finite ratios; see
-        :func:`spectral_cliffs`.
+        :func:`spectral_cliffs`. Empty for fewer than two eigenvalues or ``top`` < 1.
+
+        Examples:
+            >>> import numpy as np
+            >>> from entk_fast import NTKSpectrum
+            >>> spec = NTKSpectrum(
+            ...     eigenvalues=np.array([4.0, 2.0, 1.0]), eigenvectors=np.eye(3),
+            ...     method="dense", n_samples=3, n_outputs=1, reduction="trace")
+            >>> spec.gaps(1)
+            [(1, 2.0)]
         """
         if len(self) < 2 or int(top) < 1:
             return []
@@ -309,7 +442,12 @@ class NTKSpectrum(_Layout):
         return [(c.index, c.ratio) for c in cliffs]
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write this result to ``path`` (``.npz``: arrays + JSON header), atomically."""
+        """Write this result to ``path`` (``.npz``: arrays + JSON header), atomically.
+
+        Raises:
+            StorageError: the file system is full; the previous file is left as it was.
+            OSError: ``path`` cannot be written.
+        """
         arrays = {"eigenvalues": self.eigenvalues, "eigenvectors": self.eigenvectors}
         if self.output_metric is not None:
             arrays["output_metric"] = self.output_metric
@@ -607,7 +745,36 @@ def spectrum_of_kernel(
 ) -> NTKSpectrum:
     """Eigenpairs of a dense kernel: all (``k=None``, ``linalg.eigh``) or the top k.
 
-    ``ridge`` ε adds ε·mean(diag K) to the diagonal, on a copy unless ``in_place``.
+    What :meth:`EmpiricalNTK.spectrum` and the dense path of :func:`entk_fast.entk_spectrum`
+    run.
+
+    Args:
+        ntk: a square kernel (N·C, N·C) or (N, N), float32 or float64.
+        k: the number of eigenpairs in [1, order] (:func:`linalg.eigh_topk
+            <entk_fast.linalg.eigh_topk>`), or None for all (:func:`linalg.eigh
+            <entk_fast.linalg.eigh>`).
+        ridge: ε ≥ 0; adds ε·mean(diag K) to the diagonal (reported as ``.ridge``).
+        tol: the top-k solver's relative residual target (default: its own).
+        in_place: add the ridge to ``ntk.kernel`` itself instead of a copy.
+
+    Returns:
+        An :class:`NTKSpectrum` (``method="dense"``): eigenvalues (k,) descending and
+        eigenvectors (order, k), of the kernel's dtype; ``info["solver"]`` is ``"eigh"`` or
+        ``"eigh_topk"``.
+
+    Raises:
+        InvalidArgumentError: ``ntk`` is a cross kernel, k is not in [1, order], or ridge < 0.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> import entk_fast as ef
+        >>> from entk_fast.results import spectrum_of_kernel
+        >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+        >>> ntk = ef.empirical_ntk(nn.Linear(2, 2), x, reduction="trace", dtype=torch.float64)
+        >>> spec = spectrum_of_kernel(ntk, 2)
+        >>> spec.eigenvectors.shape, spec.info["solver"]
+        ((3, 2), 'eigh_topk')
     """
     if ntk.is_cross:
         raise InvalidArgumentError(

@@ -47,7 +47,24 @@ def _binary(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.nd
 
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     """Area under the ROC curve: P(score of a positive > score of a negative), ties count ½
-    (the Mann–Whitney statistic, with average ranks)."""
+    (the Mann–Whitney statistic, with average ranks).
+
+    Args:
+        scores: (N,) real scores, higher meaning more likely positive.
+        positive: (N,) bool labels (or anything ``numpy`` reads as bool).
+
+    Returns:
+        The AUROC in [0, 1] (0.5: chance).
+
+    Raises:
+        InvalidArgumentError: ``scores`` and ``positive`` differ in length, or ``positive``
+            is all True or all False.
+
+    Examples:
+        >>> from entk_fast.analysis.language import auroc
+        >>> auroc([0.1, 0.4, 0.35, 0.8], [False, False, True, True])
+        0.75
+    """
     s, y = _binary(scores, positive)
     order = np.argsort(s, kind="mergesort")
     ranks = np.empty(len(s), dtype=np.float64)
@@ -64,7 +81,24 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
 
 def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
     """Average precision Σ_k (R_k − R_{k−1}) P_k over the distinct score thresholds, highest
-    first (scikit-learn's definition: no interpolation)."""
+    first (scikit-learn's definition: no interpolation).
+
+    Args:
+        scores: (N,) real scores, higher meaning more likely positive.
+        positive: (N,) bool labels.
+
+    Returns:
+        The AP in [0, 1] (chance: the fraction of positives).
+
+    Raises:
+        InvalidArgumentError: ``scores`` and ``positive`` differ in length, or ``positive``
+            is all True or all False.
+
+    Examples:
+        >>> from entk_fast.analysis.language import average_precision
+        >>> round(average_precision([0.1, 0.4, 0.35, 0.8], [False, False, True, True]), 6)
+        0.833333
+    """
     s, y = _binary(scores, positive)
     order = np.argsort(-s, kind="mergesort")
     s, y = s[order], y[order]
@@ -76,7 +110,24 @@ def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
 
 
 def precision_at_quota(scores: np.ndarray, positive: np.ndarray) -> float:
-    """The fraction of positives among the q highest scores, q = the number of positives."""
+    """The fraction of positives among the q highest scores, q = the number of positives.
+
+    Args:
+        scores: (N,) real scores, higher meaning more likely positive.
+        positive: (N,) bool labels.
+
+    Returns:
+        The precision in [0, 1] (ties at the cut are broken by order, stably).
+
+    Raises:
+        InvalidArgumentError: ``scores`` and ``positive`` differ in length, or ``positive``
+            is all True or all False.
+
+    Examples:
+        >>> from entk_fast.analysis.language import precision_at_quota
+        >>> precision_at_quota([0.1, 0.4, 0.35, 0.8], [False, False, True, True])  # top 2: 0.8, 0.4
+        0.5
+    """
     s, y = _binary(scores, positive)
     q = int(y.sum())
     top = np.argsort(-s, kind="mergesort")[:q]
@@ -89,7 +140,23 @@ def eigenvector_scores(vectors: np.ndarray, n_samples: int, width: int) -> np.nd
 
     Args:
         vectors: (N·d, k) eigenvectors of a flattened kernel, row = n·d + c.
-        n_samples: N. width: d, the outputs per context.
+        n_samples: N.
+        width: d, the outputs per context.
+
+    Returns:
+        (N, k) float64; a score's sign is the SVD's (arbitrary), which :func:`best_mode`
+        tries both ways.
+
+    Raises:
+        InvalidArgumentError: ``vectors`` is not (N·d, k).
+
+    Examples:
+        >>> import numpy as np
+        >>> from entk_fast.analysis.language import eigenvector_scores
+        >>> v = np.outer([3.0, 4.0], [1.0, 0.0]).reshape(4, 1) / 5  # N = 2 contexts, d = 2
+        >>> np.abs(eigenvector_scores(v, n_samples=2, width=2))
+        array([[0.6],
+               [0.8]])
     """
     v = np.asarray(vectors, dtype=np.float64)
     if v.ndim != 2 or v.shape[0] != n_samples * width:
@@ -104,7 +171,29 @@ def eigenvector_scores(vectors: np.ndarray, n_samples: int, width: int) -> np.nd
 
 
 def pca_scores(activations: np.ndarray, k: int) -> np.ndarray:
-    """(N, k) principal-component scores of the centred activations (N, d)."""
+    """(N, k) principal-component scores of the centred activations (N, d).
+
+    The baseline the eNTK eigenvectors are compared with (J. Lin, arXiv 2510.00468).
+
+    Args:
+        activations: (N, d) real.
+        k: the number of components, 1 ≤ k ≤ min(N, d).
+
+    Returns:
+        (N, k) float64, column j the scores on the j-th principal axis (variance
+        descending); signs are the SVD's.
+
+    Raises:
+        InvalidArgumentError: ``activations`` is not 2-D, or k is out of range.
+
+    Examples:
+        >>> import numpy as np
+        >>> from entk_fast.analysis.language import pca_scores
+        >>> x = np.random.default_rng(0).standard_normal((6, 3))
+        >>> scores = pca_scores(x, 2)
+        >>> scores.shape, bool(scores[:, 0].var() >= scores[:, 1].var())
+        ((6, 2), True)
+    """
     x = np.asarray(activations, dtype=np.float64)
     if x.ndim != 2 or not 1 <= k <= min(x.shape):
         raise InvalidArgumentError(f"activations must be (N, d) with k ≤ min(N, d), got {x.shape}")
@@ -115,7 +204,23 @@ def pca_scores(activations: np.ndarray, k: int) -> np.ndarray:
 
 def random_scores(activations: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     """(N, k) projections of the centred activations on k random unit directions: what any
-    k directions score, the floor both methods must clear."""
+    k directions score, the floor both methods must clear.
+
+    Args:
+        activations: (N, d) real.
+        k: the number of directions.
+        seed: seeds the directions (numpy's ``default_rng``).
+
+    Returns:
+        (N, k) float64.
+
+    Examples:
+        >>> import numpy as np
+        >>> from entk_fast.analysis.language import random_scores
+        >>> x = np.random.default_rng(0).standard_normal((6, 3))
+        >>> random_scores(x, 4).shape
+        (6, 4)
+    """
     x = np.asarray(activations, dtype=np.float64)
     x = x - x.mean(axis=0)
     directions = np.random.default_rng(seed).standard_normal((x.shape[1], k))
@@ -124,7 +229,23 @@ def random_scores(activations: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
 
 
 def stratified_split(labels: np.ndarray, seed: int = 0) -> np.ndarray:
-    """(N,) bool: a train half of each label's samples (rounded down), chosen at random."""
+    """(N,) bool: a train half of each label's samples (rounded down), chosen at random.
+
+    Args:
+        labels: (N,) labels of any comparable type (e.g. one tag per context).
+        seed: seeds the choice (numpy's ``default_rng``).
+
+    Returns:
+        (N,) bool, True for the train half; the rest is the test half.
+
+    Examples:
+        >>> import numpy as np
+        >>> from entk_fast.analysis.language import stratified_split
+        >>> labels = np.array(["NOUN", "NOUN", "VERB", "VERB", "VERB", "VERB"])
+        >>> train = stratified_split(labels)
+        >>> int(train[labels == "NOUN"].sum()), int(train[labels == "VERB"].sum())
+        (1, 2)
+    """
     y = np.asarray(labels)
     rng = np.random.default_rng(seed)
     train = np.zeros(len(y), dtype=bool)
@@ -136,7 +257,31 @@ def stratified_split(labels: np.ndarray, seed: int = 0) -> np.ndarray:
 
 def best_mode(scores: np.ndarray, positive: np.ndarray, train: np.ndarray) -> dict[str, Any]:
     """The (mode, sign) of ``scores`` (N, k) with the best train AP for ``positive`` (N,), and
-    its test AUROC, AP and precision at quota."""
+    its test AUROC, AP and precision at quota.
+
+    Args:
+        scores: (N, k) numpy array, one column per mode (:func:`eigenvector_scores`,
+            :func:`pca_scores`).
+        positive: (N,) bool labels.
+        train: (N,) bool, the train half (:func:`stratified_split`); the rest is the test
+            half. Both halves need positives and negatives.
+
+    Returns:
+        ``{"mode", "sign", "train_ap", "auroc", "ap", "precision_at_quota"}``: the column,
+        ±1, and floats in [0, 1] (the last three on the test half).
+
+    Raises:
+        InvalidArgumentError: a half holds only positives or only negatives.
+
+    Examples:
+        >>> import numpy as np
+        >>> from entk_fast.analysis.language import best_mode
+        >>> scores = np.column_stack([np.ones(12), np.arange(12.0)])  # mode 1, sign -1
+        >>> positive = np.arange(12) < 6
+        >>> train = np.arange(12) % 2 == 0
+        >>> best_mode(scores, positive, train)
+        {'mode': 1, 'sign': -1, 'train_ap': 1.0, 'auroc': 1.0, 'ap': 1.0, 'precision_at_quota': 1.0}
+    """
     y = np.asarray(positive, dtype=bool)
     tr = np.asarray(train, dtype=bool)
     te = ~tr
@@ -164,6 +309,23 @@ def evaluate_labels(
     """Per label :func:`best_mode`, and the macro means of test AUROC, AP and precision.
 
     Returns ``{"per_label": {name: {...}}, "macro": {"auroc", "ap", "precision_at_quota"}}``.
+
+    Args:
+        scores: (N, k) numpy array, one column per mode.
+        positives: label name -> (N,) bool.
+        train: (N,) bool, the train half.
+
+    Raises:
+        InvalidArgumentError: as :func:`best_mode`, for any label.
+
+    Examples:
+        >>> import numpy as np
+        >>> from entk_fast.analysis.language import evaluate_labels
+        >>> scores = np.column_stack([np.arange(12.0)])
+        >>> late = np.arange(12) >= 6
+        >>> result = evaluate_labels(scores, {"late": late, "early": ~late}, np.arange(12) % 2 == 0)
+        >>> result["per_label"]["early"]["sign"], result["macro"]["auroc"]
+        (-1, 1.0)
     """
     per = {name: best_mode(scores, y, train) for name, y in positives.items()}
     macro = {
@@ -177,7 +339,28 @@ def probe_ceiling(
     activations: np.ndarray, positives: dict[str, np.ndarray], train: np.ndarray
 ) -> dict[str, Any]:
     """A supervised ceiling: per label, a logistic regression on the full (standardised)
-    activations, fit on the train half; test AUROC, AP and precision at quota, and macros."""
+    activations, fit on the train half; test AUROC, AP and precision at quota, and macros.
+
+    Needs scikit-learn (the ``lm`` extra). Returns what :func:`evaluate_labels` returns,
+    without ``mode``, ``sign`` and ``train_ap``.
+
+    Args:
+        activations: (N, d) real.
+        positives: label name -> (N,) bool.
+        train: (N,) bool, the train half.
+
+    Raises:
+        InvalidArgumentError: scikit-learn is not installed, or a test half holds only
+            positives or only negatives.
+
+    Examples:
+        >>> import numpy as np
+        >>> from entk_fast.analysis.language import probe_ceiling
+        >>> activations = np.column_stack([np.arange(12.0), np.zeros(12)])
+        >>> late = np.arange(12) >= 6
+        >>> probe_ceiling(activations, {"late": late}, np.arange(12) % 2 == 0)["macro"]
+        {'auroc': 1.0, 'ap': 1.0, 'precision_at_quota': 1.0}
+    """
     try:
         from sklearn.linear_model import LogisticRegression
     except ImportError as e:  # pragma: no cover - the lm extra installs it
@@ -207,7 +390,24 @@ def probe_ceiling(
 
 
 def modes_served(per_label: dict[str, dict[str, Any]], names: Sequence[str]) -> dict[int, list]:
-    """Which labels each chosen mode serves: {mode: [label, ...]} over ``names``."""
+    """Which labels each chosen mode serves: {mode: [label, ...]} over ``names``.
+
+    Args:
+        per_label: ``evaluate_labels(...)["per_label"]``.
+        names: the labels to list, in the order they are listed under each mode.
+
+    Returns:
+        Mode -> labels, by ascending mode.
+
+    Raises:
+        KeyError: a name is not in ``per_label``.
+
+    Examples:
+        >>> from entk_fast.analysis.language import modes_served
+        >>> per_label = {"NOUN": {"mode": 3}, "VERB": {"mode": 0}, "ADJ": {"mode": 3}}
+        >>> modes_served(per_label, ["NOUN", "VERB", "ADJ"])
+        {0: ['VERB'], 3: ['NOUN', 'ADJ']}
+    """
     served: dict[int, list[str]] = {}
     for name in names:
         served.setdefault(int(per_label[name]["mode"]), []).append(name)

@@ -21,7 +21,29 @@ __all__ = ["FeatureMatch", "feature_heatmap", "feature_indicators", "match_featu
 
 
 def feature_indicators(x: Any, n_outputs: int | None = None) -> np.ndarray:
-    """Z (N·C, n): column a is z^a, x_a(n) at row n·C + a (C = ``n_outputs``, default n)."""
+    """Z (N·C, n): column a is z^a, x_a(n) at row n·C + a (C = ``n_outputs``, default n).
+
+    Args:
+        x: (N, n) the inputs, one row a sample.
+        n_outputs: C ≥ n, the model's outputs (feature a sits at output a).
+
+    Returns:
+        (N·C, n) float64, in the flattened kernel's row layout.
+
+    Raises:
+        InvalidTypeError: ``n_outputs`` is not an integer.
+        InvalidArgumentError: ``x`` is not a non-empty 2-D array, or ``n_outputs`` < n.
+
+    Examples:
+        >>> from entk_fast.analysis import feature_indicators
+        >>> feature_indicators([[1.0, 0.0, 2.0], [0.0, 3.0, 0.0]])  # N = 2, n = C = 3
+        array([[1., 0., 0.],
+               [0., 0., 0.],
+               [0., 0., 2.],
+               [0., 0., 0.],
+               [0., 3., 0.],
+               [0., 0., 0.]])
+    """
     data = np.asarray(x, dtype=np.float64)
     if data.ndim != 2 or data.size == 0:
         raise InvalidArgumentError(f"x: expected the inputs as a matrix (N, n), got {data.shape}")
@@ -41,9 +63,28 @@ def feature_heatmap(eigenvectors: Any, x: Any) -> np.ndarray:
     """H (n, k): |cos| between each unit feature indicator and each eigenvector, then each
     column (eigenvector) normalised to unit L2 norm over the features.
 
+    The paper's TMS feature × eigenvector heatmap (J. Lin, arXiv 2510.00468).
+
     Args:
         eigenvectors: (N·C, k), columns of a flattened kernel's eigenvectors (row = n·C + c).
         x: (N, n) the inputs; C = N·C / N.
+
+    Returns:
+        (n, k) float64 in [0, 1]; row a is feature a, column j eigenvector j.
+
+    Raises:
+        InvalidArgumentError: the arrays are not 2-D, the rows of ``eigenvectors`` are no
+            multiple of N, or C < n.
+
+    Examples:
+        >>> import numpy as np
+        >>> from entk_fast.analysis import feature_heatmap, feature_indicators
+        >>> x = np.array([[1.0, 0.0, 2.0], [0.0, 3.0, 0.0]])
+        >>> vectors = feature_indicators(x)[:, [2, 0]]  # eigenvectors = features 2 and 0
+        >>> feature_heatmap(vectors, x)
+        array([[0., 1.],
+               [0., 0.],
+               [1., 0.]])
     """
     v = np.asarray(eigenvectors, dtype=np.float64)
     data = np.asarray(x, dtype=np.float64)
@@ -62,7 +103,17 @@ def feature_heatmap(eigenvectors: Any, x: Any) -> np.ndarray:
 
 @dataclass(frozen=True)
 class FeatureMatch:
-    """Which feature each eigenvector matches best (arg-max of its heatmap column)."""
+    """Which feature each eigenvector matches best (arg-max of its heatmap column).
+
+    Made by :func:`match_features`.
+
+    Examples:
+        >>> import numpy as np
+        >>> from entk_fast.analysis import match_features
+        >>> match = match_features(np.array([[0.9, 0.1, 0.8], [0.2, 0.95, 0.3]]))
+        >>> match.best, match.n_distinct, match.in_order(2)
+        (array([0, 1, 0]), 2, True)
+    """
 
     best: np.ndarray
     """(k,) the best feature of each eigenvector."""
@@ -76,6 +127,7 @@ class FeatureMatch:
 
     @property
     def mean_column_max(self) -> float:
+        """The mean of ``strength``: how cleanly, on average, an eigenvector is one feature."""
         return float(self.strength.mean())
 
     def in_order(self, count: int) -> bool:
@@ -84,7 +136,24 @@ class FeatureMatch:
 
 
 def match_features(heatmap: Any) -> FeatureMatch:
-    """The best feature of each eigenvector column of a :func:`feature_heatmap`."""
+    """The best feature of each eigenvector column of a :func:`feature_heatmap`.
+
+    Args:
+        heatmap: (n, k) features × eigenvectors.
+
+    Returns:
+        A :class:`FeatureMatch` (ties: the lower feature).
+
+    Raises:
+        InvalidArgumentError: ``heatmap`` is not a non-empty 2-D array.
+
+    Examples:
+        >>> import numpy as np
+        >>> from entk_fast.analysis import match_features
+        >>> match = match_features(np.array([[0.9, 0.1], [0.2, 0.95]]))
+        >>> match.best, match.strength
+        (array([0, 1]), array([0.9 , 0.95]))
+    """
     h = np.asarray(heatmap, dtype=np.float64)
     if h.ndim != 2 or h.size == 0:
         raise InvalidArgumentError(f"heatmap: expected a matrix (n, k), got {h.shape}")

@@ -30,8 +30,14 @@ __all__ = [
     "kernel_key_overlaps",
 ]
 
-#: The families the layer kernels are compared with: the answer's, and each operand's.
 KEY_FAMILIES = ("a+b", "a", "b")
+"""The families the layer kernels are compared with: the answer's, and each operand's.
+
+Examples:
+    >>> from entk_fast.analysis import KEY_FAMILIES
+    >>> KEY_FAMILIES
+    ('a+b', 'a', 'b')
+"""
 
 
 def fourier_norms(embedding: Any, p: int) -> np.ndarray:
@@ -41,6 +47,25 @@ def fourier_norms(embedding: Any, p: int) -> np.ndarray:
     orthonormal real Fourier basis of the token axis (√(2/p)·cos(2πk·t/p), √(2/p)·sin(…)),
     the norm of frequency k is ‖[cos_k sin_k]ᵀ W‖_F = √2·‖DFT(W)[k]‖/√p, so the squared norms
     plus the squared norm of the token mean add up to ‖W‖²_F.
+
+    Args:
+        embedding: (p, d) or (≥ p, d) real, one row a token.
+        p: the modulus, an odd integer ≥ 3.
+
+    Returns:
+        (K,) float64, K = (p − 1)/2; entry k − 1 is frequency k.
+
+    Raises:
+        InvalidArgumentError: p is not an odd integer ≥ 3, or ``embedding`` has fewer than p
+            rows or is not 2-D.
+
+    Examples:
+        >>> import numpy as np
+        >>> from entk_fast.analysis import fourier_norms
+        >>> t = np.arange(7)[:, None]
+        >>> W = np.hstack([np.cos(2 * np.pi * 2 * t / 7), np.sin(2 * np.pi * 2 * t / 7)])
+        >>> fourier_norms(W, 7).round(6)  # all in frequency 2: √7
+        array([0.      , 2.645751, 0.      ])
     """
     _check_p(p)
     w = np.asarray(embedding, dtype=np.float64)
@@ -61,6 +86,14 @@ class KeyFrequencies:
             single frequency); the rule puts the cut where this ratio is largest.
         fraction: the share of the embedding's non-constant energy Σ norm² in the key
             frequencies.
+
+    Examples:
+        >>> import numpy as np
+        >>> from entk_fast.analysis import key_frequencies
+        >>> t = np.arange(7)[:, None]
+        >>> keys = key_frequencies(np.cos(2 * np.pi * 3 * t / 7 + np.arange(4)), 7)
+        >>> keys.frequencies, round(keys.fraction, 6)
+        ((3,), 1.0)
     """
 
     frequencies: tuple[int, ...]
@@ -69,6 +102,7 @@ class KeyFrequencies:
     fraction: float
 
     def as_dict(self) -> dict[str, Any]:
+        """The result as JSON-ready lists and numbers."""
         return {
             "frequencies": list(self.frequencies),
             "norms": self.norms.tolist(),
@@ -86,6 +120,30 @@ def key_frequencies(embedding: Any, p: int, *, max_keys: int | None = None) -> K
     A grokked embedding has a few frequencies that carry almost all its energy and the rest
     near zero (weight decay removes them), so this cut falls right after them whatever their
     number; a fixed fraction of the largest norm would split key frequencies of unequal size.
+    A frequency whose norm is exactly 0 makes the ratio before it infinite, so the cut falls
+    there if it is within ``max_keys``.
+
+    Args:
+        embedding: (p, d) or (≥ p, d) token embedding W_E, one row a token.
+        p: the modulus, an odd integer ≥ 3.
+        max_keys: the most key frequencies, in [1, (p − 1)/2].
+
+    Returns:
+        A :class:`KeyFrequencies` (J. Lin, arXiv 2510.00468, v3: the transformer's key
+        frequencies).
+
+    Raises:
+        InvalidArgumentError: ``max_keys`` is out of range, or as :func:`fourier_norms`.
+
+    Examples:
+        >>> import numpy as np
+        >>> from entk_fast.analysis import key_frequencies
+        >>> t = np.arange(11)[:, None]
+        >>> W = np.cos(2 * np.pi * 3 * t / 11 + np.arange(4))  # frequency 3, four phases
+        >>> W += 0.01 * np.cos(2 * np.pi * t * np.arange(1, 6) / 11).sum(1, keepdims=True)
+        >>> keys = key_frequencies(W, 11)
+        >>> keys.frequencies, keys.norms.round(3)
+        ((3,), array([0.047, 0.047, 4.692, 0.047, 0.047]))
     """
     norms = fourier_norms(embedding, p)
     n_freq = norms.size
@@ -113,6 +171,23 @@ def key_family(p: int, which: str, frequencies: Iterable[int]) -> np.ndarray:
     Columns cos(2πk·v/p), sin(2πk·v/p) for each k (ascending), v = a, b, a+b or a−b; they are
     columns of :func:`~entk_fast.analysis.fourier_family` (its columns of distinct frequencies
     are orthogonal already, so a subset stays orthonormal).
+
+    Args:
+        p: the modulus, an odd integer ≥ 3.
+        which: ``"a"``, ``"b"``, ``"a+b"`` or ``"a-b"``.
+        frequencies: distinct integers in [1, (p − 1)/2].
+
+    Returns:
+        (p², 2·len(frequencies)) float64 with orthonormal columns; row a·p + b.
+
+    Raises:
+        InvalidArgumentError: p or a frequency is out of range, frequencies repeat or are
+            empty, or ``which`` is no family.
+
+    Examples:
+        >>> from entk_fast.analysis import key_family
+        >>> key_family(7, "a+b", [2]).shape
+        (49, 2)
     """
     freqs = _check_frequencies(p, frequencies)
     full = fourier_family(p, which)
@@ -127,7 +202,26 @@ def key_overlaps(
     families: Sequence[str] = KEY_FAMILIES,
 ) -> dict[str, float]:
     """Subspace overlap Σ cos² of span(``vectors``) (p², m) with each family at the key
-    frequencies; each value is in [0, 2·#frequencies]."""
+    frequencies; each value is in [0, 2·#frequencies].
+
+    Args:
+        vectors: (p², m) real, m ≥ 1 (row a·p + b).
+        p: the modulus, an odd integer ≥ 3.
+        frequencies: the key frequencies, distinct integers in [1, (p − 1)/2].
+        families: which families (default :data:`KEY_FAMILIES`).
+
+    Returns:
+        Family name -> overlap (a float).
+
+    Raises:
+        InvalidArgumentError: ``vectors`` is not (p², m ≥ 1), or as :func:`key_family`.
+
+    Examples:
+        >>> from entk_fast.analysis import key_family, key_overlaps
+        >>> overlaps = key_overlaps(key_family(7, "a+b", [2]), 7, [2])
+        >>> {name: round(value, 6) for name, value in overlaps.items()}
+        {'a+b': 2.0, 'a': 0.0, 'b': 0.0}
+    """
     v = np.asarray(vectors, dtype=np.float64)
     if v.ndim != 2 or v.shape[0] != p * p or v.shape[1] < 1:
         raise InvalidArgumentError(f"vectors: expected ({p * p}, m ≥ 1), got {v.shape}")
@@ -147,7 +241,30 @@ def kernel_key_overlaps(
     (default 2·#frequencies + 1: the constant mode and a cos/sin pair per key frequency)
     with each family at the key frequencies, and its top eigenvalues.
 
-    Returns ``{name: {"overlaps": {family: value}, "top_eigenvalues": [...]}}``.
+    Returns ``{name: {"overlaps": {family: value}, "top_eigenvalues": [...]}}``, the
+    eigenvalues descending, ``n_vectors`` + 1 of them (J. Lin, arXiv 2510.00468, v3: the
+    layer kernels of the modular-addition transformer).
+
+    Args:
+        kernels: name -> (p², p²) symmetric kernel (a traced eNTK over all p² pairs, row
+            a·p + b), e.g. ``empirical_ntk(..., layerwise=True).layer_kernels``.
+        p: the modulus, an odd integer ≥ 3.
+        frequencies: the key frequencies, distinct integers in [1, (p − 1)/2].
+        n_vectors: how many top eigenvectors, in [1, p²].
+        families: which families (default :data:`KEY_FAMILIES`).
+
+    Raises:
+        InvalidArgumentError: ``n_vectors`` is out of range, a kernel is not a symmetric
+            (p², p²) matrix, or as :func:`key_family`.
+
+    Examples:
+        >>> import numpy as np
+        >>> from entk_fast.analysis import kernel_key_overlaps, key_family
+        >>> F = key_family(7, "a+b", [2])
+        >>> K = 3 * F @ F.T + 2 * np.ones((49, 49)) / 49  # the pair at 3, the constant at 2
+        >>> out = kernel_key_overlaps({"unembed": K}, 7, [2])["unembed"]
+        >>> round(out["overlaps"]["a+b"], 6), np.round(out["top_eigenvalues"][:3], 6)
+        (2.0, array([3., 3., 2.]))
     """
     freqs = _check_frequencies(p, frequencies)
     m = 2 * len(freqs) + 1 if n_vectors is None else n_vectors

@@ -29,13 +29,49 @@ __all__ = ["check_model", "compute_kernel", "describe_kernel", "empirical_ntk"]
 
 
 def check_model(model: Any) -> nn.Module:
+    """``model`` itself if it is a ``torch.nn.Module``: the first check of every eNTK entry point.
+
+    Raises:
+        InvalidTypeError: ``model`` is anything else (a function, a ``state_dict``, ...).
+
+    Examples:
+        >>> from torch import nn
+        >>> from entk_fast.ntk.kernel import check_model
+        >>> model = nn.Linear(3, 2)
+        >>> check_model(model) is model
+        True
+        >>> check_model(model.state_dict())
+        Traceback (most recent call last):
+            ...
+        entk_fast.errors.InvalidTypeError: model must be a torch.nn.Module, got OrderedDict
+    """
     if not isinstance(model, nn.Module):
         raise InvalidTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     return model
 
 
 def describe_kernel(problem: Problem, count: int = 1, shape: tuple[int, int] | None = None) -> str:
-    """E.g. "the kernel of 841×841 (trace, N = 841, torch.float64)", for messages."""
+    """E.g. "the kernel of 841×841 (trace, N = 841, torch.float64)", for messages.
+
+    Args:
+        problem: a prepared request (:func:`entk_fast.ntk.problem.prepare`).
+        count: how many kernels of that shape (the kernel and its layer kernels).
+        shape: (rows, columns) where it is not the square kernel's (a cross kernel).
+
+    Returns:
+        The description, naming the shape, the reduction, N (and C) and the dtype.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from entk_fast.ntk.kernel import describe_kernel
+        >>> from entk_fast.ntk.problem import prepare
+        >>> model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2))
+        >>> describe_kernel(prepare(model, torch.ones(4, 3)))
+        'the kernel of 8×8 (flattened, N·C = 4·2, torch.float32)'
+        >>> describe_kernel(prepare(model, torch.ones(4, 3), reduction="trace"), count=3)
+        '3 kernels of 4×4 (trace, N = 4, torch.float32)'
+    """
     size = problem.kernel_size
     rows, cols = (size, size) if shape is None else shape
     what = (
@@ -58,8 +94,37 @@ def compute_kernel(
 ) -> EmpiricalNTK:
     """Plan, then assemble the kernel (and layer kernels) of a prepared problem.
 
-    ``n_rows`` (cross kernel): the problem's first ``n_rows`` samples are X and the rest X2,
-    and the result is K(X, X2); None: the square kernel of all samples.
+    :func:`empirical_ntk` after its checks; the dense path of
+    :func:`~entk_fast.ntk.spectrum.entk_spectrum` calls it too. Call it inside
+    :func:`entk_fast.ntk.problem.evaluation_mode` for models with dropout or BatchNorm.
+
+    Args:
+        problem: a prepared request (:func:`entk_fast.ntk.problem.prepare`).
+        layerwise: also assemble one kernel per parameter group.
+        max_memory: working memory, as in :func:`empirical_ntk`.
+        structured: use the exact Linear/Embedding fast path where it applies.
+        progress: as in :func:`empirical_ntk`.
+        n_rows: (cross kernel) the problem's first ``n_rows`` samples are X and the rest X2,
+            and the result is K(X, X2); None: the square kernel of all samples.
+
+    Returns:
+        An :class:`~entk_fast.results.EmpiricalNTK` of the problem's dtype.
+
+    Raises:
+        MemoryBudgetError: the kernels, or one sample's work, do not fit (before any work).
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> from entk_fast.ntk.kernel import compute_kernel
+        >>> from entk_fast.ntk.problem import prepare
+        >>> model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2))
+        >>> problem = prepare(model, torch.ones(4, 3), inputs2=torch.ones(2, 3))
+        >>> ntk = compute_kernel(
+        ...     problem, layerwise=False, max_memory=None, structured=True, progress=False,
+        ...     n_rows=4)
+        >>> ntk.shape  # K(X, X2): (N·C, N2·C)
+        (8, 4)
     """
     n = problem.n_samples
     per = problem.kernel_rows_per_sample
@@ -240,6 +305,9 @@ def empirical_ntk(
 ) -> EmpiricalNTK:
     """The empirical NTK K = J Jᵀ of ``model`` on ``inputs``, reduced over outputs.
 
+    K[n·C + c, m·C + d] = ⟨∂f_c(x_n)/∂θ, ∂f_d(x_m)/∂θ⟩ over the parameters θ (J. Lin,
+    arXiv 2510.00468, the flattened eNTK); the Jacobian J (N·C, P) is never held whole.
+
     With ``x2``, the cross kernel K(X, X2) = J(X) J(X2)ᵀ instead: (N·C, N2·C) flattened, or
     (N, N2) for ``trace`` / ``mean_pairs`` — what evaluates features on new inputs. It is
     assembled from the same tiles as the square kernel, so ``x2 = inputs`` gives K(X, X) up
@@ -291,7 +359,47 @@ def empirical_ntk(
             (default) when interactive: stderr is a terminal or the code runs in Jupyter.
 
     Returns:
-        An :class:`EmpiricalNTK`.
+        An :class:`~entk_fast.results.EmpiricalNTK` whose ``kernel`` is a numpy array of
+        ``dtype``: (N·C, N·C) with row n·C + c (``flattened``), (N, N) (``trace``,
+        ``mean_pairs``), or with ``x2`` (N·C, N2·C) / (N, N2); plus ``layer_kernels`` of the
+        same shape with ``layerwise=True``.
+
+    Raises:
+        InvalidTypeError: ``model`` is not an ``nn.Module``, or an argument has the wrong
+            type.
+        InvalidArgumentError: the inputs do not fit the model or each other, the forward
+            mixes samples or fails, ``reduction`` is unknown, ``params`` / ``groups`` name
+            no parameter, ``output_metric`` is not PSD of size C, ``dtype`` is not float32 or
+            float64, ``positions`` is given with ``x2``, or ``max_memory`` is not a size.
+        MemoryBudgetError: the kernels, or one sample's Jacobian, cannot fit; raised before
+            any work.
+
+    Examples:
+        >>> import numpy as np
+        >>> import torch
+        >>> from torch import nn
+        >>> import entk_fast as ef
+        >>> model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2))
+        >>> x = torch.randn(4, 3)  # N = 4 samples, C = 2 outputs
+        >>> ntk = ef.empirical_ntk(model, x)
+        >>> ntk.kernel.shape, ntk.kernel.dtype  # (N·C, N·C), row n·C + c
+        ((8, 8), dtype('float32'))
+        >>> trace = ef.empirical_ntk(model, x, reduction="trace")  # (N, N)
+        >>> blocks = ntk.kernel.reshape(4, 2, 4, 2)  # [n, c, m, d]
+        >>> np.allclose(trace.kernel, blocks.diagonal(axis1=1, axis2=3).mean(-1))
+        True
+        >>> ef.empirical_ntk(model, x, torch.randn(2, 3)).shape  # K(X, X2): (N·C, N2·C)
+        (8, 4)
+        >>> parts = ef.empirical_ntk(model, x, layerwise=True)  # one kernel per Linear
+        >>> sorted(parts.layer_kernels), np.allclose(sum(parts.layer_kernels.values()), ntk.kernel)
+        (['0', '2'], True)
+
+        A linear model's eNTK is (X Xᵀ) ⊗ I_C:
+
+        >>> X = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
+        >>> linear = ef.empirical_ntk(nn.Linear(2, 2, bias=False), X, dtype=torch.float64)
+        >>> np.allclose(linear.kernel, np.kron((X @ X.T).numpy(), np.eye(2)))
+        True
     """
     check_model(model)
     if groups is not None and not layerwise:

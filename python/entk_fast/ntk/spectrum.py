@@ -405,7 +405,9 @@ def entk_spectrum(
 ) -> NTKSpectrum:
     """Eigenvalues (descending) and eigenvectors of the reduced, metric-weighted eNTK.
 
-    Arguments are those of :func:`entk_fast.empirical_ntk`, plus:
+    The eigenvectors of the flattened eNTK are the features the network uses, and cliffs in
+    its spectrum separate feature families (J. Lin, arXiv 2510.00468). Arguments are those
+    of :func:`entk_fast.empirical_ntk`, plus:
 
     Args:
         k: how many eigenpairs (``None``: all, or all non-zero ones on the dual path).
@@ -418,6 +420,38 @@ def entk_spectrum(
             available matrix-free.
         tol: solver tolerance (top-k dense and matrix-free solvers).
         seed: start vector of the matrix-free solver.
+
+    Returns:
+        An :class:`~entk_fast.results.NTKSpectrum` of ``dtype``: ``eigenvalues`` (k,)
+        descending, ``eigenvectors`` (R, k) with R = N·C (row n·C + c, ``flattened``) or N;
+        ``.method`` the path taken, ``.info`` the solver's details.
+
+    Raises:
+        InvalidTypeError: ``model`` is not an ``nn.Module``, or k is not an integer.
+        InvalidArgumentError: as :func:`entk_fast.empirical_ntk`; also k not in
+            [1, order], an unknown ``method``, ``method="dual"`` where the Jacobian has as
+            many columns as the kernel rows, ridge < 0 or with the matrix-free path, and
+            ``method="matrix_free"`` without k.
+        MemoryBudgetError: neither the kernel nor the dual Gram fits and k is None, or the
+            chosen path does not fit ``max_memory``.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> import entk_fast as ef
+        >>> model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2))
+        >>> spec = ef.entk_spectrum(model, torch.randn(4, 3), k=3)
+        >>> spec.eigenvalues.shape, spec.eigenvectors.shape, spec.method  # (k,), (N·C, k)
+        ((3,), (8, 3), 'dense')
+
+        A linear model's eNTK is (X Xᵀ) ⊗ I_C: each eigenvalue of X Xᵀ, C times. Its
+        Jacobian has fewer columns (P = 4) than the kernel rows (6), so the dual path
+        finds the non-zero ones:
+
+        >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+        >>> spec = ef.entk_spectrum(nn.Linear(2, 2, bias=False), x, dtype=torch.float64)
+        >>> spec.method, spec.eigenvalues.round(6)
+        ('dual', array([3., 3., 1., 1.]))
     """
     check_model(model)
     check_choice("method", method, METHODS)
@@ -508,7 +542,40 @@ def entk_topk(
     reports ``n_matvec`` (vector products), ``residuals``, ``max_residual``, ``converged``,
     ``factored_layers`` and ``factored_bytes``, ``kept_chunks`` of ``chunks``,
     ``kept_transposes`` and ``kept_bytes``; a ``RuntimeWarning``
-    says when the solver did not converge.
+    says when the solver did not converge. The features and their cliffs are those of
+    :func:`entk_spectrum` (J. Lin, arXiv 2510.00468), for kernels too large to store.
+
+    Args:
+        k: the number of eigenpairs, 1 ≤ k < N·C (or N for ``trace`` / ``mean_pairs``).
+        tol: relative residual target (default 1e-11 in float64, 1e-4 in float32).
+        maxiter: most restart cycles (default 200).
+        block: vectors per product (default k + 8, or 1 for a single cached layer).
+        seed: seed of the random start blocks (results are deterministic).
+
+    Returns:
+        An :class:`~entk_fast.results.NTKSpectrum` with ``method="matrix_free"``:
+        ``eigenvalues`` (k,) descending and ``eigenvectors`` (R, k), R = N·C (row n·C + c)
+        or N, of ``dtype``; ``.info`` as above.
+
+    Raises:
+        InvalidTypeError: ``model`` is not an ``nn.Module``, or k is not an integer.
+        InvalidArgumentError: as :func:`entk_fast.empirical_ntk`; also k missing or not in
+            [1, order), and ``tol``, ``maxiter``, ``block`` or ``seed`` out of range.
+        MemoryBudgetError: the Krylov basis and one sample's products do not fit
+            ``max_memory`` (before any work).
+        LinAlgError: a product turned non-finite.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> import entk_fast as ef
+        >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+        >>> model = nn.Linear(2, 2, bias=False)  # eNTK (X Xᵀ) ⊗ I_2: eigenvalues 3, 3, 1, 1, 0, 0
+        >>> spec = ef.entk_topk(model, x, k=2, dtype=torch.float64)
+        >>> spec.method, spec.eigenvalues.round(6), spec.eigenvectors.shape
+        ('matrix_free', array([3., 3.]), (6, 2))
+        >>> spec.info["converged"]
+        True
     """
     check_model(model)
     tol, maxiter, block, seed = check_solver_options(

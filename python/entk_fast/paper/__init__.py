@@ -8,6 +8,16 @@ It uses the library like any user would. The names most users want:
 * :func:`load_run` and :class:`Run`: read a run directory back (config, history, checkpoints).
 
 Submodules are imported on first use, so ``import entk_fast.paper`` is cheap.
+
+Examples:
+    >>> import tempfile
+    >>> from entk_fast.paper import TMSConfig, load_run, train_tms
+    >>> config = TMSConfig(n_features=5, n_hidden=2, n_points=16, steps=20, checkpoint_every=10)
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     _ = train_tms(config, f"{tmp}/run", progress=False, plot=False)
+    ...     run = load_run(f"{tmp}/run")
+    ...     run.completed, run.checkpoint_steps
+    (True, [0, 10, 20])
 """
 
 from __future__ import annotations

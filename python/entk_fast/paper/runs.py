@@ -291,10 +291,24 @@ class Run:
     Attributes:
         path: the run directory.
         kind: the registered task, e.g. ``"tms"`` or ``"modadd"``.
-        config: the run's config (:class:`~entk_fast.TMSConfig`, :class:`~entk_fast.ModAddConfig`).
+        config: the run's config (:class:`~entk_fast.paper.TMSConfig`,
+            :class:`~entk_fast.paper.ModAddConfig`, :class:`~entk_fast.paper.TransformerConfig`).
         history: column name -> values per logged step (``"step"`` is int64, the rest float64);
             for ``"modadd"`` one step is one full-batch epoch.
         completed: whether training reached its last step.
+
+    Examples:
+        >>> import tempfile
+        >>> from entk_fast.paper import TMSConfig, load_run, train_tms
+        >>> config = TMSConfig(n_features=5, n_hidden=2, n_points=16, steps=20, checkpoint_every=10)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     _ = train_tms(config, f"{tmp}/run", progress=False, plot=False)
+        ...     run = load_run(f"{tmp}/run")
+        ...     model = run.load_checkpoint(10)  # the TMS after step 10, in eval mode
+        ...     run.kind, run.history["step"], [step for step, _ in run.iter_checkpoints()]
+        ('tms', array([ 0, 10, 20]), [0, 10, 20])
+        >>> model(run.dataset()).shape
+        torch.Size([16, 5])
     """
 
     path: Path
@@ -309,7 +323,12 @@ class Run:
         return checkpoint_steps(self.path)
 
     def load_checkpoint(self, step: int | None = None) -> nn.Module:
-        """The model at ``step`` (default: the latest checkpoint), on CPU, in eval mode."""
+        """The model at ``step`` (default: the latest checkpoint), on CPU, in eval mode.
+
+        Raises:
+            CheckpointError: there is no checkpoint (of ``step``), or it is corrupt or does
+                not fit the run's model.
+        """
         if step is None:
             steps = self.checkpoint_steps
             if not steps:
@@ -339,7 +358,30 @@ class Run:
 
 
 def load_run(path: str | os.PathLike[str]) -> Run:
-    """Open the run directory ``path`` written by ``train_tms``/``train_modadd`` or the CLI."""
+    """Open the run directory ``path`` written by ``train_tms``/``train_modadd`` or the CLI.
+
+    Checkpoints are read only on demand (:meth:`Run.load_checkpoint`).
+
+    Args:
+        path: the run directory (``out`` of :func:`~entk_fast.paper.train`).
+
+    Returns:
+        A :class:`Run`: the config, the history (column -> array) and whether it completed.
+
+    Raises:
+        RunDirectoryError: ``path`` does not exist, is not a run directory, or holds an
+            unreadable or invalid config or history.
+
+    Examples:
+        >>> import tempfile
+        >>> from entk_fast.paper import TMSConfig, load_run, train_tms
+        >>> config = TMSConfig(n_features=5, n_hidden=2, n_points=16, steps=20)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     _ = train_tms(config, f"{tmp}/run", progress=False, plot=False)
+        ...     run = load_run(f"{tmp}/run")
+        >>> run.config == config, run.completed
+        (True, True)
+    """
     run_path = Path(path)
     if not run_path.exists():
         raise RunDirectoryError(f"run directory {run_path} does not exist")

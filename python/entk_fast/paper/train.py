@@ -52,7 +52,22 @@ MAX_THREADS = 1024
 
 
 class ProgressFn(Protocol):
-    """Called once before the first step and after every step."""
+    """Called once before the first step and after every step.
+
+    ``step`` is the step just finished (the start step before the first), ``total`` the last
+    step, ``metrics`` the latest history row (column -> value, ``"step"`` included). Pass one
+    as ``progress=`` to :func:`train`.
+
+    Examples:
+        >>> from entk_fast.paper import TMSConfig, train_tms
+        >>> seen = []
+        >>> def report(step, total, metrics):
+        ...     seen.append((step, total))
+        >>> _ = train_tms(TMSConfig(n_features=5, n_hidden=2, n_points=16, steps=3),
+        ...               progress=report)
+        >>> seen
+        [(0, 3), (1, 3), (2, 3), (3, 3)]
+    """
 
     def __call__(self, step: int, total: int, metrics: Mapping[str, float]) -> None: ...
 
@@ -69,6 +84,13 @@ class TrainResult:
         model: the final model (eval mode, CPU).
         history: column -> values per logged step (``"step"`` int64, the rest float64).
         out: the run directory, or ``None`` when nothing was written.
+
+    Examples:
+        >>> from entk_fast.paper import TMSConfig, train_tms
+        >>> config = TMSConfig(n_features=5, n_hidden=2, n_points=16, steps=20)
+        >>> result = train_tms(config, progress=False)
+        >>> result.history["step"], sorted(result.history), result.out
+        (array([ 0, 10, 20]), ['loss', 'n_reconstructed', 'step'], None)
     """
 
     config: Any
@@ -78,7 +100,20 @@ class TrainResult:
 
 
 def tqdm_progress(desc: str, **tqdm_kwargs: Any) -> ProgressFn:
-    """A :class:`ProgressFn` that draws a tqdm bar (to stderr) with the latest metrics."""
+    """A :class:`ProgressFn` that draws a tqdm bar (to stderr) with the latest metrics.
+
+    What ``progress=True`` uses.
+
+    Args:
+        desc: the bar's label.
+        **tqdm_kwargs: passed to ``tqdm`` (e.g. ``leave=False``, ``disable=True``).
+
+    Examples:
+        >>> from entk_fast.paper import TMSConfig, train_tms
+        >>> from entk_fast.paper.train import tqdm_progress
+        >>> config = TMSConfig(n_features=5, n_hidden=2, n_points=16, steps=3)
+        >>> _ = train_tms(config, progress=tqdm_progress("tms", disable=True))
+    """
     from .._progress import bar_class
 
     tqdm = bar_class()
@@ -133,6 +168,26 @@ def train(
         threads: torch CPU threads during training (restored afterwards); ``None`` keeps the
             current setting. The models are tiny, so one thread is fastest, and a fixed thread
             count keeps results reproducible across machines.
+
+    Returns:
+        A :class:`TrainResult`: the final model (eval mode) and its history.
+
+    Raises:
+        InvalidTypeError: ``config`` is no registered task's config, or ``progress`` is
+            neither a bool nor a callable.
+        InvalidArgumentError: ``resume`` without ``out``, or ``threads`` out of range.
+        RunDirectoryError: ``out`` holds something else, another run, or (without
+            ``resume``) this run already; or it cannot be written or locked.
+        CheckpointError: ``resume`` finds no usable checkpoint.
+        Terminated: SIGTERM arrived; the finished step's checkpoint was saved.
+
+    Examples:
+        >>> from entk_fast.paper import TransformerConfig
+        >>> from entk_fast.paper.train import train
+        >>> config = TransformerConfig(p=5, d_model=8, n_heads=2, d_mlp=16, epochs=2)
+        >>> result = train(config, progress=False)
+        >>> sorted(result.history), result.model(config.dataset().inputs).shape
+        (['step', 'test_acc', 'test_loss', 'train_acc', 'train_loss'], torch.Size([25, 6]))
     """
     spec = task_of_config(config)
     with torch_threads(threads):
@@ -148,10 +203,24 @@ def train_tms(
     plot: bool = True,
     threads: int | None = 1,
 ) -> TrainResult:
-    """Train a :class:`~entk_fast.TMS`: importance-weighted MSE, Adam, full batch.
+    """Train a :class:`~entk_fast.toys.TMS`: importance-weighted MSE, Adam, full batch.
 
-    Arguments as in :func:`train`. History columns: ``step``, ``loss`` (the training loss)
-    and ``n_reconstructed`` (features with ``(WᵀW)_ii >= 0.75``).
+    Arguments as in :func:`train` (``config`` defaults to the paper's ``TMSConfig()``).
+    History columns: ``step``, ``loss`` (the training loss) and ``n_reconstructed`` (features
+    with ``(WᵀW)_ii >= 0.75``). The TMS experiment of J. Lin, arXiv 2510.00468.
+
+    Raises:
+        InvalidTypeError: ``config`` is not a :class:`~entk_fast.paper.TMSConfig`.
+        EntkError: as :func:`train`.
+
+    Examples:
+        >>> import tempfile
+        >>> from entk_fast.paper import TMSConfig, train_tms
+        >>> config = TMSConfig(n_features=5, n_hidden=2, n_points=16, steps=20, checkpoint_every=10)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     result = train_tms(config, f"{tmp}/run", progress=False, plot=False)
+        ...     result.out.name, sorted(p.name for p in (result.out / "checkpoints").iterdir())
+        ('run', ['step-000000.pt', 'step-000010.pt', 'step-000020.pt'])
     """
     config = TMSConfig() if config is None else config
     if not isinstance(config, TMSConfig):
@@ -168,10 +237,22 @@ def train_modadd(
     plot: bool = True,
     threads: int | None = 1,
 ) -> TrainResult:
-    """Train a :class:`~entk_fast.ModAddMLP`: MSE on one-hot labels, AdamW, full batch.
+    """Train a :class:`~entk_fast.toys.ModAddMLP`: MSE on one-hot labels, AdamW, full batch.
 
-    Arguments as in :func:`train`. History columns: ``step`` (= epoch), ``train_loss``,
-    ``test_loss``, ``train_acc``, ``test_acc`` (accuracies in [0, 1], by arg-max).
+    Arguments as in :func:`train` (``config`` defaults to the paper's ``ModAddConfig()``).
+    History columns: ``step`` (= epoch), ``train_loss``, ``test_loss``, ``train_acc``,
+    ``test_acc`` (accuracies in [0, 1], by arg-max). The grokking experiment of J. Lin,
+    arXiv 2510.00468.
+
+    Raises:
+        InvalidTypeError: ``config`` is not a :class:`~entk_fast.paper.ModAddConfig`.
+        EntkError: as :func:`train`.
+
+    Examples:
+        >>> from entk_fast.paper import ModAddConfig, train_modadd
+        >>> result = train_modadd(ModAddConfig(p=5, hidden=8, epochs=4), progress=False)
+        >>> result.history["step"], result.history["test_acc"].shape
+        (array([0, 1, 2, 3, 4]), (5,))
     """
     config = ModAddConfig() if config is None else config
     if not isinstance(config, ModAddConfig):
@@ -259,7 +340,17 @@ def _loop(
 class Terminated(SignalInterrupt):
     """SIGTERM arrived (a cluster's time limit, ``kill``): training saved a checkpoint of the
     step it had finished and stopped; resuming continues bit-identically. A
-    KeyboardInterrupt, with ``signum`` = SIGTERM (the CLI exits 143, like every command)."""
+    KeyboardInterrupt, with ``signum`` = SIGTERM (the CLI exits 143, like every command).
+
+    Args:
+        step: the last step finished (and checkpointed), kept as ``.step``.
+
+    Examples:
+        >>> from entk_fast.paper.train import Terminated
+        >>> stop = Terminated(7)
+        >>> stop.step, stop.signum, str(stop)
+        (7, 15, 'terminated by SIGTERM after step 7 (checkpoint saved)')
+    """
 
     def __init__(self, step: int) -> None:
         super().__init__(
@@ -290,7 +381,22 @@ def _sigterm_flag() -> Iterator[list[bool]]:
 @contextlib.contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
     """torch's CPU threads set to ``threads`` inside the block, restored afterwards (None:
-    unchanged); checked to be in [1, MAX_THREADS]."""
+    unchanged); checked to be in [1, MAX_THREADS].
+
+    Raises:
+        InvalidTypeError: ``threads`` is not an integer.
+        InvalidArgumentError: ``threads`` is not in [1, MAX_THREADS].
+
+    Examples:
+        >>> import torch
+        >>> from entk_fast.paper.train import torch_threads
+        >>> before = torch.get_num_threads()
+        >>> with torch_threads(1):
+        ...     torch.get_num_threads()
+        1
+        >>> torch.get_num_threads() == before
+        True
+    """
     if threads is None:
         yield
         return

@@ -36,6 +36,14 @@ class ModAddData:
         labels: ``(p**2,)`` int64, ``(a + b) mod p``.
         a, b: ``(p**2,)`` int64 operand indices.
         train_idx, test_idx: sorted int64 row indices; together they partition ``0..p**2-1``.
+
+    Examples:
+        >>> from entk_fast.toys import modadd_dataset
+        >>> data = modadd_dataset(5)
+        >>> data.inputs.shape, data.targets.shape, (data.n_train, data.n_test)
+        (torch.Size([25, 10]), torch.Size([25, 5]), (18, 7))
+        >>> int(data.a[7]), int(data.b[7]), int(data.labels[7])  # row 7 = 1·5 + 2
+        (1, 2, 3)
     """
 
     p: int
@@ -53,10 +61,12 @@ class ModAddData:
 
     @property
     def n_train(self) -> int:
+        """The number of training pairs."""
         return int(self.train_idx.numel())
 
     @property
     def n_test(self) -> int:
+        """The number of test pairs."""
         return int(self.test_idx.numel())
 
 
@@ -64,7 +74,27 @@ def modadd_dataset(p: int, train_fraction: float = 0.7, *, seed: int = 0) -> Mod
     """All modular-addition pairs for modulus ``p`` with a seeded random train/test split.
 
     The training set holds ``floor(train_fraction * p**2 + 0.5)`` pairs (589 of 841 for
-    ``p = 29``); both sets must be non-empty.
+    ``p = 29``); both sets must be non-empty. The data of the grokking experiment (J. Lin,
+    arXiv 2510.00468).
+
+    Args:
+        p: the modulus, ≥ 2.
+        train_fraction: the share of the p² pairs in the training set, in (0, 1).
+        seed: seeds the split (deterministic; independent of torch's global generator).
+
+    Returns:
+        A :class:`ModAddData` (inputs (p², 2p) float32, labels (p²,) int64, the split).
+
+    Raises:
+        InvalidTypeError: p or seed is not an integer, or train_fraction not a real.
+        InvalidArgumentError: p < 2, train_fraction outside (0, 1) or leaving a set empty,
+            or a seed outside [0, 2**63 − 1].
+
+    Examples:
+        >>> from entk_fast.toys import modadd_dataset
+        >>> data = modadd_dataset(29)
+        >>> data.inputs.shape, data.n_train, data.n_test
+        (torch.Size([841, 58]), 589, 252)
     """
     check_int("p", p, minimum=2)
     check_float("train_fraction", train_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
@@ -87,12 +117,38 @@ def modadd_dataset(p: int, train_fraction: float = 0.7, *, seed: int = 0) -> Mod
 
 
 def modadd_onehot_targets(labels: torch.Tensor, p: int) -> torch.Tensor:
-    """One-hot float32 targets ``(N, p)`` for integer labels ``(N,)`` in ``0..p-1``."""
+    """One-hot float32 targets ``(N, p)`` for integer labels ``(N,)`` in ``0..p-1``.
+
+    Raises:
+        InvalidTypeError: p is not an integer.
+        InvalidArgumentError: p < 2 (a label ≥ p raises torch's own ``RuntimeError``).
+
+    Examples:
+        >>> import torch
+        >>> from entk_fast.toys import modadd_onehot_targets
+        >>> modadd_onehot_targets(torch.tensor([0, 2]), 3)
+        tensor([[1., 0., 0.],
+                [0., 0., 1.]])
+    """
     check_int("p", p, minimum=2)
     return F.one_hot(labels.long(), p).to(torch.float32)
 
 
 def train_size(p: int, train_fraction: float) -> int:
+    """The training pairs of a split: ``floor(train_fraction * p**2 + 0.5)``.
+
+    Raises:
+        InvalidArgumentError: the split would leave the train or the test set empty.
+
+    Examples:
+        >>> from entk_fast.toys.modadd import train_size
+        >>> train_size(29, 0.7)
+        589
+        >>> train_size(5, 0.01)
+        Traceback (most recent call last):
+            ...
+        entk_fast.errors.InvalidArgumentError: train_fraction=0.01 leaves the train or ...
+    """
     n = p * p
     n_train = math.floor(train_fraction * n + 0.5)
     if not 1 <= n_train <= n - 1:
@@ -108,7 +164,29 @@ class ModAddMLP(nn.Module):
 
     ``W1 = nn.Linear(2p, H)`` and ``W2 = nn.Linear(H, p)``, weights i.i.d. N(0, 1)
     (``nn.Linear`` stores weights as (out, in)). Input: (..., 2p) (two concatenated one-hot
-    vectors); output: (..., p) scores for ``(a + b) mod p``.
+    vectors); output: (..., p) scores for ``(a + b) mod p``. The grokking model of J. Lin,
+    arXiv 2510.00468, whose eNTK eigenvectors form Fourier families
+    (:func:`entk_fast.analysis.block_overlaps`).
+
+    Args:
+        p: the modulus, ≥ 2.
+        hidden: H, the hidden width, ≥ 1.
+        generator: draws the weights (default: torch's global generator).
+
+    Raises:
+        InvalidTypeError: p or hidden is not an integer.
+        InvalidArgumentError: p < 2 or hidden < 1; in ``forward``, ``x``'s last dim is not 2p.
+
+    Examples:
+        >>> import torch
+        >>> import entk_fast as ef
+        >>> from entk_fast.toys import ModAddMLP, modadd_dataset
+        >>> model = ModAddMLP(5, hidden=16, generator=torch.Generator().manual_seed(0))
+        >>> data = modadd_dataset(5)
+        >>> model(data.inputs).shape, [name for name, _ in model.named_parameters()]
+        (torch.Size([25, 5]), ['W1.weight', 'W2.weight'])
+        >>> ef.empirical_ntk(model, data.inputs, reduction="trace").shape  # (p², p²)
+        (25, 25)
     """
 
     def __init__(

@@ -22,7 +22,25 @@ def tms_importance(
 ) -> torch.Tensor:
     """Feature importances ``I_i = decay**i`` for ``i = 0 .. n-1``; shape ``(n,)``.
 
-    The powers are computed in double precision and then cast to ``dtype``.
+    The powers are computed in double precision and then cast to ``dtype``. The TMS loss
+    weights (Elhage et al. 2022; J. Lin, arXiv 2510.00468 uses decay 0.8).
+
+    Args:
+        n: the number of features, ≥ 1.
+        decay: the ratio of consecutive importances, > 0.
+        dtype: the result's dtype.
+
+    Returns:
+        (n,) tensor of ``dtype``.
+
+    Raises:
+        InvalidTypeError: n is not an integer, or decay not a real number.
+        InvalidArgumentError: n < 1, or decay ≤ 0 or not finite.
+
+    Examples:
+        >>> from entk_fast.toys import tms_importance
+        >>> tms_importance(4)
+        tensor([1.0000, 0.8000, 0.6400, 0.5120])
     """
     check_int("n", n, minimum=1)
     check_float("decay", decay, low=0.0, low_open=True)
@@ -43,6 +61,28 @@ def tms_dataset(
     Each coordinate is 0 with probability ``sparsity`` and otherwise drawn from U[0, 1).
     With ``normalize`` (the paper's setting) every row is then scaled to unit L2 norm; a row
     whose coordinates all came out 0 (probability ``sparsity**n_features``) stays all zero.
+
+    Args:
+        n_features: n, the features per point.
+        n_points: D, the number of points.
+        sparsity: S in [0, 1), the probability that a coordinate is 0.
+        seed: seeds the draw (deterministic; independent of torch's global generator).
+        normalize: scale every non-zero row to unit norm.
+        dtype: the result's dtype.
+
+    Returns:
+        (n_points, n_features) tensor of ``dtype``, entries in [0, 1].
+
+    Raises:
+        InvalidTypeError: a count or the seed is not an integer, or sparsity not a real.
+        InvalidArgumentError: a count < 1, sparsity outside [0, 1), or a seed outside
+            [0, 2**63 − 1].
+
+    Examples:
+        >>> from entk_fast.toys import tms_dataset
+        >>> x = tms_dataset(n_features=5, n_points=8, sparsity=0.5, seed=0)
+        >>> x.shape, x.dtype, bool((x.norm(dim=1) - 1).abs().max() < 1e-6)
+        (torch.Size([8, 5]), torch.float32, True)
     """
     check_int("n_features", n_features, minimum=1)
     check_int("n_points", n_points, minimum=1)
@@ -63,6 +103,28 @@ class TMS(nn.Module):
 
     ``W`` (n_hidden, n_features) is Xavier-normal (std ``sqrt(2 / (n + m))``), ``b``
     (n_features,) starts at zero. Input ``x``: (..., n_features); output: same shape.
+    The first model of J. Lin, arXiv 2510.00468, whose flattened eNTK's top eigenvectors
+    recover the features (:func:`entk_fast.analysis.feature_heatmap`).
+
+    Args:
+        n_features: n, the input and output width, ≥ 1.
+        n_hidden: m, the hidden width, ≥ 1.
+        generator: draws ``W`` (default: torch's global generator).
+
+    Raises:
+        InvalidTypeError: a width is not an integer.
+        InvalidArgumentError: a width is < 1; in ``forward``, ``x``'s last dim is not n.
+
+    Examples:
+        >>> import torch
+        >>> import entk_fast as ef
+        >>> from entk_fast.toys import TMS, tms_dataset
+        >>> model = TMS(5, 2, generator=torch.Generator().manual_seed(0))
+        >>> x = tms_dataset(5, 8, seed=0)
+        >>> model(x).shape, sorted(name for name, _ in model.named_parameters())
+        (torch.Size([8, 5]), ['W', 'b'])
+        >>> ef.empirical_ntk(model, x).shape  # (N·n, N·n)
+        (40, 40)
     """
 
     def __init__(
@@ -84,12 +146,28 @@ class TMS(nn.Module):
         return torch.relu(hidden @ self.W + self.b)
 
     def feature_gram(self) -> torch.Tensor:
-        """``Wᵀ W`` (n_features, n_features), detached; the diagonal is each feature's norm²."""
+        """``Wᵀ W`` (n_features, n_features), detached; the diagonal is each feature's norm².
+
+        Examples:
+            >>> from entk_fast.toys import TMS
+            >>> TMS(5, 2).feature_gram().shape
+            torch.Size([5, 5])
+        """
         with torch.no_grad():
             return self.W.T @ self.W
 
     def n_reconstructed(self, threshold: float = 0.75) -> int:
-        """Number of features with ``(Wᵀ W)_ii >= threshold`` (the paper's criterion)."""
+        """Number of features with ``(Wᵀ W)_ii >= threshold`` (the paper's criterion).
+
+        Examples:
+            >>> import torch
+            >>> from entk_fast.toys import TMS
+            >>> model = TMS(3, 2)
+            >>> with torch.no_grad():
+            ...     _ = model.W.copy_(torch.tensor([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5]]))
+            >>> model.n_reconstructed()  # feature norms² 1, 1, 0.5
+            2
+        """
         check_float("threshold", threshold)
         with torch.no_grad():
             return int(((self.W * self.W).sum(dim=0) >= threshold).sum())

@@ -37,8 +37,15 @@ __all__ = [
     "N_POSITIONS",
 ]
 
-#: Sequence length: the tokens a, b and "=".
 N_POSITIONS = 3
+"""Sequence length: the tokens a, b and "=".
+
+Examples:
+    >>> from entk_fast.toys import modadd_tokens
+    >>> from entk_fast.toys.transformer import N_POSITIONS
+    >>> modadd_tokens(5).inputs.shape[1] == N_POSITIONS
+    True
+"""
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,7 +53,8 @@ class ModAddTokens:
     """All ``p**2`` sequences ``(a, b, =)`` with label ``(a + b) mod p``, and a train/test split.
 
     Row ``i = a*p + b`` of every per-pair tensor belongs to the pair ``(a, b)``; the split is
-    the one :func:`~entk_fast.modadd_dataset` draws for the same ``train_fraction`` and seed.
+    the one :func:`~entk_fast.toys.modadd_dataset` draws for the same ``train_fraction`` and
+    seed.
 
     Attributes:
         p: the modulus; the vocabulary is ``0..p``, the token ``p`` is "=".
@@ -54,6 +62,13 @@ class ModAddTokens:
         labels: ``(p**2,)`` int64, ``(a + b) mod p``.
         a, b: ``(p**2,)`` int64 operands.
         train_idx, test_idx: sorted int64 row indices; together they partition ``0..p**2-1``.
+
+    Examples:
+        >>> from entk_fast.toys import modadd_tokens
+        >>> data = modadd_tokens(5)
+        >>> data.inputs[:2], (data.n_train, data.n_test)
+        (tensor([[0, 0, 5],
+                [0, 1, 5]]), (13, 12))
     """
 
     p: int
@@ -66,10 +81,12 @@ class ModAddTokens:
 
     @property
     def n_train(self) -> int:
+        """The number of training sequences."""
         return int(self.train_idx.numel())
 
     @property
     def n_test(self) -> int:
+        """The number of test sequences."""
         return int(self.test_idx.numel())
 
 
@@ -77,7 +94,26 @@ def modadd_tokens(p: int, train_fraction: float = 0.5, *, seed: int = 0) -> ModA
     """The token sequences of all modular-addition pairs with a seeded train/test split.
 
     The training set holds ``floor(train_fraction * p**2 + 0.5)`` pairs (421 of 841 for
-    ``p = 29`` and the default 0.5).
+    ``p = 29`` and the default 0.5). The data of the transformer experiment (J. Lin, arXiv
+    2510.00468, v3).
+
+    Args:
+        p: the modulus, ≥ 2; the token p is "=".
+        train_fraction: the share of the p² pairs in the training set, in (0, 1).
+        seed: seeds the split, as :func:`~entk_fast.toys.modadd_dataset`.
+
+    Returns:
+        A :class:`ModAddTokens` (inputs (p², 3) int64 ``[a, b, p]``, labels (p²,) int64).
+
+    Raises:
+        InvalidTypeError: p or seed is not an integer, or train_fraction not a real.
+        InvalidArgumentError: as :func:`~entk_fast.toys.modadd_dataset`.
+
+    Examples:
+        >>> from entk_fast.toys import modadd_tokens
+        >>> data = modadd_tokens(29)
+        >>> data.inputs.shape, data.inputs.dtype, data.n_train
+        (torch.Size([841, 3]), torch.int64, 421)
     """
     pairs = modadd_dataset(p, train_fraction, seed=seed)
     equals = torch.full_like(pairs.a, p)
@@ -108,7 +144,26 @@ class CausalAttention(nn.Module):
     """Multi-head causal self-attention without biases: ``W_O · concat_h softmax(QKᵀ/√d_h) V``.
 
     ``W_Q``, ``W_K``, ``W_V``, ``W_O`` are ``nn.Linear(d, d, bias=False)``; head h uses rows
-    ``h·d_h .. (h+1)·d_h - 1`` of Q, K and V. Input and output: (N, T, d).
+    ``h·d_h .. (h+1)·d_h - 1`` of Q, K and V. Input and output: (N, T, d). Position t
+    attends to positions 0..t.
+
+    Args:
+        d_model: d, the width; a multiple of ``n_heads`` (not checked here:
+            :class:`ModAddTransformer` checks it with :func:`check_heads`).
+        n_heads: the number of heads, ≥ 1.
+        generator: draws the weights, N(0, 1/d) (default: torch's global generator).
+
+    Examples:
+        >>> import torch
+        >>> from entk_fast.toys.transformer import CausalAttention
+        >>> attention = CausalAttention(8, n_heads=2)
+        >>> x = torch.randn(4, 3, 8)
+        >>> attention(x).shape
+        torch.Size([4, 3, 8])
+        >>> y = x.clone()
+        >>> y[:, 2] = 0.0  # the last position cannot change the earlier ones' outputs
+        >>> torch.allclose(attention(x)[:, :2], attention(y)[:, :2])
+        True
     """
 
     def __init__(
@@ -136,7 +191,19 @@ class CausalAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """``W_out · ReLU(W_in · x)``, no biases; (..., d) -> (..., d)."""
+    """``W_out · ReLU(W_in · x)``, no biases; (..., d) -> (..., d).
+
+    Args:
+        d_model: d, the input and output width.
+        d_mlp: the hidden width.
+        generator: draws the weights, N(0, 1/fan_in) (default: torch's global generator).
+
+    Examples:
+        >>> import torch
+        >>> from entk_fast.toys.transformer import MLP
+        >>> MLP(8, 16)(torch.randn(4, 8)).shape
+        torch.Size([4, 8])
+    """
 
     def __init__(self, d_model: int, d_mlp: int, *, generator: torch.Generator | None = None):
         super().__init__()
@@ -158,6 +225,31 @@ class ModAddTransformer(nn.Module):
 
     Input: (N, 3) integer tokens ``[a, b, p]`` (any ids in ``0..p``); output: (N, p + 1)
     logits, the last one that of "=" (the loss uses the first p; the eNTK all p + 1).
+
+    Args:
+        p: the modulus, ≥ 2; the vocabulary is 0..p.
+        d_model: the residual width, a multiple of ``n_heads``.
+        n_heads: attention heads, ≥ 1.
+        d_mlp: the MLP's hidden width, ≥ 1.
+        generator: draws the weights (default: torch's global generator).
+
+    Raises:
+        InvalidTypeError: a size is not an integer.
+        InvalidArgumentError: a size is out of range or ``d_model`` is no multiple of
+            ``n_heads``; in ``forward``, tokens that are not (N, 3) integers (an id above p
+            raises torch's ``IndexError``).
+
+    Examples:
+        >>> import torch
+        >>> import entk_fast as ef
+        >>> from entk_fast.toys import ModAddTransformer, modadd_tokens
+        >>> model = ModAddTransformer(5, d_model=8, n_heads=2, d_mlp=16)
+        >>> tokens = modadd_tokens(5).inputs
+        >>> model(tokens).shape  # (N, p + 1) logits
+        torch.Size([25, 6])
+        >>> ntk = ef.empirical_ntk(model, tokens[:4], reduction="trace", layerwise=True)
+        >>> list(ntk.layer_kernels)[:3], ntk.shape
+        (['embed', 'pos_embed', 'attn.W_Q'], (4, 4))
     """
 
     def __init__(
@@ -204,6 +296,19 @@ class ModAddTransformer(nn.Module):
 
 
 def check_heads(d_model: int, n_heads: int) -> None:
+    """Check that ``n_heads`` heads split ``d_model`` into equal widths.
+
+    Raises:
+        InvalidArgumentError: ``d_model`` is not a multiple of ``n_heads``.
+
+    Examples:
+        >>> from entk_fast.toys.transformer import check_heads
+        >>> check_heads(8, 2)
+        >>> check_heads(8, 3)
+        Traceback (most recent call last):
+            ...
+        entk_fast.errors.InvalidArgumentError: d_model=8 must be a multiple of n_heads=3 ...
+    """
     if d_model % n_heads:
         raise InvalidArgumentError(
             f"d_model={d_model} must be a multiple of n_heads={n_heads} (equal head widths)"

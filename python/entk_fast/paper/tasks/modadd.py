@@ -35,9 +35,27 @@ class ModAddConfig:
         lr, weight_decay: AdamW hyper-parameters (betas and eps are PyTorch's defaults).
         epochs: number of full-batch AdamW steps.
         seed: seeds the model initialisation.
-        data_seed: seeds the train/test split (:func:`~entk_fast.modadd_dataset`).
+        data_seed: seeds the train/test split (:func:`~entk_fast.toys.modadd_dataset`).
         log_every: a history row every this many epochs (and at epochs 0 and ``epochs``).
         checkpoint_every: a checkpoint every this many epochs (and at epochs 0 and ``epochs``).
+
+    The defaults are the paper's (J. Lin, arXiv 2510.00468, the modular-addition MLP).
+
+    Raises:
+        InvalidTypeError: a field has the wrong type (e.g. a float for an integer).
+        InvalidArgumentError: a field is out of range, or ``train_fraction`` leaves a set
+            empty.
+
+    Examples:
+        >>> import dataclasses
+        >>> from entk_fast.paper import ModAddConfig
+        >>> config = dataclasses.replace(ModAddConfig(), p=7, epochs=50)
+        >>> config.total_steps, config.dataset().n_train  # 70% of the 49 pairs
+        (50, 34)
+        >>> ModAddConfig(p=1)
+        Traceback (most recent call last):
+            ...
+        entk_fast.errors.InvalidArgumentError: p must be an integer >= 2, got 1
     """
 
     kind: ClassVar[str] = "modadd"
@@ -69,6 +87,7 @@ class ModAddConfig:
 
     @property
     def total_steps(self) -> int:
+        """The training steps: ``epochs``."""
         return self.epochs
 
     def dataset(self) -> ModAddData:
@@ -108,7 +127,14 @@ class _ModAddTrainer:
 
 
 def first_step_above(history: Mapping[str, Any], column: str, threshold: float) -> int | None:
-    """First logged step at which ``history[column] > threshold``, or ``None``."""
+    """First logged step at which ``history[column] > threshold``, or ``None``.
+
+    Examples:
+        >>> from entk_fast.paper.tasks.modadd import first_step_above
+        >>> history = {"step": [0, 10, 20], "test_acc": [0.1, 0.6, 0.99]}
+        >>> first_step_above(history, "test_acc", 0.5), first_step_above(history, "test_acc", 1)
+        (10, None)
+    """
     import numpy as np
 
     values = np.asarray(history[column], dtype=np.float64)
@@ -161,3 +187,11 @@ MODADD_TASK = TaskSpec(
     ),
     summary=_summary,
 )
+"""The ``modadd`` task: :class:`ModAddConfig`, the :class:`~entk_fast.toys.ModAddMLP` and its
+trainer, as registered in :data:`entk_fast.paper.tasks.registry.TASKS`.
+
+Examples:
+    >>> from entk_fast.paper.tasks.modadd import MODADD_TASK
+    >>> MODADD_TASK.kind, MODADD_TASK.step_unit, MODADD_TASK.columns[1:3]
+    ('modadd', 'epochs', ('train_loss', 'test_loss'))
+"""

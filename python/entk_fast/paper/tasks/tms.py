@@ -35,9 +35,25 @@ class TMSConfig:
         lr: Adam learning rate.
         steps: number of full-batch Adam steps.
         seed: seeds the model initialisation.
-        data_seed: seeds :func:`~entk_fast.tms_dataset`.
+        data_seed: seeds :func:`~entk_fast.toys.tms_dataset`.
         log_every: a history row every this many steps (and at steps 0 and ``steps``).
         checkpoint_every: a checkpoint every this many steps (and at steps 0 and ``steps``).
+
+    The defaults are the paper's (J. Lin, arXiv 2510.00468, Toy Models of Superposition).
+
+    Raises:
+        InvalidTypeError: a field has the wrong type (e.g. a float for an integer).
+        InvalidArgumentError: a field is out of range.
+
+    Examples:
+        >>> from entk_fast.paper import TMSConfig
+        >>> config = TMSConfig(n_features=5, n_hidden=2, n_points=16)
+        >>> config.dataset().shape, config.importance().shape
+        (torch.Size([16, 5]), torch.Size([5]))
+        >>> TMSConfig(sparsity=1.0)
+        Traceback (most recent call last):
+            ...
+        entk_fast.errors.InvalidArgumentError: sparsity must be in [0, 1), got 1.0
     """
 
     kind: ClassVar[str] = "tms"
@@ -68,6 +84,7 @@ class TMSConfig:
 
     @property
     def total_steps(self) -> int:
+        """The training steps: ``steps``."""
         return self.steps
 
     def dataset(self) -> torch.Tensor:
@@ -146,3 +163,11 @@ TMS_TASK = TaskSpec(
     ),
     summary=_summary,
 )
+"""The ``tms`` task: :class:`TMSConfig`, the :class:`~entk_fast.toys.TMS` and its trainer, as
+registered in :data:`entk_fast.paper.tasks.registry.TASKS`.
+
+Examples:
+    >>> from entk_fast.paper.tasks.tms import TMS_TASK
+    >>> TMS_TASK.kind, TMS_TASK.columns
+    ('tms', ('step', 'loss', 'n_reconstructed'))
+"""

@@ -57,6 +57,23 @@ class TransformerConfig:
         data_seed: seeds the train/test split (:func:`modadd_tokens`).
         log_every: a history row every this many epochs (and at epochs 0 and ``epochs``).
         checkpoint_every: a checkpoint every this many epochs (and at epochs 0 and ``epochs``).
+
+    The defaults are the paper's (J. Lin, arXiv 2510.00468, v3), except ``lr`` (above).
+
+    Raises:
+        InvalidTypeError: a field has the wrong type (e.g. a float for an integer).
+        InvalidArgumentError: a field is out of range, ``d_model`` is no multiple of
+            ``n_heads``, or ``train_fraction`` leaves a set empty.
+
+    Examples:
+        >>> from entk_fast.paper import TransformerConfig
+        >>> config = TransformerConfig(p=5, d_model=8, n_heads=2, d_mlp=16, epochs=2)
+        >>> config.total_steps, config.dataset().inputs.shape
+        (2, torch.Size([25, 3]))
+        >>> TransformerConfig(d_model=10, n_heads=4)
+        Traceback (most recent call last):
+            ...
+        entk_fast.errors.InvalidArgumentError: d_model=10 must be a multiple of n_heads=4 ...
     """
 
     kind: ClassVar[str] = "transformer"
@@ -99,6 +116,7 @@ class TransformerConfig:
 
     @property
     def total_steps(self) -> int:
+        """The training steps: ``epochs``."""
         return self.epochs
 
     def dataset(self) -> ModAddTokens:
@@ -210,3 +228,12 @@ TRANSFORMER_TASK = TaskSpec(
     ),
     summary=_summary,
 )
+"""The ``transformer`` task: :class:`TransformerConfig`, the
+:class:`~entk_fast.toys.ModAddTransformer` and its minibatch trainer, as registered in
+:data:`entk_fast.paper.tasks.registry.TASKS`.
+
+Examples:
+    >>> from entk_fast.paper.tasks.transformer import TRANSFORMER_TASK
+    >>> TRANSFORMER_TASK.kind, [option.flag for option in TRANSFORMER_TASK.options][:3]
+    ('transformer', ['--p', '--d-model', '--heads'])
+"""
