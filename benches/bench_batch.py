@@ -76,7 +76,7 @@ def main() -> int:
     from entk_fast import linalg
     from entk_fast.batch import open_client, run_batch
     from entk_fast.paper.tasks.modadd import ModAddConfig
-    from entk_fast.paper.train import train_modadd
+    from entk_fast.paper.training import train_modadd
 
     load_before = os.getloadavg()
     print(f"load average before: {load_before}, cores: {os.cpu_count()}", flush=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from entk_fast.paper.tasks.modadd import ModAddConfig, first_step_above
 from entk_fast.paper.tasks.tms import TMSConfig
-from entk_fast.paper.train import train_modadd, train_tms
+from entk_fast.paper.training import train_modadd, train_tms
 
 TMS_SETTINGS = ((10, 0.3), (10, 0.9), (40, 0.9))
 

@@ -14,7 +14,7 @@ from entk_fast import _progress
 
 def test_importing_the_package_parts_does_not_import_tqdm_auto() -> None:
     code = (
-        "import sys, entk_fast._progress, entk_fast.paper.train\n"
+        "import sys, entk_fast._progress, entk_fast.paper.training\n"
         "sys.exit(any(m in sys.modules for m in ('tqdm.auto', 'tqdm.autonotebook')))"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

@@ -41,7 +41,7 @@ from entk_fast.ntk.spectrum import entk_spectrum
 from entk_fast.paper.runs import load_run
 from entk_fast.paper.tasks.modadd import ModAddConfig
 from entk_fast.paper.tasks.tms import TMSConfig
-from entk_fast.paper.train import train_modadd, train_tms
+from entk_fast.paper.training import train_modadd, train_tms
 from entk_fast.results import NTKSpectrum
 
 P = 7

@@ -32,7 +32,7 @@ from entk_fast.batch.tiled import tiled_kernel
 from entk_fast.cli import interrupt_status, main
 from entk_fast.errors import EntkError, InvalidArgumentError, SignalInterrupt, StorageError
 from entk_fast.paper.tasks.modadd import ModAddConfig
-from entk_fast.paper.train import Terminated, train_modadd
+from entk_fast.paper.training import Terminated, train_modadd
 from entk_fast.results import EmpiricalNTK, NTKSpectrum
 
 P = 5

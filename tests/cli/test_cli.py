@@ -131,12 +131,12 @@ def test_resume_takes_the_saved_config(tmp_path: Path, capsys: pytest.CaptureFix
 def test_ctrl_c_exits_130_with_a_resume_hint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import entk_fast.paper.train
+    import entk_fast.paper.training
 
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(entk_fast.paper.train, "train", interrupted)
+    monkeypatch.setattr(entk_fast.paper.training, "train", interrupted)
     assert main(["train", "modadd", "--out", str(tmp_path / "r"), "--no-progress"]) == 130
     assert f"--out {tmp_path / 'r'} --resume" in capsys.readouterr().err
 
@@ -237,7 +237,7 @@ def test_real_sigint_and_sigkill_then_resume_is_bit_identical(tmp_path: Path) ->
 
 
 def test_training_progress_bar_draws_when_enabled(capsys: pytest.CaptureFixture[str]) -> None:
-    from entk_fast.paper.train import tqdm_progress
+    from entk_fast.paper.training import tqdm_progress
 
     update = tqdm_progress("train tms", disable=False)
     for step in (0, 20, 40):
@@ -261,13 +261,13 @@ def test_python_dash_m_runs_the_cli() -> None:
 def test_runtime_failures_exit_1_and_usage_errors_2(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import entk_fast.paper.train
+    import entk_fast.paper.training
     from entk_fast.errors import MemoryBudgetError
 
     def out_of_memory(*args: object, **kwargs: object) -> None:
         raise MemoryBudgetError("max_memory = 1 kB is too small")
 
-    monkeypatch.setattr(entk_fast.paper.train, "train", out_of_memory)
+    monkeypatch.setattr(entk_fast.paper.training, "train", out_of_memory)
     assert main(["train", "modadd", "--out", str(tmp_path / "r"), "--no-progress"]) == 1
     assert "max_memory = 1 kB is too small" in capsys.readouterr().err
     assert main(["train", "modadd", "--p", "0", "--out", str(tmp_path / "s")]) == 2

@@ -16,7 +16,7 @@ from entk_fast.paper.runs import load_run, run_lock
 from entk_fast.paper.tasks.modadd import ModAddConfig
 from entk_fast.paper.tasks.registry import build_model
 from entk_fast.paper.tasks.tms import TMSConfig
-from entk_fast.paper.train import train_modadd, train_tms
+from entk_fast.paper.training import train_modadd, train_tms
 
 SMALL = ModAddConfig(p=11, hidden=32, epochs=40, checkpoint_every=10)
 

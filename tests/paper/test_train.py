@@ -12,7 +12,7 @@ from entk_fast.errors import InvalidArgumentError, InvalidTypeError
 from entk_fast.paper.tasks.modadd import ModAddConfig, first_step_above
 from entk_fast.paper.tasks.registry import build_model, config_from_dict
 from entk_fast.paper.tasks.tms import TMSConfig
-from entk_fast.paper.train import train_modadd, train_tms
+from entk_fast.paper.training import train_modadd, train_tms
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -180,3 +180,16 @@ def test_tms_reconstructs_the_papers_feature_counts(
     """arXiv 2510.00468 (TMS): about 10, 21 and 42 of 50 features reach (WᵀW)_ii >= 0.75 (seed 0: 10, 20, 40)."""
     result = train_tms(TMSConfig(n_hidden=hidden, sparsity=sparsity))
     assert low <= result.model.n_reconstructed() <= high
+
+
+def test_paper_train_is_the_function_whatever_ran_first() -> None:
+    """``entk_fast.paper.train`` is the training function even after the module that defines
+    it has been imported (a module of the same name used to shadow it)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import entk_fast.paper.training, entk_fast.paper as p, sys\n"
+        "sys.exit(not callable(p.train) or p.train is entk_fast.paper.training)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

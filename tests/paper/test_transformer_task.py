@@ -17,7 +17,7 @@ from entk_fast.errors import InvalidArgumentError, InvalidTypeError
 from entk_fast.paper.runs import load_run, read_checkpoint
 from entk_fast.paper.tasks.registry import TASKS, build_model, config_from_dict
 from entk_fast.paper.tasks.transformer import TransformerConfig
-from entk_fast.paper.train import train
+from entk_fast.paper.training import train
 from entk_fast.toys.transformer import ModAddTransformer, modadd_tokens
 
 GROUPS = [

@@ -121,7 +121,7 @@ def _resume_config(out: Path, spec: Any, given: dict[str, Any]) -> Any:
 def _run_train(args: argparse.Namespace) -> int:
     from .._io import print_json, stdout_to_stderr
     from ..paper import runs
-    from ..paper.train import train
+    from ..paper.training import train
 
     spec = args.task
     cls = spec.config_cls

@@ -26,9 +26,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _LAZY: dict[str, str] = {
-    "train_tms": "train",
-    "train_modadd": "train",
-    "train": "train",
+    "train_tms": "training",
+    "train_modadd": "training",
+    "train": "training",
     "load_run": "runs",
     "Run": "runs",
     "TMSConfig": "tasks.tms",
@@ -62,4 +62,4 @@ if TYPE_CHECKING:  # pragma: no cover - what static type checkers see for the la
     from .tasks.modadd import ModAddConfig  # noqa: F401
     from .tasks.tms import TMSConfig  # noqa: F401
     from .tasks.transformer import TransformerConfig  # noqa: F401
-    from .train import train, train_modadd, train_tms  # noqa: F401
+    from .training import train, train_modadd, train_tms  # noqa: F401

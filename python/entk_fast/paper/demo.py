@@ -36,7 +36,7 @@ def run_modadd_demo(
     """Train, compute the eNTK, print the Fourier-feature overlaps; returns the summary."""
     from ..ntk import empirical_ntk
     from .tasks.modadd import ModAddConfig
-    from .train import train_modadd
+    from .training import train_modadd
 
     family_values(p, "a")  # validates p (odd, ≥ 3) before any training
     config = ModAddConfig(p=p, epochs=epochs, seed=seed)

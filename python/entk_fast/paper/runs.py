@@ -363,7 +363,7 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     Checkpoints are read only on demand (:meth:`Run.load_checkpoint`).
 
     Args:
-        path: the run directory (``out`` of :func:`~entk_fast.paper.train`).
+        path: the run directory (``out`` of :func:`~entk_fast.paper.training`).
 
     Returns:
         A :class:`Run`: the config, the history (column -> array) and whether it completed.

@@ -37,7 +37,7 @@ from typing import Any
 from ..._io import atomic_write_json, atomic_write_text
 from ..._version import __version__
 from ...errors import InvalidArgumentError
-from ..train import torch_threads
+from ..training import torch_threads
 from .base import Log, Section
 from .grokking import run_grokking
 from .modadd import run_modadd

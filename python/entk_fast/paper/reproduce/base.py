@@ -52,7 +52,7 @@ def config_tag(config: Any) -> str:
 def trained_run(config: Any, path: Path, log: Log) -> Any:
     """The trained run in ``path``: reused when finished, resumed when interrupted."""
     from ..runs import load_run
-    from ..train import train
+    from ..training import train
 
     resume = (path / "config.json").exists()
     if resume:

@@ -110,7 +110,7 @@ def tqdm_progress(desc: str, **tqdm_kwargs: Any) -> ProgressFn:
 
     Examples:
         >>> from entk_fast.paper import TMSConfig, train_tms
-        >>> from entk_fast.paper.train import tqdm_progress
+        >>> from entk_fast.paper.training import tqdm_progress
         >>> config = TMSConfig(n_features=5, n_hidden=2, n_points=16, steps=3)
         >>> _ = train_tms(config, progress=tqdm_progress("tms", disable=True))
     """
@@ -183,7 +183,7 @@ def train(
 
     Examples:
         >>> from entk_fast.paper import TransformerConfig
-        >>> from entk_fast.paper.train import train
+        >>> from entk_fast.paper.training import train
         >>> config = TransformerConfig(p=5, d_model=8, n_heads=2, d_mlp=16, epochs=2)
         >>> result = train(config, progress=False)
         >>> sorted(result.history), result.model(config.dataset().inputs).shape
@@ -346,7 +346,7 @@ class Terminated(SignalInterrupt):
         step: the last step finished (and checkpointed), kept as ``.step``.
 
     Examples:
-        >>> from entk_fast.paper.train import Terminated
+        >>> from entk_fast.paper.training import Terminated
         >>> stop = Terminated(7)
         >>> stop.step, stop.signum, str(stop)
         (7, 15, 'terminated by SIGTERM after step 7 (checkpoint saved)')
@@ -389,7 +389,7 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 
     Examples:
         >>> import torch
-        >>> from entk_fast.paper.train import torch_threads
+        >>> from entk_fast.paper.training import torch_threads
         >>> before = torch.get_num_threads()
         >>> with torch_threads(1):
         ...     torch.get_num_threads()
