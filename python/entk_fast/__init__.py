@@ -1,10 +1,10 @@
 """entk-fast: find the features a trained network uses from its empirical NTK.
 
-The user's API: :func:`empirical_ntk` (the kernel), :func:`entk_spectrum` and :func:`entk_topk`
-(its eigenpairs), their results :class:`EmpiricalNTK` and :class:`NTKSpectrum`, the errors, and
-:mod:`entk_fast.linalg` (the Rust kernels). Beside them: :mod:`entk_fast.plotting`,
-:mod:`entk_fast.analysis`, :mod:`entk_fast.toys` (the paper's models and data sets),
-:mod:`entk_fast.paper` (its harness) and :mod:`entk_fast.batch` (many runs, on Dask).
+The user's API: `empirical_ntk` (the kernel), `entk_spectrum` and `entk_topk`
+(its eigenpairs), their results `EmpiricalNTK` and `NTKSpectrum`, the errors, and
+`entk_fast.linalg` (the Rust kernels). Beside them: `entk_fast.plotting`,
+`entk_fast.analysis`, `entk_fast.toys` (the paper's models and data sets),
+`entk_fast.paper` (its harness) and `entk_fast.batch` (many runs, on Dask).
 
 Submodules are imported lazily, so ``import entk_fast`` is cheap and torch is only imported by
 the parts that need it (``entk_fast.linalg`` is torch-free). ``entk_fast.__version__`` is the

@@ -1,4 +1,4 @@
-"""Type stub of the Rust extension ``entk_fast._core`` (use :mod:`entk_fast.linalg`)."""
+"""Type stub of the Rust extension ``entk_fast._core`` (use `entk_fast.linalg`)."""
 
 from collections.abc import Callable
 from typing import Any, TypeAlias

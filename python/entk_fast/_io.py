@@ -3,7 +3,7 @@ bounded reads of regular files; and what a CLI command prints with ``--json`` (i
 or one error object), and how a signal stops it.
 
 A crash or Ctrl-C leaves either the old file or the new one, never a torn one. A full disk
-is reported as a :class:`~entk_fast.errors.StorageError` naming the file.
+is reported as a `StorageError` naming the file.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ __all__ = [
     "written_by_dead_process",
 ]
 
-#: Names of the temporary files :func:`atomic_open` writes (``.NAME.<owner>.<12 hex>.tmp``,
+#: Names of the temporary files `atomic_open` writes (``.NAME.<owner>.<12 hex>.tmp``,
 #: older versions: ``.NAME.<12 hex>.tmp``).
 TMP_FILE_RE = r"^\..+\.[0-9a-f]{12}\.tmp$"
 #: The writer of a temporary file or folder: ``<pid>-<8 hex of the host name>``.
@@ -84,7 +84,7 @@ def written_by_dead_process(name: str) -> bool:
 
 
 def storage_error(exc: OSError, path: str | os.PathLike[str]) -> OSError:
-    """``exc`` as a :class:`StorageError` naming ``path`` when it says the disk is full (or
+    """``exc`` as a `StorageError` naming ``path`` when it says the disk is full (or
     over quota); ``exc`` itself otherwise."""
     code = exc.errno
     if isinstance(exc, StorageError) or code is None or code not in _FULL:
@@ -132,7 +132,7 @@ def read_regular_bytes(
     path: str | os.PathLike[str], max_bytes: int, *, what: str = "path"
 ) -> bytes:
     """The bytes of ``path`` when it is a regular file (a symlink to one is followed) of at
-    most ``max_bytes``; :class:`InvalidArgumentError` naming ``what`` otherwise (a device
+    most ``max_bytes``; `InvalidArgumentError` naming ``what`` otherwise (a device
     such as /dev/zero, a FIFO, a folder, a file too large). OSError when it cannot be read."""
     with open_regular(path, max_bytes, what=what) as (f, size):
         data = f.read(size + 1)  # bounded by the size checked against the cap
@@ -172,7 +172,7 @@ def open_regular(
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (see :func:`atomic_open`)."""
+    """Write ``data`` to ``path`` atomically (see `atomic_open`)."""
     with atomic_open(path, "wb") as f:
         f.write(data)
 
@@ -219,7 +219,7 @@ def print_json(obj: Any) -> None:
 
 
 def add_json_flag(parser: Any, what: str = "the summary") -> None:
-    """The ``--json`` option of a command that prints a summary (see :func:`print_json`)."""
+    """The ``--json`` option of a command that prints a summary (see `print_json`)."""
     parser.add_argument(
         "--json",
         action="store_true",
@@ -235,7 +235,7 @@ def print_json_error(exc: BaseException, message: str | None = None) -> None:
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises :class:`SignalInterrupt` (a KeyboardInterrupt) in the main thread for
+    """SIGTERM raises `SignalInterrupt` (a KeyboardInterrupt) in the main thread for
     the block, so a command stops as on Ctrl-C (temporary files removed, reports written)
     and exits 128 + 15. Elsewhere than the main thread, nothing changes."""
     if threading.current_thread() is not threading.main_thread():

@@ -1,6 +1,6 @@
 """The exceptions entk-fast raises, in one place.
 
-Every error a user can provoke derives from :class:`EntkError` and also from the builtin
+Every error a user can provoke derives from `EntkError` and also from the builtin
 exception a Python user would expect (``ValueError``, ``TypeError``, ...), so both
 ``except entk_fast.EntkError`` and ``except ValueError`` work.
 """
@@ -63,9 +63,9 @@ class InvalidTypeError(EntkError, TypeError):
 class LinAlgError(EntkError, ArithmeticError):
     """A linear-algebra routine failed to converge or produced a non-finite result.
 
-    Raised by the Rust solvers of :mod:`entk_fast.linalg` and by the matrix-free products of
-    :func:`~entk_fast.ntk.spectrum.entk_topk`; bad input is an
-    :class:`InvalidArgumentError` instead, raised before any work. Also an
+    Raised by the Rust solvers of `entk_fast.linalg` and by the matrix-free products of
+    `entk_topk`; bad input is an
+    `InvalidArgumentError` instead, raised before any work. Also an
     ``ArithmeticError``.
 
     Examples:
@@ -79,7 +79,7 @@ class MemoryBudgetError(EntkError, MemoryError):
     """The requested computation cannot fit in the memory budget; raised before any work.
 
     The message says what needs how much, and what would fit (a reduction, fewer parameters,
-    :func:`~entk_fast.ntk.spectrum.entk_topk`). Also a ``MemoryError``.
+    `entk_topk`). Also a ``MemoryError``.
 
     Examples:
         >>> import torch
@@ -96,8 +96,8 @@ class MemoryBudgetError(EntkError, MemoryError):
 class RunDirectoryError(EntkError, OSError):
     """A run directory is missing, belongs to a different run, or cannot be written.
 
-    Raised by :func:`entk_fast.paper.load_run` and the training functions of
-    :mod:`entk_fast.paper`. Also an ``OSError``.
+    Raised by `entk_fast.paper.load_run` and the training functions of
+    `entk_fast.paper`. Also an ``OSError``.
 
     Examples:
         >>> from entk_fast.paper import load_run
@@ -111,7 +111,7 @@ class RunDirectoryError(EntkError, OSError):
 class CheckpointError(EntkError, OSError):
     """A checkpoint file is missing, truncated or corrupt.
 
-    Raised by :meth:`entk_fast.paper.Run.load_checkpoint` and when a run is resumed. Also an
+    Raised by `entk_fast.paper.Run.load_checkpoint` and when a run is resumed. Also an
     ``OSError``.
 
     Examples:
@@ -143,7 +143,7 @@ class StorageError(EntkError, OSError):
 class SignalInterrupt(KeyboardInterrupt):
     """A signal (SIGTERM: a cluster's time limit, ``kill``) stopped a command the way Ctrl-C
     does; ``signum`` is the signal. The CLI exits with 128 + ``signum`` (143 for SIGTERM, as
-    130 = 128 + SIGINT for Ctrl-C). Not an :class:`EntkError`: like Ctrl-C it is no error.
+    130 = 128 + SIGINT for Ctrl-C). Not an `EntkError`: like Ctrl-C it is no error.
 
     Args:
         signum: the signal's number.

@@ -3,9 +3,9 @@
 Every function accepts numpy arrays or CPU torch tensors of dtype float32 or float64, keeps
 that dtype, wraps the input without copying where its memory layout allows, and releases
 the GIL while it works (so threads calling it run in parallel). Eigenvalues are returned in
-descending order everywhere. Bad input raises :class:`~entk_fast.errors.InvalidArgumentError`
-(a ``ValueError``) or :class:`~entk_fast.errors.InvalidTypeError` (a ``TypeError``) naming
-the argument; a solver failure raises :class:`~entk_fast.errors.LinAlgError`, and a result
+descending order everywhere. Bad input raises `InvalidArgumentError`
+(a ``ValueError``) or `InvalidTypeError` (a ``TypeError``) naming
+the argument; a solver failure raises `LinAlgError`, and a result
 that does not fit in memory a ``MemoryError``. Long iterative solves stop at Ctrl-C
 (``KeyboardInterrupt``).
 
@@ -308,7 +308,7 @@ def hadamard_gram_accumulate(
 def hadamard_gram_factored_accumulate(
     K: Any, G: Any, A: Any, *, block: int = 1, alpha: float = 1.0, positions: int = 1
 ) -> None:
-    """:func:`hadamard_gram_accumulate` with S = A Aᵀ given by its factor, never formed.
+    """`hadamard_gram_accumulate` with S = A Aᵀ given by its factor, never formed.
 
     ``K[i, j] += alpha · Σ_{t,u} ⟨A[t·m + i // block], A[u·m + j // block]⟩ ·
     ⟨G[t·R + i], G[u·R + j]⟩`` with m = R // block: a layer's eNTK block from its inputs A
@@ -361,7 +361,7 @@ def hadamard_gram_factored_accumulate_many(
     *,
     alpha: float = 1.0,
 ) -> None:
-    """Several :func:`hadamard_gram_factored_accumulate` updates of one K in one call.
+    """Several `hadamard_gram_factored_accumulate` updates of one K in one call.
 
     ``K += alpha · Σ_i`` the block of term i = ``(G_i, A_i, block_i, positions_i)``: the
     layers whose eNTK blocks add into one kernel. K is checked, tiled and mirrored once, and
@@ -371,7 +371,7 @@ def hadamard_gram_factored_accumulate_many(
     Args:
         K: (R, R) symmetric writable array.
         terms: (G (T·R, Q), A (T·R // block, D), block, T) per layer, as in
-            :func:`hadamard_gram_factored_accumulate`; Q, D, block and T may differ.
+            `hadamard_gram_factored_accumulate`; Q, D, block and T may differ.
         alpha: finite scale factor.
 
     Raises:
@@ -585,7 +585,7 @@ def eigh_topk_operator(
     ``matmat(V)`` receives a numpy array V (n, b) of ``dtype`` and must return K @ V, (n, b),
     as a numpy array or CPU torch tensor (it is converted to ``dtype``'s array, never
     upcast silently: another float dtype is refused). The same thick-restarted block Krylov
-    iteration as :func:`eigh_topk` drives it, with ``block`` vectors per product (default
+    iteration as `eigh_topk` drives it, with ``block`` vectors per product (default
     k + 8). Every copy of a repeated eigenvalue is found, also when the multiplicity exceeds
     the block size (converged pairs are locked and fresh random blocks search the rest).
     ``matmat`` runs on the calling thread with the GIL held; the linear algebra between
@@ -599,14 +599,14 @@ def eigh_topk_operator(
         dtype: np.float32 or np.float64 (the dtype of V and of the results).
         block: vectors per product, 1 ≤ block ≤ n (smaller: less memory per product,
             more products).
-        tol: relative residual target as in :func:`eigh_topk` (default 1e-11 / 1e-4).
+        tol: relative residual target as in `eigh_topk` (default 1e-11 / 1e-4).
         maxiter: most restart cycles (default 200).
         seed: seed of the random start blocks.
-        basis_blocks: Krylov basis width in blocks, in [3, 256] (default as :func:`eigh_topk`);
+        basis_blocks: Krylov basis width in blocks, in [3, 256] (default as `eigh_topk`);
             the basis and its images take 2 · basis_blocks · block · n floats.
 
     Returns:
-        ``(values (k,) descending, vectors (n, k), info)``, info as in :func:`eigh_topk`
+        ``(values (k,) descending, vectors (n, k), info)``, info as in `eigh_topk`
         (``method`` is "krylov"). The residuals are tested as the basis grows whenever the
         products since the last test took longer than a test, so a fast-converging solve
         stops before the basis is full. When the iteration did not converge (maxiter reached or
@@ -704,7 +704,7 @@ def subspace_overlap(A: Any, B: Any) -> float:
     """Subspace overlap Σ cos²θ_i between span(A) (n, d) and span(B) (n, m).
 
     In [0, min(rank A, rank B)]; the paper (J. Lin, arXiv 2510.00468) reports it divided by
-    m as a percentage. θ_i are the :func:`principal_angles`.
+    m as a percentage. θ_i are the `principal_angles`.
 
     Args:
         A: (n, d) float32/float64 matrix (or an (n,) vector).
@@ -760,7 +760,7 @@ def set_num_threads(n: int | None = None) -> None:
 
 
 def get_num_threads() -> int:
-    """Number of threads the Rust routines use (see :func:`set_num_threads`).
+    """Number of threads the Rust routines use (see `set_num_threads`).
 
     Returns:
         The thread count, an int ≥ 1.

@@ -4,8 +4,8 @@
 Every function draws on ``ax`` when given (a matplotlib ``Axes`` of your own figure) and
 otherwise on a new pyplot figure, so ``plt.show()`` and ``plt.savefig`` work as usual; each
 returns the ``Figure`` it drew on. Inputs are plain arrays (numpy, or anything
-``numpy.asarray`` takes), e.g. :attr:`entk_fast.NTKSpectrum.eigenvalues` and
-``.eigenvectors``. Malformed arrays raise :class:`~entk_fast.errors.InvalidArgumentError`;
+``numpy.asarray`` takes), e.g. `entk_fast.NTKSpectrum.eigenvalues` and
+``.eigenvectors``. Malformed arrays raise `InvalidArgumentError`;
 without matplotlib every function raises ``ImportError``.
 
 Examples:
@@ -74,7 +74,7 @@ def plot_spectrum(
     """Eigenvalues λ_k (shape ``(k,)``, descending) against k = 1, 2, … on a log scale.
 
     ``cliffs``: indices k to mark between λ_k and λ_{k+1} (a spectral cliff after k
-    eigenvalues, as :func:`entk_fast.analysis.spectral_cliffs` reports them); ``top``: plot
+    eigenvalues, as `entk_fast.analysis.spectral_cliffs` reports them); ``top``: plot
     only the first ``top``. Non-positive eigenvalues (round-off) are drawn at the smallest
     positive float. The paper's spectrum figures (J. Lin, arXiv 2510.00468).
 
@@ -176,7 +176,7 @@ def plot_heatmap(
     ax: Axes | None = None,
 ) -> Figure:
     """A 2-D array (rows × columns) as an image with a colour bar, e.g. the TMS
-    feature × eigenvector overlaps of :func:`entk_fast.analysis.feature_heatmap` (J. Lin,
+    feature × eigenvector overlaps of `entk_fast.analysis.feature_heatmap` (J. Lin,
     arXiv 2510.00468, the TMS heatmaps).
 
     Args:

@@ -7,9 +7,9 @@ was computed, the format and package versions). Writes are atomic.
 
 Loading checks the file before it allocates: each array's declared size (the zip member's
 uncompressed size and the ``.npy`` header's shape) must fit a bound (``max_bytes``, by
-default about the file's own size: :meth:`save` stores arrays uncompressed), and every array
+default about the file's own size: `save` stores arrays uncompressed), and every array
 must have the shape and dtype its JSON header implies; a file that contradicts itself is
-refused with :class:`~entk_fast.errors.InvalidArgumentError` naming ``path``.
+refused with `InvalidArgumentError` naming ``path``.
 
 Examples:
     >>> import torch
@@ -71,7 +71,7 @@ _LOAD_SLACK_BYTES = 64 << 20
 class SpectralCliff:
     """A gap after the ``index``-th eigenvalue (counted from 1): λ_index / λ_{index+1}.
 
-    One entry of :func:`spectral_cliffs`; a sharp cliff separates feature families
+    One entry of `spectral_cliffs`; a sharp cliff separates feature families
     (J. Lin, arXiv 2510.00468).
 
     Examples:
@@ -83,7 +83,7 @@ class SpectralCliff:
     index: int
     """k, counted from 1: the cliff lies between λ_k and λ_{k+1}."""
     ratio: float
-    """λ_k / λ_{k+1}, both floored at ε·mean(diag K) (:data:`RIDGE_EPSILON`)."""
+    """λ_k / λ_{k+1}, both floored at ε·mean(diag K) (`RIDGE_EPSILON`)."""
     before: float
     """λ_k, unfloored."""
     after: float
@@ -103,7 +103,7 @@ def spectral_cliffs(
             produce infinite ratios. Default: the mean of ``values`` (exact for a full spectrum).
 
     Returns:
-        Up to ``top`` :class:`SpectralCliff` s, largest ratio first (ties: smaller k first).
+        Up to ``top`` `SpectralCliff` s, largest ratio first (ties: smaller k first).
 
     Raises:
         InvalidArgumentError: ``values`` is not a finite, descending 1-D array of at least two
@@ -177,7 +177,7 @@ class _Layout:
         return arr.reshape(self.n_samples, self.n_outputs, *arr.shape[1:])
 
     def flatten(self, u: Any) -> np.ndarray:
-        """(N, C[, k]) -> (N·C[, k]), the inverse of :meth:`unflatten`.
+        """(N, C[, k]) -> (N·C[, k]), the inverse of `unflatten`.
 
         Raises:
             InvalidArgumentError: the kernel is not flattened, or ``u`` is not (N, C[, k]).
@@ -199,9 +199,9 @@ class EmpiricalNTK(_Layout):
     ``kernel`` is (N·C, N·C) for ``flattened`` (row = n·C + c) and (N, N) for ``trace`` and
     ``mean_pairs``; a cross kernel K(X, X2) is (N·C, N2·C) or (N, N2). ``layer_kernels``
     (``layerwise=True``) has one kernel of the same shape per parameter group, and they sum to
-    ``kernel``. Returned by :func:`entk_fast.empirical_ntk`; :meth:`unflatten` reshapes a
-    flattened kernel's eigenvectors to (N, C), :meth:`spectrum` diagonalises it, and
-    :meth:`save` / :meth:`load` write and read it as ``.npz``.
+    ``kernel``. Returned by `entk_fast.empirical_ntk`; `unflatten` reshapes a
+    flattened kernel's eigenvectors to (N, C), `spectrum` diagonalises it, and
+    `save` / `load` write and read it as ``.npz``.
 
     Examples:
         >>> import tempfile
@@ -286,14 +286,14 @@ class EmpiricalNTK(_Layout):
         return _repr_html("EmpiricalNTK", self._summary())
 
     def spectrum(self, k: int | None = None, *, ridge: float = 0.0) -> NTKSpectrum:
-        """Eigenpairs (descending) of this kernel; see :func:`entk_fast.entk_spectrum`.
+        """Eigenpairs (descending) of this kernel; see `entk_fast.entk_spectrum`.
 
         Args:
             k: the top k eigenpairs (a Krylov solve), or None for all (a full solve).
             ridge: ε ≥ 0; adds ε·mean(diag K) to the diagonal, on a copy.
 
         Returns:
-            An :class:`NTKSpectrum` with ``method="dense"``.
+            An `NTKSpectrum` with ``method="dense"``.
 
         Raises:
             InvalidArgumentError: this is a cross kernel, k is not in [1, order], or ridge < 0.
@@ -326,7 +326,7 @@ class EmpiricalNTK(_Layout):
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, max_bytes: int | None = None) -> EmpiricalNTK:
-        """Read a result written by :meth:`save`; refuses other kinds and format versions,
+        """Read a result written by `save`; refuses other kinds and format versions,
         arrays that contradict the header, and files whose arrays would take more than
         ``max_bytes`` in memory (default: twice the file's size plus 64 MiB)."""
         meta, arrays = _load(path, cls.kind, max_bytes, _ntk_shapes)
@@ -355,11 +355,11 @@ class NTKSpectrum(_Layout):
 
     ``eigenvectors`` is (R, k) with R = N·C (flattened, row = n·C + c) or N; column i belongs
     to ``eigenvalues[i]``. ``method`` says how they were found. Returned by
-    :func:`entk_fast.entk_spectrum`, :func:`entk_fast.entk_topk` and
-    :meth:`EmpiricalNTK.spectrum`; ``len(spectrum)`` is k. :meth:`gaps` lists the spectral
-    cliffs, :meth:`unflatten` reshapes eigenvectors to (N, C[, k]) (J. Lin, arXiv
+    `entk_fast.entk_spectrum`, `entk_fast.entk_topk` and
+    `EmpiricalNTK.spectrum`; ``len(spectrum)`` is k. `gaps` lists the spectral
+    cliffs, `unflatten` reshapes eigenvectors to (N, C[, k]) (J. Lin, arXiv
     2510.00468: an eigenvector of the flattened eNTK is one feature's value on every
-    (sample, output)), :meth:`save` / :meth:`load` write and read it as ``.npz``.
+    (sample, output)), `save` / `load` write and read it as ``.npz``.
 
     Examples:
         >>> import torch
@@ -424,8 +424,8 @@ class NTKSpectrum(_Layout):
         """The ``top`` largest spectral cliffs: (k, λ_k / λ_{k+1}) with k counted from 1.
 
         Sorted by ratio, largest first. Eigenvalues are floored at ε·mean(λ) (ε = 1e-8,
-        :data:`RIDGE_EPSILON`) first, so round-off zeros give large but finite ratios; see
-        :func:`spectral_cliffs`. Empty for fewer than two eigenvalues or ``top`` < 1.
+        `RIDGE_EPSILON`) first, so round-off zeros give large but finite ratios; see
+        `spectral_cliffs`. Empty for fewer than two eigenvalues or ``top`` < 1.
 
         Examples:
             >>> import numpy as np
@@ -464,7 +464,7 @@ class NTKSpectrum(_Layout):
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, max_bytes: int | None = None) -> NTKSpectrum:
-        """Read a result written by :meth:`save`; refuses other kinds and format versions,
+        """Read a result written by `save`; refuses other kinds and format versions,
         arrays that contradict the header, and files whose arrays would take more than
         ``max_bytes`` in memory (default: twice the file's size plus 64 MiB)."""
         meta, arrays = _load(path, cls.kind, max_bytes, _spectrum_shapes)
@@ -745,20 +745,20 @@ def spectrum_of_kernel(
 ) -> NTKSpectrum:
     """Eigenpairs of a dense kernel: all (``k=None``, ``linalg.eigh``) or the top k.
 
-    What :meth:`EmpiricalNTK.spectrum` and the dense path of :func:`entk_fast.entk_spectrum`
+    What `EmpiricalNTK.spectrum` and the dense path of `entk_fast.entk_spectrum`
     run.
 
     Args:
         ntk: a square kernel (N·C, N·C) or (N, N), float32 or float64.
-        k: the number of eigenpairs in [1, order] (:func:`linalg.eigh_topk
-            <entk_fast.linalg.eigh_topk>`), or None for all (:func:`linalg.eigh
+        k: the number of eigenpairs in [1, order] (`linalg.eigh_topk
+            <entk_fast.linalg.eigh_topk>`), or None for all (`linalg.eigh
             <entk_fast.linalg.eigh>`).
         ridge: ε ≥ 0; adds ε·mean(diag K) to the diagonal (reported as ``.ridge``).
         tol: the top-k solver's relative residual target (default: its own).
         in_place: add the ridge to ``ntk.kernel`` itself instead of a copy.
 
     Returns:
-        An :class:`NTKSpectrum` (``method="dense"``): eigenvalues (k,) descending and
+        An `NTKSpectrum` (``method="dense"``): eigenvalues (k,) descending and
         eigenvectors (order, k), of the kernel's dtype; ``info["solver"]`` is ``"eigh"`` or
         ``"eigh_topk"``.
 

@@ -52,8 +52,8 @@ def central_difference(steps: Any, values: Any) -> np.ndarray:
 class AlignmentCurve:
     """An overlap per checkpoint (in % of the family's dimension) and its derivative.
 
-    Made by :func:`alignment_curve`; the paper's alignment-over-training curves (J. Lin,
-    arXiv 2510.00468), whose :attr:`onset` marks the grokking transition.
+    Made by `alignment_curve`; the paper's alignment-over-training curves (J. Lin,
+    arXiv 2510.00468), whose `onset` marks the grokking transition.
 
     Examples:
         >>> from entk_fast.analysis import alignment_curve
@@ -89,12 +89,12 @@ def alignment_curve(steps: Any, overlaps: Any, dimension: int) -> AlignmentCurve
 
     Args:
         steps: (T,) strictly increasing checkpoint steps (integers), T ≥ 2.
-        overlaps: (T,) subspace overlaps Σ cos² (:func:`entk_fast.linalg.subspace_overlap`)
+        overlaps: (T,) subspace overlaps Σ cos² (`entk_fast.linalg.subspace_overlap`)
             of an eigenvector block with the family, one per checkpoint, in [0, dimension].
         dimension: the family's dimension (p − 1 for a Fourier family).
 
     Returns:
-        An :class:`AlignmentCurve`: overlaps in % and their derivative in points per step.
+        An `AlignmentCurve`: overlaps in % and their derivative in points per step.
 
     Raises:
         InvalidArgumentError: ``dimension`` < 1, or ``steps`` and ``overlaps`` are not 1-D
@@ -124,7 +124,7 @@ def principal_angles_degrees(a: Any, b: Any) -> list[float]:
 
     Returns:
         min(rank a, rank b) angles in [0, 90], as a list of floats
-        (:func:`entk_fast.linalg.principal_angles` in degrees).
+        (`entk_fast.linalg.principal_angles` in degrees).
 
     Raises:
         InvalidTypeError: the dtypes differ, or are not float32/float64.

@@ -34,7 +34,7 @@ class CliffReport:
     ``rank`` is the number of eigenvalues above the floor ε·mean(diag K); a cliff whose lower
     side is under the floor marks the kernel's rank (e.g. a layer with fewer parameters than
     samples), not a feature family, and is listed in ``rank_cliffs`` only. Made by
-    :func:`feature_cliffs`.
+    `feature_cliffs`.
 
     Examples:
         >>> from entk_fast.analysis import feature_cliffs
@@ -48,7 +48,7 @@ class CliffReport:
     rank_cliffs: list[SpectralCliff]
     """Cliffs from above the floor to below it (the kernel's rank)."""
     floor: float
-    """ε·mean(diag K), ε = :data:`RIDGE_EPSILON`."""
+    """ε·mean(diag K), ε = `RIDGE_EPSILON`."""
     rank: int
     """The number of eigenvalues above the floor."""
 
@@ -70,7 +70,7 @@ def feature_cliffs(
     mean_diagonal: float | None = None,
 ) -> CliffReport:
     """The ``top`` largest cliffs λ_k / λ_{k+1} among the first ``within`` eigenvalues whose
-    lower side λ_{k+1} is above the ridge floor ε·mean(diag K) (ε = :data:`RIDGE_EPSILON`).
+    lower side λ_{k+1} is above the ridge floor ε·mean(diag K) (ε = `RIDGE_EPSILON`).
 
     Args:
         values: (n,) eigenvalues, descending.
@@ -80,7 +80,7 @@ def feature_cliffs(
             spectrum; pass trace(K)/n when only the top eigenvalues are known).
 
     Returns:
-        A :class:`CliffReport`. Sharp cliffs separate feature families (J. Lin, arXiv
+        A `CliffReport`. Sharp cliffs separate feature families (J. Lin, arXiv
         2510.00468).
 
     Raises:
@@ -121,7 +121,7 @@ def cliff_blocks(cuts: Sequence[int], size: int) -> list[tuple[int, int]]:
 
     Returns:
         (first, last) 1-based inclusive index pairs, ascending, e.g. for
-        :func:`~entk_fast.analysis.block_overlaps`.
+        `block_overlaps`.
 
     Raises:
         InvalidArgumentError: a cut is < 1 or > ``size``. Cuts go through ``int()`` first, so

@@ -25,7 +25,7 @@ __all__ = [
 FAMILIES = ("a", "b", "a+b", "a-b")
 """The four families of the modular-addition MLP: functions of a, b, a+b and a−b (mod p).
 
-Their Fourier bases (:func:`fourier_family`) are what the MLP's eNTK eigenvector blocks
+Their Fourier bases (`fourier_family`) are what the MLP's eNTK eigenvector blocks
 line up with (J. Lin, arXiv 2510.00468).
 
 Examples:
@@ -42,7 +42,7 @@ def family_values(p: int, which: str) -> np.ndarray:
 
     Args:
         p: the modulus, an odd integer ≥ 3.
-        which: ``"a"``, ``"b"``, ``"a+b"`` or ``"a-b"`` (:data:`FAMILIES`).
+        which: ``"a"``, ``"b"``, ``"a+b"`` or ``"a-b"`` (`FAMILIES`).
 
     Returns:
         (p²,) int64 values in [0, p): a, b, (a + b) mod p or (a − b) mod p.
@@ -73,7 +73,7 @@ def fourier_family(p: int, which: str) -> np.ndarray:
 
     Args:
         p: the modulus, an odd integer ≥ 3.
-        which: ``"a"``, ``"b"``, ``"a+b"`` or ``"a-b"`` (:data:`FAMILIES`).
+        which: ``"a"``, ``"b"``, ``"a+b"`` or ``"a-b"`` (`FAMILIES`).
 
     Returns:
         (p², p − 1) float64 with orthonormal columns; row i = a·p + b.
@@ -110,7 +110,7 @@ def family_overlaps(
         vectors: (p², k) float32/float64, e.g. a block of a traced kernel's eigenvectors
             (row a·p + b).
         p: the modulus, an odd integer ≥ 3.
-        families: which of :data:`FAMILIES` to compare with.
+        families: which of `FAMILIES` to compare with.
 
     Returns:
         Family name -> overlap (a float).
@@ -140,12 +140,12 @@ def block_overlaps(
         vectors: (p², m) eigenvectors, descending (row a·p + b).
         p: the modulus, an odd integer ≥ 3.
         blocks: 1-based inclusive (first, last) column ranges, e.g. from
-            :func:`~entk_fast.analysis.cliff_blocks`.
-        families: which of :data:`FAMILIES` to compare with.
+            `cliff_blocks`.
+        families: which of `FAMILIES` to compare with.
 
     Raises:
         InvalidArgumentError: a block is not within the m columns, or as
-            :func:`family_overlaps`.
+            `family_overlaps`.
 
     Examples:
         >>> import numpy as np
@@ -174,13 +174,13 @@ def frequency_heatmap(vectors: np.ndarray, p: int, which: str) -> np.ndarray:
     Args:
         vectors: (p², m) columns (row a·p + b); they need not be unit.
         p: the modulus, an odd integer ≥ 3.
-        which: the family, one of :data:`FAMILIES`.
+        which: the family, one of `FAMILIES`.
 
     Returns:
         (K, m) float64 in [0, 1], K = (p − 1)/2; row k − 1 is frequency k.
 
     Raises:
-        InvalidArgumentError: ``vectors`` is not (p², m), or as :func:`fourier_family`.
+        InvalidArgumentError: ``vectors`` is not (p², m), or as `fourier_family`.
 
     Examples:
         >>> from entk_fast.analysis import fourier_family, frequency_heatmap
@@ -201,7 +201,7 @@ ROTATION_DIRECTIONS = {
     ("a+b", "a-b"): ((1, 1), (1, -1)),  # functions of a − b are constant along (+1, +1)
 }
 """Directions (Δa, Δb) of the torus Laplacians that separate each cliff's two families: the
-first is the direction its invariant family is constant along (:func:`smoothness_rotation`).
+first is the direction its invariant family is constant along (`smoothness_rotation`).
 
 Examples:
     >>> from entk_fast.analysis.fourier import ROTATION_DIRECTIONS
@@ -214,7 +214,7 @@ def torus_laplacian(p: int, direction: tuple[int, int]) -> np.ndarray:
     """Laplacian (p², p²) of the periodic path graph on the p × p torus joining (a, b) to
     (a + Δa, b + Δb) mod p; row i = a·p + b. L = 2I − P − Pᵀ with P that shift.
 
-    Used by :func:`smoothness_rotation` to sort a family by frequency: the Fourier mode of
+    Used by `smoothness_rotation` to sort a family by frequency: the Fourier mode of
     frequency k along the direction has eigenvalue 2 − 2cos(2πk/p).
 
     Args:
@@ -248,7 +248,7 @@ def orbit_laplacian(p: int, direction: tuple[int, int]) -> np.ndarray:
     """I − (1/p) Σ_t P^t (p², p²): 1/p times the Laplacian of the complete graph on each orbit
     of the shift (Δa, Δb), i.e. the projector onto functions with zero mean along every orbit.
 
-    Its null space is that of :func:`torus_laplacian` (functions constant along the direction)
+    Its null space is that of `torus_laplacian` (functions constant along the direction)
     and every other Fourier mode has eigenvalue exactly 1, so it separates an invariant family
     from the rest with a gap of 1 (the path graph's gap is 2 − 2cos(2π/p), ≈ 0.05 at p = 29).
 
@@ -286,14 +286,14 @@ def smoothness_rotation(block: np.ndarray, p: int, families: tuple[str, str]) ->
     """The two-stage graph-smoothness rotation of a cliff block (J. Lin, arXiv 2510.00468).
 
     With Q an orthonormal basis of ``block`` (p², k) and the directions d₁, d₂ of
-    :data:`ROTATION_DIRECTIONS` (the first cliff's a/b families: d₁ = along a, d₂ = along b;
+    `ROTATION_DIRECTIONS` (the first cliff's a/b families: d₁ = along a, d₂ = along b;
     the second cliff's: the (+1, +1) and (+1, −1) diagonals):
 
     1. split: diagonalise Qᵀ L Q (ascending) with L the orbit Laplacian along d₁
-       (:func:`orbit_laplacian`); its k/2 smallest eigenvectors span the family invariant
+       (`orbit_laplacian`); its k/2 smallest eigenvectors span the family invariant
        along d₁ (functions of b, resp. of a − b), the others the second family;
     2. sort each half by frequency: the invariant half by the path-graph Laplacian along d₂,
-       the other half by the path-graph Laplacian along d₁ (:func:`torus_laplacian`).
+       the other half by the path-graph Laplacian along d₁ (`torus_laplacian`).
 
     Returns (p², k): [the d₁-invariant family sorted by frequency | the other family sorted
     by frequency]; each column is then close to one Fourier atom (up to its phase). Step 1
@@ -306,7 +306,7 @@ def smoothness_rotation(block: np.ndarray, p: int, families: tuple[str, str]) ->
         block: (p², k) eigenvectors of one cliff block (row a·p + b), k ≥ 2.
         p: the modulus, an odd integer ≥ 3.
         families: ``("a", "b")`` or ``("a+b", "a-b")`` (the keys of
-            :data:`ROTATION_DIRECTIONS`).
+            `ROTATION_DIRECTIONS`).
 
     Raises:
         InvalidArgumentError: ``families`` is not one of those pairs, or ``block`` is not
@@ -351,7 +351,7 @@ def atoms_found(heatmap: np.ndarray, threshold: float = 0.9) -> np.ndarray:
     """(K,) for each frequency: whether some column's phase-insensitive correlation ≥ threshold.
 
     Args:
-        heatmap: (K, m) a :func:`frequency_heatmap`.
+        heatmap: (K, m) a `frequency_heatmap`.
         threshold: the correlation that counts as found.
 
     Returns:

@@ -144,7 +144,7 @@ def eigenvector_scores(vectors: np.ndarray, n_samples: int, width: int) -> np.nd
         width: d, the outputs per context.
 
     Returns:
-        (N, k) float64; a score's sign is the SVD's (arbitrary), which :func:`best_mode`
+        (N, k) float64; a score's sign is the SVD's (arbitrary), which `best_mode`
         tries both ways.
 
     Raises:
@@ -260,10 +260,10 @@ def best_mode(scores: np.ndarray, positive: np.ndarray, train: np.ndarray) -> di
     its test AUROC, AP and precision at quota.
 
     Args:
-        scores: (N, k) numpy array, one column per mode (:func:`eigenvector_scores`,
-            :func:`pca_scores`).
+        scores: (N, k) numpy array, one column per mode (`eigenvector_scores`,
+            `pca_scores`).
         positive: (N,) bool labels.
-        train: (N,) bool, the train half (:func:`stratified_split`); the rest is the test
+        train: (N,) bool, the train half (`stratified_split`); the rest is the test
             half. Both halves need positives and negatives.
 
     Returns:
@@ -306,7 +306,7 @@ def best_mode(scores: np.ndarray, positive: np.ndarray, train: np.ndarray) -> di
 def evaluate_labels(
     scores: np.ndarray, positives: dict[str, np.ndarray], train: np.ndarray
 ) -> dict[str, Any]:
-    """Per label :func:`best_mode`, and the macro means of test AUROC, AP and precision.
+    """Per label `best_mode`, and the macro means of test AUROC, AP and precision.
 
     Returns ``{"per_label": {name: {...}}, "macro": {"auroc", "ap", "precision_at_quota"}}``.
 
@@ -316,7 +316,7 @@ def evaluate_labels(
         train: (N,) bool, the train half.
 
     Raises:
-        InvalidArgumentError: as :func:`best_mode`, for any label.
+        InvalidArgumentError: as `best_mode`, for any label.
 
     Examples:
         >>> import numpy as np
@@ -341,7 +341,7 @@ def probe_ceiling(
     """A supervised ceiling: per label, a logistic regression on the full (standardised)
     activations, fit on the train half; test AUROC, AP and precision at quota, and macros.
 
-    Needs scikit-learn (the ``lm`` extra). Returns what :func:`evaluate_labels` returns,
+    Needs scikit-learn (the ``lm`` extra). Returns what `evaluate_labels` returns,
     without ``mode``, ``sign`` and ``train_ap``.
 
     Args:

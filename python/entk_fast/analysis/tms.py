@@ -105,7 +105,7 @@ def feature_heatmap(eigenvectors: Any, x: Any) -> np.ndarray:
 class FeatureMatch:
     """Which feature each eigenvector matches best (arg-max of its heatmap column).
 
-    Made by :func:`match_features`.
+    Made by `match_features`.
 
     Examples:
         >>> import numpy as np
@@ -136,13 +136,13 @@ class FeatureMatch:
 
 
 def match_features(heatmap: Any) -> FeatureMatch:
-    """The best feature of each eigenvector column of a :func:`feature_heatmap`.
+    """The best feature of each eigenvector column of a `feature_heatmap`.
 
     Args:
         heatmap: (n, k) features × eigenvectors.
 
     Returns:
-        A :class:`FeatureMatch` (ties: the lower feature).
+        A `FeatureMatch` (ties: the lower feature).
 
     Raises:
         InvalidArgumentError: ``heatmap`` is not a non-empty 2-D array.

@@ -81,7 +81,7 @@ class KeyFrequencies:
 
     Attributes:
         frequencies: the key frequencies (1-based, ascending).
-        norms: (K,) the norm of every frequency 1..K (:func:`fourier_norms`).
+        norms: (K,) the norm of every frequency 1..K (`fourier_norms`).
         cliff: the ratio of the smallest key norm to the largest other norm (∞ for p = 3, a
             single frequency); the rule puts the cut where this ratio is largest.
         fraction: the share of the embedding's non-constant energy Σ norm² in the key
@@ -114,7 +114,7 @@ class KeyFrequencies:
 def key_frequencies(embedding: Any, p: int, *, max_keys: int | None = None) -> KeyFrequencies:
     """The key frequencies of a token embedding (p, d): those above the largest cliff.
 
-    Rule: sort the frequency norms (:func:`fourier_norms`) in descending order and cut where
+    Rule: sort the frequency norms (`fourier_norms`) in descending order and cut where
     the ratio of consecutive norms n₍ᵢ₎ / n₍ᵢ₊₁₎ is largest (the first such i on a tie), within
     the top ``max_keys`` (default: (p − 1)/4 rounded up, i.e. at most half the frequencies).
     A grokked embedding has a few frequencies that carry almost all its energy and the rest
@@ -129,11 +129,11 @@ def key_frequencies(embedding: Any, p: int, *, max_keys: int | None = None) -> K
         max_keys: the most key frequencies, in [1, (p − 1)/2].
 
     Returns:
-        A :class:`KeyFrequencies` (J. Lin, arXiv 2510.00468, v3: the transformer's key
+        A `KeyFrequencies` (J. Lin, arXiv 2510.00468, v3: the transformer's key
         frequencies).
 
     Raises:
-        InvalidArgumentError: ``max_keys`` is out of range, or as :func:`fourier_norms`.
+        InvalidArgumentError: ``max_keys`` is out of range, or as `fourier_norms`.
 
     Examples:
         >>> import numpy as np
@@ -169,7 +169,7 @@ def key_family(p: int, which: str, frequencies: Iterable[int]) -> np.ndarray:
     """Orthonormal basis (p², 2·len(frequencies)) of family ``which`` at these frequencies only.
 
     Columns cos(2πk·v/p), sin(2πk·v/p) for each k (ascending), v = a, b, a+b or a−b; they are
-    columns of :func:`~entk_fast.analysis.fourier_family` (its columns of distinct frequencies
+    columns of `fourier_family` (its columns of distinct frequencies
     are orthogonal already, so a subset stays orthonormal).
 
     Args:
@@ -208,13 +208,13 @@ def key_overlaps(
         vectors: (p², m) real, m ≥ 1 (row a·p + b).
         p: the modulus, an odd integer ≥ 3.
         frequencies: the key frequencies, distinct integers in [1, (p − 1)/2].
-        families: which families (default :data:`KEY_FAMILIES`).
+        families: which families (default `KEY_FAMILIES`).
 
     Returns:
         Family name -> overlap (a float).
 
     Raises:
-        InvalidArgumentError: ``vectors`` is not (p², m ≥ 1), or as :func:`key_family`.
+        InvalidArgumentError: ``vectors`` is not (p², m ≥ 1), or as `key_family`.
 
     Examples:
         >>> from entk_fast.analysis import key_family, key_overlaps
@@ -251,11 +251,11 @@ def kernel_key_overlaps(
         p: the modulus, an odd integer ≥ 3.
         frequencies: the key frequencies, distinct integers in [1, (p − 1)/2].
         n_vectors: how many top eigenvectors, in [1, p²].
-        families: which families (default :data:`KEY_FAMILIES`).
+        families: which families (default `KEY_FAMILIES`).
 
     Raises:
         InvalidArgumentError: ``n_vectors`` is out of range, a kernel is not a symmetric
-            (p², p²) matrix, or as :func:`key_family`.
+            (p², p²) matrix, or as `key_family`.
 
     Examples:
         >>> import numpy as np

@@ -9,7 +9,7 @@ resumable tasks.
 * ``cluster``: where the tasks run (local, a scheduler address, SLURM/PBS via dask-jobqueue);
 * ``tiled``: kernels assembled tile by tile on disk.
 
-The ``batch`` / ``batch-summary`` / ``spectrum`` commands are in :mod:`entk_fast.cli`. Dask
+The ``batch`` / ``batch-summary`` / ``spectrum`` commands are in `entk_fast.cli`. Dask
 (``dask[distributed]``) is imported only when a client is opened; the serial path and the
 store work without it.
 """

@@ -4,7 +4,7 @@ checkpoint's spectrum.
 
 * ``spectrum``: the top-k eigenpairs (default k = 200, or the kernel's order when smaller)
   of the traced eNTK (modadd) or the flattened eNTK (other tasks), float64, on the run's
-  whole data set; saved as an :class:`~entk_fast.NTKSpectrum` ``.npz`` next to the record.
+  whole data set; saved as an `NTKSpectrum` ``.npz`` next to the record.
 * ``overlaps`` (modadd runs with odd p ≥ 3): the subspace overlaps Σ cos² of the cliff
   blocks of eigenvectors 2..2p−1 and 2p..4p−3 with the Fourier families a, b, a+b, a−b,
   and the cliff ratios λ_k / λ_{k+1} at k = 1, 2p − 1, 4p − 3.

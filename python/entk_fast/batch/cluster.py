@@ -155,7 +155,7 @@ LOOPBACK = "127.0.0.1"
 def _local_cluster_kwargs(
     n: int, dashboard: bool, local_directory: str | os.PathLike[str] | None
 ) -> dict[str, Any]:
-    """The keyword arguments of the ``LocalCluster`` that :func:`open_client` starts."""
+    """The keyword arguments of the ``LocalCluster`` that `open_client` starts."""
     return {
         "n_workers": n,
         "threads_per_worker": 1,

@@ -168,10 +168,10 @@ def run_batch(
 
     Args:
         runs_dir: a run directory, or a directory holding runs (searched recursively;
-            symlinks to folders are followed, see :func:`find_runs`; a checkpoint is read
+            symlinks to folders are followed, see `find_runs`; a checkpoint is read
             only when it is a regular file, or a symlink to one, of at most
-            :data:`MAX_CHECKPOINT_BYTES`: anything else is a failed job).
-        out: the results directory (see :mod:`entk_fast.batch.store`). One batch at a time
+            `MAX_CHECKPOINT_BYTES`: anything else is a failed job).
+        out: the results directory (see `entk_fast.batch.store`). One batch at a time
             writes it: a second one is refused (InvalidArgumentError naming ``out``).
         analyses: ``"spectrum"``, ``"overlaps"`` (a comma-separated string or a list).
         k: eigenpairs of the spectrum job (at most the kernel's order).
@@ -186,7 +186,7 @@ def run_batch(
         on_result: called as ``on_result(jobs, ok)`` after each task's results are written.
 
     Returns:
-        A :class:`BatchReport`; it is also written to ``out/batch.json``. Jobs that kept
+        A `BatchReport`; it is also written to ``out/batch.json``. Jobs that kept
         failing are in ``out/failures.json`` with their tracebacks; the others are done.
         Ctrl-C (or an exception from ``on_result``) cancels the remaining tasks, writes the
         report (``interrupted``) and propagates; the finished results stay valid.
@@ -259,7 +259,7 @@ def run_checkpoint(
     """The analyses of one checkpoint in this process (``entk-fast spectrum``, one SLURM
     array task per checkpoint), written as a batch job writes them.
 
-    ``out`` is a results directory (the files land where :func:`run_batch` puts them, under
+    ``out`` is a results directory (the files land where `run_batch` puts them, under
     the run's ``name``, default its folder name) or a ``.json`` file (one analysis: the
     record there, its arrays next to it as ``.npz``). A valid stored result is reused unless
     ``force``. Errors propagate (nothing is written to failures.json: array tasks would race

@@ -1,7 +1,7 @@
 """What a batch writes for its jobs: the record of each finished job (its inputs, the
 provenance of the task that computed it, its results), the batch's report, and the
 recorder, the single writer of the store while a batch runs (records, failures, report).
-The files themselves are written atomically by the store (:mod:`entk_fast.batch.store`).
+The files themselves are written atomically by the store (`entk_fast.batch.store`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class CheckpointResult:
-    """What :func:`~entk_fast.batch.analyse_checkpoint` returns: per analysis its scalar
+    """What `analyse_checkpoint` returns: per analysis its scalar
     results and arrays."""
 
     checkpoint_sha256: str

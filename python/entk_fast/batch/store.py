@@ -15,7 +15,7 @@ sha256, analysis parameters) equal the current ones and its arrays are intact; a
 cannot be read as one (edited, truncated, its arrays lost) is *damaged*: reported and
 recomputed, never an error.
 
-One batch at a time writes a results directory: :meth:`ResultStore.batch_lock` holds an
+One batch at a time writes a results directory: `ResultStore.batch_lock` holds an
 exclusive lock on ``.batch.lock`` in it (released by the OS when the process ends, crash
 included). Temporary files carry their writer's pid and host, and only those of writers that
 are gone are removed.
@@ -82,7 +82,7 @@ def file_sha256(
 
     Only a regular file is read: a symlink is followed when it points to one, and anything
     else (a device such as /dev/zero, a FIFO, a folder) is refused with
-    :class:`InvalidArgumentError` naming ``what`` before a byte is read, as is a file larger
+    `InvalidArgumentError` naming ``what`` before a byte is read, as is a file larger
     than ``max_bytes`` (None: no cap). OSError when the file cannot be opened."""
     digest = hashlib.sha256()
     with open_regular(path, max_bytes, what=what) as (f, _):
@@ -270,7 +270,7 @@ class ResultStore:
     def batch_lock(self) -> Iterator[None]:
         """Hold the store's batch lock for the block (``.batch.lock``, an exclusive
         ``flock``: the OS releases it when this process ends, a crash included). A second
-        batch on the same store is refused with :class:`InvalidArgumentError` naming ``out``.
+        batch on the same store is refused with `InvalidArgumentError` naming ``out``.
         On a file system without locks a warning says so and the block runs unlocked."""
         try:
             import fcntl

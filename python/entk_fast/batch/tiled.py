@@ -10,8 +10,8 @@ under a temporary name and renamed onto ``out_path`` only when every tile is wri
 ``out_path`` is never a partial kernel. The temporary name carries the writer's pid and
 host; a later call for the same ``out_path`` removes the partial arrays of writers that were
 killed. ``overwrite=True`` replaces only a file, or a folder that is a kernel stored by
-:func:`tiled_kernel` (its metadata says so): never another folder. A full disk is a
-:class:`~entk_fast.errors.StorageError` naming ``out_path``, with the partial array removed.
+`tiled_kernel` (its metadata says so): never another folder. A full disk is a
+`StorageError` naming ``out_path``, with the partial array removed.
 
 Limits (honest ones):
 
@@ -22,7 +22,7 @@ Limits (honest ones):
 * the workers must see ``out_path``'s folder (one machine, or a shared file system); the
   ``.npy`` fallback needs workers on one machine (memory maps of one file from several
   nodes are not safe on NFS), Zarr's chunk files work from any node;
-* :func:`stored_topk` reads the whole kernel once per block product (tens of products for
+* `stored_topk` reads the whole kernel once per block product (tens of products for
   a top-k), in this process, one row block at a time: it is I/O bound, and holds one row
   block (rows × N·C) plus the Krylov basis in memory.
 """
@@ -74,7 +74,7 @@ KERNEL_FORMAT = "entk-fast-tiled-kernel"
 
 @dataclass(frozen=True)
 class StoredKernel:
-    """A kernel written by :func:`tiled_kernel`: (order, order), row = n·C + c (flattened)
+    """A kernel written by `tiled_kernel`: (order, order), row = n·C + c (flattened)
     or n (trace / mean_pairs)."""
 
     path: Path
@@ -96,7 +96,7 @@ class StoredKernel:
         return np.asarray(self.array()[:, :])
 
     def topk(self, k: int, **kwargs: Any) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-        """:func:`stored_topk` of this kernel."""
+        """`stored_topk` of this kernel."""
         return stored_topk(self.path, k, **kwargs)
 
 
@@ -234,7 +234,7 @@ def tiled_kernel(
             stored by this function; any other folder is refused (never deleted).
 
     Returns:
-        A :class:`StoredKernel`. The array appears at ``out_path`` only once every tile is
+        A `StoredKernel`. The array appears at ``out_path`` only once every tile is
         written (it is assembled under a temporary name, then renamed); on an error the
         temporary array is removed and the error propagates.
     """
@@ -311,7 +311,7 @@ def tiled_kernel(
 
 
 def is_stored_kernel(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a kernel written by :func:`tiled_kernel`: a Zarr folder whose
+    """Whether ``path`` is a kernel written by `tiled_kernel`: a Zarr folder whose
     attributes, or a ``.npy`` file whose ``NAME.json`` next to it, say
     ``format: entk-fast-tiled-kernel``."""
     p = Path(path)
@@ -515,7 +515,7 @@ def stored_topk(
 
     Each product K @ V reads the kernel one row block at a time (``rows`` rows, default the
     Zarr chunk's, or about 64 MB of a ``.npy``) and multiplies it in memory; the iteration is
-    :func:`entk_fast.linalg.eigh_topk_operator`.
+    `entk_fast.linalg.eigh_topk_operator`.
 
     Returns:
         ``(values (k,) descending, vectors (order, k), info)``; ``info["n_matvec"]`` counts

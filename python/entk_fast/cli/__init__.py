@@ -1,8 +1,8 @@
 """The ``entk-fast`` command line.
 
 Convention for subcommands: a module exposes ``add_parser(subparsers)``, which registers its
-subparser and calls ``set_defaults(func=...)`` with ``func(args) -> int``. :func:`main` parses,
-calls ``args.func(args)``, and turns an :class:`~entk_fast.errors.EntkError` into
+subparser and calls ``set_defaults(func=...)`` with ``func(args) -> int``. `main` parses,
+calls ``args.func(args)``, and turns an `EntkError` into
 ``entk-fast: error: <message>`` on stderr with exit status 2 (1 for a computation that
 failed). With ``--json``, every error also prints one JSON object on stdout,
 ``{"error": <message>, "type": <exception class>}``, and keeps its exit status. A signal

@@ -2,7 +2,7 @@
 
 Each ``add_*_parser(subparsers)`` registers one subcommand whose ``func(args)`` returns the
 exit status: 0 when everything succeeded, 1 when some jobs failed (recorded in
-``failures.json``); errors in the request raise :class:`~entk_fast.errors.EntkError`s that
+``failures.json``); errors in the request raise `EntkError`s that
 the main CLI reports. SIGTERM (a SLURM time limit) stops a batch like Ctrl-C: the tasks are
 cancelled, every finished result stays in the store, and a re-run continues.
 """
@@ -105,7 +105,7 @@ def add_summary_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _sigterm_as_interrupt() -> contextlib.AbstractContextManager[None]:
-    """SIGTERM raises :class:`~entk_fast.errors.SignalInterrupt` (a KeyboardInterrupt) in
+    """SIGTERM raises `SignalInterrupt` (a KeyboardInterrupt) in
     the main thread for the block: a batch stops as on Ctrl-C (tasks cancelled, report
     written, finished results kept), and the CLI exits 128 + 15 = 143 as every command does
     on SIGTERM."""

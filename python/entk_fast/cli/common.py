@@ -27,7 +27,7 @@ RUNTIME_ERROR = 1
 
 def interrupt_status(stop: BaseException) -> int:
     """The exit status of a command stopped by a signal: 128 + its number (``signum`` of a
-    :class:`~entk_fast.errors.SignalInterrupt`; SIGINT for a plain Ctrl-C)."""
+    `SignalInterrupt`; SIGINT for a plain Ctrl-C)."""
     return 128 + int(getattr(stop, "signum", signal.SIGINT))
 
 

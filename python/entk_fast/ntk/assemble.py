@@ -55,7 +55,7 @@ def spans(start: int, stop: int, tile: int) -> list[tuple[int, int]]:
 
 
 def square_units(n: int, tile: int) -> int:
-    """Ticks of :func:`assemble_square` when tiled: one per diagonal tile and per tile pair."""
+    """Ticks of `assemble_square` when tiled: one per diagonal tile and per tile pair."""
     count = len(spans(0, n, tile))
     return count * (count + 1) // 2
 
@@ -107,5 +107,5 @@ def assemble_cross(
 
 
 def cross_units(n_rows: int, n_cols: int, tile: int) -> int:
-    """Ticks of :func:`assemble_cross`: one per tile pair."""
+    """Ticks of `assemble_cross`: one per tile pair."""
     return len(spans(0, n_rows, tile)) * len(spans(0, n_cols, tile))

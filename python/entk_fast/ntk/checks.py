@@ -90,7 +90,7 @@ def _decided(diff: Tensor, scale: Tensor, rtol: float) -> bool | None:
 
 
 def close_per_sample(a: Tensor, b: Tensor, *, rtol: float | None = None) -> bool:
-    """:func:`close` for every slice along dim 0 (one per sample), each with its own scale: a
+    """`close` for every slice along dim 0 (one per sample), each with its own scale: a
     sample with small values is held to its own round-off, not to the largest sample's.
     Vectorised; slice by slice only where one is undecided or holds a NaN / inf."""
     if a.shape != b.shape or a.dtype != b.dtype:
@@ -147,7 +147,7 @@ def require_finite(
     dim: int = 0,
     layer: str = "",
 ) -> None:
-    """Raise :class:`InvalidArgumentError` naming the sample when ``values`` holds NaN or inf.
+    """Raise `InvalidArgumentError` naming the sample when ``values`` holds NaN or inf.
 
     ``values`` has one slice per sample along ``dim``; ``sample(i)`` names the sample of slice
     i (e.g. ``"sample 20"``, ``"x2 sample 3"``). ``kind`` is one of ``"output"``,

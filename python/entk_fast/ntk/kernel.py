@@ -54,7 +54,7 @@ def describe_kernel(problem: Problem, count: int = 1, shape: tuple[int, int] | N
     """E.g. "the kernel of 841×841 (trace, N = 841, torch.float64)", for messages.
 
     Args:
-        problem: a prepared request (:func:`entk_fast.ntk.problem.prepare`).
+        problem: a prepared request (`entk_fast.ntk.problem.prepare`).
         count: how many kernels of that shape (the kernel and its layer kernels).
         shape: (rows, columns) where it is not the square kernel's (a cross kernel).
 
@@ -94,21 +94,21 @@ def compute_kernel(
 ) -> EmpiricalNTK:
     """Plan, then assemble the kernel (and layer kernels) of a prepared problem.
 
-    :func:`empirical_ntk` after its checks; the dense path of
-    :func:`~entk_fast.ntk.spectrum.entk_spectrum` calls it too. Call it inside
-    :func:`entk_fast.ntk.problem.evaluation_mode` for models with dropout or BatchNorm.
+    `empirical_ntk` after its checks; the dense path of
+    `entk_spectrum` calls it too. Call it inside
+    `entk_fast.ntk.problem.evaluation_mode` for models with dropout or BatchNorm.
 
     Args:
-        problem: a prepared request (:func:`entk_fast.ntk.problem.prepare`).
+        problem: a prepared request (`entk_fast.ntk.problem.prepare`).
         layerwise: also assemble one kernel per parameter group.
-        max_memory: working memory, as in :func:`empirical_ntk`.
+        max_memory: working memory, as in `empirical_ntk`.
         structured: use the exact Linear/Embedding fast path where it applies.
-        progress: as in :func:`empirical_ntk`.
+        progress: as in `empirical_ntk`.
         n_rows: (cross kernel) the problem's first ``n_rows`` samples are X and the rest X2,
             and the result is K(X, X2); None: the square kernel of all samples.
 
     Returns:
-        An :class:`~entk_fast.results.EmpiricalNTK` of the problem's dtype.
+        An `EmpiricalNTK` of the problem's dtype.
 
     Raises:
         MemoryBudgetError: the kernels, or one sample's work, do not fit (before any work).
@@ -168,7 +168,7 @@ def _cached_dense_applies(
 ) -> bool:
     """One affine layer deep in the model, not on the structured path, whose per-sample
     Jacobian the general path could not hold (or whose forward vmap cannot run): the
-    cached-layer kernel (:meth:`CachedLayerOperator.dense_kernel`) is the fast way."""
+    cached-layer kernel (`CachedLayerOperator.dense_kernel`) is the fast way."""
     if layerwise and len(problem.groups) > 1:
         return False
     if cached_layer_reason(problem) is not None:
@@ -359,7 +359,7 @@ def empirical_ntk(
             (default) when interactive: stderr is a terminal or the code runs in Jupyter.
 
     Returns:
-        An :class:`~entk_fast.results.EmpiricalNTK` whose ``kernel`` is a numpy array of
+        An `EmpiricalNTK` whose ``kernel`` is a numpy array of
         ``dtype``: (N·C, N·C) with row n·C + c (``flattened``), (N, N) (``trace``,
         ``mean_pairs``), or with ``x2`` (N·C, N2·C) / (N, N2); plus ``layer_kernels`` of the
         same shape with ``layerwise=True``.

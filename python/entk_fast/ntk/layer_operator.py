@@ -19,9 +19,9 @@ the suffix's transpose (∂h/∂y · dy, exact because the backward is linear in
 The batch runs as the model's ordinary batched forward, not one sample at a time under vmap:
 padded batches with a 2-D attention mask (which Hugging Face models cannot run under vmap)
 keep this fast path. The probe has shown the model batch-independent, and the module's input
-is checked to have one row per sample. Where the path cannot apply, :func:`cached_layer_reason`
+is checked to have one row per sample. Where the path cannot apply, `cached_layer_reason`
 says why and the caller uses the general products. With ``positions=`` and a BERT-style last
-block, that block runs at the read positions only (:mod:`.readout_pruning`).
+block, that block runs at the read positions only (`.readout_pruning`).
 """
 
 from __future__ import annotations
@@ -150,11 +150,11 @@ MAX_CHUNK = 64
 class CachedLayerOperator:
     """K V = M (Mᵀ V) for the single affine layer of ``problem`` (see the module docstring).
 
-    ``columns`` vectors per batched backward. The first chunk (at most :data:`FIRST_CHUNK`
+    ``columns`` vectors per batched backward. The first chunk (at most `FIRST_CHUNK`
     samples) measures what a sample's cached forward holds (the tensors autograd saves for the
     suffix, and the layer's inputs); the chunk size is then the most samples whose batched
     backward (about three graphs' worth a sample and column) fits ``transient`` bytes, at most
-    :data:`MAX_CHUNK`. Chunks stay cached (layer
+    `MAX_CHUNK`. Chunks stay cached (layer
     inputs and suffix graph) while they fit ``keep_bytes``, and so do their transposes'
     graphs when every chunk's forward fits; chunks beyond run their forward per product
     (and a transpose is rebuilt per block product: one unbatched backward). ``n_matvec``
@@ -180,7 +180,7 @@ class CachedLayerOperator:
         self._bounds: list[tuple[int, int]] | None = None
         last = find_last_block(problem.model, layer.path) if problem.call.positions else None
         self.pruner = None if last is None else LastBlockAtPositions(*last)
-        """The last block at the read positions (:mod:`.readout_pruning`), or None."""
+        """The last block at the read positions (`.readout_pruning`), or None."""
         self._pruning_checked = False
         self._keep_transposes = False
         self._checked = False

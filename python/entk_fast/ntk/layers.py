@@ -93,7 +93,7 @@ class LayerRule(Protocol):
         ...
 
     def factor_width(self, shape: LayerShape) -> int | None:
-        """D, the width of :meth:`input_factor`'s rows, or None when it gives none (the input
+        """D, the width of `input_factor`'s rows, or None when it gives none (the input
         Gram is formed instead): what the memory plan counts."""
         ...
 

@@ -146,7 +146,7 @@ class KernelOperator:
 
     def _linearise(self, start: int, stop: int) -> Linearisation:
         """Run samples ``start:stop``'s forward once and keep its graph: Mᵀ is the backward
-        through it, M the backward of that backward (:meth:`_transposed`)."""
+        through it, M the backward of that backward (`_transposed`)."""
         with per_sample_attention():  # the math backend differentiates twice
             out, pull = self._forward(start, stop)
         return pull, torch.zeros_like(out)
@@ -155,7 +155,7 @@ class KernelOperator:
     def _transposed(kept: Linearisation) -> Callable[[Params], Tensor]:
         """M for a kept graph: Mᵀ u is linear in u, so the derivative of ⟨Mᵀ u, w⟩ along u is
         M w, exactly. The graph of Mᵀ's backward (one unbatched backward through the kept
-        forward) holds about twice the forward graph's memory, so unless :meth:`_keep_graphs`
+        forward) holds about twice the forward graph's memory, so unless `_keep_graphs`
         found room to keep it, it is built per product and dropped after it."""
         pull, zero = kept
         transpose = vjp(pull, zero)[1]

@@ -251,7 +251,7 @@ def plan_structured(
 ) -> tuple[list[StructuredPass], list[Any]]:
     """Group structured layers into sweeps that fit; layers that cannot fit are returned apart.
 
-    A sweep is planned within :func:`structured_cap` of the outputs when it can be (untiled with
+    A sweep is planned within `structured_cap` of the outputs when it can be (untiled with
     the most output rows per backward, else tiled with the largest tile), else within the
     budget; a layer that fits neither way, even tiled one sample at a time, is rejected.
     ``output_bytes`` defaults to the size of the kernels (``layerwise``: one per group too).

@@ -79,7 +79,7 @@ projection's dtype and device before using it)."""
 
 
 def _reads_metadata(func: Callable[..., Any]) -> bool:
-    """Whether ``func`` is the getter of a tensor attribute in :data:`_METADATA`."""
+    """Whether ``func`` is the getter of a tensor attribute in `_METADATA`."""
     owner = getattr(func, "__self__", None)
     return (
         getattr(func, "__name__", "") == "__get__" and getattr(owner, "__name__", "") in _METADATA
@@ -216,7 +216,7 @@ def run_probe(
     sample_name: Callable[[int], str] | None = None,
     call: ModelCall = DEFAULT_CALL,
 ) -> ProbeResult:
-    """Run the model on a few samples (:func:`probe_indices`) batched and alone; record it.
+    """Run the model on a few samples (`probe_indices`) batched and alone; record it.
 
     Each probe sample also runs alone: the model is batch independent when every sample's
     output is the same alone and inside the batch, and a Linear / Embedding layer sees the

@@ -5,7 +5,7 @@ Everything a user can get wrong is checked here, before any expensive work: the 
 type, the inputs (type, shape, emptiness, NaN), the parameters (NaN, selection, groups), the
 reduction, the output metric (size, symmetry, PSD) and the dtype.
 
-A reduction is one :class:`Reduction` object in :data:`REDUCTIONS`; nothing else in the engine
+A reduction is one `Reduction` object in `REDUCTIONS`; nothing else in the engine
 compares reduction names. With R the output map (the metric S^½, and for ``mean_pairs`` the
 mean 1ᵀ/C folded in), every reduction is K = scale · M Mᵀ for a Jacobian arrangement M:
 ``flattened`` and ``mean_pairs`` take each row of R J_n as a kernel row (scale 1); ``trace``
@@ -140,7 +140,7 @@ REDUCTIONS: dict[str, Reduction] = {
 
 
 def reduction_of(name: Any) -> Reduction:
-    """The :class:`Reduction` called ``name``."""
+    """The `Reduction` called ``name``."""
     return REDUCTIONS[check_choice("reduction", name, tuple(REDUCTIONS))]
 
 
@@ -177,7 +177,7 @@ class Problem:
         return int(self.inputs[0].shape[0])
 
     def sample_name(self, i: int) -> str:
-        """How messages name sample ``i`` of :attr:`inputs`: ``"sample 20"``, or for the
+        """How messages name sample ``i`` of `inputs`: ``"sample 20"``, or for the
         second input set of a cross kernel ``"x2 sample 3"`` (the user's own indices)."""
         return sample_namer(self.n_samples, self.n_samples2)(i)
 
@@ -474,7 +474,7 @@ def prepare(
     dtype: Any = None,
     positions: Any = None,
 ) -> Problem:
-    """Validate everything and probe the model once. Call inside :func:`evaluation_mode`."""
+    """Validate everything and probe the model once. Call inside `evaluation_mode`."""
     if not isinstance(model, nn.Module):
         raise InvalidTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     red = reduction_of(reduction)

@@ -5,7 +5,7 @@ When a model's output is read at one position per sample (``positions=``) from t
 hidden state, that block's attention needs every position's keys and values, but its query,
 attention output, MLP and norms only at the read position: in a 64-token context about four
 fifths of the block's work is thrown away by the readout, and the products run it twice per
-vector (a backward and its transpose). :class:`LastBlockAtPositions` runs the model's forward up
+vector (a backward and its transpose). `LastBlockAtPositions` runs the model's forward up
 to the last block (a pre-hook stops it there with the block's inputs), then the block itself at
 the read positions, from the block's own submodules; only the attention scores are written
 out here. It applies to BERT-style encoder blocks (``attention.self.query/key/value``,

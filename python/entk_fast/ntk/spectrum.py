@@ -339,7 +339,7 @@ def _factored_operator(
     problem: Problem, layers: list[StructuredLayer], room: int, transient: int
 ) -> FactoredOperator | None:
     """Products of the structured ``layers`` whose factors fit ``room`` bytes, from factors
-    gathered once (:mod:`entk_fast.ntk.factored`); None when no layer qualifies or fits."""
+    gathered once (`entk_fast.ntk.factored`); None when no layer qualifies or fits."""
     chosen, used = [], 0
     costs = [(factor_bytes(problem, [layer]), layer) for layer in layers]
     for cost, layer in sorted(costs, key=lambda pair: pair[0]):
@@ -407,7 +407,7 @@ def entk_spectrum(
 
     The eigenvectors of the flattened eNTK are the features the network uses, and cliffs in
     its spectrum separate feature families (J. Lin, arXiv 2510.00468). Arguments are those
-    of :func:`entk_fast.empirical_ntk`, plus:
+    of `entk_fast.empirical_ntk`, plus:
 
     Args:
         k: how many eigenpairs (``None``: all, or all non-zero ones on the dual path).
@@ -422,13 +422,13 @@ def entk_spectrum(
         seed: start vector of the matrix-free solver.
 
     Returns:
-        An :class:`~entk_fast.results.NTKSpectrum` of ``dtype``: ``eigenvalues`` (k,)
+        An `NTKSpectrum` of ``dtype``: ``eigenvalues`` (k,)
         descending, ``eigenvectors`` (R, k) with R = N·C (row n·C + c, ``flattened``) or N;
         ``.method`` the path taken, ``.info`` the solver's details.
 
     Raises:
         InvalidTypeError: ``model`` is not an ``nn.Module``, or k is not an integer.
-        InvalidArgumentError: as :func:`entk_fast.empirical_ntk`; also k not in
+        InvalidArgumentError: as `entk_fast.empirical_ntk`; also k not in
             [1, order], an unknown ``method``, ``method="dual"`` where the Jacobian has as
             many columns as the kernel rows, ridge < 0 or with the matrix-free path, and
             ``method="matrix_free"`` without k.
@@ -520,7 +520,7 @@ def entk_topk(
 ) -> NTKSpectrum:
     """The top-k eigenpairs of the reduced, metric-weighted eNTK without forming it.
 
-    The Rust thick-restarted block Krylov solver (:func:`entk_fast.linalg.eigh_topk_operator`)
+    The Rust thick-restarted block Krylov solver (`entk_fast.linalg.eigh_topk_operator`)
     on K V = J (Jᵀ V) for blocks V of ``block`` vectors (default k + 8), in float64 also for
     float32 models. Each chunk's forward runs once: its autograd graph is kept while it fits the
     memory plan, and a block product is one vmapped backward through it and one through its
@@ -536,14 +536,14 @@ def entk_topk(
     ``trace`` not C of them: one output unit's cotangents over the C outputs often have rank
     1). Every copy of a repeated eigenvalue is found —
     cos/sin pairs of Fourier features, a linear model's C-fold eigenvalues — also when the
-    multiplicity exceeds the block. Arguments as in :func:`entk_fast.empirical_ntk`; ``tol`` is
+    multiplicity exceeds the block. Arguments as in `entk_fast.empirical_ntk`; ``tol`` is
     the relative residual target ‖K v − λ v‖ / λ₁ (default 1e-11 in float64, 1e-4 in float32),
     ``maxiter`` the most restart cycles, ``seed`` fixes the random start blocks. ``info``
     reports ``n_matvec`` (vector products), ``residuals``, ``max_residual``, ``converged``,
     ``factored_layers`` and ``factored_bytes``, ``kept_chunks`` of ``chunks``,
     ``kept_transposes`` and ``kept_bytes``; a ``RuntimeWarning``
     says when the solver did not converge. The features and their cliffs are those of
-    :func:`entk_spectrum` (J. Lin, arXiv 2510.00468), for kernels too large to store.
+    `entk_spectrum` (J. Lin, arXiv 2510.00468), for kernels too large to store.
 
     Args:
         k: the number of eigenpairs, 1 ≤ k < N·C (or N for ``trace`` / ``mean_pairs``).
@@ -553,13 +553,13 @@ def entk_topk(
         seed: seed of the random start blocks (results are deterministic).
 
     Returns:
-        An :class:`~entk_fast.results.NTKSpectrum` with ``method="matrix_free"``:
+        An `NTKSpectrum` with ``method="matrix_free"``:
         ``eigenvalues`` (k,) descending and ``eigenvectors`` (R, k), R = N·C (row n·C + c)
         or N, of ``dtype``; ``.info`` as above.
 
     Raises:
         InvalidTypeError: ``model`` is not an ``nn.Module``, or k is not an integer.
-        InvalidArgumentError: as :func:`entk_fast.empirical_ntk`; also k missing or not in
+        InvalidArgumentError: as `entk_fast.empirical_ntk`; also k missing or not in
             [1, order), and ``tol``, ``maxiter``, ``block`` or ``seed`` out of range.
         MemoryBudgetError: the Krylov basis and one sample's products do not fit
             ``max_memory`` (before any work).

@@ -79,7 +79,7 @@ def _sdpa_switches() -> dict[str, tuple[Callable[[], Any], Callable[[bool], Any]
 
 
 class _AttentionSettings:
-    """The process-wide attention settings :func:`per_sample_attention` holds, counted: torch
+    """The process-wide attention settings `per_sample_attention` holds, counted: torch
     keeps them in global state, so threads computing eNTKs at once share one change, made by
     the first to enter and undone by the last to leave (a thread that left early must not
     restore the fused kernels under another thread's vmap)."""

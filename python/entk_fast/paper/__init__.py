@@ -3,9 +3,9 @@ directories, the demo, the figures and ``reproduce/`` (one module per section of
 
 It uses the library like any user would. The names most users want:
 
-* :func:`train_tms`, :func:`train_modadd` and :class:`TMSConfig`, :class:`ModAddConfig`,
-  :class:`TransformerConfig`: train a toy model, writing checkpoints into a run directory;
-* :func:`load_run` and :class:`Run`: read a run directory back (config, history, checkpoints).
+* `train_tms`, `train_modadd` and `TMSConfig`, `ModAddConfig`,
+  `TransformerConfig`: train a toy model, writing checkpoints into a run directory;
+* `load_run` and `Run`: read a run directory back (config, history, checkpoints).
 
 Submodules are imported on first use, so ``import entk_fast.paper`` is cheap.
 

@@ -1,6 +1,6 @@
 """Figures of the paper's experiments: each function returns a matplotlib ``Figure`` (shown
-inline in a notebook) and :func:`save_figure` writes one as PNG, atomically. The generic plots
-are :mod:`entk_fast.plotting`'s, drawn here on figures of our own.
+inline in a notebook) and `save_figure` writes one as PNG, atomically. The generic plots
+are `entk_fast.plotting`'s, drawn here on figures of our own.
 
 No pyplot: nothing here touches matplotlib's global backend or opens a window (figures are
 drawn on the Agg canvas).

@@ -195,7 +195,7 @@ def default_text() -> str:
 
 
 def read_text(path: str | Path | None) -> str:
-    """The text of ``path`` (UTF-8), or :func:`default_text` for None."""
+    """The text of ``path`` (UTF-8), or `default_text` for None."""
     if path is None:
         return default_text()
     file = Path(path)
@@ -340,7 +340,7 @@ def build_contexts(
     tokenizer's special tokens) around a word that is exactly one token, at a random place
     in the window, read at that word (``readout="word"``) or at the mask token put in its
     place (``"mask"``). A tag with fewer than ``per_tag`` candidates is replaced by the
-    first of :data:`SPARE_TAGS` that has enough (``Contexts.replaced``).
+    first of `SPARE_TAGS` that has enough (``Contexts.replaced``).
     """
     unknown = [t for t in tags if t not in UPOS]
     if unknown:

@@ -1,4 +1,4 @@
-"""Run directories: config/history/checkpoint files, the run lock, and :func:`load_run`.
+"""Run directories: config/history/checkpoint files, the run lock, and `load_run`.
 
 Layout of a run directory::
 
@@ -286,13 +286,13 @@ def _short_list(values: list[int]) -> str:
 
 @dataclass(frozen=True, eq=False)
 class Run:
-    """A training run on disk, as returned by :func:`load_run`.
+    """A training run on disk, as returned by `load_run`.
 
     Attributes:
         path: the run directory.
         kind: the registered task, e.g. ``"tms"`` or ``"modadd"``.
-        config: the run's config (:class:`~entk_fast.paper.TMSConfig`,
-            :class:`~entk_fast.paper.ModAddConfig`, :class:`~entk_fast.paper.TransformerConfig`).
+        config: the run's config (`TMSConfig`,
+            `ModAddConfig`, `TransformerConfig`).
         history: column name -> values per logged step (``"step"`` is int64, the rest float64);
             for ``"modadd"`` one step is one full-batch epoch.
         completed: whether training reached its last step.
@@ -360,13 +360,13 @@ class Run:
 def load_run(path: str | os.PathLike[str]) -> Run:
     """Open the run directory ``path`` written by ``train_tms``/``train_modadd`` or the CLI.
 
-    Checkpoints are read only on demand (:meth:`Run.load_checkpoint`).
+    Checkpoints are read only on demand (`Run.load_checkpoint`).
 
     Args:
-        path: the run directory (``out`` of :func:`~entk_fast.paper.training`).
+        path: the run directory (``out`` of `training`).
 
     Returns:
-        A :class:`Run`: the config, the history (column -> array) and whether it completed.
+        A `Run`: the config, the history (column -> array) and whether it completed.
 
     Raises:
         RunDirectoryError: ``path`` does not exist, is not a run directory, or holds an

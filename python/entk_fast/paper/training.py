@@ -56,7 +56,7 @@ class ProgressFn(Protocol):
 
     ``step`` is the step just finished (the start step before the first), ``total`` the last
     step, ``metrics`` the latest history row (column -> value, ``"step"`` included). Pass one
-    as ``progress=`` to :func:`train`.
+    as ``progress=`` to `train`.
 
     Examples:
         >>> from entk_fast.paper import TMSConfig, train_tms
@@ -100,7 +100,7 @@ class TrainResult:
 
 
 def tqdm_progress(desc: str, **tqdm_kwargs: Any) -> ProgressFn:
-    """A :class:`ProgressFn` that draws a tqdm bar (to stderr) with the latest metrics.
+    """A `ProgressFn` that draws a tqdm bar (to stderr) with the latest metrics.
 
     What ``progress=True`` uses.
 
@@ -163,14 +163,14 @@ def train(
             not exist, be empty, or (with ``resume``) hold this very run. ``None``: write nothing.
         resume: continue the run in ``out`` from its last checkpoint.
         progress: ``True`` for a tqdm bar, ``None`` (default) for one when interactive (a
-            terminal or Jupyter), ``False`` for none, or a :class:`ProgressFn`.
+            terminal or Jupyter), ``False`` for none, or a `ProgressFn`.
         plot: write ``training_curve.png`` into ``out`` at the end.
         threads: torch CPU threads during training (restored afterwards); ``None`` keeps the
             current setting. The models are tiny, so one thread is fastest, and a fixed thread
             count keeps results reproducible across machines.
 
     Returns:
-        A :class:`TrainResult`: the final model (eval mode) and its history.
+        A `TrainResult`: the final model (eval mode) and its history.
 
     Raises:
         InvalidTypeError: ``config`` is no registered task's config, or ``progress`` is
@@ -203,15 +203,15 @@ def train_tms(
     plot: bool = True,
     threads: int | None = 1,
 ) -> TrainResult:
-    """Train a :class:`~entk_fast.toys.TMS`: importance-weighted MSE, Adam, full batch.
+    """Train a `TMS`: importance-weighted MSE, Adam, full batch.
 
-    Arguments as in :func:`train` (``config`` defaults to the paper's ``TMSConfig()``).
+    Arguments as in `train` (``config`` defaults to the paper's ``TMSConfig()``).
     History columns: ``step``, ``loss`` (the training loss) and ``n_reconstructed`` (features
     with ``(WᵀW)_ii >= 0.75``). The TMS experiment of J. Lin, arXiv 2510.00468.
 
     Raises:
-        InvalidTypeError: ``config`` is not a :class:`~entk_fast.paper.TMSConfig`.
-        EntkError: as :func:`train`.
+        InvalidTypeError: ``config`` is not a `TMSConfig`.
+        EntkError: as `train`.
 
     Examples:
         >>> import tempfile
@@ -237,16 +237,16 @@ def train_modadd(
     plot: bool = True,
     threads: int | None = 1,
 ) -> TrainResult:
-    """Train a :class:`~entk_fast.toys.ModAddMLP`: MSE on one-hot labels, AdamW, full batch.
+    """Train a `ModAddMLP`: MSE on one-hot labels, AdamW, full batch.
 
-    Arguments as in :func:`train` (``config`` defaults to the paper's ``ModAddConfig()``).
+    Arguments as in `train` (``config`` defaults to the paper's ``ModAddConfig()``).
     History columns: ``step`` (= epoch), ``train_loss``, ``test_loss``, ``train_acc``,
     ``test_acc`` (accuracies in [0, 1], by arg-max). The grokking experiment of J. Lin,
     arXiv 2510.00468.
 
     Raises:
-        InvalidTypeError: ``config`` is not a :class:`~entk_fast.paper.ModAddConfig`.
-        EntkError: as :func:`train`.
+        InvalidTypeError: ``config`` is not a `ModAddConfig`.
+        EntkError: as `train`.
 
     Examples:
         >>> from entk_fast.paper import ModAddConfig, train_modadd
@@ -479,7 +479,7 @@ def _resume(
     A checkpoint that cannot be read or restored (a disk error, a file truncated outside
     entk-fast's atomic writes) is skipped with a warning naming it, and training resumes from
     the previous one; the skipped step is recomputed (deterministically) and its file
-    rewritten. When no checkpoint is usable, :class:`CheckpointError` says so and what to do.
+    rewritten. When no checkpoint is usable, `CheckpointError` says so and what to do.
     """
     steps = runs.checkpoint_steps(run_dir)
     if not steps:

@@ -1,9 +1,9 @@
 """The paper's toy models and their data sets (models and data only; training is in
-:mod:`entk_fast.paper`).
+`entk_fast.paper`).
 
-* Toy Models of Superposition: :class:`TMS`, :func:`tms_dataset`, :func:`tms_importance`.
-* Modular addition with a 1-layer MLP: :class:`ModAddMLP`, :func:`modadd_dataset`.
-* The 1-layer modular-addition transformer: :class:`ModAddTransformer`, :func:`modadd_tokens`.
+* Toy Models of Superposition: `TMS`, `tms_dataset`, `tms_importance`.
+* Modular addition with a 1-layer MLP: `ModAddMLP`, `modadd_dataset`.
+* The 1-layer modular-addition transformer: `ModAddTransformer`, `modadd_tokens`.
 
 All are plain ``torch.nn.Module`` s and tensors: the eNTK engine treats them like any user's model.
 """

@@ -83,7 +83,7 @@ def modadd_dataset(p: int, train_fraction: float = 0.7, *, seed: int = 0) -> Mod
         seed: seeds the split (deterministic; independent of torch's global generator).
 
     Returns:
-        A :class:`ModAddData` (inputs (p², 2p) float32, labels (p²,) int64, the split).
+        A `ModAddData` (inputs (p², 2p) float32, labels (p²,) int64, the split).
 
     Raises:
         InvalidTypeError: p or seed is not an integer, or train_fraction not a real.
@@ -166,7 +166,7 @@ class ModAddMLP(nn.Module):
     (``nn.Linear`` stores weights as (out, in)). Input: (..., 2p) (two concatenated one-hot
     vectors); output: (..., p) scores for ``(a + b) mod p``. The grokking model of J. Lin,
     arXiv 2510.00468, whose eNTK eigenvectors form Fourier families
-    (:func:`entk_fast.analysis.block_overlaps`).
+    (`entk_fast.analysis.block_overlaps`).
 
     Args:
         p: the modulus, ≥ 2.

@@ -104,7 +104,7 @@ class TMS(nn.Module):
     ``W`` (n_hidden, n_features) is Xavier-normal (std ``sqrt(2 / (n + m))``), ``b``
     (n_features,) starts at zero. Input ``x``: (..., n_features); output: same shape.
     The first model of J. Lin, arXiv 2510.00468, whose flattened eNTK's top eigenvectors
-    recover the features (:func:`entk_fast.analysis.feature_heatmap`).
+    recover the features (`entk_fast.analysis.feature_heatmap`).
 
     Args:
         n_features: n, the input and output width, ≥ 1.

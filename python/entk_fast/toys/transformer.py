@@ -53,7 +53,7 @@ class ModAddTokens:
     """All ``p**2`` sequences ``(a, b, =)`` with label ``(a + b) mod p``, and a train/test split.
 
     Row ``i = a*p + b`` of every per-pair tensor belongs to the pair ``(a, b)``; the split is
-    the one :func:`~entk_fast.toys.modadd_dataset` draws for the same ``train_fraction`` and
+    the one `modadd_dataset` draws for the same ``train_fraction`` and
     seed.
 
     Attributes:
@@ -100,14 +100,14 @@ def modadd_tokens(p: int, train_fraction: float = 0.5, *, seed: int = 0) -> ModA
     Args:
         p: the modulus, ≥ 2; the token p is "=".
         train_fraction: the share of the p² pairs in the training set, in (0, 1).
-        seed: seeds the split, as :func:`~entk_fast.toys.modadd_dataset`.
+        seed: seeds the split, as `modadd_dataset`.
 
     Returns:
-        A :class:`ModAddTokens` (inputs (p², 3) int64 ``[a, b, p]``, labels (p²,) int64).
+        A `ModAddTokens` (inputs (p², 3) int64 ``[a, b, p]``, labels (p²,) int64).
 
     Raises:
         InvalidTypeError: p or seed is not an integer, or train_fraction not a real.
-        InvalidArgumentError: as :func:`~entk_fast.toys.modadd_dataset`.
+        InvalidArgumentError: as `modadd_dataset`.
 
     Examples:
         >>> from entk_fast.toys import modadd_tokens
@@ -149,7 +149,7 @@ class CausalAttention(nn.Module):
 
     Args:
         d_model: d, the width; a multiple of ``n_heads`` (not checked here:
-            :class:`ModAddTransformer` checks it with :func:`check_heads`).
+            `ModAddTransformer` checks it with `check_heads`).
         n_heads: the number of heads, ≥ 1.
         generator: draws the weights, N(0, 1/d) (default: torch's global generator).
 

@@ -3,14 +3,14 @@
 Self-attention applies the packed input projection (W_in = [W_Q; W_K; W_V], (3d, d), and its
 bias) and the output projection (``out_proj``) at every one of the T positions of a sample,
 so each has the exact eNTK block Σ_{t,t'} ⟨a_t, a'_t'⟩ ⟨g_t, g'_t'⟩ of a Linear at T positions
-(:mod:`.layers`). Their inputs and output cotangents are inside
+(`.layers`). Their inputs and output cotangents are inside
 ``F.multi_head_attention_forward``, which no hook reaches, so during the structured passes
-the module's output is recomputed by :func:`attention_forward`, the same computation written
+the module's output is recomputed by `attention_forward`, the same computation written
 with the two projections exposed (the zero probes are added to their outputs there). The
 recomputation is checked against the output the module's own forward just gave (on the probe
 samples, and on every chunk the first time it is gathered); a configuration it does not
 cover (cross-attention, separate q/k/v weights, ``bias_k``, ``add_zero_attn``, dropout in
-training, unbatched input) raises :class:`StructuredFallback` and the two projections take
+training, unbatched input) raises `StructuredFallback` and the two projections take
 the general path.
 """
 
@@ -102,7 +102,7 @@ def attention_forward(
     path: str,
 ) -> tuple[Tensor, Tensor | None]:
     """The module's output on ``(args, kwargs)``, with its projections passed through
-    ``on_site``; raises :class:`StructuredFallback` (naming ``path``'s sites) where it does not
+    ``on_site``; raises `StructuredFallback` (naming ``path``'s sites) where it does not
     cover the call."""
     paths = [f"{path}:{site}" for site in SITES]
     call = _arguments(args, kwargs)

@@ -96,7 +96,7 @@ def jacobian_block(
 
     Computed ``chunk`` samples at a time (each a ``vmap`` over samples of ``jacrev``); a
     sample whose output or Jacobian is NaN or infinite, or whose forward fails, is named
-    in an :class:`InvalidArgumentError`.
+    in an `InvalidArgumentError`.
     """
     f = sample_function(problem)
 

@@ -25,7 +25,7 @@ every chunk's batched forward is compared once with its samples run alone (one v
 forward, as the general path runs them); when a qualified layer misbehaves there (it does not
 run, runs twice or on another number of rows, its input rows or the outputs differ from the
 lone runs, an attention recomputation differs from the module's own output, or the batched
-forward / backward fails), :class:`StructuredFallback` names it and the caller redoes the
+forward / backward fails), `StructuredFallback` names it and the caller redoes the
 work with it on the general path. The lone runs (the probe's, the cotangent check's and each
 chunk's) are single vmapped calls, sample by sample only where vmap cannot run the forward;
 a position whose cotangents are zero for every sample (a causal model read at its last
@@ -160,9 +160,9 @@ def _hook_layers(
 ) -> list[Any]:
     """Hooks that pass each layer's (input (n, ...), output (n, ...)) through ``on_call``, whose
     result replaces the output; attention projections are reached by recomputing their
-    module's output (:func:`attention.attention_forward`). ``check_attention``: compare the
+    module's output (`attention.attention_forward`). ``check_attention``: compare the
     recomputed output with the one the module's own forward just gave (values, not under
-    vmap) and raise :class:`StructuredFallback` for its projections where they differ.
+    vmap) and raise `StructuredFallback` for its projections where they differ.
     Returns the hook handles."""
     handles = []
     plain = [layer for layer in layers if layer.owner is None]
@@ -223,7 +223,7 @@ def _forward_with_probes(
 
     ``probes``: the zero probes (n, *sample shape) to add (one sample's slice of batched
     probes under vmap); by default fresh leaves that require grad.
-    ``check_attention``: as :func:`_hook_layers`.
+    ``check_attention``: as `_hook_layers`.
     """
     n = inputs[0].shape[0]
     probes = (
@@ -360,7 +360,7 @@ def _vmapped_lone_cotangents(
     head: tuple[Tensor, ...],
     weights: Tensor,
 ) -> dict[str, Tensor]:
-    """:func:`_lone_cotangents` as one vmapped forward over the samples, each a batch of one,
+    """`_lone_cotangents` as one vmapped forward over the samples, each a batch of one,
     and one plain backward: the samples do not meet under vmap, so the gradient with respect
     to sample i's probe is its lone cotangent. (Plain autograd, not ``torch.func.grad``, whose
     first call imports ``torch._dynamo``: 1.5 s.)"""
@@ -392,7 +392,7 @@ def _looped_lone_cotangents(
     head: tuple[Tensor, ...],
     weights: Tensor,
 ) -> dict[str, Tensor]:
-    """:func:`_lone_cotangents` one sample at a time (plain autograd)."""
+    """`_lone_cotangents` one sample at a time (plain autograd)."""
     parts: dict[str, list[Tensor]] = {layer.path: [] for layer in layers}
     for i in range(head[0].shape[0]):
         try:
@@ -431,7 +431,7 @@ def gather(
     tensors per layer path, large enough) receives the cotangents: one buffer reused across
     calls spares the allocator a large short-lived block per call. ``check`` (default:
     ``want_acts``; once per sample is enough) compares each chunk's batched forward with the
-    samples run alone (:func:`_check_alone`).
+    samples run alone (`_check_alone`).
     """
     check = want_acts if check is None else check
     start, stop = samples
@@ -594,7 +594,7 @@ class _Rows:
 
 
 def _position_rows(problem: Problem, cot: Tensor, *, total: bool = True) -> _Rows:
-    """Cotangents (n, rows, T, d_out) as :class:`_Rows` (``total``: also their position sum)."""
+    """Cotangents (n, rows, T, d_out) as `_Rows` (``total``: also their position sum)."""
     positions = cot.shape[2]
     per_position = cot.permute(2, 0, 1, 3).contiguous()  # (T, n, rows, d_out)
     parts = [_kernel_rows(problem, per_position[t]) for t in range(positions)]
@@ -620,7 +620,7 @@ def _position_gram(problem: Problem, layer: StructuredLayer, act: Tensor) -> np.
 
 
 def _position_factor(problem: Problem, layer: StructuredLayer, act: Tensor) -> np.ndarray | None:
-    """Factor rows (T·n, D) of :func:`_position_gram`, when the rule gives them."""
+    """Factor rows (T·n, D) of `_position_gram`, when the rule gives them."""
     return layer.rule.input_factor(layer.shape, _by_position(layer, act), problem.numpy_dtype)
 
 

@@ -14,10 +14,10 @@ Sections (J. Lin, *Feature Identification via the Empirical NTK*, arXiv 2510.004
   its derivative and the epoch where it rises fastest, beside the accuracy curves.
 * ``transformer``: the 1-layer modular-addition transformer (p = 29): its key frequencies and
   the overlap of each layer kernel's top eigenvectors with the Fourier modes at those
-  frequencies, at the end and over training (:mod:`.transformer`).
+  frequencies, at the end and over training (`.transformer`).
 * ``lm``: a pretrained language model (the packaged all-MiniLM-L6-v2 by default, or
   ``--model``): one layer's eNTK top eigenvectors against PCA of its block's activations as
-  part-of-speech detectors (:mod:`.lm`; needs the ``lm`` extra, and ``all`` runs it
+  part-of-speech detectors (`.lm`; needs the ``lm`` extra, and ``all`` runs it
   only when that is installed).
 
 Everything lands in ``--out``: ``report.json`` (every number, named), one PNG per figure, and
@@ -49,14 +49,14 @@ __all__ = ["SECTIONS", "Plan", "reproduce"]
 
 
 def run_transformer(plan: Plan, runs: Path, cache: Path, log: Log) -> Section:
-    """The modular-addition transformer (:mod:`.transformer`)."""
+    """The modular-addition transformer (`.transformer`)."""
     from .transformer import run_transformer as run
 
     return run(plan.transformer, runs, cache, log)
 
 
 def run_lm(plan: Plan, runs: Path, cache: Path, log: Log) -> Section:
-    """The pretrained language model (:mod:`.lm`)."""
+    """The pretrained language model (`.lm`)."""
     from .lm import run_lm as run
 
     return run(plan.lm, cache, log)
@@ -85,9 +85,9 @@ def reproduce(
     progress: bool = True,
     plan: Plan | None = None,
 ) -> dict[str, Any]:
-    """Run ``sections`` (of :data:`SECTIONS`) and write report.json, report.md and the PNGs.
+    """Run ``sections`` (of `SECTIONS`) and write report.json, report.md and the PNGs.
 
-    ``quick``: reduced sizes (:meth:`Plan.reduced`); ``plan`` overrides both (other seeds or
+    ``quick``: reduced sizes (`Plan.reduced`); ``plan`` overrides both (other seeds or
     sizes). Returns the report (what ``report.json`` holds).
     """
     from ..figures import save_figure

@@ -1,7 +1,7 @@
-"""What every ``entk-fast reproduce`` section shares: its outcome (:class:`Section`), progress
+"""What every ``entk-fast reproduce`` section shares: its outcome (`Section`), progress
 lines, trained-or-reused runs, config tags for run and cache names, and figure links.
 
-Apart from :mod:`.reproduce` so that a section in its own module (:mod:`.reproduce_transformer`)
+Apart from `.reproduce` so that a section in its own module (`.reproduce_transformer`)
 uses them without importing the module that runs it.
 """
 

@@ -5,14 +5,14 @@ model, the top eigenvectors of the flattened eNTK restricted to that layer's wei
 output metric: S = UᵀU for a causal LM, the identity for an encoder), each reshaped to (N, d)
 and read by its top singular pair, pick out part of speech better than PCA of the same
 block's activations. Here, offline: the packaged all-MiniLM-L6-v2 by default, spaCy's
-packaged tagger, and Python's own documentation as text (:mod:`.language`).
+packaged tagger, and Python's own documentation as text (`.language`).
 
 Steps, each cached under the report's ``cache/`` (a rerun resumes after the last finished
 step): tag the text; build 8 tags × 128 balanced contexts of 64 tokens; the matrix-free top-25
-of the layer's eNTK (cached-layer products, :mod:`entk_fast.ntk.layer_operator`); PCA, random
+of the layer's eNTK (cached-layer products, `entk_fast.ntk.layer_operator`); PCA, random
 directions and a linear-probe ceiling on the block's output at the readout; per tag the best
 (mode, sign) by train AP on a stratified half, scored on the other half
-(:mod:`entk_fast.analysis.language`); the same for UD morphology features with ≥ 30 examples.
+(`entk_fast.analysis.language`); the same for UD morphology features with ≥ 30 examples.
 """
 
 from __future__ import annotations

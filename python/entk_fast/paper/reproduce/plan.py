@@ -34,8 +34,8 @@ PAPER: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class Plan:
-    """What a reproduction trains: the paper's sizes (:meth:`paper`), a smoke test in under a
-    minute (:meth:`quick`), or any configs (tests use other seeds and sizes). The first TMS
+    """What a reproduction trains: the paper's sizes (`paper`), a smoke test in under a
+    minute (`quick`), or any configs (tests use other seeds and sizes). The first TMS
     config is the dense one (the paper's (10, 0.3)), whose extra checks apply."""
 
     tms: tuple[TMSConfig, ...]

@@ -1,9 +1,9 @@
 """``entk-fast reproduce transformer``: the 1-layer modular-addition transformer that groks.
 
-The paper's third model (J. Lin, arXiv 2510.00468, v3; :mod:`.transformer`): after training,
+The paper's third model (J. Lin, arXiv 2510.00468, v3; `.transformer`): after training,
 
 * the **key frequencies**, found from the Fourier norms of the token embedding over the tokens
-  0..p−1 (:func:`~entk_fast.analysis.transformer.key_frequencies`: the largest cliff of the
+  0..p−1 (`key_frequencies`: the largest cliff of the
   sorted norms);
 * the ``mean_pairs`` eNTK over all p + 1 logits on all p² inputs, one kernel per weight matrix
   (and W_V + W_O summed, and the full kernel), and for each the overlap of its top
@@ -12,8 +12,8 @@ The paper's third model (J. Lin, arXiv 2510.00468, v3; :mod:`.transformer`): aft
 * over training, every 40 epochs, the unembedding kernel's overlap with the a+b family at
   the final key frequencies and its derivative, beside the accuracy curves.
 
-A section of :func:`~entk_fast.paper.reproduce.reproduce` (which calls
-:func:`run_transformer` with its plan's config and :func:`markdown`); its run, caches and
+A section of `reproduce` (which calls
+`run_transformer` with its plan's config and `markdown`); its run, caches and
 report entries follow the other sections'.
 """
 
@@ -185,7 +185,7 @@ def run_transformer(config: TransformerConfig, runs: Path, cache: Path, log: Log
 def _sweep(
     run: Any, config: TransformerConfig, frequencies: tuple[int, ...], cache: Path, log: Log
 ) -> dict[str, Any]:
-    """At the checkpoints every :data:`SWEEP_EVERY` epochs and the last: the unembedding
+    """At the checkpoints every `SWEEP_EVERY` epochs and the last: the unembedding
     kernel's top 2·#key + 1 eigenvectors vs the key families (cached per checkpoint, so an
     interrupted sweep continues)."""
     from ...ntk import empirical_ntk

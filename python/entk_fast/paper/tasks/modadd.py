@@ -35,7 +35,7 @@ class ModAddConfig:
         lr, weight_decay: AdamW hyper-parameters (betas and eps are PyTorch's defaults).
         epochs: number of full-batch AdamW steps.
         seed: seeds the model initialisation.
-        data_seed: seeds the train/test split (:func:`~entk_fast.toys.modadd_dataset`).
+        data_seed: seeds the train/test split (`modadd_dataset`).
         log_every: a history row every this many epochs (and at epochs 0 and ``epochs``).
         checkpoint_every: a checkpoint every this many epochs (and at epochs 0 and ``epochs``).
 
@@ -187,8 +187,8 @@ MODADD_TASK = TaskSpec(
     ),
     summary=_summary,
 )
-"""The ``modadd`` task: :class:`ModAddConfig`, the :class:`~entk_fast.toys.ModAddMLP` and its
-trainer, as registered in :data:`entk_fast.paper.tasks.registry.TASKS`.
+"""The ``modadd`` task: `ModAddConfig`, the `ModAddMLP` and its
+trainer, as registered in `entk_fast.paper.tasks.registry.TASKS`.
 
 Examples:
     >>> from entk_fast.paper.tasks.modadd import MODADD_TASK

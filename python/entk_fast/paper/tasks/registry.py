@@ -1,4 +1,4 @@
-"""The registry of toy tasks: ``kind`` -> :class:`~entk_fast.paper.tasks.spec.TaskSpec`.
+"""The registry of toy tasks: ``kind`` -> `TaskSpec`.
 
 A new task is one module in ``paper/tasks/`` that defines a ``TaskSpec``, and one line here.
 """

@@ -1,8 +1,8 @@
-"""What a toy task is: the :class:`TaskSpec` a task module fills in and registers.
+"""What a toy task is: the `TaskSpec` a task module fills in and registers.
 
 A task (TMS, the modular-addition MLP, ...) is one module in ``paper/tasks/`` that defines its
-config dataclass, model, data, training step and metrics, and one :class:`TaskSpec`; the
-registry (:mod:`entk_fast.paper.tasks.registry`) lists the specs, and the training loop, run
+config dataclass, model, data, training step and metrics, and one `TaskSpec`; the
+registry (`entk_fast.paper.tasks.registry`) lists the specs, and the training loop, run
 directories, plots and CLI read everything task-specific from there.
 """
 

@@ -35,7 +35,7 @@ class TMSConfig:
         lr: Adam learning rate.
         steps: number of full-batch Adam steps.
         seed: seeds the model initialisation.
-        data_seed: seeds :func:`~entk_fast.toys.tms_dataset`.
+        data_seed: seeds `tms_dataset`.
         log_every: a history row every this many steps (and at steps 0 and ``steps``).
         checkpoint_every: a checkpoint every this many steps (and at steps 0 and ``steps``).
 
@@ -163,8 +163,8 @@ TMS_TASK = TaskSpec(
     ),
     summary=_summary,
 )
-"""The ``tms`` task: :class:`TMSConfig`, the :class:`~entk_fast.toys.TMS` and its trainer, as
-registered in :data:`entk_fast.paper.tasks.registry.TASKS`.
+"""The ``tms`` task: `TMSConfig`, the `TMS` and its trainer, as
+registered in `entk_fast.paper.tasks.registry.TASKS`.
 
 Examples:
     >>> from entk_fast.paper.tasks.tms import TMS_TASK

@@ -54,7 +54,7 @@ class TransformerConfig:
             random order (the last minibatch holds the remainder).
         epochs: number of epochs.
         seed: seeds the model initialisation and the minibatch order.
-        data_seed: seeds the train/test split (:func:`modadd_tokens`).
+        data_seed: seeds the train/test split (`modadd_tokens`).
         log_every: a history row every this many epochs (and at epochs 0 and ``epochs``).
         checkpoint_every: a checkpoint every this many epochs (and at epochs 0 and ``epochs``).
 
@@ -228,9 +228,9 @@ TRANSFORMER_TASK = TaskSpec(
     ),
     summary=_summary,
 )
-"""The ``transformer`` task: :class:`TransformerConfig`, the
-:class:`~entk_fast.toys.ModAddTransformer` and its minibatch trainer, as registered in
-:data:`entk_fast.paper.tasks.registry.TASKS`.
+"""The ``transformer`` task: `TransformerConfig`, the
+`ModAddTransformer` and its minibatch trainer, as registered in
+`entk_fast.paper.tasks.registry.TASKS`.
 
 Examples:
     >>> from entk_fast.paper.tasks.transformer import TRANSFORMER_TASK
