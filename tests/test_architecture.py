@@ -23,6 +23,7 @@ STAGES: dict[str, int] = {
     "_core": 0,
     "linalg": 0,
     "results": 0,
+    "reductions": 0,
     "ntk": 1,
     "analysis": 2,
     "plotting": 3,

@@ -16,6 +16,7 @@ MODULES = [
     "entk_fast.errors",
     "entk_fast.linalg",
     "entk_fast.results",
+    "entk_fast.reductions",
     "entk_fast.plotting",
     "entk_fast.ntk.kernel",
     "entk_fast.ntk.spectrum",

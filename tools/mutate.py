@@ -45,6 +45,10 @@ PACKAGE = ROOT / "python" / "entk_fast"
 # mutants. Subsets are chosen to be fast (seconds) yet to exercise the module's numbers
 # against independent references (brute-force eNTKs, numpy / scipy, closed forms).
 TARGETS: dict[str, list[str]] = {
+    "reductions.py": [
+        "tests/ntk/test_problem.py::test_problem_reduction_objects_closed_form",
+        "tests/ntk/test_problem.py::test_problem_reductions_match_brute_force",
+    ],
     "ntk/problem.py": [
         "tests/ntk/test_errors.py",
         "tests/ntk/test_batch_checks.py::test_numpy_dtype_spellings",

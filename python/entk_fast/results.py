@@ -35,6 +35,7 @@ from ._io import atomic_open
 from ._validate import check_k, check_ridge
 from ._version import __version__
 from .errors import InvalidArgumentError
+from .reductions import REDUCTIONS
 
 __all__ = [
     "RIDGE_EPSILON",
@@ -60,7 +61,6 @@ Examples:
 
 _FORMAT_VERSION = 1
 _META_KEY = "__entk_fast_meta__"
-_REDUCTIONS = ("flattened", "trace", "mean_pairs")
 _FLOATS = (np.dtype("float32"), np.dtype("float64"))
 _METRIC_FLOATS = (np.dtype("float16"), *_FLOATS, np.dtype("longdouble"))
 #: What a load may allocate beyond the file's own size (by default): its JSON header, slack.
@@ -148,7 +148,7 @@ class _Layout:
     reduction: str
 
     def _check_flattened(self) -> None:
-        if self.reduction != "flattened":
+        if not REDUCTIONS[self.reduction].per_output:
             raise InvalidArgumentError(
                 f"only a flattened kernel has one row per (sample, output); this one is "
                 f"{self.reduction!r} (N × N), whose eigenvectors are already indexed by sample"
@@ -700,15 +700,15 @@ def _header_int(meta: dict[str, Any], key: str, minimum: int = 1) -> int:
 
 def _header_reduction(meta: dict[str, Any]) -> str:
     reduction = meta["reduction"]
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction = {reduction!r}, expected one of {_REDUCTIONS}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction = {reduction!r}, expected one of {tuple(REDUCTIONS)}")
     return str(reduction)
 
 
 def _rows(meta: dict[str, Any], samples_key: str = "n_samples") -> int:
     n = _header_int(meta, samples_key)
     c = _header_int(meta, "n_outputs")
-    return n * c if _header_reduction(meta) == "flattened" else n
+    return REDUCTIONS[_header_reduction(meta)].kernel_order(n, c)
 
 
 def _ntk_shapes(meta: dict[str, Any]) -> _Expected:

@@ -14,7 +14,8 @@ from ntk_reference import MLP, Routed, reference_jacobian, reference_kernel, rel
 from torch import nn
 
 import entk_fast.ntk.probe as probe_module
-import entk_fast.ntk.sources.structured as structured_module
+import entk_fast.ntk.sources.cotangents as cotangents_module
+import entk_fast.ntk.sources.layer_search as layer_search
 from entk_fast import EntkError, empirical_ntk, entk_topk
 from entk_fast.errors import InvalidArgumentError, MemoryBudgetError
 from entk_fast.ntk.probe import probe_indices
@@ -349,7 +350,7 @@ def _vmap_free(monkeypatch: pytest.MonkeyPatch) -> None:
         raise RuntimeError("vmap refused for this test")
 
     monkeypatch.setattr(probe_module, "_vmapped_lone_runs", lambda *a, **k: None)
-    monkeypatch.setattr(structured_module, "_vmapped_lone_cotangents", refuse)
+    monkeypatch.setattr(cotangents_module, "_vmapped_lone_cotangents", refuse)
 
 
 class _Sequence(nn.Module):
@@ -383,13 +384,13 @@ def test_vmapped_lone_runs_equal_the_sample_by_sample_runs(
     model = _Sequence().double().eval()
     tokens = torch.randint(0, 9, (n, 4), generator=torch.Generator().manual_seed(n))
     vmapped = prepare(model, tokens, reduction="mean_pairs")
-    layers = structured_module.find_layers(vmapped)
+    layers = layer_search.find_layers(vmapped)
     assert {layer.path for layer in layers} >= {"embed", "attn:in_proj", "mlp", "unembed"}
     assert "flipped" not in vmapped.probe.per_sample_layers
     head = (tokens[list(vmapped.probe.indices)],)
     weights = torch.randn(len(head[0]), 5, dtype=torch.float64)
-    fast = structured_module._vmapped_lone_cotangents(vmapped, layers, head, weights)
-    slow = structured_module._looped_lone_cotangents(vmapped, layers, head, weights)
+    fast = cotangents_module._vmapped_lone_cotangents(vmapped, layers, head, weights)
+    slow = cotangents_module._looped_lone_cotangents(vmapped, layers, head, weights)
     assert fast.keys() == slow.keys() == {layer.path for layer in layers}
     for path, cot in slow.items():
         assert cot.abs().max() > 0, path

@@ -15,7 +15,8 @@ from torch import nn
 from entk_fast import entk_topk
 from entk_fast.ntk.factored import FactoredOperator, compress_columns, compress_trace
 from entk_fast.ntk.problem import evaluation_mode, prepare
-from entk_fast.ntk.sources.structured import find_layers, verify_layers
+from entk_fast.ntk.sources.cotangents import verify_layers
+from entk_fast.ntk.sources.layer_search import find_layers
 
 #: Cases whose structured layers cover plain Linear (with and without bias, one-hot inputs:
 #: the sparse path), an embedding, attention projections and two inputs.

@@ -24,7 +24,7 @@ from entk_fast.ntk.plan import (
     structured_cap,
 )
 from entk_fast.ntk.problem import evaluation_mode, prepare
-from entk_fast.ntk.sources.structured import find_layers
+from entk_fast.ntk.sources.layer_search import find_layers
 
 BUDGETS = [int(1.25**i) for i in range(30, 80)]  # 800 B ... 50 MB
 

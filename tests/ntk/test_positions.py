@@ -23,7 +23,7 @@ from entk_fast import empirical_ntk, entk_topk, linalg
 from entk_fast.errors import InvalidArgumentError, InvalidTypeError
 from entk_fast.ntk.plan import plan_structured
 from entk_fast.ntk.problem import evaluation_mode, prepare
-from entk_fast.ntk.sources.structured import find_layers
+from entk_fast.ntk.sources.layer_search import find_layers
 
 TOL = 1e-10
 REDUCTIONS = ("flattened", "trace", "mean_pairs")

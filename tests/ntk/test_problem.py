@@ -9,7 +9,8 @@ from ntk_reference import make_case, reference_jacobian, reference_kernel, relat
 
 from entk_fast import empirical_ntk
 from entk_fast.errors import InvalidArgumentError, InvalidTypeError
-from entk_fast.ntk.problem import REDUCTIONS, normalise_metric
+from entk_fast.ntk.problem import arrange, normalise_metric
+from entk_fast.reductions import REDUCTIONS
 
 
 def _metric(kind: str, c: int) -> np.ndarray | None:
@@ -46,8 +47,13 @@ def test_problem_reduction_objects_closed_form() -> None:
     assert (trace.dual_columns(3, 10), flat.dual_columns(3, 10)) == (30, 10)
     assert (flat.per_output, trace.per_output, mean.per_output) == (True, False, False)
     block = torch.arange(2 * 3 * 5, dtype=torch.float64).reshape(2, 3, 5)
-    assert torch.equal(trace.arrange(block), block.reshape(2, 15))
-    assert torch.equal(flat.arrange(block), block.reshape(6, 5))
+    assert torch.equal(arrange(trace, block), block.reshape(2, 15))
+    assert torch.equal(arrange(flat, block), block.reshape(6, 5))
+    assert (flat.kernel_order(4, 3), trace.kernel_order(4, 3), mean.kernel_order(4, 3)) == (
+        12,
+        4,
+        4,
+    )
 
 
 def test_problem_metric_root_squares_to_the_metric() -> None:

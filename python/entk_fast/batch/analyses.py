@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InvalidArgumentError
+from ..reductions import reduction_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..results import NTKSpectrum
@@ -91,11 +92,11 @@ def kernel_order(model: Any, x: Any, reduction: str) -> int:
 
     first = tuple(t[:1] for t in x) if isinstance(x, tuple) else x[:1]
     n = int((x[0] if isinstance(x, tuple) else x).shape[0])
-    if reduction != "flattened":
+    if not reduction_of(reduction).per_output:
         return n
     with torch.no_grad():
         out = model(*first) if isinstance(first, tuple) else model(first)
-    return n * int(out[0].numel())
+    return reduction_of(reduction).kernel_order(n, int(out[0].numel()))
 
 
 def spectrum_summary(spec: NTKSpectrum, n: int) -> dict[str, Any]:

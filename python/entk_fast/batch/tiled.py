@@ -58,6 +58,7 @@ from .._io import (
 from .._validate import check_choice, check_int
 from .._version import __version__
 from ..errors import EntkError, InvalidArgumentError
+from ..reductions import reduction_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from distributed import Client
@@ -66,7 +67,6 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["StoredKernel", "open_stored_kernel", "stored_topk", "tiled_kernel"]
 
 FORMATS = ("auto", "zarr", "npy")
-REDUCTIONS = ("flattened", "trace", "mean_pairs")
 #: The ``format`` of a stored kernel's metadata (Zarr attributes, or the ``.npy``'s
 #: ``NAME.npy.json`` next to it).
 KERNEL_FORMAT = "entk-fast-tiled-kernel"
@@ -244,7 +244,7 @@ def tiled_kernel(
         raise InvalidArgumentError(f"model: expected a torch nn.Module, got {type(model).__name__}")
     tile = check_int("tile", tile, minimum=1)
     retries = check_int("retries", retries, minimum=0)
-    check_choice("reduction", reduction, REDUCTIONS)
+    reduction_of(reduction)
     fmt = check_choice("format", format, FORMATS)
     if fmt == "auto":
         fmt = "zarr" if _zarr() is not None else "npy"
@@ -267,7 +267,7 @@ def tiled_kernel(
     _remove_dead_partials(target)
     n = _n_samples(x)
     c = _n_outputs(model, x)
-    scale = c if reduction == "flattened" else 1
+    scale = reduction_of(reduction).kernel_order(1, c)
     order = n * scale
     np_dtype = _float_dtype(dtype)
     options = {

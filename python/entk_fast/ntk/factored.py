@@ -41,7 +41,7 @@ from .checks import all_finite
 from .layers import StructuredLayer
 from .plan import StructuredPass
 from .problem import Problem
-from .sources.structured import gather
+from .sources.cotangents import gather
 
 __all__ = ["FactoredOperator", "compress_columns", "compress_trace", "factor_bytes"]
 

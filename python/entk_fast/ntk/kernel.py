@@ -20,8 +20,10 @@ from .layer_operator import CachedLayerOperator, cached_layer_reason
 from .layers import StructuredLayer
 from .plan import format_bytes, plan_general, plan_structured, work_budget
 from .problem import Problem, evaluation_mode, prepare
+from .sources.cotangents import verify_layers
 from .sources.general import GeneralSource
-from .sources.structured import StructuredSource, find_layers, verify_layers
+from .sources.layer_search import find_layers
+from .sources.structured import StructuredSource
 
 log = logging.getLogger("entk_fast")
 

@@ -18,10 +18,12 @@ from .problem import Problem
 
 __all__ = [
     "Budget",
+    "MatrixFreePlan",
     "Pack",
     "StructuredPass",
     "format_bytes",
     "plan_general",
+    "plan_matrix_free",
     "plan_structured",
     "structured_cap",
     "work_budget",
@@ -37,6 +39,10 @@ _MIN_DEFAULT = 64 * 2**20
 # peak memory stays near "outputs + one buffer" at the cost of a few more, smaller passes.
 _TRANSIENT_FRACTION = 0.1
 _TRANSIENT_FLOOR = 64 * 2**20
+# The matrix-free solver's transients: a smaller share (its basis and kept graphs need the rest).
+_MATRIX_FREE_TRANSIENT_FRACTION = 0.05
+#: The cached-layer products' share for their batched backwards (they hold nothing else).
+_CACHED_TRANSIENT_FRACTION = 0.15
 # The structured path holds its cotangents and activation Grams within this fraction of the
 # outputs (at least the floor) even when the budget is larger: trace / mean_pairs then take
 # the output rows a few at a time (only the cheap forward is repeated), so the peak stays
@@ -394,3 +400,67 @@ def _tiled(problem: Problem, layers: Sequence[Any], limit: int) -> StructuredPas
     tile = lo
     chunk = _cap_chunk(int(min(tile, (limit - kept(tile)) // per)), per, kept(tile))
     return StructuredPass(tuple(layers), chunk, tile, rows, rows)
+
+
+@dataclass(frozen=True)
+class MatrixFreePlan:
+    """The memory plan of a matrix-free top-k solve (bytes, vectors, samples).
+
+    Attributes:
+        fixed: the Krylov basis and its images, the Ritz vectors and the next block (float64).
+        transient: the cap on per-vector pullbacks and vmapped backward intermediates.
+        columns: vectors a kept-graph product takes at once.
+        chunk: samples a kept-graph product takes at once.
+        room: what is left to keep graphs (or factors) in.
+        cached_transient: the cached-layer products' share for their batched backwards.
+    """
+
+    fixed: int
+    transient: int
+    columns: int
+    chunk: int
+    room: int
+    cached_transient: int
+
+
+def plan_matrix_free(
+    problem: Problem, k: int, width: int, basis_blocks: int, budget: Budget, *, cached_layer: bool
+) -> MatrixFreePlan:
+    """How the matrix-free solver of the top ``k`` eigenpairs with blocks of ``width`` vectors
+    and a basis of ``basis_blocks`` blocks spends ``budget``; `MemoryBudgetError` when the
+    basis, one vector's products and one sample do not fit. ``cached_layer``: the products are
+    the cached-layer ones (their batched backwards are their only transients)."""
+    size = problem.kernel_size
+    it = problem.itemsize
+    rows = problem.rows_per_sample
+    numel = problem.numel(problem.selected)
+    copies = rows if problem.reduction.rows_concatenated else 1
+    # The Krylov basis Q and its images K Q (basis_blocks blocks each), the Ritz vectors and
+    # their images a convergence test forms (about k + width each), V, K V and the next
+    # block: float64 whatever the problem's dtype (float32 products, float64 solver).
+    fixed = (2 * basis_blocks * width + 2 * (k + width) + 3 * width) * size * 8
+    per_vector = 3 * copies * numel * it  # a vector's parameter-sized pullback and tangent
+    per_sample = it * (copies + 3) * (problem.probe.activation_numel + rows)
+    if fixed + per_vector + per_sample > budget:
+        raise MemoryBudgetError(
+            f"{budget.describe()} is too small for the matrix-free solver: the Krylov basis "
+            f"needs {format_bytes(fixed)}, a vector's parameter-sized products "
+            f"{format_bytes(per_vector)} and a sample {format_bytes(per_sample)}"
+        )
+    # Transients are capped like the dense paths': more, smaller torch calls rather than a
+    # peak near the whole budget.
+    transient = int(
+        min(budget - fixed, max(_TRANSIENT_FLOOR, _MATRIX_FREE_TRANSIENT_FRACTION * budget))
+    )
+    columns = int(min(width, max(1, transient // (2 * per_vector))))
+    chunk = int(
+        min(problem.n_samples, max(1, (transient - columns * per_vector) // (per_sample * columns)))
+    )
+    room = max(0, budget - fixed - transient)
+    cached_transient = transient
+    if cached_layer:
+        cached_transient = int(
+            min(budget - fixed, max(transient, _CACHED_TRANSIENT_FRACTION * budget))
+        )
+        room = max(0, budget - fixed - cached_transient)
+    return MatrixFreePlan(fixed, transient, columns, chunk, room, cached_transient)

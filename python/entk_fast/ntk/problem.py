@@ -1,12 +1,13 @@
-"""A validated eNTK request (``Problem``) and the ``Reduction`` objects that define how outputs
-are reduced.
+"""A validated eNTK request (``Problem``), and what a reduction means for torch tensors (the
+Jacobian arrangement and the output map; the reductions themselves are data in
+`entk_fast.reductions`).
 
 Everything a user can get wrong is checked here, before any expensive work: the model's
 type, the inputs (type, shape, emptiness, NaN), the parameters (NaN, selection, groups), the
 reduction, the output metric (size, symmetry, PSD) and the dtype.
 
-A reduction is one `Reduction` object in `REDUCTIONS`; nothing else in the engine
-compares reduction names. With R the output map (the metric S^½, and for ``mean_pairs`` the
+A reduction is one `Reduction` object in `entk_fast.reductions.REDUCTIONS`; nothing compares
+reduction names. With R the output map (the metric S^½, and for ``mean_pairs`` the
 mean 1ᵀ/C folded in), every reduction is K = scale · M Mᵀ for a Jacobian arrangement M:
 ``flattened`` and ``mean_pairs`` take each row of R J_n as a kernel row (scale 1); ``trace``
 lays a sample's C rows side by side in one kernel row (scale 1/C), so that
@@ -27,13 +28,22 @@ import torch
 from torch import Tensor, nn
 
 from .. import linalg
-from .._validate import check_choice
 from ..errors import InvalidArgumentError, InvalidTypeError
+from ..reductions import REDUCTIONS, Reduction, reduction_of
 from .checks import sample_namer
 from .params import ParameterIndex, resolve_groups, resolve_selection
 from .probe import DEFAULT_CALL, ModelCall, ProbeResult, check_derivative, forward_batch, run_probe
 
-__all__ = ["REDUCTIONS", "OutputMap", "Problem", "Reduction", "evaluation_mode", "prepare"]
+__all__ = [
+    "REDUCTIONS",
+    "OutputMap",
+    "Problem",
+    "Reduction",
+    "arrange",
+    "evaluation_mode",
+    "output_map",
+    "prepare",
+]
 
 # Modules whose training-mode output depends on the batch or on random draws.
 _TRAIN_DEPENDENT = (
@@ -67,81 +77,37 @@ class OutputMap:
         return y @ self.weights.T
 
 
-@dataclass(frozen=True)
-class Reduction:
-    """How the eNTK tensor K[n, n', c, c'] is reduced over outputs: K = scale · M Mᵀ."""
-
-    name: str
-    description: str
-    rows_concatenated: bool
-    """True: a sample's C_r Jacobian rows are laid side by side in one kernel row (``trace``);
-    False: each row of R J_n is a kernel row."""
-    mean_of_outputs: bool
-    """True: the output map folds in the mean over outputs, 1ᵀ/C (one row a sample)."""
-
-    @property
-    def per_output(self) -> bool:
-        """Whether the kernel has one row per (sample, output): row = n·C + c."""
-        return not self.rows_concatenated and not self.mean_of_outputs
-
-    def scale(self, n_outputs: int) -> float:
-        """The factor in K = scale · M Mᵀ: 1/C for ``trace`` (the mean over outputs), else 1."""
-        return 1.0 / n_outputs if self.rows_concatenated else 1.0
-
-    def kernel_rows_per_sample(self, rows_per_sample: int) -> int:
-        """Kernel rows of one sample, from the C_r rows of its reduced Jacobian R J_n."""
-        return 1 if self.rows_concatenated else rows_per_sample
-
-    def dual_columns(self, rows_per_sample: int, n_parameters: int) -> int:
-        """Q, the columns of M (P, or C·P when a sample's rows are concatenated)."""
-        return rows_per_sample * n_parameters if self.rows_concatenated else n_parameters
-
-    def arrange(self, block: Tensor) -> Tensor:
-        """A Jacobian block (n, C_r, P) as rows of M: (n·C_r, P), or (n, C_r·P) concatenated."""
-        n = block.shape[0]
-        return (
-            block.reshape(n, -1)
-            if self.rows_concatenated
-            else block.reshape(n * block.shape[1], -1)
-        )
-
-    def output_map(
-        self,
-        root: tuple[np.ndarray, np.ndarray, bool] | None,
-        n_outputs: int,
-        dtype: torch.dtype,
-        device: torch.device,
-    ) -> OutputMap:
-        """The row map R: S^½ (or the identity), times 1ᵀ/C when the outputs are averaged."""
-        c = n_outputs
-
-        def tensor(a: np.ndarray) -> Tensor:
-            return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)
-
-        if self.mean_of_outputs:
-            row = np.ones(c) if root is None else (root[1] if root[2] else root[1].sum(axis=0))
-            return OutputMap("matrix", tensor(row[None, :] / c), 1)
-        if root is None:
-            return OutputMap("identity", None, c)
-        if root[2]:
-            return OutputMap("diag", tensor(root[1]), c)
-        return OutputMap("matrix", tensor(root[1]), c)
-
-
-#: Every reduction the engine offers, by name.
-REDUCTIONS: dict[str, Reduction] = {
-    r.name: r
-    for r in (
-        Reduction("flattened", "(N·C, N·C), row = n·C + c", False, False),
-        Reduction("trace", "(N, N), the mean over outputs of K[:, :, c, c]", True, False),
-        Reduction("mean_pairs", "(N, N), the mean over all output pairs", False, True),
+def arrange(reduction: Reduction, block: Tensor) -> Tensor:
+    """A Jacobian block (n, C_r, P) as rows of M: (n·C_r, P), or (n, C_r·P) concatenated."""
+    n = block.shape[0]
+    return (
+        block.reshape(n, -1)
+        if reduction.rows_concatenated
+        else block.reshape(n * block.shape[1], -1)
     )
-}
 
 
-def reduction_of(name: Any) -> Reduction:
-    """The `Reduction` called ``name``."""
-    return REDUCTIONS[check_choice("reduction", name, tuple(REDUCTIONS))]
+def output_map(
+    reduction: Reduction,
+    root: tuple[np.ndarray, np.ndarray, bool] | None,
+    n_outputs: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> OutputMap:
+    """The row map R: S^½ (or the identity), times 1ᵀ/C when the outputs are averaged."""
+    c = n_outputs
+
+    def tensor(a: np.ndarray) -> Tensor:
+        return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)
+
+    if reduction.mean_of_outputs:
+        row = np.ones(c) if root is None else (root[1] if root[2] else root[1].sum(axis=0))
+        return OutputMap("matrix", tensor(row[None, :] / c), 1)
+    if root is None:
+        return OutputMap("identity", None, c)
+    if root[2]:
+        return OutputMap("diag", tensor(root[1]), c)
+    return OutputMap("matrix", tensor(root[1]), c)
 
 
 @dataclass
@@ -206,7 +172,7 @@ class Problem:
 
     def as_kernel_rows(self, block: Tensor) -> np.ndarray:
         """A Jacobian block (n, C_r, P) as rows of M, on the CPU as numpy."""
-        return self.reduction.arrange(block).detach().cpu().numpy()
+        return arrange(self.reduction, block).detach().cpu().numpy()
 
     @property
     def kernel_size(self) -> int:
@@ -546,7 +512,7 @@ def prepare(
     )
     _check_unchanged(versions, tensors, buffers)
     root = normalise_metric(output_metric, probe.n_outputs)
-    out_map = red.output_map(root, probe.n_outputs, torch_dtype, device)
+    out_map = output_map(red, root, probe.n_outputs, torch_dtype, device)
     return Problem(
         model=model,
         inputs=xs,

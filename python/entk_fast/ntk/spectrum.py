@@ -37,21 +37,17 @@ from .kernel import check_model, compute_kernel, describe_kernel
 from .layer_operator import CachedLayerOperator, cached_layer_reason
 from .layers import StructuredLayer
 from .operator import KernelOperator
-from .plan import format_bytes, structured_transient, work_budget
+from .plan import format_bytes, plan_matrix_free, structured_transient, work_budget
 from .problem import Problem, evaluation_mode, prepare
+from .sources.cotangents import verify_layers
 from .sources.general import jacobian_block
-from .sources.structured import find_layers, verify_layers
+from .sources.layer_search import find_layers
 
 log = logging.getLogger("entk_fast")
 
 __all__ = ["entk_spectrum", "entk_topk"]
 
 METHODS = ("auto", "dense", "dual", "matrix_free")
-# Matrix-free transients: at most this fraction of the working budget (and at least the floor).
-_TRANSIENT_FRACTION = 0.05
-_TRANSIENT_FLOOR = 64 * 2**20
-#: The cached-layer products' share for their batched backwards (they hold nothing else).
-_CACHED_TRANSIENT_FRACTION = 0.15
 #: The matrix-free solver's default relative residual target for float32 products (the
 #: float64 solver's own default, 1e-11, is below their round-off).
 _FLOAT32_TOL = 1e-4
@@ -227,35 +223,19 @@ def _matrix_free(
     if width < k:
         # a basis of at least 2k + 16 vectors (ARPACK's 2k + 1, and room to restart)
         basis_blocks = int(min(256, max(_BASIS_BLOCKS, -(-(2 * k + 16) // width))))
-    numel = problem.numel(problem.selected)
-    copies = rows if problem.reduction.rows_concatenated else 1
-    # The Krylov basis Q and its images K Q (_BASIS_BLOCKS blocks each), the Ritz vectors and
-    # their images a convergence test forms (about k + width each), V, K V and the next
-    # block: float64 whatever the problem's dtype (float32 products, float64 solver; below).
-    fixed = (2 * basis_blocks * width + 2 * (k + width) + 3 * width) * size * 8
-    per_vector = 3 * copies * numel * it  # a vector's parameter-sized pullback and tangent
-    per_sample = it * (copies + 3) * (problem.probe.activation_numel + rows)
-    if fixed + per_vector + per_sample > budget:
-        raise MemoryBudgetError(
-            f"{budget.describe()} is too small for the matrix-free solver: the Krylov basis "
-            f"needs {format_bytes(fixed)}, a vector's parameter-sized products "
-            f"{format_bytes(per_vector)} and a sample {format_bytes(per_sample)}"
-        )
-    # Transients (per-vector pullbacks, vmapped backward intermediates) are capped like the
-    # dense paths': more, smaller torch calls rather than a peak near the whole budget.
-    transient = int(min(budget - fixed, max(_TRANSIENT_FLOOR, _TRANSIENT_FRACTION * budget)))
-    columns = int(min(width, max(1, transient // (2 * per_vector))))
-    chunk = int(
-        min(problem.n_samples, max(1, (transient - columns * per_vector) // (per_sample * columns)))
+    memory = plan_matrix_free(
+        problem, k, width, basis_blocks, budget, cached_layer=cached_reason is None
     )
-    room = max(0, budget - fixed - transient)
+    transient, columns, chunk, room = (
+        memory.transient,
+        memory.columns,
+        memory.chunk,
+        memory.room,
+    )
     cached = None
     if cached_reason is None:
         # One affine layer: its inputs cached, products through the suffix after it only.
-        # its batched backwards are its only transients: give them a larger share
-        wide = int(min(budget - fixed, max(transient, _CACHED_TRANSIENT_FRACTION * budget)))
-        room = max(0, budget - fixed - wide)
-        cached = CachedLayerOperator(problem, width, wide, keep_bytes=room)
+        cached = CachedLayerOperator(problem, width, memory.cached_transient, keep_bytes=room)
     factored = (
         None
         if cached is not None
@@ -305,7 +285,7 @@ def _matrix_free(
         n_samples=problem.n_samples,
         n_outputs=problem.n_outputs,
         reduction=problem.reduction.name,
-        n_parameters=numel,
+        n_parameters=problem.numel(problem.selected),
         output_metric=problem.metric,
         info={
             **info,
