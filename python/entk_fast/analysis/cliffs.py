@@ -1,8 +1,8 @@
 """Spectral cliffs: the largest ratios λ_k / λ_{k+1} of a descending spectrum, and the blocks of
 eigenvectors they delimit (J. Lin, arXiv 2510.00468: sharp cliffs separate feature families).
 
-The ratio primitive is defined with the result types (``NTKSpectrum.gaps`` uses it); this
-module adds the analyses: cliffs that are features rather than the kernel's rank, and blocks.
+The ratio primitive `spectral_cliffs` (``NTKSpectrum.gaps`` uses it), the cliffs that are
+features rather than the kernel's rank (`feature_cliffs`), and the blocks they delimit.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import numpy as np
 
 from .._validate import check_int
 from ..errors import InvalidArgumentError
-from ..results import RIDGE_EPSILON, SpectralCliff, spectral_cliffs
 
 __all__ = [
     "RIDGE_EPSILON",
@@ -25,6 +24,93 @@ __all__ = [
     "feature_cliffs",
     "spectral_cliffs",
 ]
+
+
+RIDGE_EPSILON = 1e-8
+"""Relative ridge ε (J. Lin, arXiv 2510.00468): eigenvalues are floored at ε · mean(diag K)
+before spectral ratios are taken, so round-off zeros give large but finite ratios.
+
+Examples:
+    >>> from entk_fast.analysis import RIDGE_EPSILON, spectral_cliffs
+    >>> RIDGE_EPSILON
+    1e-08
+    >>> cliff = spectral_cliffs([2.0, 1.0, 0.0], top=1, mean_diagonal=1.0)[0]
+    >>> cliff.index, cliff.ratio  # 1.0 / (ε · 1.0), not 1.0 / 0
+    (2, 100000000.0)
+"""
+
+
+@dataclass(frozen=True)
+class SpectralCliff:
+    """A gap after the ``index``-th eigenvalue (counted from 1): λ_index / λ_{index+1}.
+
+    One entry of `spectral_cliffs`; a sharp cliff separates feature families
+    (J. Lin, arXiv 2510.00468).
+
+    Examples:
+        >>> from entk_fast.analysis import spectral_cliffs
+        >>> spectral_cliffs([10.0, 9.0, 3.0, 2.9], top=1)[0]
+        SpectralCliff(index=2, ratio=3.0, before=9.0, after=3.0)
+    """
+
+    index: int
+    """k, counted from 1: the cliff lies between λ_k and λ_{k+1}."""
+    ratio: float
+    """λ_k / λ_{k+1}, both floored at ε·mean(diag K) (`RIDGE_EPSILON`)."""
+    before: float
+    """λ_k, unfloored."""
+    after: float
+    """λ_{k+1}, unfloored."""
+
+
+def spectral_cliffs(
+    values: Any, *, top: int = 3, mean_diagonal: float | None = None
+) -> list[SpectralCliff]:
+    """The ``top`` largest ratios λ_k / λ_{k+1} of a descending spectrum, largest first.
+
+    Args:
+        values: (n,) eigenvalues in descending order (a kernel's, so ≥ 0 up to round-off).
+        top: how many cliffs to report.
+        mean_diagonal: mean(diag K) = trace / n, which sets the floor ε·mean(diag K) applied to
+            eigenvalues before taking ratios (ε = RIDGE_EPSILON), so round-off zeros do not
+            produce infinite ratios. Default: the mean of ``values`` (exact for a full spectrum).
+
+    Returns:
+        Up to ``top`` `SpectralCliff` s, largest ratio first (ties: smaller k first).
+
+    Raises:
+        InvalidArgumentError: ``values`` is not a finite, descending 1-D array of at least two
+            eigenvalues, or ``top`` < 1.
+
+    Examples:
+        >>> from entk_fast.analysis import spectral_cliffs
+        >>> for cliff in spectral_cliffs([10.0, 9.0, 3.0, 2.9, 0.1], top=2):
+        ...     print(cliff.index, round(cliff.ratio, 2))
+        4 29.0
+        2 3.0
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1 or v.size < 2:
+        raise InvalidArgumentError(
+            f"values: expected a 1-D spectrum with at least 2 eigenvalues, got shape {v.shape}"
+        )
+    if not np.all(np.isfinite(v)):
+        raise InvalidArgumentError("values: expected finite eigenvalues")
+    if np.any(np.diff(v) > 1e-12 * max(abs(v[0]), 1e-300)):
+        raise InvalidArgumentError("values: expected eigenvalues in descending order")
+    if top < 1:
+        raise InvalidArgumentError(f"top: expected an integer ≥ 1, got {top}")
+    scale = float(np.mean(v)) if mean_diagonal is None else float(mean_diagonal)
+    floor = RIDGE_EPSILON * max(scale, np.finfo(np.float64).tiny)
+    clipped = np.maximum(v, floor)
+    ratios = clipped[:-1] / clipped[1:]
+    order = np.argsort(-ratios, kind="stable")[:top]
+    return [
+        SpectralCliff(
+            index=int(i) + 1, ratio=float(ratios[i]), before=float(v[i]), after=float(v[i + 1])
+        )
+        for i in order
+    ]
 
 
 @dataclass(frozen=True)
