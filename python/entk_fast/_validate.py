@@ -18,6 +18,7 @@ from .errors import InvalidArgumentError, InvalidTypeError
 
 __all__ = [
     "MAX_SEED",
+    "check_bool",
     "check_choice",
     "check_float",
     "check_int",
@@ -30,6 +31,16 @@ __all__ = [
 ]
 
 MAX_SEED = 2**63 - 1
+
+
+def check_bool(name: str, value: object) -> bool:
+    """``value`` if it is True or False (a numpy bool too); a flag given as anything else, such as
+    ``"yes"`` or ``1``, is refused rather than read by its truth value."""
+    if not isinstance(value, bool | np.bool_):
+        raise InvalidTypeError(
+            f"{name} must be True or False, got {type(value).__name__} {value!r}"
+        )
+    return bool(value)
 
 
 def check_int(name: str, value: object, *, minimum: int | None = None) -> int:

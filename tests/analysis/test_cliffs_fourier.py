@@ -80,3 +80,11 @@ def test_family_values_layout_row_is_a_times_p_plus_b():
 def test_fourier_bad_input(p, which):
     with pytest.raises(InvalidArgumentError):
         fourier_family(p, which)
+
+
+def test_cliff_blocks_refuses_a_fractional_cut() -> None:
+    from entk_fast.analysis import cliff_blocks
+    from entk_fast.errors import InvalidTypeError
+
+    with pytest.raises(InvalidTypeError, match="cut must be an integer"):
+        cliff_blocks([2.7], 10)

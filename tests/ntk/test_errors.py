@@ -269,3 +269,15 @@ def test_train_mode_batchnorm_warns_and_uses_eval_mode() -> None:
     in_eval = empirical_ntk(model, x)
     np.testing.assert_array_equal(in_train.kernel, in_eval.kernel)
     assert not model.training
+
+
+@pytest.mark.parametrize("flag", ["layerwise", "structured"])
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_flags_must_be_true_or_false(flag: str, value: object) -> None:
+    """A flag given as a string or a number is refused by name, not read by its truth value."""
+    model = torch.nn.Linear(3, 2)
+    with pytest.raises(InvalidTypeError, match=f"{flag} must be True or False"):
+        empirical_ntk(model, torch.randn(4, 3), progress=False, **{flag: value})
+    if flag == "structured":
+        with pytest.raises(InvalidTypeError, match="structured must be True or False"):
+            entk_topk(model, torch.randn(4, 3), 2, progress=False, structured=value)

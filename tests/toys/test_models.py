@@ -146,3 +146,22 @@ def test_construction_does_not_touch_the_global_rng() -> None:
     ModAddMLP(7, 8, generator=torch.Generator().manual_seed(0))
     TMS(7, 3, generator=torch.Generator().manual_seed(0))
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_bad_sizes_are_refused_when_the_module_is_built() -> None:
+    """Head counts that do not split d_model, zero widths and out-of-range labels fail at
+    construction (or conversion) with the argument named, not later inside forward."""
+    import pytest
+
+    from entk_fast.errors import InvalidArgumentError
+    from entk_fast.toys.modadd import modadd_onehot_targets
+    from entk_fast.toys.transformer import MLP, CausalAttention
+
+    with pytest.raises(InvalidArgumentError, match="multiple of n_heads=3"):
+        CausalAttention(8, 3)
+    with pytest.raises(InvalidArgumentError, match="n_heads must be an integer >= 1"):
+        CausalAttention(8, 0)
+    with pytest.raises(InvalidArgumentError, match="d_mlp must be an integer >= 1"):
+        MLP(8, 0)
+    with pytest.raises(InvalidArgumentError, match=r"labels must be in \[0, 5\)"):
+        modadd_onehot_targets(torch.tensor([0, 5]), 5)

@@ -210,15 +210,15 @@ def cliff_blocks(cuts: Sequence[int], size: int) -> list[tuple[int, int]]:
         `block_overlaps`.
 
     Raises:
-        InvalidArgumentError: a cut is < 1 or > ``size``. Cuts go through ``int()`` first, so
-            a float is truncated and a non-number raises ``int()``'s own error.
+        InvalidArgumentError: a cut is < 1 or > ``size``.
+        InvalidTypeError: a cut is not an integer (``2.7`` is refused, not truncated).
 
     Examples:
         >>> from entk_fast.analysis import cliff_blocks
         >>> cliff_blocks((1, 57, 113), 120)
         [(1, 1), (2, 57), (58, 113)]
     """
-    points = sorted({check_int("cut", int(c), minimum=1) for c in cuts})
+    points = sorted({check_int("cut", c, minimum=1) for c in cuts})
     if points and points[-1] > size:
         raise InvalidArgumentError(f"cuts: expected indices ≤ {size}, got {points[-1]}")
     blocks = []

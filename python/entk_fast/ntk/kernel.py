@@ -12,6 +12,7 @@ import numpy as np
 from torch import nn
 
 from .._progress import progress_bar
+from .._validate import check_bool
 from ..errors import InvalidTypeError
 from ..results import EmpiricalNTK
 from .assemble import TileSource, assemble_cross, assemble_square, cross_units, square_units
@@ -27,7 +28,7 @@ from .sources.structured import StructuredSource
 
 log = logging.getLogger("entk_fast")
 
-__all__ = ["check_model", "compute_kernel", "describe_kernel", "empirical_ntk"]
+__all__ = ["empirical_ntk"]  # check_model, compute_kernel, describe_kernel: the engine's own
 
 
 def check_model(model: Any) -> nn.Module:
@@ -404,6 +405,8 @@ def empirical_ntk(
         True
     """
     check_model(model)
+    layerwise = check_bool("layerwise", layerwise)
+    structured = check_bool("structured", structured)
     if groups is not None and not layerwise:
         warnings.warn(
             "groups= only takes effect with layerwise=True (one kernel per group); it is "
@@ -427,9 +430,9 @@ def empirical_ntk(
         )
         return compute_kernel(
             problem,
-            layerwise=bool(layerwise),
+            layerwise=layerwise,
             max_memory=max_memory,
-            structured=bool(structured),
+            structured=structured,
             progress=progress,
             n_rows=None if x2 is None else problem.n_samples - problem.n_samples2,
         )

@@ -23,6 +23,7 @@ from .. import linalg
 from .._progress import progress_bar
 from .._resources import available_memory
 from .._validate import (
+    check_bool,
     check_choice,
     check_k,
     check_kernel_nonzero,
@@ -434,6 +435,7 @@ def entk_spectrum(
         ('dual', array([3., 3., 1., 1.]))
     """
     check_model(model)
+    structured = check_bool("structured", structured)
     check_choice("method", method, METHODS)
     eps = check_ridge(ridge)
     tol, _, _, seed = check_solver_options(tol=tol, seed=seed)
@@ -558,6 +560,7 @@ def entk_topk(
         True
     """
     check_model(model)
+    structured = check_bool("structured", structured)
     tol, maxiter, block, seed = check_solver_options(
         tol=tol, maxiter=maxiter, block=block, seed=seed
     )

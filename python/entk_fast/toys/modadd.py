@@ -131,6 +131,11 @@ def modadd_onehot_targets(labels: torch.Tensor, p: int) -> torch.Tensor:
                 [0., 0., 1.]])
     """
     check_int("p", p, minimum=2)
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= p):
+        raise InvalidArgumentError(
+            f"labels must be in [0, {p}) for p = {p}, got values in "
+            f"[{int(labels.min())}, {int(labels.max())}]"
+        )
     return F.one_hot(labels.long(), p).to(torch.float32)
 
 

@@ -170,6 +170,7 @@ class CausalAttention(nn.Module):
         self, d_model: int, n_heads: int, *, generator: torch.Generator | None = None
     ) -> None:
         super().__init__()
+        check_heads(d_model, n_heads)
         self.n_heads = n_heads
         self.d_head = d_model // n_heads
         self.W_Q = _linear(d_model, d_model, generator)
@@ -207,6 +208,8 @@ class MLP(nn.Module):
 
     def __init__(self, d_model: int, d_mlp: int, *, generator: torch.Generator | None = None):
         super().__init__()
+        check_int("d_model", d_model, minimum=1)
+        check_int("d_mlp", d_mlp, minimum=1)
         self.W_in = _linear(d_model, d_mlp, generator)
         self.W_out = _linear(d_mlp, d_model, generator)
 
@@ -309,6 +312,8 @@ def check_heads(d_model: int, n_heads: int) -> None:
             ...
         entk_fast.errors.InvalidArgumentError: d_model=8 must be a multiple of n_heads=3 ...
     """
+    check_int("d_model", d_model, minimum=1)
+    check_int("n_heads", n_heads, minimum=1)
     if d_model % n_heads:
         raise InvalidArgumentError(
             f"d_model={d_model} must be a multiple of n_heads={n_heads} (equal head widths)"
