@@ -41,7 +41,8 @@ NTK_STAGES: dict[str, int] = {
     "params": 0,
     "readout_pruning": 0,
     "assemble": 0,
-    "layers": 1,  # the layer rules registry
+    "attention": 1,  # the attention recomputation with its projections exposed
+    "layers": 1,  # the layer rules registry (Linear, Embedding; attention as a module rule)
     "probe": 2,
     "problem": 3,  # the request: parameters, reduction, inputs
     "plan": 4,  # the one planner

@@ -23,16 +23,28 @@ rows (pairs whose index Gram is zero are skipped); longer sequences take the gen
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .. import linalg
+from . import attention
 
-__all__ = ["LAYER_RULES", "LayerRule", "LayerShape", "StructuredLayer", "position_pairs"]
+__all__ = [
+    "LAYER_RULES",
+    "MODULE_RULES",
+    "AttentionRule",
+    "LayerRule",
+    "LayerShape",
+    "ModuleRule",
+    "Site",
+    "StructuredLayer",
+    "position_pairs",
+]
 
 
 @dataclass(frozen=True)
@@ -222,6 +234,90 @@ class EmbeddingRule:
 LAYER_RULES: dict[type[nn.Module], LayerRule] = {
     nn.Linear: LinearRule(),
     nn.Embedding: EmbeddingRule(),
+}
+
+
+@dataclass(frozen=True)
+class Site:
+    """A Linear projection applied inside a module that a module rule covers.
+
+    Attributes:
+        name: the site's name within the module (``"in_proj"``).
+        weight: the module-local name of its weight (``"in_proj_weight"``).
+        bias: the module-local name of its bias.
+        shape: its input and output widths and the T positions it is applied at.
+    """
+
+    name: str
+    weight: str
+    bias: str
+    shape: LayerShape
+
+
+class ModuleRule(Protocol):
+    """A module whose forward applies Linear projections that no hook reaches (the projections
+    of ``nn.MultiheadAttention`` run inside ``F.multi_head_attention_forward``): the rule says
+    which sites qualify and recomputes the module's output with them exposed."""
+
+    def qualifies(self, module: nn.Module) -> bool:
+        """Whether the rule covers this module's configuration."""
+        ...
+
+    def sites(self, module: nn.Module, in_shape: tuple[int, ...], batch: int) -> list[Site]:
+        """The sites worth the structured path for an input of ``in_shape`` (batch included)."""
+        ...
+
+    def forward(
+        self,
+        module: nn.Module,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        on_site: attention.OnSite,
+        path: str,
+    ) -> Any:
+        """The module's output on ``(args, kwargs)`` with each site's output passed through
+        ``on_site``; raises ``StructuredFallback`` where the recomputation does not apply."""
+        ...
+
+
+class AttentionRule:
+    """Self-attention in ``nn.MultiheadAttention``: the packed input projection (3d × d) and
+    the output projection (d × d), each a Linear at the T positions of a sample."""
+
+    def qualifies(self, module: nn.Module) -> bool:
+        return attention.qualifies(module)
+
+    def sites(self, module: nn.Module, in_shape: tuple[int, ...], batch: int) -> list[Site]:
+        assert isinstance(module, nn.MultiheadAttention)
+        if len(in_shape) != 3:
+            return []
+        positions = in_shape[1] if module.batch_first else in_shape[0]
+        if (in_shape[0] if module.batch_first else in_shape[1]) != batch:
+            return []
+        d = module.embed_dim
+        found = []
+        for name, d_out in (("in_proj", 3 * d), ("out_proj", d)):
+            if position_pairs(positions) * (d + d_out) > d * d_out:
+                continue  # cheaper on the general path
+            weight, bias = attention.site_names(name)
+            found.append(Site(name, weight, bias, LayerShape(d, d_out, positions=positions)))
+        return found
+
+    def forward(
+        self,
+        module: nn.Module,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        on_site: attention.OnSite,
+        path: str,
+    ) -> Any:
+        assert isinstance(module, nn.MultiheadAttention)
+        return attention.attention_forward(module, args, kwargs, on_site, path)
+
+
+#: Exact module type -> the rule of the Linear projections inside it.
+MODULE_RULES: dict[type[nn.Module], ModuleRule] = {
+    nn.MultiheadAttention: AttentionRule(),
 }
 
 

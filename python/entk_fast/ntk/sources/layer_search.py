@@ -12,9 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import StructuredFallback, close
-from ..layers import LAYER_RULES, LayerShape, StructuredLayer, position_pairs
+from ..layers import LAYER_RULES, MODULE_RULES, ModuleRule, StructuredLayer
 from ..problem import Problem
-from . import attention
 
 __all__ = ["find_layers", "forward_with_probes", "hook_layers"]
 
@@ -32,8 +31,9 @@ def find_layers(problem: Problem) -> list[StructuredLayer]:
     batch = probe.batch
     found: list[StructuredLayer] = []
     for path, module in problem.model.named_modules():
-        if attention.qualifies(module):
-            found.extend(_attention_layers(problem, path, module, selected))
+        module_rule = MODULE_RULES.get(type(module))
+        if module_rule is not None and module_rule.qualifies(module):
+            found.extend(_site_layers(problem, path, module, module_rule, selected))
             continue
         rule = LAYER_RULES.get(type(module))
         if rule is None:
@@ -68,40 +68,33 @@ def find_layers(problem: Problem) -> list[StructuredLayer]:
     return found
 
 
-def _attention_layers(
-    problem: Problem, path: str, module: nn.Module, selected: set[str]
+def _site_layers(
+    problem: Problem, path: str, module: nn.Module, rule: ModuleRule, selected: set[str]
 ) -> list[StructuredLayer]:
-    """The projections of a self-attention module that qualify, as layers at T positions."""
+    """The projections inside a module a module rule covers that qualify, as layers at T
+    positions (attention's in and out projections)."""
     probe = problem.probe
     if probe.calls.get(path, 0) != 1 or path not in probe.io_shapes:
         return []
-    query, _ = probe.io_shapes[path]
-    assert isinstance(module, nn.MultiheadAttention)
-    if len(query) != 3:
-        return []
-    positions = query[1] if module.batch_first else query[0]
-    if (query[0] if module.batch_first else query[1]) != probe.batch:
-        return []
-    d = module.embed_dim
+    in_shape, _ = probe.io_shapes[path]
     layers = []
-    for site, d_out in (("in_proj", 3 * d), ("out_proj", d)):
-        if position_pairs(positions) * (d + d_out) > d * d_out:
-            continue  # cheaper on the general path
-        weight, bias = (_param_name(problem, path, local) for local in attention.site_names(site))
+    for site in rule.sites(module, tuple(in_shape), probe.batch):
+        weight = _param_name(problem, path, site.weight)
+        bias = _param_name(problem, path, site.bias)
         weight = weight if weight in selected and probe.usage.get(weight, 0) == 1 else None
         bias = bias if bias in selected and probe.usage.get(bias, 0) == 1 else None
         if weight is None and bias is None:
             continue
         layers.append(
             StructuredLayer(
-                path=f"{path}:{site}",
+                path=f"{path}:{site.name}",
                 rule=LAYER_RULES[nn.Linear],
-                shape=LayerShape(d, d_out, positions=positions),
+                shape=site.shape,
                 weight=weight,
                 bias=bias,
-                sample_shape=(positions, d_out),
+                sample_shape=(site.shape.positions, site.shape.out_features),
                 owner=path,
-                site=site,
+                site=site.name,
             )
         )
     return layers
@@ -116,7 +109,7 @@ def hook_layers(
 ) -> list[Any]:
     """Hooks that pass each layer's (input (n, ...), output (n, ...)) through ``on_call``, whose
     result replaces the output; attention projections are reached by recomputing their
-    module's output (`attention.attention_forward`). ``check_attention``: compare the
+    module's output (its rule in ``layers.MODULE_RULES``). ``check_attention``: compare the
     recomputed output with the one the module's own forward just gave (values, not under
     vmap) and raise `StructuredFallback` for its projections where they differ.
     Returns the hook handles."""
@@ -152,8 +145,7 @@ def hook_layers(
                 layer = sites.get(site)
                 return y if layer is None else on_call(layer, x, y)
 
-            assert isinstance(module, nn.MultiheadAttention)
-            out = attention.attention_forward(module, args, kwargs, on_site, owner)
+            out = MODULE_RULES[type(module)].forward(module, args, kwargs, on_site, owner)
             own = _output[0] if isinstance(_output, tuple) else _output
             if check_attention and not (
                 isinstance(own, Tensor) and close(own.detach(), out[0].detach())

@@ -3,8 +3,8 @@
 Self-attention applies the packed input projection (W_in = [W_Q; W_K; W_V], (3d, d), and its
 bias) and the output projection (``out_proj``) at every one of the T positions of a sample,
 so each has the exact eNTK block Σ_{t,t'} ⟨a_t, a'_t'⟩ ⟨g_t, g'_t'⟩ of a Linear at T positions
-(`.layers`). Their inputs and output cotangents are inside
-``F.multi_head_attention_forward``, which no hook reaches, so during the structured passes
+(`layers`, where ``MODULE_RULES`` holds its rule). Their inputs and output cotangents are
+inside ``F.multi_head_attention_forward``, which no hook reaches, so during the structured passes
 the module's output is recomputed by `attention_forward`, the same computation written
 with the two projections exposed (the zero probes are added to their outputs there). The
 recomputation is checked against the output the module's own forward just gave (on the probe
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checks import StructuredFallback
+from .checks import StructuredFallback
 
 __all__ = ["SITES", "OnSite", "attention_forward", "qualifies", "site_names"]
 
