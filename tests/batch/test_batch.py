@@ -581,3 +581,47 @@ def test_sigterm_stops_a_batch_like_ctrl_c() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # interrupted by the handler
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_tiled_kernel_of_a_hugging_face_model_with_dict_inputs_and_positions(
+    client: Any, tmp_path: Path
+) -> None:
+    """Everything empirical_ntk takes reaches the tiles: a dict of keyword inputs (its padded
+    mask split with the samples), output_fn (a lambda, shipped to the workers), positions (the
+    cross tiles as blocks of the pair's square kernel), params; and the stored kernel equals
+    empirical_ntk's on the whole batch."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        hidden_size=8,
+        intermediate_size=16,
+        vocab_size=20,
+        max_position_embeddings=12,
+    )
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = transformers.BertModel(config, add_pooling_layer=False).double().eval()
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 20, (7, 5), generator=gen)
+    mask = torch.ones(7, 5, dtype=torch.long)
+    mask[2, 3:] = 0
+    mask[5, 2:] = 0
+    inputs = {"input_ids": ids, "attention_mask": mask, "output_hidden_states": False}
+    positions = mask.sum(dim=1) - 1
+    options: dict[str, Any] = {
+        "reduction": "flattened",
+        "params": "encoder.layer.0.output.dense.weight",
+        "output_fn": lambda o: o.last_hidden_state,
+        "positions": positions,
+    }
+    dense = empirical_ntk(model, inputs, dtype="float64", progress=False, **options).kernel
+    for where, run_on in ((tmp_path / "k.npy", client), (tmp_path / "serial.npy", None)):
+        stored = tiled_kernel(model, inputs, where, tile=3, client=run_on, format="npy", **options)
+        assert stored.n_outputs == 8 and stored.order == 7 * 8
+        kernel = stored.load()
+        assert np.abs(kernel - dense).max() <= 1e-10 * np.abs(dense).max()
+    with pytest.raises(InvalidArgumentError, match="layerwise.*params="):
+        tiled_kernel(model, inputs, tmp_path / "lw.npy", layerwise=True, **options)
+    with pytest.raises(InvalidArgumentError, match=r"positions: expected .* shape \(7,\)"):
+        tiled_kernel(model, inputs, tmp_path / "p.npy", **{**options, "positions": positions[:3]})

@@ -464,3 +464,25 @@ def test_a_wide_layer_of_a_padded_model_vmap_cannot_run_takes_the_cached_kernel(
     )
     assert ntk.paths == {name: "cached_layer"}
     np.testing.assert_allclose(ntk.kernel, kernel, rtol=1e-10, atol=1e-12 * np.abs(kernel).max())
+
+
+def test_one_sample_of_a_model_vmap_cannot_run_takes_the_cached_kernel() -> None:
+    """With one sample the probe still tries vmap (a Hugging Face mask check calls .item() even
+    on one unpadded sample), so the kernel takes the cached layer, not a vmap that fails."""
+    torch.manual_seed(2)
+    model = _bert().double().eval()
+    ids = torch.randint(1, 20, (1, 5), generator=torch.Generator().manual_seed(2))
+    inputs = {"input_ids": ids, "attention_mask": torch.ones(1, 5, dtype=torch.long)}
+    positions = torch.tensor([4])
+    name = "encoder.layer.1.output.dense.weight"
+    ntk = empirical_ntk(
+        model,
+        inputs,
+        params=name,
+        output_fn=lambda o: o.last_hidden_state,
+        positions=positions,
+        progress=False,
+    )
+    assert ntk.paths == {name: "cached_layer"}
+    kernel = _brute_force(model, inputs, positions, [name])
+    np.testing.assert_allclose(ntk.kernel, kernel, rtol=1e-10, atol=1e-12 * np.abs(kernel).max())

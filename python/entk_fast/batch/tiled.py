@@ -39,7 +39,7 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -108,32 +108,69 @@ def _zarr() -> Any:
     return zarr
 
 
+def _batched(value: Any, n: int) -> bool:
+    shape = getattr(value, "shape", None)
+    return bool(shape) and int(shape[0]) == n
+
+
 def _slice(x: Any, start: int, stop: int) -> Any:
-    return tuple(t[start:stop] for t in x) if isinstance(x, tuple) else x[start:stop]
+    """Samples ``start:stop`` of ``x``: every tensor of a tuple, and a dict's tensors with N
+    rows (its other values, such as flags, are the same for every tile)."""
+    if isinstance(x, tuple):
+        return tuple(t[start:stop] for t in x)
+    if isinstance(x, dict):
+        n = _n_samples(x)
+        return {k: v[start:stop] if _batched(v, n) else v for k, v in x.items()}
+    return x[start:stop]
+
+
+def _join(first: Any, second: Any) -> Any:
+    """Two slices of ``x`` as one batch (``first`` then ``second``)."""
+    import torch
+
+    if isinstance(first, tuple):
+        return tuple(torch.cat(pair) for pair in zip(first, second, strict=True))
+    if isinstance(first, dict):
+        n = _n_samples(first)
+        return {k: torch.cat((v, second[k])) if _batched(v, n) else v for k, v in first.items()}
+    return torch.cat((first, second))
 
 
 def _n_samples(x: Any) -> int:
-    first = x[0] if isinstance(x, tuple) else x
+    if isinstance(x, dict):
+        sizes = [int(v.shape[0]) for v in x.values() if getattr(v, "shape", None)]
+        if not sizes:
+            raise InvalidArgumentError("x: a dict of inputs needs at least one tensor (N, ...)")
+        return sizes[0]
+    first = x[0] if isinstance(x, tuple) and x else x
     shape = getattr(first, "shape", None)
     if not shape:
         raise InvalidArgumentError(
-            "x: expected a tensor (N, ...) or a tuple of tensors sharing dim 0"
+            "x: expected a tensor (N, ...), a tuple of tensors sharing dim 0 or a dict of "
+            "keyword inputs"
         )
     return int(shape[0])
 
 
-def _n_outputs(model: nn.Module, x: Any) -> int:
+def _positions_array(positions: Any, n: int) -> Any:
     import torch
 
+    pos = torch.as_tensor(positions)
+    if pos.dim() != 1 or int(pos.shape[0]) != n:
+        raise InvalidArgumentError(
+            f"positions: expected one read position a sample, shape ({n},), got {tuple(pos.shape)}"
+        )
+    return pos
+
+
+def _n_outputs(model: nn.Module, x: Any, positions: Any, options: dict[str, Any]) -> int:
+    """C, the outputs a sample has, from the kernel of the first sample (which also checks
+    every option before any tile runs)."""
+    from ..ntk import empirical_ntk
+
     first = _slice(x, 0, 1)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(*first) if isinstance(first, tuple) else model(first)
-    finally:
-        model.train(was_training)
-    return int(out[0].numel())
+    where = None if positions is None else positions[:1]
+    return empirical_ntk(model, first, positions=where, progress=False, **options).n_outputs
 
 
 #: Models unpickled on this worker, by the sha256 of their pickle (the last few only).
@@ -161,6 +198,7 @@ def _model_of(model: nn.Module | tuple[str, bytes]) -> nn.Module:
 def _kernel_tile(
     model: nn.Module | tuple[str, bytes],
     x: Any,
+    positions: Any,
     a: tuple[int, int],
     b: tuple[int, int],
     scale: int,
@@ -177,9 +215,19 @@ def _kernel_tile(
     with pinned_threads(threads):
         xa = _slice(x, *a)
         if a == b:
-            tile = empirical_ntk(model, xa, progress=False, **options).kernel
-        else:
+            where = None if positions is None else positions[a[0] : a[1]]
+            tile = empirical_ntk(model, xa, positions=where, progress=False, **options).kernel
+        elif positions is None:
             tile = empirical_ntk(model, xa, _slice(x, *b), progress=False, **options).kernel
+        else:
+            # the cross kernel takes no positions: the off-diagonal block of the pair's square
+            import torch
+
+            where = torch.cat((positions[a[0] : a[1]], positions[b[0] : b[1]]))
+            both = _join(xa, _slice(x, *b))
+            square = empirical_ntk(model, both, positions=where, progress=False, **options)
+            split = (a[1] - a[0]) * scale
+            tile = square.kernel[:split, split:]
         rows = slice(a[0] * scale, a[1] * scale)
         cols = slice(b[0] * scale, b[1] * scale)
         if fmt == "zarr":
@@ -208,6 +256,9 @@ def tiled_kernel(
     output_metric: Any = None,
     params: Iterable[str] | str | None = None,
     dtype: Any = "float64",
+    output_fn: Callable[[Any], Any] | None = None,
+    positions: Any = None,
+    layerwise: bool = False,
     format: str = "auto",
     retries: int = 1,
     threads: int | None = 1,
@@ -217,11 +268,23 @@ def tiled_kernel(
 
     Args:
         model: the network, as in `entk_fast.empirical_ntk` (the tiles are its cross kernels).
-        x: the inputs, shape (N, ...), as in `entk_fast.empirical_ntk`.
+        x: the inputs, as in `entk_fast.empirical_ntk`: a tensor (N, ...), a tuple of
+            tensors sharing dim 0, or a dict of keyword inputs (``input_ids``,
+            ``attention_mask``, ...) whose tensors with N rows are split into tiles and whose
+            other values are passed to every tile as they are.
         reduction: ``"trace"``, ``"mean_pairs"`` or ``"flattened"``, as in `empirical_ntk`.
         output_metric: the output metric, as in `empirical_ntk`.
         params: the parameters to differentiate, as in `empirical_ntk`.
         dtype: the kernel's dtype, as in `empirical_ntk`.
+        output_fn: maps the model's output to a tensor (N, ...), as in `empirical_ntk`
+            (a Hugging Face model's ``lambda o: o.last_hidden_state``). It must be picklable
+            by cloudpickle to reach Dask workers (a lambda is).
+        positions: one read position a sample (N,), as in `empirical_ntk`. A tile K(X_a, X_b)
+            with a ≠ b is then the off-diagonal block of the square kernel of X_a and X_b
+            together (the cross kernel takes no positions): about twice a plain tile's work.
+        layerwise: not stored: a group's kernel is `tiled_kernel` with ``params=`` that
+            group's parameters (one call a group); True raises `InvalidArgumentError`
+            saying so.
         out_path: where the kernel goes: a Zarr directory, or a ``.npy`` file.
         tile: samples per tile side; one task computes a tile of tile × tile samples
             ((tile·C)² entries flattened). Its Jacobians bound a worker's memory.
@@ -264,18 +327,26 @@ def tiled_kernel(
             )
     if not target.parent.is_dir():
         raise InvalidArgumentError(f"out_path: the folder {target.parent} does not exist")
+    if layerwise:
+        raise InvalidArgumentError(
+            "layerwise: tiled_kernel stores one kernel; a group's kernel is tiled_kernel with "
+            "params= that group's parameters (one call a group, each its own out_path)"
+        )
     _remove_dead_partials(target)
     n = _n_samples(x)
-    c = _n_outputs(model, x)
-    scale = reduction_of(reduction).kernel_order(1, c)
-    order = n * scale
     np_dtype = _float_dtype(dtype)
     options = {
         "reduction": reduction,
         "output_metric": output_metric,
         "params": params,
         "dtype": str(np_dtype),
+        "output_fn": output_fn,
     }
+    if positions is not None:
+        positions = _positions_array(positions, n)
+    c = _n_outputs(model, x, positions, options)
+    scale = reduction_of(reduction).kernel_order(1, c)
+    order = n * scale
     ranges = [(s, min(s + tile, n)) for s in range(0, n, tile)]
     pairs = [(a, b) for i, a in enumerate(ranges) for b in ranges[i:]]
     tmp = target.with_name(f".{target.name}.{owner_tag()}.{secrets.token_hex(6)}.partial")
@@ -284,9 +355,11 @@ def tiled_kernel(
         _create(tmp, fmt, order, tile * scale, np_dtype)
         if client is None:
             for a, b in pairs:
-                _kernel_tile(model, x, a, b, scale, str(tmp), fmt, options, threads)
+                _kernel_tile(model, x, positions, a, b, scale, str(tmp), fmt, options, threads)
         else:
-            _run_tiles(client, model, x, pairs, scale, str(tmp), fmt, options, threads, retries)
+            _run_tiles(
+                client, model, x, positions, pairs, scale, str(tmp), fmt, options, threads, retries
+            )
         meta = {
             "format": KERNEL_FORMAT,
             "order": order,
@@ -396,6 +469,7 @@ def _run_tiles(
     client: Client,
     model: nn.Module,
     x: Any,
+    positions: Any,
     pairs: list[tuple[tuple[int, int], tuple[int, int]]],
     scale: int,
     path: str,
@@ -407,7 +481,7 @@ def _run_tiles(
     from distributed import wait
 
     # One copy of the model and inputs per worker, not one per task. cloudpickle (a Dask
-    # dependency) also ships a model class defined in a script's __main__.
+    # dependency) also ships a model class defined in a script's __main__, and output_fn.
     blob = importlib.import_module("cloudpickle").dumps(model)
     model_f = client.scatter((hashlib.sha256(blob).hexdigest(), blob), broadcast=True)
     x_f = client.scatter(x, broadcast=True)
@@ -416,6 +490,7 @@ def _run_tiles(
             _kernel_tile,
             model_f,
             x_f,
+            positions,
             a,
             b,
             scale,

@@ -279,11 +279,12 @@ def run_probe(
         record[0] = False
         alone: list[Tensor] = []
         rowwise = set(batched_inputs) if batch > 1 else set()
-        vmapped = (
-            _vmapped_lone_runs(model, params, buffers, head, call, calls, layer_inputs)
-            if batch > 1
-            else None
-        )
+        vmapped = _vmapped_lone_runs(model, params, buffers, head, call, calls, layer_inputs)
+        # One sample: whether vmap runs the forward is all that is asked (a Hugging Face mask
+        # check calls .item() even on one unpadded sample); its run is not compared.
+        one_vmappable = batch == 1 and vmapped is not None
+        if batch == 1:
+            vmapped = None
         if vmapped is not None:
             outputs, lone_inputs = vmapped
             alone = [_check_output(outputs[i], 1) for i in range(batch)]
@@ -332,7 +333,7 @@ def run_probe(
         io_shapes=io_shapes,
         usage=counter.counts,
         batch_independent=independent,
-        vmappable=batch == 1 or vmapped is not None,
+        vmappable=one_vmappable if batch == 1 else vmapped is not None,
         indices=indices,
         per_sample_layers=frozenset(rowwise),
     )
