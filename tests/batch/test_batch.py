@@ -327,7 +327,15 @@ def test_tiled_kernel_on_the_cluster_equals_empirical_ntk_and_its_topk_equals_ei
     np.testing.assert_array_equal(kernel, kernel.T)  # mirrored tiles: exactly symmetric
 
     k = 6
-    values, vectors, info = stored_topk(path, k, rows=tile)
+    spec = stored_topk(path, k, rows=tile, client=client if reduction == "trace" else None)
+    values, vectors, info = spec.eigenvalues, spec.eigenvectors, spec.info
+    assert spec.method == "stored" and spec.reduction == reduction
+    assert (spec.n_samples, spec.n_outputs) == (stored.n_samples, stored.n_outputs)
+    row_blocks = -(-stored.order // tile)
+    if reduction == "trace":  # each product: one Dask task per row block
+        assert info["tasks"] > 0 and info["tasks"] % row_blocks == 0
+    else:
+        assert info["tasks"] == 0
     all_values, all_vectors = np.linalg.eigh(dense)
     ref_values, ref_vectors = all_values[::-1][:k], all_vectors[:, ::-1][:, :k]
     np.testing.assert_allclose(values, ref_values, rtol=1e-10)

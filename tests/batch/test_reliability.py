@@ -722,3 +722,20 @@ def test_sigterm_during_any_command_exits_143(tmp_path: Path) -> None:
     )
     assert proc.returncode == 143, proc.stderr
     assert "terminated" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_busy_dashboard_port_gives_the_local_cluster_another_one() -> None:
+    """Two local clusters on one machine (a test run beside a batch) must not collide on the
+    dashboard's port 8787: the second takes a free port instead (and does not warn)."""
+    import socket
+
+    from entk_fast.batch import cluster
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        try:
+            busy.bind((cluster.LOOPBACK, 8787))
+        except OSError:
+            pytest.skip("port 8787 is in use by something else already")
+        busy.listen()
+        assert cluster._local_cluster_kwargs(1, True, None)["dashboard_address"].endswith(":0")
+    assert cluster._local_cluster_kwargs(1, False, None)["dashboard_address"] is None

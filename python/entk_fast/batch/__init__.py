@@ -23,7 +23,13 @@ from .plan import BatchPlan, CheckpointTask, find_runs, plan_batch
 from .records import BatchReport
 from .store import JobId, ResultStore, file_sha256
 from .summary import BatchSummary, summarize, write_curves
-from .tiled import StoredKernel, open_stored_kernel, stored_topk, tiled_kernel
+from .tiled import (
+    StoredKernel,
+    open_stored_kernel,
+    stored_kernel_meta,
+    stored_topk,
+    tiled_kernel,
+)
 
 __all__ = [
     "ANALYSES",
@@ -44,6 +50,7 @@ __all__ = [
     "plan_batch",
     "run_batch",
     "run_checkpoint",
+    "stored_kernel_meta",
     "stored_topk",
     "summarize",
     "tiled_kernel",

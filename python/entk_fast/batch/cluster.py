@@ -161,10 +161,23 @@ def _local_cluster_kwargs(
         "threads_per_worker": 1,
         "processes": True,
         "host": LOOPBACK,
-        "dashboard_address": f"{LOOPBACK}:8787" if dashboard else None,
+        "dashboard_address": _dashboard_address() if dashboard else None,
         "worker_dashboard_address": None,
         "local_directory": None if local_directory is None else str(local_directory),
     }
+
+
+def _dashboard_address() -> str:
+    """Port 8787 on the loopback when it is free, else any free port (two clusters on one
+    machine, say a test run beside a batch, must not collide, nor warn)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((LOOPBACK, 8787))
+        except OSError:
+            return f"{LOOPBACK}:0"
+    return f"{LOOPBACK}:8787"
 
 
 def _usable_cores() -> int:

@@ -64,7 +64,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from distributed import Client
     from torch import nn
 
-__all__ = ["StoredKernel", "open_stored_kernel", "stored_topk", "tiled_kernel"]
+    from ..results import NTKSpectrum
+
+__all__ = [
+    "StoredKernel",
+    "open_stored_kernel",
+    "stored_kernel_meta",
+    "stored_topk",
+    "tiled_kernel",
+]
 
 FORMATS = ("auto", "zarr", "npy")
 #: The ``format`` of a stored kernel's metadata (Zarr attributes, or the ``.npy``'s
@@ -95,8 +103,8 @@ class StoredKernel:
         """The whole kernel in memory (only for kernels that fit)."""
         return np.asarray(self.array()[:, :])
 
-    def topk(self, k: int, **kwargs: Any) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-        """`stored_topk` of this kernel."""
+    def topk(self, k: int, **kwargs: Any) -> NTKSpectrum:
+        """`stored_topk` of this kernel (``client=`` spreads its products over workers)."""
         return stored_topk(self.path, k, **kwargs)
 
 
@@ -109,7 +117,7 @@ def _zarr() -> Any:
 
 
 def _batched(value: Any, n: int) -> bool:
-    shape = getattr(value, "shape", None)
+    shape: Any = getattr(value, "shape", None)
     return bool(shape) and int(shape[0]) == n
 
 
@@ -576,6 +584,37 @@ def open_stored_kernel(path: str | os.PathLike[str]) -> Any:
     return array
 
 
+def stored_kernel_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata `tiled_kernel` stored with the kernel at ``path`` (order, n_samples,
+    n_outputs, reduction, tile, dtype, ...); empty for an array stored otherwise."""
+    p = Path(path)
+    files = [(p / "zarr.json", "attributes"), (p / ".zattrs", None)] if p.is_dir() else []
+    files.append((p.with_name(p.name + ".json"), None))
+    for file, key in files:
+        try:
+            data = json.loads(read_regular_bytes(file, 16 << 20).decode("utf-8"))
+        except (OSError, ValueError, EntkError):
+            continue
+        if isinstance(data, dict) and key is not None:
+            data = data.get(key)
+        if isinstance(data, dict) and data.get("format") == KERNEL_FORMAT:
+            return data
+    return {}
+
+
+def _row_block_product(path: str, r0: int, r1: int, v: np.ndarray) -> tuple[np.ndarray, int]:
+    """One task of a distributed product: rows ``r0:r1`` of the stored kernel times ``v``, and
+    the bytes read (the worker opens the store itself: nothing kernel-sized is sent)."""
+    array = open_stored_kernel(path)
+    part = np.asarray(array[r0:r1, :], dtype=v.dtype)
+    if not np.all(np.isfinite(part)):
+        raise InvalidArgumentError(
+            f"path: rows {r0}..{r1 - 1} of the stored kernel hold non-finite values "
+            "(an unwritten tile?)"
+        )
+    return part @ v, part.nbytes
+
+
 def stored_topk(
     path: str | os.PathLike[str],
     k: int,
@@ -585,17 +624,49 @@ def stored_topk(
     tol: float | None = None,
     maxiter: int | None = None,
     seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    client: Client | None = None,
+) -> NTKSpectrum:
     """Top-k eigenpairs of a stored symmetric kernel by block Krylov products over its chunks.
 
     Each product K @ V reads the kernel one row block at a time (``rows`` rows, default the
     Zarr chunk's, or about 64 MB of a ``.npy``) and multiplies it in memory; the iteration is
-    `entk_fast.linalg.eigh_topk_operator`.
+    `entk_fast.linalg.eigh_topk_operator`, in this process. With ``client`` (a
+    ``dask.distributed.Client`` whose workers see ``path``), the row blocks of every product
+    are read and multiplied on the workers: V (order × block) goes to each task, each returns
+    its rows of K V, and nothing kernel-sized crosses the network.
+
+    Args:
+        path: a kernel stored by `tiled_kernel` (or any square float array, Zarr or ``.npy``).
+        k: the number of eigenpairs, 1 ≤ k ≤ the kernel's order.
+        rows: rows a product reads at once (a task's rows with ``client``).
+        block: vectors a product takes, as in `entk_fast.linalg.eigh_topk_operator`.
+        tol: the relative residual target, as there.
+        maxiter: the restart limit, as there.
+        seed: the random start block's seed.
+        client: spread each product's row blocks over Dask workers (None: in this process).
 
     Returns:
-        ``(values (k,) descending, vectors (order, k), info)``; ``info["n_matvec"]`` counts
-        products, ``info["bytes_read"]`` the bytes read from the store.
+        An `NTKSpectrum` (``method="stored"``): eigenvalues (k,) descending, eigenvectors
+        (order, k); its ``n_samples``, ``n_outputs`` and ``reduction`` come from the stored
+        metadata (a plain array: order samples, one output, ``"trace"``).
+        ``info["n_matvec"]`` counts products, ``info["bytes_read"]`` the bytes read from the
+        store, ``info["tasks"]`` the Dask tasks (0 without a client).
+
+    Raises:
+        InvalidArgumentError: ``path`` is not a square float kernel, ``k`` is out of range,
+            or a row block holds non-finite values (an unwritten tile).
+
+    Examples:
+        >>> import numpy as np, tempfile, os
+        >>> from entk_fast.batch import stored_topk
+        >>> path = os.path.join(tempfile.mkdtemp(), "k.npy")
+        >>> np.save(path, np.diag([5.0, 3.0, 1.0, 0.5]))
+        >>> spec = stored_topk(path, 2)
+        >>> spec.eigenvalues.round(6).tolist(), spec.method
+        ([5.0, 3.0], 'stored')
     """
+    from ..results import NTKSpectrum
+
     array = open_stored_kernel(path)
     order = int(array.shape[0])
     k = check_int("k", k, minimum=1)
@@ -606,23 +677,46 @@ def stored_topk(
         chunks = getattr(array, "chunks", None)
         rows = int(chunks[0]) if chunks else max(1, (64 << 20) // (order * dt.itemsize))
     rows = check_int("rows", rows, minimum=1)
-    read = [0]
+    spans = [(r0, min(r0 + rows, order)) for r0 in range(0, order, rows)]
+    totals = {"bytes": 0, "tasks": 0}
+    where = str(Path(path).resolve())
 
     def matmat(v: np.ndarray) -> np.ndarray:
-        out = np.empty((order, v.shape[1]), dtype=dt)
-        for r0 in range(0, order, rows):
-            r1 = min(r0 + rows, order)
-            part = np.asarray(array[r0:r1, :], dtype=dt)
-            if not np.all(np.isfinite(part)):
-                raise InvalidArgumentError(
-                    f"path: rows {r0}..{r1 - 1} of the stored kernel hold non-finite values "
-                    "(an unwritten tile?)"
-                )
-            out[r0:r1] = part @ v
-            read[0] += part.nbytes
-        return out
+        v = np.ascontiguousarray(v, dtype=dt)
+        if client is None:
+            parts = [_row_block_product(where, r0, r1, v) for r0, r1 in spans]
+        else:
+            v_future = client.scatter(v, broadcast=True)
+            futures = [
+                client.submit(_row_block_product, where, r0, r1, v_future, pure=False)
+                for r0, r1 in spans
+            ]
+            try:
+                parts = client.gather(futures)
+            finally:
+                for future in [v_future, *futures]:
+                    with contextlib.suppress(Exception):
+                        future.release()
+            totals["tasks"] += len(spans)
+        totals["bytes"] += sum(nbytes for _, nbytes in parts)
+        return np.concatenate([block for block, _ in parts])
 
     values, vectors, info = linalg.eigh_topk_operator(
         matmat, order, k, dtype=dt, block=block, tol=tol, maxiter=maxiter, seed=seed
     )
-    return values, vectors, {**dict(info), "bytes_read": read[0], "rows": rows}
+    meta = stored_kernel_meta(path)
+    return NTKSpectrum(
+        eigenvalues=values,
+        eigenvectors=vectors,
+        method="stored",
+        n_samples=int(meta.get("n_samples", order)),
+        n_outputs=int(meta.get("n_outputs", 1)),
+        reduction=str(meta.get("reduction", "trace")),
+        info={
+            **dict(info),
+            "bytes_read": totals["bytes"],
+            "rows": rows,
+            "tasks": totals["tasks"],
+            "path": where,
+        },
+    )
