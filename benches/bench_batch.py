@@ -12,7 +12,9 @@ families) of every checkpoint:
 * ``dask-N``: a LocalCluster of N worker processes × 1 thread (``entk-fast batch --workers N``),
   timed without and with the cluster's start-up.
 
-All three must give the same numbers (checked: max differences printed). The machine's load
+All three must give the same numbers (checked: max differences printed). The local cluster's
+workers start without distributed's ``MALLOC_TRIM_THRESHOLD_`` (see
+``entk_fast.batch.cluster.GLIBC_MALLOC_DEFAULTS``): with it each task ran ~1.5× slower. The machine's load
 average is printed before and after: timings on a shared machine move with it.
 
 Usage: ``python benches/bench_batch.py [--workers 2] [--p 29]``; writes

@@ -739,3 +739,27 @@ def test_a_busy_dashboard_port_gives_the_local_cluster_another_one() -> None:
         busy.listen()
         assert cluster._local_cluster_kwargs(1, True, None)["dashboard_address"].endswith(":0")
     assert cluster._local_cluster_kwargs(1, False, None)["dashboard_address"] is None
+
+
+def test_local_workers_keep_glibc_malloc_defaults() -> None:
+    """distributed's nannies set MALLOC_TRIM_THRESHOLD_=65536 in their workers, which turns off
+    glibc's adaptive mmap threshold and made every task ~1.5x slower than the serial loop; the
+    local cluster's workers start without it (a fresh process: a nanny also writes it into
+    its own process's environment, which later clusters there would inherit)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os\n"
+        "from entk_fast.batch import open_client\n"
+        "if __name__ == '__main__':\n"
+        "    with open_client(workers=1, dashboard=False) as client:\n"
+        "        seen = client.run(lambda: os.environ.get('MALLOC_TRIM_THRESHOLD_'))\n"
+        "    print(sorted(seen.values()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[None]"
