@@ -14,8 +14,8 @@ families) of every checkpoint:
 
 All three must give the same numbers (checked: max differences printed). The local cluster's
 workers start without distributed's ``MALLOC_TRIM_THRESHOLD_`` (see
-``entk_fast.batch.cluster.GLIBC_MALLOC_DEFAULTS``): with it each task ran ~1.5× slower. The machine's load
-average is printed before and after: timings on a shared machine move with it.
+``entk_fast.batch.cluster.GLIBC_MALLOC_DEFAULTS``): with it each task ran ~1.5× slower. The
+machine's load average is printed before and after: timings on a shared machine move with it.
 
 Usage: ``python benches/bench_batch.py [--workers 2] [--p 29]``; writes
 ``benches/results/bench_batch_<UTC time>.json``.
