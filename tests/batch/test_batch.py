@@ -598,18 +598,11 @@ def test_tiled_kernel_of_a_hugging_face_model_with_dict_inputs_and_positions(
     mask split with the samples), output_fn (a lambda, shipped to the workers), positions (the
     cross tiles as blocks of the pair's square kernel), params; and the stored kernel equals
     empirical_ntk's on the whole batch."""
-    transformers = pytest.importorskip("transformers")
-    config = transformers.BertConfig(
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        hidden_size=8,
-        intermediate_size=16,
-        vocab_size=20,
-        max_position_embeddings=12,
-    )
-    config._attn_implementation = "eager"
+    pytest.importorskip("transformers")
+    from tiny_models import tiny_bert
+
     torch.manual_seed(0)
-    model = transformers.BertModel(config, add_pooling_layer=False).double().eval()
+    model = tiny_bert(layers=1).double().eval()
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(1, 20, (7, 5), generator=gen)
     mask = torch.ones(7, 5, dtype=torch.long)

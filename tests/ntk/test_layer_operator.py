@@ -435,17 +435,10 @@ def test_a_wide_layer_of_a_padded_model_vmap_cannot_run_takes_the_cached_kernel(
     """A layer wide enough for the structured path (T(T+1)/2·(d_in + d_out) ≤ d_in·d_out) in a
     model whose padded forward vmap cannot run: the dense kernel comes from the cached layer
     (as entk_topk's products do), not from per-sample autograd, and equals the brute force."""
-    config = transformers.BertConfig(
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        hidden_size=16,
-        intermediate_size=64,
-        vocab_size=20,
-        max_position_embeddings=12,
-    )
-    config._attn_implementation = "eager"
+    from tiny_models import tiny_bert
+
     torch.manual_seed(5)
-    model = transformers.BertModel(config, add_pooling_layer=False).double().eval()
+    model = tiny_bert(hidden=16, intermediate=64).double().eval()
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(1, 20, (4, 3), generator=gen)
     mask = torch.ones(4, 3, dtype=torch.long)

@@ -395,21 +395,7 @@ def is_stored_kernel(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a kernel written by `tiled_kernel`: a Zarr folder whose
     attributes, or a ``.npy`` file whose ``NAME.json`` next to it, say
     ``format: entk-fast-tiled-kernel``."""
-    p = Path(path)
-    if p.is_dir():
-        candidates = [(p / "zarr.json", "attributes"), (p / ".zattrs", None)]
-    else:
-        candidates = [(p.with_name(p.name + ".json"), None)]
-    for file, key in candidates:
-        try:
-            data = json.loads(read_regular_bytes(file, 16 << 20).decode("utf-8"))
-        except (OSError, ValueError, EntkError):
-            continue
-        if isinstance(data, dict) and key is not None:
-            data = data.get(key)
-        if isinstance(data, dict) and data.get("format") == KERNEL_FORMAT:
-            return True
-    return False
+    return bool(stored_kernel_meta(path))
 
 
 def _remove_dead_partials(target: Path) -> list[Path]:
@@ -588,8 +574,10 @@ def stored_kernel_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The metadata `tiled_kernel` stored with the kernel at ``path`` (order, n_samples,
     n_outputs, reduction, tile, dtype, ...); empty for an array stored otherwise."""
     p = Path(path)
-    files = [(p / "zarr.json", "attributes"), (p / ".zattrs", None)] if p.is_dir() else []
-    files.append((p.with_name(p.name + ".json"), None))
+    if p.is_dir():  # Zarr 3 keeps the attributes in zarr.json, Zarr 2 in .zattrs
+        files = [(p / "zarr.json", "attributes"), (p / ".zattrs", None)]
+    else:  # a .npy file: NAME.npy.json beside it
+        files = [(p.with_name(p.name + ".json"), None)]
     for file, key in files:
         try:
             data = json.loads(read_regular_bytes(file, 16 << 20).decode("utf-8"))
