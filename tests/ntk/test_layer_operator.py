@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from tiny_models import tiny_bert
 from torch import nn
 from torch.func import functional_call
 
@@ -46,16 +47,7 @@ def _gemma() -> nn.Module:
 
 
 def _bert() -> nn.Module:
-    config = transformers.BertConfig(
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        hidden_size=8,
-        intermediate_size=16,
-        vocab_size=20,
-        max_position_embeddings=12,
-    )
-    config._attn_implementation = "eager"
-    return transformers.BertModel(config, add_pooling_layer=False)
+    return tiny_bert()
 
 
 #: model, layer, relative tolerance (Gemma's RMSNorm computes in float32 in a float64 model)
@@ -435,8 +427,6 @@ def test_a_wide_layer_of_a_padded_model_vmap_cannot_run_takes_the_cached_kernel(
     """A layer wide enough for the structured path (T(T+1)/2·(d_in + d_out) ≤ d_in·d_out) in a
     model whose padded forward vmap cannot run: the dense kernel comes from the cached layer
     (as entk_topk's products do), not from per-sample autograd, and equals the brute force."""
-    from tiny_models import tiny_bert
-
     torch.manual_seed(5)
     model = tiny_bert(hidden=16, intermediate=64).double().eval()
     gen = torch.Generator().manual_seed(1)

@@ -39,7 +39,7 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -116,19 +116,17 @@ def _zarr() -> Any:
     return zarr
 
 
-def _batched(value: Any, n: int) -> bool:
-    shape: Any = getattr(value, "shape", None)
-    return bool(shape) and int(shape[0]) == n
-
-
 def _slice(x: Any, start: int, stop: int) -> Any:
-    """Samples ``start:stop`` of ``x``: every tensor of a tuple, and a dict's tensors with N
-    rows (its other values, such as flags, are the same for every tile)."""
+    """Samples ``start:stop`` of ``x``: every tensor of a tuple, every keyword tensor of a dict
+    (its constant keywords, as `entk_fast.ntk.problem.split_keywords` tells them, go to every
+    tile unchanged)."""
     if isinstance(x, tuple):
         return tuple(t[start:stop] for t in x)
-    if isinstance(x, dict):
-        n = _n_samples(x)
-        return {k: v[start:stop] if _batched(v, n) else v for k, v in x.items()}
+    if isinstance(x, Mapping):
+        from ..ntk.problem import split_keywords
+
+        values, keys, constants = split_keywords(x, "x")
+        return {**{k: v[start:stop] for k, v in zip(keys, values, strict=True)}, **dict(constants)}
     return x[start:stop]
 
 
@@ -138,18 +136,20 @@ def _join(first: Any, second: Any) -> Any:
 
     if isinstance(first, tuple):
         return tuple(torch.cat(pair) for pair in zip(first, second, strict=True))
-    if isinstance(first, dict):
-        n = _n_samples(first)
-        return {k: torch.cat((v, second[k])) if _batched(v, n) else v for k, v in first.items()}
+    if isinstance(first, Mapping):
+        from ..ntk.problem import split_keywords
+
+        values, keys, constants = split_keywords(first, "x")
+        joined = {k: torch.cat((v, second[k])) for k, v in zip(keys, values, strict=True)}
+        return {**joined, **dict(constants)}
     return torch.cat((first, second))
 
 
 def _n_samples(x: Any) -> int:
-    if isinstance(x, dict):
-        sizes = [int(v.shape[0]) for v in x.values() if getattr(v, "shape", None)]
-        if not sizes:
-            raise InvalidArgumentError("x: a dict of inputs needs at least one tensor (N, ...)")
-        return sizes[0]
+    if isinstance(x, Mapping):
+        from ..ntk.problem import split_keywords
+
+        x = split_keywords(x, "x")[0][0]
     first = x[0] if isinstance(x, tuple) and x else x
     shape = getattr(first, "shape", None)
     if not shape:

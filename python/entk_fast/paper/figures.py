@@ -25,16 +25,37 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
+    "MATPLOTLIB_MISSING",
     "alignment_figure",
     "feature_heatmap_figure",
     "fourier_heatmap_figure",
     "frequency_norms_figure",
     "layer_overlaps_figure",
     "layer_spectra_figure",
+    "matplotlib_available",
     "plot_training_curve",
     "save_figure",
     "spectrum_figure",
 ]
+
+
+MATPLOTLIB_MISSING = "pip install matplotlib, or install entk-fast with the 'paper' extra"
+"""How to get matplotlib, for the messages of what needs it."""
+
+
+def matplotlib_available() -> bool:
+    """Whether matplotlib imports (the figures need it; it is the ``paper`` extra).
+
+    Examples:
+        >>> from entk_fast.paper.figures import matplotlib_available
+        >>> isinstance(matplotlib_available(), bool)
+        True
+    """
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def plot_training_curve(

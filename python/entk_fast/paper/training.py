@@ -323,16 +323,17 @@ def _loop(
 
     if run_dir is not None:
         runs.write_history(run_dir, kind, history, completed=True)
-        if plot and _have_matplotlib():
-            from .figures import plot_training_curve
+        if plot:
+            from .figures import MATPLOTLIB_MISSING, matplotlib_available, plot_training_curve
 
-            plot_training_curve(history, kind, run_dir / runs.PLOT_FILE)
-        elif plot:
-            log.warning(
-                "matplotlib is not installed: %s not written (pip install matplotlib, or "
-                "install entk-fast with the 'paper' extra)",
-                runs.PLOT_FILE,
-            )
+            if matplotlib_available():
+                plot_training_curve(history, kind, run_dir / runs.PLOT_FILE)
+            else:
+                log.warning(
+                    "matplotlib is not installed: %s not written (%s)",
+                    runs.PLOT_FILE,
+                    MATPLOTLIB_MISSING,
+                )
     task.model.eval()
     return TrainResult(config=config, model=task.model, history=_as_arrays(history), out=run_dir)
 
@@ -425,14 +426,6 @@ def _progress_fn(progress: ProgressFn | bool | None, kind: str) -> ProgressFn:
             f"progress must be a bool or a callable, got {type(progress).__name__}"
         )
     return progress
-
-
-def _have_matplotlib() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _log(history: dict[str, list[Any]], step: int, metrics: Mapping[str, float]) -> None:

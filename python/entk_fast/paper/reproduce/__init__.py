@@ -90,15 +90,12 @@ def reproduce(
     ``quick``: reduced sizes (`Plan.reduced`); ``plan`` overrides both (other seeds or
     sizes). Returns the report (what ``report.json`` holds).
     """
-    from ..figures import save_figure
+    from ..figures import MATPLOTLIB_MISSING, matplotlib_available, save_figure
 
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
+    if not matplotlib_available():
         raise InvalidArgumentError(
-            "reproduce writes figures and needs matplotlib: pip install matplotlib (or install "
-            "entk-fast with the 'paper' extra)"
-        ) from None
+            f"reproduce writes figures and needs matplotlib: {MATPLOTLIB_MISSING}"
+        )
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown or not sections:
         raise InvalidArgumentError(
