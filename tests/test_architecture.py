@@ -51,6 +51,8 @@ NTK_STAGES: dict[str, int] = {
     "layer_operator": 6,
     "operator": 6,
     "factored": 6,
+    "krylov": 6,  # the top-k solve, wherever its products run
+    "sharded": 6,  # products over Dask workers, each holding its samples' operator
     "spectrum": 7,
 }
 

@@ -738,7 +738,7 @@ def test_a_busy_dashboard_port_gives_the_local_cluster_another_one() -> None:
             pytest.skip("port 8787 is in use by something else already")
         busy.listen()
         assert cluster._local_cluster_kwargs(1, True, None)["dashboard_address"].endswith(":0")
-    assert cluster._local_cluster_kwargs(1, False, None)["dashboard_address"] is None
+    assert cluster._local_cluster_kwargs(1, False, None)["dashboard_address"] == "127.0.0.1:0"
 
 
 def test_local_workers_keep_glibc_malloc_defaults() -> None:

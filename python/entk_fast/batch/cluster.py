@@ -183,7 +183,9 @@ def _local_cluster_kwargs(
         "threads_per_worker": 1,
         "processes": True,
         "host": LOOPBACK,
-        "dashboard_address": _dashboard_address() if dashboard else None,
+        # without a dashboard the scheduler's HTTP server (health, metrics) still listens:
+        # on any free port, not on 8787, which another cluster may hold
+        "dashboard_address": _dashboard_address() if dashboard else f"{LOOPBACK}:0",
         "worker_dashboard_address": None,
         "local_directory": None if local_directory is None else str(local_directory),
     }

@@ -117,17 +117,10 @@ def _zarr() -> Any:
 
 
 def _slice(x: Any, start: int, stop: int) -> Any:
-    """Samples ``start:stop`` of ``x``: every tensor of a tuple, every keyword tensor of a dict
-    (its constant keywords, as `entk_fast.ntk.problem.split_keywords` tells them, go to every
-    tile unchanged)."""
-    if isinstance(x, tuple):
-        return tuple(t[start:stop] for t in x)
-    if isinstance(x, Mapping):
-        from ..ntk.problem import split_keywords
+    """Samples ``start:stop`` of ``x`` (`entk_fast.ntk.problem.slice_samples`)."""
+    from ..ntk.problem import slice_samples
 
-        values, keys, constants = split_keywords(x, "x")
-        return {**{k: v[start:stop] for k, v in zip(keys, values, strict=True)}, **dict(constants)}
-    return x[start:stop]
+    return slice_samples(x, start, stop)
 
 
 def _join(first: Any, second: Any) -> Any:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .._io import add_json_flag, print_json, stdout_to_stderr
+from ..errors import InvalidArgumentError
 from ..paper.reproduce import SECTIONS, Plan, reproduce
 from ..paper.reproduce import __doc__ as REPRODUCE_DOC
 from ..paper.reproduce.lm import lm_available
+from .common import positive_int
 
 __all__ = ["add_parser"]
 
@@ -56,6 +60,25 @@ def add_parser(subparsers: Any) -> None:
         default="word",
         help="encoders: read at the labelled word or at a mask token in its place",
     )
+    where = lm.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers",
+        type=positive_int,
+        metavar="N",
+        help="spread the eigen-solve's products over N local Dask worker processes (one "
+        "thread each); with --cluster: workers to request (default 1)",
+    )
+    where.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler's workers")
+    lm.add_argument(
+        "--cluster",
+        choices=("slurm", "pbs"),
+        help="workers as batch jobs through dask-jobqueue (with --cluster-config)",
+    )
+    lm.add_argument(
+        "--cluster-config",
+        metavar="FILE",
+        help="YAML/JSON keyword arguments of SLURMCluster/PBSCluster (with --cluster)",
+    )
     add_json_flag(parser)
     parser.set_defaults(func=_main)
 
@@ -73,9 +96,14 @@ def _main(args: argparse.Namespace) -> int:
         "readout": args.readout,
     }
     plan = replace(plan, lm=replace(plan.lm, **lm_options))
-    with stdout_to_stderr(args.json):
+    with stdout_to_stderr(args.json), _solve_client(args, "lm" in sections) as client:
         report = reproduce(
-            sections, args.out, runs=args.runs, progress=not args.no_progress, plan=plan
+            sections,
+            args.out,
+            runs=args.runs,
+            progress=not args.no_progress,
+            plan=plan,
+            client=client,
         )
     failed = [
         f"{name}: {text}"
@@ -98,3 +126,39 @@ def _main(args: argparse.Namespace) -> int:
     for text in failed:
         print(f"  not reproduced: {text}")
     return 0
+
+
+@contextlib.contextmanager
+def _solve_client(args: argparse.Namespace, lm: bool) -> Iterator[Any]:
+    """The Dask client the lm section's eigen-solve runs on (None: this process), with every
+    requested worker connected (a solve's shards are fixed when it starts)."""
+    if args.cluster_config and not args.cluster:
+        raise InvalidArgumentError("cluster-config: only used with --cluster slurm|pbs")
+    if args.scheduler and args.cluster:
+        raise InvalidArgumentError("scheduler: a scheduler's workers exclude --cluster")
+    if args.workers is None and not args.scheduler and not args.cluster:
+        yield None
+        return
+    if args.workers == 0:
+        raise InvalidArgumentError("workers: expected an integer ≥ 1, got 0")
+    if not lm:
+        raise InvalidArgumentError(
+            "workers/scheduler/cluster: only the lm section's eigen-solve runs on Dask"
+        )
+    from ..batch.cluster import open_client
+
+    with open_client(
+        workers=args.workers,
+        scheduler=args.scheduler,
+        cluster=args.cluster,
+        cluster_config=args.cluster_config,
+    ) as client:
+        wanted = args.workers or 1
+        if args.cluster:
+            print(f"waiting for {wanted} Dask workers ...", file=sys.stderr)
+            client.wait_for_workers(wanted)
+        print(
+            f"eigen-solve on {len(client.scheduler_info()['workers'])} Dask workers",
+            file=sys.stderr,
+        )
+        yield client

@@ -109,13 +109,14 @@ def close_per_sample(a: Tensor, b: Tensor, *, rtol: float | None = None) -> bool
     return all(close(p, q, rtol=rtol) for p, q in zip(x, y, strict=True))
 
 
-def sample_namer(n_samples: int, n_samples2: int = 0) -> Callable[[int], str]:
+def sample_namer(n_samples: int, n_samples2: int = 0, offset: int = 0) -> Callable[[int], str]:
     """How messages name sample i of the engine's inputs: ``"sample 20"``, or for the second
-    input set of a cross kernel (its last ``n_samples2``) ``"x2 sample 3"``."""
+    input set of a cross kernel (its last ``n_samples2``) ``"x2 sample 3"``; ``offset``: the
+    user's index of sample 0 (the inputs are a shard of the user's)."""
     first = n_samples - n_samples2
 
     def name(i: int) -> str:
-        return f"sample {i}" if i < first else f"x2 sample {i - first}"
+        return f"sample {i + offset}" if i < first else f"x2 sample {i - first}"
 
     return name
 

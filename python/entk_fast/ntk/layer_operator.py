@@ -359,19 +359,37 @@ class CachedLayerOperator:
 
     def _block(self, chunks: list[_Chunk], v: Tensor) -> Tensor:
         """K V for one block V (b, N, C_r) -> (b, N, C_r)."""
+        return self._push(chunks, self._pull(chunks, v))
+
+    def _pull(self, chunks: list[_Chunk], v: Tensor) -> list[Tensor]:
+        """Mᵀ V for a block V (b, n, C_r) of the samples of ``chunks``: the layer-sized
+        [weight (b, d_out, d_in), bias (b, 1, d_out)] (zero where not selected). Sums over
+        samples: the parts of disjoint sample sets add up to the whole."""
         layer = self.layer
         b = v.shape[0]
         weight = torch.zeros(b, layer.d_out, layer.d_in, dtype=v.dtype, device=v.device)
         bias = torch.zeros(b, 1, layer.d_out, dtype=v.dtype, device=v.device)
+        offset = chunks[0].start
         for chunk in chunks:
-            g = self._grads(chunk.out, chunk.leaf, v[:, chunk.start : chunk.stop])
+            cot = v[:, chunk.start - offset : chunk.stop - offset]
+            g = self._grads(chunk.out, chunk.leaf, cot)
             g = g.reshape(b, -1, layer.d_out)  # (b, n·L, d_out)
             if layer.weight is not None:
                 weight.add_(g.transpose(1, 2) @ chunk.inputs)
             if layer.bias is not None:
                 bias.add_(g.sum(dim=1, keepdim=True))
             del g
-        result = torch.empty_like(v)
+        return [weight, bias]
+
+    def _push(self, chunks: list[_Chunk], parts: list[Tensor]) -> Tensor:
+        """M W for the layer-sized W = [weight, bias] of `_pull`: (b, n, C_r) for the samples
+        of ``chunks``."""
+        layer = self.layer
+        weight, bias = parts
+        b = weight.shape[0]
+        offset = chunks[0].start
+        n = chunks[-1].stop - offset
+        result = torch.empty(b, n, self.problem.rows_per_sample, dtype=weight.dtype)
         for chunk in chunks:
             dy = chunk.inputs @ weight.transpose(1, 2) if layer.weight is not None else 0.0
             dy = dy + bias  # (b, n·L, d_out)
@@ -380,9 +398,43 @@ class CachedLayerOperator:
             )
             pushed = self._grads(g_sym, u, dy.reshape(b, *chunk.leaf.shape))
             require_finite(pushed, "jacobian", self.problem.samples_from(chunk.start), dim=1)
-            result[:, chunk.start : chunk.stop] = pushed
+            result[:, chunk.start - offset : chunk.stop - offset] = pushed
             del dy, pushed
         return result
+
+    def pull(self, block: np.ndarray) -> list[np.ndarray]:
+        """Mᵀ V for V (R, b) over this problem's samples: the layer-sized parts
+        [weight (b, d_out, d_in), bias (b, 1, d_out)] in the problem's dtype (see `_pull`);
+        K V = `push` of the sum of every sample set's parts."""
+        vectors = self._vectors(block)
+        chunks = self._chunks()
+        parts = [
+            self._pull(chunks, vectors[s : s + self.columns])
+            for s in range(0, vectors.shape[0], self.columns)
+        ]
+        return [torch.cat(column).detach().cpu().numpy() for column in zip(*parts, strict=True)]
+
+    def push(self, parts: list[np.ndarray]) -> np.ndarray:
+        """M W for the summed parts of `pull` (their leading dimension b): returns (R, b) in the
+        problem's dtype."""
+        problem = self.problem
+        tensors = [torch.as_tensor(p, device=problem.device).to(problem.dtype) for p in parts]
+        chunks = self._chunks()
+        b = tensors[0].shape[0]
+        out = [
+            self._push(chunks, [t[s : s + self.columns] for t in tensors])
+            for s in range(0, b, self.columns)
+        ]
+        self.n_matvec += b
+        flat = torch.cat(out).reshape(b, -1).T.detach().cpu().numpy()
+        return np.ascontiguousarray(flat, dtype=problem.numpy_dtype)
+
+    def _vectors(self, block: np.ndarray) -> Tensor:
+        """V (R, b) as the problem's (b, N, C_r) tensor."""
+        problem = self.problem
+        n, rows = problem.n_samples, problem.rows_per_sample
+        vectors = torch.as_tensor(np.ascontiguousarray(np.asarray(block).T), device=problem.device)
+        return vectors.to(problem.dtype).reshape(-1, n, rows)
 
     def dense_kernel(self, kernel: np.ndarray, progress: Callable[[int], Any]) -> None:
         """Write K = M Mᵀ (N·C_r × N·C_r) into ``kernel``: every sample's readout Jacobian
@@ -436,9 +488,7 @@ class CachedLayerOperator:
     def matmat(self, block: np.ndarray) -> np.ndarray:
         """K V for V (R, b) (any float dtype); returns (R, b) in the problem's dtype."""
         problem = self.problem
-        n, rows = problem.n_samples, problem.rows_per_sample
-        vectors = torch.as_tensor(np.ascontiguousarray(np.asarray(block).T), device=problem.device)
-        vectors = vectors.to(problem.dtype).reshape(-1, n, rows)
+        vectors = self._vectors(block)
         chunks = self._chunks()
         parts = [
             self._block(chunks, vectors[s : s + self.columns])

@@ -21,6 +21,7 @@ dense paths).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 from collections.abc import Callable
@@ -377,42 +378,102 @@ class KernelOperator:
         assert result is not None
         return result
 
-    def matmat(self, block: np.ndarray) -> np.ndarray:
-        """K V for V (R, b) (any float dtype); returns (R, b) in the problem's dtype."""
-        problem = self.problem
-        n, rows = problem.n_samples, problem.rows_per_sample
-        vectors = torch.as_tensor(np.ascontiguousarray(np.asarray(block).T), device=problem.device)
-        vectors = vectors.to(problem.dtype)  # (b, R)
-        parts = []
-        with (
+    def _engine(self) -> contextlib.ExitStack:
+        """The contexts every product runs in (no outer graph, vmapped forwards, the math
+        attention), with the chunks' graphs started and kept on first use."""
+        stack = contextlib.ExitStack()
+        for context in (
             torch.no_grad(),
             quiet_batching_fallback(),
             vmappable_forward(),
             per_sample_attention(),
         ):
+            stack.enter_context(context)
+        try:
             if not self._started:
                 self._start()
             if self._keeping:
                 self._keep_graphs()
+        except BaseException:
+            stack.close()
+            raise
+        return stack
+
+    def _cotangents(self, part: Tensor) -> Tensor:
+        """The cotangents of ``part`` (m, R): (m, N, C_r), or for a reduction that concatenates
+        a sample's rows (m·C_r, N, C_r) with output c carrying v."""
+        problem = self.problem
+        n, rows = problem.n_samples, problem.rows_per_sample
+        m = part.shape[0]
+        if not problem.reduction.rows_concatenated:
+            return part.reshape(m, n, rows)
+        eye = torch.eye(rows, dtype=problem.dtype, device=problem.device)
+        return (part[:, None, :, None] * eye[None, :, None, :]).reshape(m * rows, n, rows)
+
+    def _outputs(self, pushed: Tensor, m: int) -> Tensor:
+        """(m, R) from the pushed (m, N, C_r), or from (m·C_r, N, C_r): the diagonal c = c'."""
+        problem = self.problem
+        if not problem.reduction.rows_concatenated:
+            return pushed.reshape(m, -1)
+        n, rows = problem.n_samples, problem.rows_per_sample
+        square = pushed.reshape(m, rows, n, rows)
+        return torch.diagonal(square, dim1=1, dim2=3).sum(dim=-1) * problem.kernel_scale
+
+    def _vectors(self, block: np.ndarray) -> Tensor:
+        vectors = torch.as_tensor(
+            np.ascontiguousarray(np.asarray(block).T), device=self.problem.device
+        )
+        return vectors.to(self.problem.dtype)  # (b, R)
+
+    def matmat(self, block: np.ndarray) -> np.ndarray:
+        """K V for V (R, b) (any float dtype); returns (R, b) in the problem's dtype."""
+        vectors = self._vectors(block)
+        parts = []
+        with self._engine():
             for start in range(0, vectors.shape[0], self.columns):
                 part = vectors[start : start + self.columns]
-                m = part.shape[0]
-                if not problem.reduction.rows_concatenated:
-                    cot = part.reshape(m, n, rows)
-                    pushed = self._push(self._pullback(cot, True), True)  # (m, N, C_r)
-                    parts.append(pushed.reshape(m, -1))
-                else:
-                    # output c carries v: cotangents (m·C_r, N, C_r), then the diagonal c = c'
-                    eye = torch.eye(rows, dtype=problem.dtype, device=problem.device)
-                    cot = (part[:, None, :, None] * eye[None, :, None, :]).reshape(
-                        m * rows, n, rows
-                    )
-                    pushed = self._push(self._pullback(cot, True), True).reshape(m, rows, n, rows)
-                    diagonal = torch.diagonal(pushed, dim1=1, dim2=3).sum(dim=-1)  # (m, N)
-                    parts.append(diagonal * problem.kernel_scale)
+                pushed = self._push(self._pullback(self._cotangents(part), True), True)
+                parts.append(self._outputs(pushed, part.shape[0]))
         self.n_matvec += vectors.shape[0]
         out = torch.cat(parts).T.detach().cpu().numpy()
-        return np.ascontiguousarray(out, dtype=problem.numpy_dtype)
+        return np.ascontiguousarray(out, dtype=self.problem.numpy_dtype)
+
+    def pull(self, block: np.ndarray) -> list[np.ndarray]:
+        """Mᵀ V for V (R, b) over this problem's samples: one parameter-shaped array per
+        selected parameter (in ``problem.selected`` order), each (b', *shape) with b' = b (or
+        b·C_r for a reduction that concatenates a sample's rows). Sums over samples, so the
+        parts of disjoint sample sets add up to the whole; K V = `push` of that sum."""
+        vectors = self._vectors(block)
+        names = list(self.problem.selected)
+        columns: list[list[Tensor]] = [[] for _ in names]
+        with self._engine():
+            for start in range(0, vectors.shape[0], self.columns):
+                grads = self._pullback(
+                    self._cotangents(vectors[start : start + self.columns]), True
+                )
+                for column, name in zip(columns, names, strict=True):
+                    column.append(grads[name])
+        return [torch.cat(column).detach().cpu().numpy() for column in columns]
+
+    def push(self, parts: list[np.ndarray]) -> np.ndarray:
+        """M W for the summed parts of `pull`: returns (R, b) in the problem's dtype."""
+        problem = self.problem
+        names = list(problem.selected)
+        tensors = [torch.as_tensor(p, device=problem.device).to(problem.dtype) for p in parts]
+        rows = problem.rows_per_sample if problem.reduction.rows_concatenated else 1
+        b = tensors[0].shape[0] // rows
+        out = []
+        with self._engine():
+            for start in range(0, b, self.columns):
+                m = min(self.columns, b - start)
+                tangent = {
+                    name: t[start * rows : (start + m) * rows]
+                    for name, t in zip(names, tensors, strict=True)
+                }
+                out.append(self._outputs(self._push(tangent, True), m))
+        self.n_matvec += b
+        flat = torch.cat(out).T.detach().cpu().numpy()
+        return np.ascontiguousarray(flat, dtype=problem.numpy_dtype)
 
     def matvec(self, v: np.ndarray) -> np.ndarray:
         """K v for v (R,) (any float dtype); returns float64 (R,)."""

@@ -43,6 +43,7 @@ __all__ = [
     "evaluation_mode",
     "output_map",
     "prepare",
+    "slice_samples",
 ]
 
 # Modules whose training-mode output depends on the batch or on random draws.
@@ -137,6 +138,8 @@ class Problem:
     """How the input tensors become the model's arguments, and ``output_fn``."""
     lone_autograd: bool = False
     """Set once the forward proved not vmappable: Jacobians by per-sample autograd."""
+    sample_offset: int = 0
+    """The user's index of sample 0 of `inputs` (a shard of a larger set: `.sharded`)."""
 
     @property
     def n_samples(self) -> int:
@@ -145,7 +148,7 @@ class Problem:
     def sample_name(self, i: int) -> str:
         """How messages name sample ``i`` of `inputs`: ``"sample 20"``, or for the
         second input set of a cross kernel ``"x2 sample 3"`` (the user's own indices)."""
-        return sample_namer(self.n_samples, self.n_samples2)(i)
+        return sample_namer(self.n_samples, self.n_samples2, self.sample_offset)(i)
 
     def samples_from(self, start: int) -> Callable[[int], str]:
         """Names of the samples ``start, start + 1, ...`` (index 0 is ``start``)."""
@@ -301,6 +304,18 @@ def split_keywords(
     return [inputs[key] for key in tensors], tuple(tensors), constants
 
 
+def slice_samples(inputs: Any, start: int, stop: int) -> Any:
+    """Samples ``start:stop`` of a model's inputs as the user gives them: a tensor, every tensor
+    of a tuple, or every keyword tensor of a dict (its constant keywords, as `split_keywords`
+    tells them, go to every slice unchanged)."""
+    if isinstance(inputs, tuple):
+        return tuple(t[start:stop] for t in inputs)
+    if isinstance(inputs, Mapping):
+        values, keys, constants = split_keywords(inputs, "inputs")
+        return {**{k: v[start:stop] for k, v in zip(keys, values, strict=True)}, **dict(constants)}
+    return inputs[start:stop]
+
+
 def normalise_inputs(
     inputs: Any,
     dtype: torch.dtype,
@@ -439,8 +454,11 @@ def prepare(
     groups: Mapping[str, Iterable[str] | str] | None = None,
     dtype: Any = None,
     positions: Any = None,
+    sample_offset: int = 0,
 ) -> Problem:
-    """Validate everything and probe the model once. Call inside `evaluation_mode`."""
+    """Validate everything and probe the model once. Call inside `evaluation_mode`.
+    ``sample_offset``: the user's index of the first sample (``inputs`` is a shard of the
+    user's, `.sharded`), so that messages name the user's samples."""
     if not isinstance(model, nn.Module):
         raise InvalidTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     red = reduction_of(reduction)
@@ -499,7 +517,9 @@ def prepare(
         where = _check_positions(model, tensors, buffers, xs, call, positions)
         xs = (*xs, where)
         call = ModelCall(keys, output_fn, positions=True, constants=constants)
-    probe = run_probe(model, tensors, buffers, xs, sample_namer(len(xs[0]), n_samples2), call=call)
+    probe = run_probe(
+        model, tensors, buffers, xs, sample_namer(len(xs[0]), n_samples2, sample_offset), call=call
+    )
     _check_unchanged(versions, tensors, buffers)
     check_derivative(
         model,
@@ -529,6 +549,7 @@ def prepare(
         device=device,
         n_samples2=n_samples2,
         call=call,
+        sample_offset=sample_offset,
     )
 
 

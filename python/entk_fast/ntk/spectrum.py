@@ -35,11 +35,13 @@ from ..results import NTKSpectrum, spectrum_of_kernel
 from .checks import StructuredFallback
 from .factored import FactoredOperator, factor_bytes
 from .kernel import check_model, compute_kernel, describe_kernel
+from .krylov import krylov_shape, solve_topk
 from .layer_operator import CachedLayerOperator, cached_layer_reason
 from .layers import StructuredLayer
 from .operator import KernelOperator
 from .plan import format_bytes, plan_matrix_free, structured_transient, work_budget
 from .problem import Problem, evaluation_mode, prepare
+from .sharded import check_client, distributed_topk
 from .sources.cotangents import verify_layers
 from .sources.general import jacobian_block
 from .sources.layer_search import find_layers
@@ -49,14 +51,6 @@ log = logging.getLogger("entk_fast")
 __all__ = ["entk_spectrum", "entk_topk"]
 
 METHODS = ("auto", "dense", "dual", "matrix_free")
-#: The matrix-free solver's default relative residual target for float32 products (the
-#: float64 solver's own default, 1e-11, is below their round-off).
-_FLOAT32_TOL = 1e-4
-#: Krylov basis width of the matrix-free solver, in blocks. The solver tests convergence as
-#: the basis grows (eNTK products are expensive), so a wider basis saves products only when a
-#: solve needs restarts, and it costs 2 · block · N·C floats per block: the LM stand-in's
-#: top-25 (N·C = 131 072) converged in 7 blocks of 33.
-_BASIS_BLOCKS = 10
 
 
 def _dual_columns(problem: Problem) -> int:
@@ -211,19 +205,7 @@ def _matrix_free(
         and _factors_fit(problem, structured_layers(), budget // 4)
     ):
         cached_reason = "the layer's factored products fit in memory (gathered once: faster)"
-    # Cached-layer products run the model's own batched forward over many samples, so one
-    # vector a product costs no more a vector than a block: single vectors reach a Krylov
-    # degree, and with it convergence, in the fewest products (about a third of a block of
-    # k + 8 on a language-model layer's top 25 at 1e-3). The other products are vmapped
-    # per sample, where a block of vectors amortises the per-call work.
-    default_width = 1 if cached_reason is None else k + 8
-    width = min(size, default_width) if block is None else int(block)
-    if not 1 <= width <= size:
-        raise InvalidArgumentError(f"block must be in [1, {size}], got {block}")
-    basis_blocks = _BASIS_BLOCKS
-    if width < k:
-        # a basis of at least 2k + 16 vectors (ARPACK's 2k + 1, and room to restart)
-        basis_blocks = int(min(256, max(_BASIS_BLOCKS, -(-(2 * k + 16) // width))))
+    width, basis_blocks = krylov_shape(problem, k, block, cached_reason is None)
     memory = plan_matrix_free(
         problem, k, width, basis_blocks, budget, cached_layer=cached_reason is None
     )
@@ -251,34 +233,23 @@ def _matrix_free(
         general = KernelOperator(
             replace(problem, selected=rest), chunk, columns, keep_bytes=max(0, left)
         )
-    count = 0
-    with progress_bar(progress, None, "eNTK top-k", unit="matvec") as bar:
+    operators = [op for op in (cached, factored, general) if op is not None]
 
-        def matmat(v: np.ndarray) -> np.ndarray:
-            nonlocal count
-            parts = [op.matmat(v) for op in (cached, factored, general) if op is not None]
-            out = np.add.reduce([part.astype(np.float64, copy=False) for part in parts])
-            if count == 0:  # the random start block: K V = 0 only if K = 0
-                check_kernel_nonzero(float(np.abs(out).max()))
-            count += v.shape[1]
-            bar.update(v.shape[1])
-            return out
+    def products(v: np.ndarray) -> np.ndarray:
+        parts = [op.matmat(v) for op in operators]
+        return np.add.reduce([part.astype(np.float64, copy=False) for part in parts])
 
-        # The solver runs in float64 also for float32 problems: its basis in float32 loses
-        # orthogonality, and residuals stalled near 2e-3, above the 1e-4 tolerance, on a
-        # language-model-like spectrum; float32 products in a float64 basis converge.
-        values, vectors, info = linalg.eigh_topk_operator(
-            matmat,
-            size,
-            k,
-            dtype=np.float64,
-            # the tolerance the problem's dtype supports (float32 products: 1e-4)
-            tol=tol if tol is not None or problem.itemsize == 8 else _FLOAT32_TOL,
-            block=width,
-            maxiter=maxiter,
-            seed=seed,
-            basis_blocks=basis_blocks,
-        )
+    values, vectors, info = solve_topk(
+        problem,
+        k,
+        products,
+        width=width,
+        basis_blocks=basis_blocks,
+        tol=tol,
+        maxiter=maxiter,
+        seed=seed,
+        progress=progress,
+    )
     return NTKSpectrum(
         eigenvalues=values.astype(problem.numpy_dtype),
         eigenvectors=vectors.astype(problem.numpy_dtype),
@@ -499,6 +470,7 @@ def entk_topk(
     max_memory: int | float | str | None = None,
     structured: bool = True,
     progress: bool | None = None,
+    client: Any = None,
 ) -> NTKSpectrum:
     """The top-k eigenpairs of the reduced, metric-weighted eNTK without forming it.
 
@@ -564,6 +536,8 @@ def entk_topk(
     tol, maxiter, block, seed = check_solver_options(
         tol=tol, maxiter=maxiter, block=block, seed=seed
     )
+    if client is not None:
+        client = check_client(client)
     with evaluation_mode(model):
         problem = prepare(
             model,
@@ -577,6 +551,28 @@ def entk_topk(
         )
         kk = check_k(k, problem.kernel_size, required=True)
         assert kk is not None
+        if client is not None:
+            return distributed_topk(
+                client,
+                model,
+                inputs,
+                problem,
+                k=kk,
+                options={
+                    "reduction": reduction,
+                    "output_metric": output_metric,
+                    "output_fn": output_fn,
+                    "params": params,
+                    "dtype": dtype,
+                },
+                positions=positions,
+                max_memory=max_memory,
+                tol=tol,
+                maxiter=maxiter,
+                block=block,
+                seed=seed,
+                progress=progress,
+            )
         return _matrix_free(
             problem,
             kk,

@@ -55,14 +55,15 @@ def run_transformer(plan: Plan, runs: Path, cache: Path, log: Log) -> Section:
     return run(plan.transformer, runs, cache, log)
 
 
-def run_lm(plan: Plan, runs: Path, cache: Path, log: Log) -> Section:
-    """The pretrained language model (`.lm`)."""
+def run_lm(plan: Plan, runs: Path, cache: Path, log: Log, client: Any = None) -> Section:
+    """The pretrained language model (`.lm`); its eigen-solve on ``client``'s workers when
+    one is given."""
     from .lm import run_lm as run
 
-    return run(plan.lm, cache, log)
+    return run(plan.lm, cache, log, client=client)
 
 
-_RUNNERS: dict[str, Callable[[Plan, Path, Path, Log], Section]] = {
+_RUNNERS: dict[str, Callable[..., Section]] = {
     "tms": run_tms,
     "modadd": run_modadd,
     "grokking": run_grokking,
@@ -84,11 +85,14 @@ def reproduce(
     quick: bool = False,
     progress: bool = True,
     plan: Plan | None = None,
+    client: Any = None,
 ) -> dict[str, Any]:
     """Run ``sections`` (of `SECTIONS`) and write report.json, report.md and the PNGs.
 
     ``quick``: reduced sizes (`Plan.reduced`); ``plan`` overrides both (other seeds or
-    sizes). Returns the report (what ``report.json`` holds).
+    sizes); ``client``: a dask.distributed Client whose workers run the lm section's
+    eigen-solve (`entk_fast.entk_topk` with ``client=``). Returns the report (what
+    ``report.json`` holds).
     """
     from ..figures import MATPLOTLIB_MISSING, matplotlib_available, save_figure
 
@@ -124,7 +128,9 @@ def reproduce(
         start = time.perf_counter()
         # One torch thread: the models are small, and torch's spinning intra-op threads slow
         # everything down many-fold when the machine is shared (Rust keeps its own pool).
-        if name in _ALL_THREADS:
+        if name == "lm":
+            section = _RUNNERS[name](plan, runs_dir, cache, log, client=client)
+        elif name in _ALL_THREADS:
             section = _RUNNERS[name](plan, runs_dir, cache, log)
         else:
             with torch_threads(1):

@@ -186,9 +186,10 @@ def _activations(lm: LanguageModel, block: str, contexts: Contexts) -> np.ndarra
     return np.concatenate(rows)
 
 
-def run_lm(config: LMConfig, cache: Path, log: Log) -> Section:
+def run_lm(config: LMConfig, cache: Path, log: Log, *, client: Any = None) -> Section:
     """The experiment for ``config``, with caches in ``cache``; returns the section's numbers
-    (every one named), figures and checks."""
+    (every one named), figures and checks. ``client``: a dask.distributed Client whose
+    workers hold the contexts' shards of the eigen-solve (same eigenpairs)."""
     import torch
 
     from ...analysis.language import (
@@ -255,8 +256,16 @@ def run_lm(config: LMConfig, cache: Path, log: Log) -> Section:
             output_metric=lm.metric,
             tol=config.tol,
             progress=False,
+            client=client,
         )
         spectrum.save(spectrum_path)
+        if client is not None:
+            spread = spectrum.info["distributed"]
+            log(
+                f"  on {spread['shards']} workers: {spread['seconds_per_product']:.2f} s a "
+                f"product ({spread['compute_per_product']:.2f} s compute, "
+                f"{spread['wait_per_product']:.2f} s wait), {spread['rebuilds']} rebuilds"
+            )
         log(
             f"  {spectrum.info['n_matvec']} products, max residual "
             f"{spectrum.info['max_residual']:.2e}, {time.perf_counter() - start:.0f} s"
