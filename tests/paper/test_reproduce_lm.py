@@ -78,14 +78,14 @@ def tiny_bert_without_mask(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-def _run(out: Path, **options: object) -> dict:
+def _run(out: Path, client: object = None, **options: object) -> dict:
     from dataclasses import replace
 
     from entk_fast.paper.reproduce import Plan, reproduce
 
     plan = Plan.reduced()
     plan = replace(plan, lm=replace(QUICK, **options))
-    return reproduce(["lm"], out, plan=plan, progress=False)
+    return reproduce(["lm"], out, plan=plan, progress=False, client=client)
 
 
 def test_quick_on_a_tiny_gpt2_writes_every_number(tmp_path: Path, tiny_gpt2: Path) -> None:
@@ -113,6 +113,46 @@ def test_quick_on_a_tiny_gpt2_writes_every_number(tmp_path: Path, tiny_gpt2: Pat
     # a rerun reuses the cached eigenpairs: the same numbers
     again = _run(out, model=str(tiny_gpt2), text=str(text), per_tag=6, length=12, k=6)
     assert again["sections"]["lm"]["eigenvalues"] == lm["eigenvalues"]
+
+
+def test_the_eigen_solve_on_dask_workers_gives_the_same_section(
+    tmp_path: Path, tiny_gpt2: Path
+) -> None:
+    """reproduce(..., client=): the lm section's eigen-solve spread over 2 workers finds the
+    single-process eigenvalues (float32 products: to 1e-4 of λ₁) and the same scores."""
+    pytest.importorskip("distributed")
+    from entk_fast.batch.cluster import open_client
+
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT, encoding="utf-8")
+    options = {"model": str(tiny_gpt2), "text": str(text), "per_tag": 6, "length": 12, "k": 6}
+    alone = _run(tmp_path / "alone", **options)["sections"]["lm"]
+    with open_client(workers=2, dashboard=False) as client:
+        spread = _run(tmp_path / "spread", client=client, **options)["sections"]["lm"]
+    np.testing.assert_allclose(
+        spread["eigenvalues"], alone["eigenvalues"], rtol=0, atol=1e-4 * alone["eigenvalues"][0]
+    )
+    assert spread["products"] == "cached_layer" and spread["max_residual"] <= 1e-3
+    for method in ("pca", "random", "probe"):  # not from the eNTK: identical
+        assert spread["macro"][method] == alone["macro"][method]
+
+
+def test_the_cluster_options_are_checked_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from entk_fast.cli import main
+
+    out = str(tmp_path / "out")
+    cases = [
+        (["lm", "--cluster-config", "slurm.yaml"], "cluster-config: only used with --cluster"),
+        (["lm", "--scheduler", "tcp://x:1", "--cluster", "slurm"], "workers exclude --cluster"),
+        (["tms", "--workers", "2"], "only the lm section's eigen-solve runs on Dask"),
+        (["lm", "--workers", "0"], "workers: expected an integer"),
+    ]
+    for args, fragment in cases:
+        assert main(["reproduce", *args, "--out", out, "--no-progress"]) == 2
+        assert fragment in capsys.readouterr().err
+    assert not (tmp_path / "out" / "report.json").exists()
 
 
 def test_quick_on_the_packaged_minilm(tmp_path: Path) -> None:

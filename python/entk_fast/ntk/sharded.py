@@ -206,6 +206,7 @@ def _push(spec: dict[str, Any], token: str, index: int, total: list[np.ndarray])
         "compute": pulled + seconds,
         "built": built,
         "worker": worker,
+        "kept_bytes": int(shard.operator.kept_bytes),
     }
 
 
@@ -285,6 +286,7 @@ class DistributedProducts:
         self.walls: list[float] = []
         self.computes: list[float] = []
         self.part_bytes = 0
+        self.kept_bytes = [0] * len(self.bounds)
 
     def build(self) -> float:
         """Build every shard on its worker now (the first product would otherwise); returns
@@ -393,6 +395,7 @@ class DistributedProducts:
             self.builds += int(result["built"])
             self.assigned[i] = result["worker"] or self.assigned[i]
             compute = max(compute, result["compute"])
+            self.kept_bytes[i] = result["kept_bytes"]
         self.n_products += 1
         self.walls.append(time.perf_counter() - start)
         self.computes.append(compute)
@@ -430,6 +433,7 @@ class DistributedProducts:
             "compute_per_product": float(np.median(computes)),
             "wait_per_product": float(np.median(walls - computes)),
             "part_bytes_per_vector": self.part_bytes,
+            "kept_bytes_per_shard": max(self.kept_bytes),
             "bytes_per_product": self.bytes_per_product(width),
         }
 
