@@ -116,6 +116,26 @@ def _worker_threads() -> int | None:
         return None
 
 
+#: The share of a worker's Dask memory limit its shard may plan for when ``max_memory`` is not
+#: given: below the limit's 60 % "spill" and 80 % "pause" thresholds (memory held by a task's
+#: own cache is unmanaged: at 80 % the worker stops running tasks, at 95 % it is restarted).
+WORKER_MEMORY_SHARE = 0.5
+
+
+def _shard_memory(max_memory: Any) -> Any:
+    """The shard's budget: ``max_memory`` when given, else half the worker's memory limit
+    (several workers of one machine each see all of its free memory)."""
+    if max_memory is not None:
+        return max_memory
+    try:
+        from distributed import get_worker
+
+        limit = get_worker().memory_manager.memory_limit
+    except (ImportError, ValueError, AttributeError):
+        return None
+    return None if not limit else int(WORKER_MEMORY_SHARE * limit)
+
+
 def _build(spec: dict[str, Any], token: str, index: int) -> _Shard:
     """The shard's operator on this worker: its samples' Problem and products, as one process
     would build them for the whole kernel."""
@@ -140,7 +160,7 @@ def _build(spec: dict[str, Any], token: str, index: int) -> _Shard:
     except EntkError as exc:  # the client's probe passed: this process sees another model
         raise type(exc)(f"the worker holding samples {start}..{stop - 1}: {exc}") from exc
     k, width, basis_blocks = spec["k"], spec["width"], spec["basis_blocks"]
-    budget = work_budget(spec["max_memory"], 0, "a shard's products")
+    budget = work_budget(_shard_memory(spec["max_memory"]), 0, "a shard's products")
     memory = plan_matrix_free(
         problem, k, width, basis_blocks, budget, cached_layer=spec["cached_layer"]
     )
