@@ -6,7 +6,8 @@ every requested analysis of that checkpoint from it (the overlaps need the top 4
 eigenvectors that the spectrum job computes anyway), with the Rust and torch threads pinned.
 Results travel back to the client, which is the only writer of the store: a job's record is
 written the moment its task finishes, so an interrupted batch keeps every finished result
-and a re-run computes only what is missing or stale.
+and a re-run computes only what is missing or stale. The driver's parts (serial retries,
+Dask submission and draining, the report) serve `entk_fast.batch.run_jobs` too.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import linalg
 from .._validate import check_int
@@ -42,7 +43,14 @@ from .plan import (
     find_runs,
     plan_batch,
 )
-from .records import BatchReport, CheckpointResult, Recorder, job_records, task_provenance
+from .records import (
+    BatchReport,
+    CheckpointResult,
+    JobLog,
+    Recorder,
+    job_records,
+    task_provenance,
+)
 from .store import JobId, ResultStore, check_run_name, file_sha256
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -57,6 +65,8 @@ __all__ = [
     "run_batch",
     "run_checkpoint",
 ]
+
+T = TypeVar("T")
 
 #: Called after each finished task with its jobs and whether they succeeded.
 ResultCallback = Callable[[list[JobId], bool], None]
@@ -86,7 +96,8 @@ def _model_inputs(run: Run) -> Any:
     return getattr(data, "inputs", data)
 
 
-def _file_state(path: Path) -> tuple[int, int, int]:
+def file_state(path: Path) -> tuple[int, int, int]:
+    """(inode, size, mtime) of ``path``: a file that changed while a task read it differs."""
     st = os.stat(path)
     return st.st_ino, st.st_size, st.st_mtime_ns
 
@@ -105,12 +116,12 @@ def analyse_checkpoint(task: CheckpointTask) -> CheckpointResult:
         run = load_run(task.run_path)
         file = checkpoint_path(run.path, task.step)
         try:
-            before = _file_state(file)
+            before = file_state(file)
             sha = file_sha256(file, max_bytes=MAX_CHECKPOINT_BYTES, what="checkpoint")
         except (OSError, InvalidArgumentError) as e:
             raise CheckpointError(f"cannot read checkpoint {file}: {e}") from e
         model = run.load_checkpoint(task.step)
-        if _file_state(file) != before:
+        if file_state(file) != before:
             raise CheckpointError(f"checkpoint {file} changed while it was read; retry")
         x = _model_inputs(run)
         spec_params = task.params.get("spectrum")
@@ -204,15 +215,7 @@ def run_batch(
         plan = plan_batch(
             runs_dir, out, names, k=k, threads=threads, force=force, runs=found, store=store
         )
-        if plan.damaged:
-            shown = ", ".join(job.name for job in plan.damaged[:5])
-            more = f", … ({len(plan.damaged)} in all)" if len(plan.damaged) > 5 else ""
-            warnings.warn(
-                f"out: {len(plan.damaged)} stored results are damaged and will be recomputed: "
-                f"{shown}{more}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        warn_damaged([job.name for job in plan.damaged], stacklevel=2)
         report = BatchReport(out=Path(out), not_applicable=list(plan.not_applicable))
         report.skipped = [job.name for job in plan.skipped]
         report.damaged = [job.name for job in plan.damaged]
@@ -227,7 +230,7 @@ def run_batch(
             if client is None:
                 _run_serial(plan.tasks, recorder, retries, bar)
             else:
-                report.workers = _describe_workers(client)
+                report.workers = describe_workers(client)
                 _run_dask(client, plan.tasks, recorder, retries, bar)
         except BaseException:
             report.interrupted = True
@@ -236,12 +239,7 @@ def run_batch(
         finally:
             if bar is not None:
                 bar.close()
-            try:
-                recorder.finish(start)
-            except OSError as e:  # e.g. a full disk: do not hide the error that stopped us
-                if not failed:
-                    raise
-                print(f"entk-fast: could not write the batch report: {e}", file=sys.stderr)
+            finish_report(recorder, start, failed=failed)
     return report
 
 
@@ -310,24 +308,44 @@ def run_checkpoint(
     return [r for r in records if r is not None], computed
 
 
-def _run_serial(
-    tasks: Sequence[CheckpointTask], recorder: Recorder, retries: int, bar: Any
+def run_serially(
+    tasks: Sequence[T],
+    compute: Callable[[T], Any],
+    done: Callable[[T, Any], None],
+    failed: Callable[[T, BaseException, str, int], None],
+    retries: int,
 ) -> None:
+    """``compute(task)`` for each task in this process, retried ``retries`` times when it
+    raises; then ``done(task, result)``, or ``failed(task, error, traceback, attempts)``."""
     for task in tasks:
         for attempt in range(retries + 1):
             try:
-                result = analyse_checkpoint(task)
+                result = compute(task)
             except Exception as e:
                 if attempt < retries:
                     continue
-                recorder.failure_of(task.jobs, e, traceback.format_exc(), attempts=attempt + 1)
+                failed(task, e, traceback.format_exc(), attempt + 1)
             else:
-                recorder.success(task, result)
+                done(task, result)
             break
+
+
+def _run_serial(
+    tasks: Sequence[CheckpointTask], recorder: Recorder, retries: int, bar: Any
+) -> None:
+    def done(task: CheckpointTask, result: CheckpointResult) -> None:
+        recorder.success(task, result)
         bar.update(len(task.analyses))
 
+    def failed(task: CheckpointTask, exc: BaseException, tb: str, attempts: int) -> None:
+        recorder.failure_of(task.jobs, exc, tb, attempts=attempts)
+        bar.update(len(task.analyses))
 
-def _describe_workers(client: Client) -> str:
+    run_serially(tasks, analyse_checkpoint, done, failed, retries)
+
+
+def describe_workers(client: Client) -> str:
+    """``address: N workers, T threads`` of a client's cluster (for the report)."""
     try:
         info = client.scheduler_info()
         workers = info.get("workers", {})
@@ -337,40 +355,61 @@ def _describe_workers(client: Client) -> str:
         return str(getattr(client, "scheduler", "dask"))
 
 
-def _run_dask(
-    client: Client, tasks: Sequence[CheckpointTask], recorder: Recorder, retries: int, bar: Any
+def warn_damaged(names: Sequence[str], *, stacklevel: int) -> None:
+    """Warn that the stored results of the jobs ``names`` are damaged and will be recomputed
+    (nothing when there are none); ``stacklevel`` as the caller would give it to
+    ``warnings.warn``."""
+    if not names:
+        return
+    shown = ", ".join(names[:5])
+    more = f", … ({len(names)} in all)" if len(names) > 5 else ""
+    warnings.warn(
+        f"out: {len(names)} stored results are damaged and will be recomputed: {shown}{more}",
+        RuntimeWarning,
+        stacklevel=stacklevel + 1,
+    )
+
+
+def finish_report(log: JobLog, start: float, *, failed: bool) -> None:
+    """Write the report; when the jobs stopped on an error (``failed``), a report that cannot
+    be written (a full disk) is said on stderr rather than raised over that error."""
+    try:
+        log.finish(start)
+    except OSError as e:  # e.g. a full disk: do not hide the error that stopped us
+        if not failed:
+            raise
+        print(f"entk-fast: could not write the batch report: {e}", file=sys.stderr)
+
+
+def task_keys(labels: Sequence[str]) -> list[str]:
+    """Dask keys of one submission's tasks: unique to it, in plain characters whatever the
+    labels hold (spaces, commas)."""
+    token = uuid.uuid4().hex[:8]
+    return [
+        f"entk-{re.sub(r'[^A-Za-z0-9._/=+@-]', '_', label)}-{i}-{token}"
+        for i, label in enumerate(labels)
+    ]
+
+
+def drain(
+    client: Client,
+    futures: dict[Any, T],
+    on_done: Callable[[Any, T], None],
+    *,
+    release: bool = True,
 ) -> None:
+    """Call ``on_done(future, item)`` for each future as it finishes (``release``: then let
+    its result go). Any exception (Ctrl-C, one from ``on_done``) cancels the futures not yet
+    seen and propagates."""
     from distributed import as_completed
 
-    token = uuid.uuid4().hex[:8]
-    futures = {}
-    for i, task in enumerate(tasks):
-        # keys keep to plain characters whatever the run's folder is called (spaces, commas)
-        label = re.sub(r"[^A-Za-z0-9._/=+@-]", "_", task.label)
-        future = client.submit(
-            analyse_checkpoint,
-            task,
-            key=f"entk-{label}-{i}-{token}",
-            retries=retries,
-            pure=False,
-        )
-        futures[future] = task
     pending = set(futures)
     try:
         for future in as_completed(list(futures)):
-            task = futures[future]
             pending.discard(future)
-            if future.status == "finished":
-                try:
-                    result = future.result()
-                except Exception as e:  # e.g. the result could not be deserialised here
-                    recorder.failure_of(task.jobs, e, traceback.format_exc())
-                else:
-                    recorder.success(task, result)
-            else:
-                _dask_failure(future, task, recorder, retries)
-            future.release()
-            bar.update(len(task.analyses))
+            on_done(future, futures[future])
+            if release:
+                future.release()
     except BaseException:
         if pending:
             with contextlib.suppress(Exception):
@@ -378,14 +417,40 @@ def _run_dask(
         raise
 
 
-def _dask_failure(future: Any, task: CheckpointTask, recorder: Recorder, retries: int) -> None:
+def future_error(future: Any, label: str) -> tuple[BaseException, str]:
+    """The exception of a future that did not finish and its formatted traceback (a
+    cancelled or lost task: an error that says so)."""
     try:
         exc = future.exception()
         tb_obj = future.traceback()
         tb = "".join(traceback.format_exception(type(exc), exc, tb_obj))
     except Exception as e:  # cancelled, or the scheduler lost it
-        exc = e if future.status != "cancelled" else RuntimeError(f"task {task.label} cancelled")
+        exc = e if future.status != "cancelled" else RuntimeError(f"task {label} cancelled")
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     if exc is None:
-        exc = RuntimeError(f"task {task.label} ended with status {future.status!r}")
-    recorder.failure_of(task.jobs, exc, tb, attempts=retries + 1)
+        exc = RuntimeError(f"task {label} ended with status {future.status!r}")
+    return exc, tb
+
+
+def _run_dask(
+    client: Client, tasks: Sequence[CheckpointTask], recorder: Recorder, retries: int, bar: Any
+) -> None:
+    futures = {
+        client.submit(analyse_checkpoint, task, key=key, retries=retries, pure=False): task
+        for task, key in zip(tasks, task_keys([task.label for task in tasks]), strict=True)
+    }
+
+    def on_done(future: Any, task: CheckpointTask) -> None:
+        if future.status == "finished":
+            try:
+                result = future.result()
+            except Exception as e:  # e.g. the result could not be deserialised here
+                recorder.failure_of(task.jobs, e, traceback.format_exc())
+            else:
+                recorder.success(task, result)
+        else:
+            exc, tb = future_error(future, task.label)
+            recorder.failure_of(task.jobs, exc, tb, attempts=retries + 1)
+        bar.update(len(task.analyses))
+
+    drain(client, futures, on_done)

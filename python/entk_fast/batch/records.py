@@ -1,7 +1,8 @@
 """What a batch writes for its jobs: the record of each finished job (its inputs, the
 provenance of the task that computed it, its results), the batch's report, and the
 recorder, the single writer of the store while a batch runs (records, failures, report).
-The files themselves are written atomically by the store (`entk_fast.batch.store`).
+The files themselves are written atomically by the store (`entk_fast.batch.store`); `JobLog`,
+the writer of the failures and the report, serves `entk_fast.batch.run_jobs` too.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import platform
 import socket
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,10 @@ from .store import JobId, ResultStore, failure_entry, utc_timestamp
 __all__ = [
     "BatchReport",
     "CheckpointResult",
+    "JobLog",
     "Recorder",
     "job_records",
+    "process_provenance",
     "task_provenance",
 ]
 
@@ -45,14 +48,21 @@ class CheckpointResult:
 
 
 def task_provenance(run_path: Path, checkpoint: Path, start: float) -> dict[str, Any]:
-    """Where and how a task computed its results: the run and checkpoint read, the versions,
-    the host, process and thread counts, and the seconds since ``start``
-    (``time.perf_counter()``)."""
-    import torch
-
+    """Where and how a task computed its results: the run and checkpoint read, then
+    `process_provenance`."""
     return {
         "run_path": str(run_path.resolve()),
         "checkpoint": str(checkpoint.resolve()),
+        **process_provenance(start),
+    }
+
+
+def process_provenance(start: float) -> dict[str, Any]:
+    """The versions, the host, process and thread counts of the process computing a task,
+    and the seconds since ``start`` (``time.perf_counter()``)."""
+    import torch
+
+    return {
         "entk_fast": __version__,
         "torch": torch.__version__,
         "numpy": np.__version__,
@@ -143,28 +153,95 @@ def job_records(
         yield job, record, result.arrays.get(job.analysis)
 
 
-class Recorder:
-    """The single writer of the store during a batch: records, failures and the report."""
+class JobLog:
+    """The single writer of the failures and the report while jobs run: a finished job's
+    older failure is dropped, a failed one is recorded with its traceback, and the report
+    lists both. Who writes a finished job's record depends on the caller (`Recorder` for a
+    batch; the task itself for `entk_fast.batch.run_jobs`).
+
+    ``skipped`` are the names of jobs whose stored result is valid (an older failure of theirs
+    is dropped), ``stale`` those recomputed because their inputs changed, ``problems`` the
+    failures found before any task ran (keyed like failures.json)."""
 
     def __init__(
-        self, store: ResultStore, plan: BatchPlan, report: BatchReport, on_result: Any
+        self,
+        store: ResultStore,
+        report: BatchReport,
+        on_result: Any,
+        *,
+        skipped: Iterable[str] = (),
+        stale: Iterable[str] = (),
+        problems: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.store = store
-        self.plan = plan
         self.report = report
         self.on_result = on_result
         self.failures = store.read_failures()
-        stale = {job.name for job in plan.stale}
-        self.stale = stale
+        self.stale = set(stale)
         changed = False
-        for job in plan.skipped:  # a stored valid result supersedes an older failure
-            changed |= self.failures.pop(job.name, None) is not None
-        for key, entry in plan.problems.items():
+        for name in skipped:  # a stored valid result supersedes an older failure
+            changed |= self.failures.pop(name, None) is not None
+        for key, entry in (problems or {}).items():
             self.failures[key] = entry
             report.failed.append(key)
             changed = True
         if changed:
             store.write_failures(self.failures)
+
+    def succeeded(self, jobs: Sequence[Any]) -> None:
+        """``jobs`` (anything with a ``name``) finished and their records are written."""
+        self._record(list(jobs), True)
+
+    def _record(self, jobs: list[Any], ok: bool) -> None:
+        if ok:
+            changed = False
+            for job in jobs:
+                self.report.succeeded.append(job.name)
+                if job.name in self.stale:
+                    self.report.recomputed.append(job.name)
+                changed |= self.failures.pop(job.name, None) is not None
+            if changed:
+                self.store.write_failures(self.failures)
+        if jobs and self.on_result is not None:
+            self.on_result(jobs, ok)
+
+    def entry_fields(self, job: Any) -> dict[str, Any]:
+        """The fields a failure entry of ``job`` has besides the error (none here)."""
+        return {}
+
+    def failure_of(self, jobs: Sequence[Any], exc: BaseException, tb: str, **extra: Any) -> None:
+        for job in jobs:
+            self.failures[job.name] = failure_entry(
+                job.name, exc, tb, **self.entry_fields(job), **extra
+            )
+            self.report.failed.append(job.name)
+        if jobs:
+            self.store.write_failures(self.failures)
+        self._record(list(jobs), False)
+
+    def finish(self, start: float) -> None:
+        self.report.seconds = time.perf_counter() - start
+        self.store.root.mkdir(parents=True, exist_ok=True)
+        from .._io import atomic_write_json
+
+        atomic_write_json(self.store.report_path, self.report.as_dict())
+
+
+class Recorder(JobLog):
+    """The single writer of the store during a batch: records, failures and the report."""
+
+    def __init__(
+        self, store: ResultStore, plan: BatchPlan, report: BatchReport, on_result: Any
+    ) -> None:
+        super().__init__(
+            store,
+            report,
+            on_result,
+            skipped=[job.name for job in plan.skipped],
+            stale=[job.name for job in plan.stale],
+            problems=plan.problems,
+        )
+        self.plan = plan
 
     def success(self, task: CheckpointTask, result: CheckpointResult) -> None:
         jobs = task.jobs
@@ -183,32 +260,5 @@ class Recorder:
             return
         self._record(written, True)
 
-    def _record(self, jobs: list[JobId], ok: bool) -> None:
-        if ok:
-            changed = False
-            for job in jobs:
-                self.report.succeeded.append(job.name)
-                if job.name in self.stale:
-                    self.report.recomputed.append(job.name)
-                changed |= self.failures.pop(job.name, None) is not None
-            if changed:
-                self.store.write_failures(self.failures)
-        if jobs and self.on_result is not None:
-            self.on_result(jobs, ok)
-
-    def failure_of(self, jobs: list[JobId], exc: BaseException, tb: str, **extra: Any) -> None:
-        for job in jobs:
-            self.failures[job.name] = failure_entry(
-                job.name, exc, tb, run=job.run, step=job.step, analysis=job.analysis, **extra
-            )
-            self.report.failed.append(job.name)
-        if jobs:
-            self.store.write_failures(self.failures)
-        self._record(jobs, False)
-
-    def finish(self, start: float) -> None:
-        self.report.seconds = time.perf_counter() - start
-        self.store.root.mkdir(parents=True, exist_ok=True)
-        from .._io import atomic_write_json
-
-        atomic_write_json(self.store.report_path, self.report.as_dict())
+    def entry_fields(self, job: JobId) -> dict[str, Any]:
+        return {"run": job.run, "step": job.step, "analysis": job.analysis}

@@ -31,7 +31,7 @@ import os
 import re
 import socket
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -55,6 +55,7 @@ __all__ = [
     "SingleRecordStore",
     "failure_entry",
     "file_sha256",
+    "record_file_state",
     "utc_timestamp",
     "write_record",
 ]
@@ -191,23 +192,9 @@ class ResultStore:
         is not a complete record of this job: unreadable JSON, a field edited or lost, its
         arrays missing or changed), ``"stale"`` (complete, made from other ``inputs``) or
         ``"valid"``. Never raises for what is on disk."""
-        path = self.record_path(job)
-        if not (path.exists() or path.is_symlink()):
-            return "missing", None
-        record = _read_json(path)
-        if record is None or _record_problem(record, job, path) is not None:
-            return "damaged", record
-        if inputs is not None and record.get("inputs") != _normalise(inputs):
-            return "stale", record
-        arrays = record["arrays"]
-        if arrays is not None:
-            try:
-                sha = file_sha256(path.with_name(arrays["file"]), max_bytes=None)
-            except (OSError, EntkError):
-                return "damaged", record
-            if sha != arrays["sha256"]:
-                return "damaged", record
-        return "valid", record
+        return record_file_state(
+            self.record_path(job), inputs, lambda record: _job_problem(record, job)
+        )
 
     def recorded_run_path(self, run: str) -> str | None:
         """The run folder (resolved) that the stored results of ``run`` were computed from,
@@ -381,8 +368,35 @@ def write_record(path: Path, record: dict[str, Any], arrays: Any | None = None) 
     return full
 
 
-def _record_problem(record: dict[str, Any], job: JobId, path: Path) -> str | None:
-    """What makes ``record`` no complete record of ``job`` (None: nothing)."""
+def record_file_state(
+    path: Path,
+    inputs: dict[str, Any] | None,
+    problem: Callable[[dict[str, Any]], str | None],
+) -> tuple[str, dict[str, Any] | None]:
+    """`ResultStore.record_state` of the record file ``path``: ``problem(record)`` says
+    what makes a well-formed record (format, inputs, result, an arrays entry naming this
+    record's ``.npz``) no record of the expected job (None: nothing). Never raises for what
+    is on disk."""
+    if not (path.exists() or path.is_symlink()):
+        return "missing", None
+    record = _read_json(path)
+    if record is None or _record_problem(record, path) is not None or problem(record) is not None:
+        return "damaged", record
+    if inputs is not None and record.get("inputs") != _normalise(inputs):
+        return "stale", record
+    arrays = record["arrays"]
+    if arrays is not None:
+        try:
+            sha = file_sha256(path.with_name(arrays["file"]), max_bytes=None)
+        except (OSError, EntkError):
+            return "damaged", record
+        if sha != arrays["sha256"]:
+            return "damaged", record
+    return "valid", record
+
+
+def _record_problem(record: dict[str, Any], path: Path) -> str | None:
+    """What makes ``record`` no complete record at ``path`` (None: nothing)."""
     if record.get("format") != RECORD_FORMAT:
         return "not an entk-fast batch record"
     if record.get("format_version") != FORMAT_VERSION:
@@ -391,23 +405,28 @@ def _record_problem(record: dict[str, Any], job: JobId, path: Path) -> str | Non
         return "no inputs"
     if not isinstance(record.get("result"), dict):
         return "no result"
+    if "arrays" not in record:
+        return "no arrays entry"
+    arrays = record["arrays"]
+    if arrays is not None and (
+        not isinstance(arrays, dict)
+        or arrays.get("file") != path.with_suffix(".npz").name
+        or not isinstance(arrays.get("sha256"), str)
+    ):
+        return f"arrays entry {arrays!r} does not name this record's .npz with a sha256"
+    return None
+
+
+def _job_problem(record: dict[str, Any], job: JobId) -> str | None:
+    """What makes a complete record no record of the batch job ``job`` (None: nothing)."""
     if (record.get("run"), record.get("step"), record.get("analysis")) != (
         job.run,
         job.step,
         job.analysis,
     ):
         return "it names another job"
-    if "arrays" not in record:
-        return "no arrays entry"
-    arrays = record["arrays"]
-    if arrays is None:
-        return "its arrays entry was lost" if job.analysis == "spectrum" else None
-    if (
-        not isinstance(arrays, dict)
-        or arrays.get("file") != path.with_suffix(".npz").name
-        or not isinstance(arrays.get("sha256"), str)
-    ):
-        return f"arrays entry {arrays!r} does not name this record's .npz with a sha256"
+    if record["arrays"] is None and job.analysis == "spectrum":
+        return "its arrays entry was lost"
     return None
 
 
