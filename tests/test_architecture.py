@@ -1,7 +1,7 @@
 """The package's imports (lazy ones included) run one way along the pipeline stages, without
 cycles: leaves ← analysis (torch-free) ← results ← ntk ← plotting, toys ← paper ← batch ← cli; inside ``ntk/`` the same
 holds along the engine's own order (layer rules → probe → request → plan → sources → kernel →
-spectrum); and no module imports another module's private name."""
+estimate → spectrum); and no module imports another module's private name."""
 
 from __future__ import annotations
 
@@ -53,7 +53,8 @@ NTK_STAGES: dict[str, int] = {
     "factored": 6,
     "krylov": 6,  # the top-k solve, wherever its products run
     "sharded": 6,  # products over Dask workers, each holding its samples' operator
-    "spectrum": 7,
+    "estimate": 7,  # what each spectrum method would cost, the auto choice, entk_plan
+    "spectrum": 8,
 }
 
 

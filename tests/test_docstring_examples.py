@@ -20,6 +20,7 @@ MODULES = [
     "entk_fast.plotting",
     "entk_fast.ntk.kernel",
     "entk_fast.ntk.spectrum",
+    "entk_fast.ntk.estimate",
     "entk_fast.analysis.alignment",
     "entk_fast.analysis.cliffs",
     "entk_fast.analysis.fourier",

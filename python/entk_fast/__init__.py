@@ -1,7 +1,8 @@
 """entk-fast: find the features a trained network uses from its empirical NTK.
 
 The user's API: `empirical_ntk` (the kernel), `entk_spectrum` and `entk_topk`
-(its eigenpairs), their results `EmpiricalNTK` and `NTKSpectrum`, the errors, and
+(its eigenpairs), `entk_plan` (what `entk_spectrum` would do and cost, before it runs), their
+results `EmpiricalNTK` and `NTKSpectrum`, the errors, and
 `entk_fast.linalg` (the Rust kernels). Beside them: `entk_fast.plotting`,
 `entk_fast.analysis`, `entk_fast.toys` (the paper's models and data sets),
 `entk_fast.paper` (its harness) and `entk_fast.batch` (many runs, on Dask).
@@ -42,6 +43,7 @@ _LAZY: dict[str, str] = {
     "empirical_ntk": "ntk.kernel",
     "entk_spectrum": "ntk.spectrum",
     "entk_topk": "ntk.spectrum",
+    "entk_plan": "ntk.estimate",
     "EmpiricalNTK": "results",
     "NTKSpectrum": "results",
     "set_num_threads": "linalg",
@@ -66,6 +68,7 @@ __all__ = [
     "NTKSpectrum",
     "__version__",
     "empirical_ntk",
+    "entk_plan",
     "entk_spectrum",
     "entk_topk",
     "get_num_threads",
@@ -93,6 +96,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - what static type checkers see for the lazy names
     from . import linalg  # noqa: F401
     from .linalg import get_num_threads, set_num_threads  # noqa: F401
+    from .ntk.estimate import entk_plan  # noqa: F401
     from .ntk.kernel import empirical_ntk  # noqa: F401
     from .ntk.spectrum import entk_spectrum, entk_topk  # noqa: F401
     from .results import EmpiricalNTK, NTKSpectrum  # noqa: F401

@@ -21,6 +21,7 @@ from entk_fast import paper, toys
 from entk_fast.analysis import feature_cliffs, spectral_cliffs
 from entk_fast.batch import run_batch, summarize
 from entk_fast.linalg import FloatArray, TopkInfo
+from entk_fast.ntk.estimate import MethodEstimate, SpectrumPlan
 
 
 def linear_algebra(j: NDArray[np.float64], n: int) -> tuple[FloatArray, ...]:
@@ -56,6 +57,20 @@ def kernels(model: torch.nn.Module, x: torch.Tensor) -> list[tuple[int, float]]:
     report = feature_cliffs(spec.eigenvalues)
     del kernel, layers, eigenvalues, again, cliffs, report
     return spec.gaps(top=3)
+
+
+def planning(model: torch.nn.Module, x: torch.Tensor) -> str:
+    plan = ef.entk_plan(model, x, k=10, max_memory="4GB")
+    assert_type(plan, SpectrumPlan)
+    method: str | None = plan.method
+    dense = plan["dense"]
+    assert_type(dense, MethodEstimate)
+    seconds: float | None = dense.seconds
+    memory: int | None = dense.memory
+    paths: dict[str, str] = dict(dense.paths)
+    forward: float = plan.calibration.forward
+    del method, seconds, memory, paths, forward
+    return str(plan)
 
 
 def training(out: Path) -> int:

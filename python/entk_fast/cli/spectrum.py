@@ -1,5 +1,6 @@
 """``entk-fast spectrum``: the analyses of one checkpoint in this process (one SLURM array
-task), written as a batch job would write them."""
+task), written as a batch job would write them; ``--dry-run`` prints what its spectrum would
+cost (`entk_fast.entk_plan`) instead."""
 
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ def add_spectrum_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("run", metavar="RUN", help="the run directory")
     parser.add_argument("--step", type=positive_int, required=True, help="checkpoint step")
-    parser.add_argument("--out", required=True, metavar="FILE", help="results folder or .json")
+    parser.add_argument(
+        "--out", metavar="FILE", help="results folder or .json (required unless --dry-run)"
+    )
     parser.add_argument(
         "--analysis", default="spectrum", metavar="LIST", help="analyses (default: spectrum)"
     )
@@ -48,7 +51,14 @@ def add_spectrum_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="Rust/torch threads (default: unchanged; SLURM_CPUS_PER_TASK is a good value)",
     )
     parser.add_argument("--force", action="store_true", help="recompute a valid result")
-    add_json_flag(parser, "the record(s)")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="compute nothing: print the spectrum's method, its estimated time and memory per "
+        "method and which layers take which path (entk_fast.entk_plan: the probe and a "
+        "calibration of seconds)",
+    )
+    add_json_flag(parser, "the record(s) (with --dry-run: the plan)")
     parser.set_defaults(func=_run_spectrum)
     return parser
 
@@ -60,6 +70,10 @@ def _run_spectrum(args: argparse.Namespace) -> int:
 
     if args.threads == 0:
         raise InvalidArgumentError("threads: expected an integer ≥ 1, got 0")
+    if args.dry_run:
+        return _dry_run(args)
+    if args.out is None:
+        raise InvalidArgumentError("--out is required (a results folder or a .json file)")
     records, computed = run_checkpoint(
         args.run,
         args.step,
@@ -84,4 +98,43 @@ def _run_spectrum(args: argparse.Namespace) -> int:
         state = "computed" if computed else "up to date (inputs unchanged; --force recomputes)"
         for record in records:
             print(f"{record['job']}: {state} -> {Path(args.out)}")
+    return 0
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    """The plan of the checkpoint's spectrum job (the eigenpairs its analyses need, as
+    `entk_fast.batch.execute.analyse_checkpoint` asks for them), printed, nothing computed."""
+    import dataclasses
+
+    from .._io import print_json
+    from ..batch.analyses import analysis_params, kernel_order, parse_analyses
+    from ..batch.execute import pinned_threads
+    from ..errors import InvalidArgumentError
+    from ..ntk.estimate import entk_plan
+    from ..paper.runs import load_run
+
+    analyses = parse_analyses(args.analysis)
+    with pinned_threads(args.threads):
+        run = load_run(args.run)
+        model = run.load_checkpoint(args.step)
+        data = run.dataset()
+        x = getattr(data, "inputs", data)
+        wanted, base = [], None
+        for analysis in analyses:
+            params = analysis_params(analysis, run.kind, run.config, args.k)
+            if params is None:
+                continue
+            base = base or params
+            blocks = params.get("blocks")
+            wanted.append(int(blocks[-1][-1]) if blocks else int(params["k"]))
+        if base is None:
+            raise InvalidArgumentError(
+                f"analysis: none of {', '.join(analyses)} applies to this {run.kind} run"
+            )
+        k = min(max(wanted), kernel_order(model, x, base["reduction"]))
+        plan = entk_plan(model, x, k, reduction=base["reduction"], dtype=base["dtype"])
+    if args.json:
+        print_json({"run": args.run, "step": args.step, **dataclasses.asdict(plan)})
+    else:
+        print(plan)
     return 0

@@ -18,10 +18,12 @@ from .problem import Problem
 
 __all__ = [
     "Budget",
+    "DualPlan",
     "MatrixFreePlan",
     "Pack",
     "StructuredPass",
     "format_bytes",
+    "plan_dual",
     "plan_general",
     "plan_matrix_free",
     "plan_structured",
@@ -124,6 +126,9 @@ class Pack:
     """Samples per tile; ≥ N means the pack's whole Jacobian is held at once."""
     chunk: int
     """Samples per vmap call."""
+    nbytes: int = 0
+    """Working memory at the pack's peak: its Jacobian (tiled: two tiles and a kernel block)
+    and one vmap call's transients."""
 
 
 def _jacobian_transient(problem: Problem, numel: int) -> int:
@@ -162,7 +167,7 @@ def _make_pack(problem: Problem, names: list[str], target: str | None, budget: i
     full = n * rows * numel * it
     if full + per <= budget:
         chunk = _cap_chunk(int(min(n, max(1, (budget - full) // per))), per, full)
-        return Pack(tuple(names), numel, target, n, chunk)
+        return Pack(tuple(names), numel, target, n, chunk, full + chunk * per)
 
     def need(t: int) -> int:
         return 2 * t * rows * numel * it + (t * per_kernel_row) ** 2 * it + per
@@ -180,7 +185,7 @@ def _make_pack(problem: Problem, names: list[str], target: str | None, budget: i
     tile = lo
     spare = budget - 2 * tile * rows * numel * it - (tile * per_kernel_row) ** 2 * it
     chunk = _cap_chunk(int(min(tile, max(1, spare // per))), per, 2 * tile * rows * numel * it)
-    return Pack(tuple(names), numel, target, tile, chunk)
+    return Pack(tuple(names), numel, target, tile, chunk, need(tile) - per + chunk * per)
 
 
 def plan_general(
@@ -232,6 +237,9 @@ class StructuredPass:
     """Output rows per backward sweep (untiled only; all rows when tiled)."""
     rows: int
     """Output rows per sample, C_r."""
+    nbytes: int = 0
+    """Working memory at the sweep's peak: what it holds (inputs, cotangents, Grams) and one
+    chunk's transients (0 where it was not planned here)."""
 
     def units(self, n: int) -> int:
         """Progress ticks: one per gathered chunk (untiled) or per gathered tile (tiled)."""
@@ -363,7 +371,7 @@ def _untiled(problem: Problem, layers: Sequence[Any], limit: int) -> StructuredP
             if kept + room > limit:
                 continue
             chunk = _cap_chunk(int(min(n, (limit - kept) // per)), per, kept)
-            return StructuredPass(tuple(layers), chunk, n, group, rows)
+            return StructuredPass(tuple(layers), chunk, n, group, rows, kept + chunk * per)
     return None
 
 
@@ -399,7 +407,7 @@ def _tiled(problem: Problem, layers: Sequence[Any], limit: int) -> StructuredPas
             hi = mid - 1
     tile = lo
     chunk = _cap_chunk(int(min(tile, (limit - kept(tile)) // per)), per, kept(tile))
-    return StructuredPass(tuple(layers), chunk, tile, rows, rows)
+    return StructuredPass(tuple(layers), chunk, tile, rows, rows, kept(tile) + chunk * per)
 
 
 @dataclass(frozen=True)
@@ -413,6 +421,8 @@ class MatrixFreePlan:
         chunk: samples a kept-graph product takes at once.
         room: what is left to keep graphs (or factors) in.
         cached_transient: the cached-layer products' share for their batched backwards.
+        working: what a kept-graph product of ``columns`` vectors over ``chunk`` samples takes
+            of ``transient`` (its parameter-sized vectors and per-sample intermediates).
     """
 
     fixed: int
@@ -421,6 +431,7 @@ class MatrixFreePlan:
     chunk: int
     room: int
     cached_transient: int
+    working: int = 0
 
 
 def plan_matrix_free(
@@ -463,4 +474,64 @@ def plan_matrix_free(
             min(budget - fixed, max(transient, _CACHED_TRANSIENT_FRACTION * budget))
         )
         room = max(0, budget - fixed - cached_transient)
-    return MatrixFreePlan(fixed, transient, columns, chunk, room, cached_transient)
+    working = min(transient, columns * per_vector + chunk * columns * per_sample)
+    return MatrixFreePlan(fixed, transient, columns, chunk, room, cached_transient, working)
+
+
+@dataclass(frozen=True)
+class DualPlan:
+    """The memory plan of the dual path (the Q × Q Gram Mᵀ M of the Jacobian M, R × Q).
+
+    Attributes:
+        budget: the working memory beyond the outputs.
+        columns: Q, the Jacobian's columns.
+        keep_all: whether the whole Jacobian is kept for mapping the eigenvectors back (else it
+            is computed a second time).
+        chunk: samples per Jacobian block.
+        outputs: bytes of the float64 Q × Q Gram and the (R × min(k, Q)) eigenvectors.
+        nbytes: working memory at the peak: the kept Jacobian and one block's transients.
+    """
+
+    budget: Budget
+    columns: int
+    keep_all: bool
+    chunk: int
+    outputs: int
+    nbytes: int
+
+
+def plan_dual(problem: Problem, k: int | None, max_memory: Any) -> DualPlan:
+    """How the dual path spends its memory for the top ``k`` (None: all) eigenpairs;
+    `MemoryBudgetError` when its outputs or one sample's Jacobian do not fit."""
+    n = problem.n_samples
+    size = problem.kernel_size
+    rows = problem.rows_per_sample
+    numel = problem.numel(problem.selected)
+    q = problem.reduction.dual_columns(rows, numel)
+    it = problem.itemsize
+    out_cols = min(q, size) if k is None else k
+    budget = work_budget(
+        max_memory,
+        (q * q + size * out_cols) * it,
+        f"the dual {q}×{q} Gram Mᵀ M and the eigenvectors",
+        suggest_reduction=problem.reduction.per_output and rows > 1,
+    )
+    # The Jacobian block, its float64 copy and transpose, and vmap(jacrev)'s intermediates.
+    per_sample = (it + 16) * rows * numel + it * (rows + 2) * problem.probe.activation_numel
+    if per_sample > budget:
+        raise MemoryBudgetError(
+            f"{budget.describe()} is too small for the dual path: one sample's Jacobian "
+            f"needs about {format_bytes(per_sample)}"
+        )
+    kept = size * q * it
+    keep_all = kept <= budget // 2
+    spare = budget - (kept if keep_all else 0)
+    chunk = int(min(n, max(1, spare // per_sample)))
+    return DualPlan(
+        budget=budget,
+        columns=q,
+        keep_all=keep_all,
+        chunk=chunk,
+        outputs=q * q * 8 + size * out_cols * it,
+        nbytes=(kept if keep_all else 0) + chunk * per_sample,
+    )

@@ -21,7 +21,6 @@ from torch import nn
 
 from .. import linalg
 from .._progress import progress_bar
-from .._resources import available_memory
 from .._validate import (
     check_bool,
     check_choice,
@@ -33,13 +32,14 @@ from .._validate import (
 from ..errors import InvalidArgumentError, MemoryBudgetError
 from ..results import NTKSpectrum, spectrum_of_kernel
 from .checks import StructuredFallback
+from .estimate import METHODS, check_method, choose_method, estimate_methods
 from .factored import FactoredOperator, factor_bytes
-from .kernel import check_model, compute_kernel, describe_kernel
+from .kernel import check_model, compute_kernel
 from .krylov import krylov_shape, solve_topk
 from .layer_operator import CachedLayerOperator, cached_layer_reason
 from .layers import StructuredLayer
 from .operator import KernelOperator
-from .plan import format_bytes, plan_matrix_free, structured_transient, work_budget
+from .plan import plan_dual, plan_matrix_free, structured_transient, work_budget
 from .problem import Problem, evaluation_mode, prepare
 from .sharded import check_client, distributed_topk
 from .sources.cotangents import verify_layers
@@ -50,13 +50,6 @@ log = logging.getLogger("entk_fast")
 
 __all__ = ["entk_spectrum", "entk_topk"]
 
-METHODS = ("auto", "dense", "dual", "matrix_free")
-
-
-def _dual_columns(problem: Problem) -> int:
-    """Q, the columns of M: P (flattened, mean_pairs) or C·P (trace)."""
-    return problem.reduction.dual_columns(problem.rows_per_sample, problem.numel(problem.selected))
-
 
 def _dual(
     problem: Problem, k: int | None, ridge: float, max_memory: Any, progress: bool | None
@@ -64,27 +57,9 @@ def _dual(
     """Spectrum from the Q × Q Gram alpha·Mᵀ M, mapped back to kernel eigenvectors."""
     n = problem.n_samples
     size = problem.kernel_size
-    q = _dual_columns(problem)
-    it = problem.itemsize
     numel = problem.numel(problem.selected)
-    rows = problem.rows_per_sample
-    out_cols = min(q, size) if k is None else k
-    budget = work_budget(
-        max_memory,
-        (q * q + size * out_cols) * it,
-        f"the dual {q}×{q} Gram Mᵀ M and the eigenvectors",
-        suggest_reduction=problem.reduction.per_output and rows > 1,
-    )
-    # The Jacobian block, its float64 copy and transpose, and vmap(jacrev)'s intermediates.
-    per_sample = (it + 16) * rows * numel + it * (rows + 2) * problem.probe.activation_numel
-    if per_sample > budget:
-        raise MemoryBudgetError(
-            f"{budget.describe()} is too small for the dual path: one sample's Jacobian "
-            f"needs about {format_bytes(per_sample)}"
-        )
-    keep_all = size * q * it <= budget // 2
-    spare = budget - (size * q * it if keep_all else 0)
-    chunk = int(min(n, max(1, spare // per_sample)))
+    plan = plan_dual(problem, k, max_memory)
+    q, keep_all, chunk = plan.columns, plan.keep_all, plan.chunk
     slices = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
     dtype = problem.numpy_dtype
     stored: list[np.ndarray] = []
@@ -310,30 +285,31 @@ def _factored_operator(
     return None
 
 
-def _choose(problem: Problem, k: int | None, method: str) -> str:
-    size = problem.kernel_size
-    q = _dual_columns(problem)
-    available = available_memory().available
-    it = problem.itemsize
-    dual_ok = q < size and (k is None or k <= q) and q * q * it <= 0.5 * available
-    if method == "dual" and not (q < size and (k is None or k <= q)):
-        raise InvalidArgumentError(
-            f"method='dual' needs fewer Jacobian columns than kernel rows and k ≤ {q}: here "
-            f"the dual Gram is {q}×{q} and the kernel {size}×{size}"
-        )
+def _choose(
+    problem: Problem,
+    k: int | None,
+    method: str,
+    *,
+    ridge: float,
+    max_memory: Any,
+    structured: bool,
+) -> tuple[str, dict[str, Any]]:
+    """The method to run and what ``info`` says about the choice: ``method_reason``, and for
+    ``"auto"`` the ``estimated_seconds`` of each usable method (`entk_fast.ntk.estimate`)."""
+    check_method(problem, k, method, ridge)
     if method != "auto":
-        return method
-    if dual_ok:
-        return "dual"
-    if size * size * it <= 0.5 * available:
-        return "dense"
-    if k is None:
-        raise MemoryBudgetError(
-            f"{describe_kernel(problem)} needs {format_bytes(size * size * it)} and the dual "
-            f"Gram has {q} columns; neither fits in memory. Pass k to find the top k "
-            "eigenpairs matrix-free"
-        )
-    return "matrix_free"
+        return method, {"method_reason": f"asked for (method={method!r})"}
+    estimates, _ = estimate_methods(
+        problem, k, ridge=ridge, max_memory=max_memory, structured=structured, timing=False
+    )
+    chosen, reason = choose_method(problem, k, estimates)
+    if chosen is None:
+        raise MemoryBudgetError(reason)
+    info: dict[str, Any] = {"method_reason": f"auto: {reason}"}
+    seconds = {e.method: e.seconds for e in estimates if e.usable and e.seconds is not None}
+    if seconds:
+        info["estimated_seconds"] = seconds
+    return chosen, info
 
 
 def entk_spectrum(
@@ -363,10 +339,14 @@ def entk_spectrum(
 
     Args:
         k: how many eigenpairs (``None``: all, or all non-zero ones on the dual path).
-        method: ``"auto"`` picks ``"dual"`` when the Jacobian has fewer columns Q (P, or C·P
-            for trace) than the kernel has rows, else ``"dense"`` when the kernel fits in
-            memory, else ``"matrix_free"`` (needs ``k``). The choice is in ``.method``.
-            The dual path returns only eigenpairs above its round-off floor
+        method: ``"auto"`` starts from the memory rule: ``"dual"`` when the Jacobian has
+            fewer columns Q (P, or C·P for trace) than the kernel has rows, else ``"dense"``
+            when the kernel fits in memory, else ``"matrix_free"`` (needs ``k``); it takes
+            another method that fits where that one is estimated at least twice as fast and
+            half a second faster (`entk_fast.entk_plan` shows the estimates), or where the
+            rule's method does not fit ``max_memory``. The choice is in ``.method``, why in
+            ``info["method_reason"]`` (with ``info["estimated_seconds"]`` when times were
+            compared). The dual path returns only eigenpairs above its round-off floor
             (``info["rank"]``: above 100·max(ε₆₄, ε²)·λ₁ for the dtype's ε; below is round-off).
         ridge: ε ≥ 0; adds ε·mean(diag K) to K's diagonal (reported as ``.ridge``). Not
             available matrix-free.
@@ -422,11 +402,13 @@ def entk_spectrum(
             dtype=dtype,
         )
         kk = check_k(k, problem.kernel_size, required=method == "matrix_free")
-        chosen = _choose(problem, kk, method)
-        log.info("spectrum: method %s (asked %r), k = %s", chosen, method, kk)
+        chosen, choice = _choose(
+            problem, kk, method, ridge=eps, max_memory=max_memory, structured=structured
+        )
+        log.info("spectrum: method %s, k = %s: %s", chosen, kk, choice["method_reason"])
         if chosen == "dual":
-            return _dual(problem, kk, eps, max_memory, progress)
-        if chosen == "dense":
+            spec = _dual(problem, kk, eps, max_memory, progress)
+        elif chosen == "dense":
             ntk = compute_kernel(
                 problem,
                 layerwise=False,
@@ -435,21 +417,24 @@ def entk_spectrum(
                 progress=progress,
             )
             check_kernel_nonzero(float(np.abs(ntk.kernel).max()))
-            return spectrum_of_kernel(ntk, kk, ridge=eps, tol=tol, in_place=True)
-        if eps > 0:
-            raise InvalidArgumentError("ridge is not available on the matrix-free path")
-        assert kk is not None
-        return _matrix_free(
-            problem,
-            kk,
-            max_memory=max_memory,
-            tol=tol,
-            maxiter=None,
-            block=None,
-            seed=seed,
-            progress=progress,
-            structured=structured,
-        )
+            spec = spectrum_of_kernel(ntk, kk, ridge=eps, tol=tol, in_place=True)
+        else:
+            if eps > 0:
+                raise InvalidArgumentError("ridge is not available on the matrix-free path")
+            assert kk is not None
+            spec = _matrix_free(
+                problem,
+                kk,
+                max_memory=max_memory,
+                tol=tol,
+                maxiter=None,
+                block=None,
+                seed=seed,
+                progress=progress,
+                structured=structured,
+            )
+        spec.info.update(choice)
+        return spec
 
 
 def entk_topk(
