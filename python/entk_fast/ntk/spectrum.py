@@ -490,6 +490,13 @@ def entk_topk(
         maxiter: most restart cycles (default 200).
         block: vectors per product (default k + 8, or 1 for a single cached layer).
         seed: seed of the random start blocks (results are deterministic).
+        client: a ``dask.distributed.Client``: the samples are split into one shard a
+            worker, each worker builds its shard's products once and keeps them, and each
+            product runs on the workers (the solver stays here); the eigenpairs are those
+            of one process. ``info["distributed"]`` reports the shards, rebuilds after lost
+            workers, and per product the seconds (compute and wait) and bytes moved. The
+            factored products of structured layers are not used; ``max_memory`` applies
+            to each process. See the guide's "One solve over many workers".
 
     Returns:
         An `NTKSpectrum` with ``method="matrix_free"``:
@@ -497,9 +504,14 @@ def entk_topk(
         or N, of ``dtype``; ``.info`` as above.
 
     Raises:
-        InvalidTypeError: ``model`` is not an ``nn.Module``, or k is not an integer.
+        InvalidTypeError: ``model`` is not an ``nn.Module``, k is not an integer, or
+            ``client`` is not a dask.distributed Client.
         InvalidArgumentError: as `entk_fast.empirical_ntk`; also k missing or not in
-            [1, order), and ``tol``, ``maxiter``, ``block`` or ``seed`` out of range.
+            [1, order), and ``tol``, ``maxiter``, ``block`` or ``seed`` out of range; a
+            closed ``client``, or a kernel whose products cannot be spread (a model that is
+            not vmappable outside the cached-layer path).
+        EntkError: with ``client``, a product failed four times (the cluster kept losing
+            workers).
         MemoryBudgetError: the Krylov basis and one sample's products do not fit
             ``max_memory`` (before any work).
         LinAlgError: a product turned non-finite.
