@@ -198,3 +198,25 @@ def test_client_must_be_a_connected_dask_client(client: Any) -> None:
     closed.close()
     with pytest.raises(InvalidArgumentError, match="client is closed: open a new one"):
         ef.entk_topk(model, x, 4, client=closed)
+
+
+def test_rows_too_large_for_the_task_graph_are_scattered(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks past EMBED_BYTES reach their shard by client.scatter, not inside the task (Dask
+    warns about graphs past 10 MB, and the suite turns warnings into errors): same result."""
+    model, x = _mlp()
+    ref = ef.entk_topk(model, x, 5, structured=False)
+    monkeypatch.setattr(sharded, "EMBED_BYTES", 0)
+    sent: list[int] = []
+    original = client.scatter
+
+    def scatter(data: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(data, np.ndarray):
+            sent.append(data.nbytes)
+        return original(data, *args, **kwargs)
+
+    monkeypatch.setattr(client, "scatter", scatter)
+    got = ef.entk_topk(model, x, 5, client=client)
+    _assert_same_eigenpairs(got, ref)
+    assert len(sent) == 2 * got.info["distributed"]["products"]  # one a shard a product

@@ -105,6 +105,11 @@ class _Shard:
 _SHARDS: dict[tuple[str, int], _Shard] = {}
 _MODELS: dict[str, nn.Module] = {}
 _LOCK = threading.Lock()
+#: One shard's work at a time in a worker process: the shards of one solve share its model,
+#: whose forward hooks (the cached-layer products) must not see another shard's forward.
+_RUN = threading.Lock()
+#: Rows of V larger than this are scattered to their worker rather than sent in the task.
+EMBED_BYTES = 2**20
 
 
 def _worker_threads() -> int | None:
@@ -190,10 +195,11 @@ def _shard(spec: dict[str, Any], token: str, index: int) -> tuple[_Shard, bool]:
 
 def _pull(spec: dict[str, Any], token: str, index: int, rows: np.ndarray) -> list[np.ndarray]:
     """Task: M_sᵀ V_s for the shard's rows V_s (R_s, b) of the block."""
-    shard, _ = _shard(spec, token, index)
-    start = time.perf_counter()
-    parts = shard.operator.pull(rows)
-    shard.pull_seconds = time.perf_counter() - start
+    with _RUN:
+        shard, _ = _shard(spec, token, index)
+        start = time.perf_counter()
+        parts = shard.operator.pull(rows)
+        shard.pull_seconds = time.perf_counter() - start
     return parts
 
 
@@ -209,12 +215,13 @@ def _add(*parts: list[np.ndarray]) -> list[np.ndarray]:
 
 def _push(spec: dict[str, Any], token: str, index: int, total: list[np.ndarray]) -> dict[str, Any]:
     """Task: the shard's rows M_s W of K V for the summed parts W, with its timings."""
-    shard, _ = _shard(spec, token, index)
-    start = time.perf_counter()
-    rows = shard.operator.push(total)
-    seconds = time.perf_counter() - start
-    pulled, shard.pull_seconds = shard.pull_seconds, math.nan
-    built, shard.fresh = shard.fresh, False
+    with _RUN:
+        shard, _ = _shard(spec, token, index)
+        start = time.perf_counter()
+        rows = shard.operator.push(total)
+        seconds = time.perf_counter() - start
+        pulled, shard.pull_seconds = shard.pull_seconds, math.nan
+        built, shard.fresh = shard.fresh, False
     try:
         from distributed import get_worker
 
@@ -362,7 +369,9 @@ class DistributedProducts:
         block = np.asarray(block)
         pulls = []
         for i, (a, b) in enumerate(self.bounds):
-            rows = np.ascontiguousarray(block[a * self.rows : b * self.rows])
+            rows: Any = np.ascontiguousarray(block[a * self.rows : b * self.rows])
+            if rows.nbytes > EMBED_BYTES:  # not inside the task graph (Dask warns past 10 MB)
+                rows = client.scatter(rows, workers=[self.assigned[i]], hash=False)
             pulls.append(
                 client.submit(
                     _pull,
@@ -462,8 +471,9 @@ def _shard_info(spec: dict[str, Any], token: str, index: int) -> dict[str, Any]:
     """Task: build (or find) the shard; where it is and whether it was built."""
     from distributed import get_worker
 
-    shard, _ = _shard(spec, token, index)
-    built, shard.fresh = shard.fresh, False
+    with _RUN:
+        shard, _ = _shard(spec, token, index)
+        built, shard.fresh = shard.fresh, False
     return {"built": built, "worker": get_worker().address}
 
 
