@@ -13,9 +13,10 @@ from .. import linalg
 from .._progress import progress_bar
 from .._validate import check_kernel_nonzero
 from ..errors import InvalidArgumentError
+from ..results import NTKSpectrum
 from .problem import Problem
 
-__all__ = ["BASIS_BLOCKS", "FLOAT32_TOL", "krylov_shape", "solve_topk"]
+__all__ = ["BASIS_BLOCKS", "FLOAT32_TOL", "krylov_shape", "solve_topk", "topk_spectrum"]
 
 #: The matrix-free solver's default relative residual target for float32 products (the
 #: float64 solver's own default, 1e-11, is below their round-off).
@@ -92,3 +93,21 @@ def solve_topk(
             seed=seed,
             basis_blocks=basis_blocks,
         )
+
+
+def topk_spectrum(
+    problem: Problem, values: np.ndarray, vectors: np.ndarray, info: dict[str, Any]
+) -> NTKSpectrum:
+    """The matrix-free solve's `NTKSpectrum`: ``values`` (k,) and ``vectors`` (R, k) in the
+    problem's dtype, with the solver's and the products' ``info``."""
+    return NTKSpectrum(
+        eigenvalues=values.astype(problem.numpy_dtype),
+        eigenvectors=vectors.astype(problem.numpy_dtype),
+        method="matrix_free",
+        n_samples=problem.n_samples,
+        n_outputs=problem.n_outputs,
+        reduction=problem.reduction.name,
+        n_parameters=problem.numel(problem.selected),
+        output_metric=problem.metric,
+        info={**info, "solver": "eigh_topk_operator"},
+    )

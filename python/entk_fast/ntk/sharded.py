@@ -42,7 +42,7 @@ from torch import nn
 
 from ..errors import EntkError, InvalidArgumentError, InvalidTypeError
 from ..results import NTKSpectrum
-from .krylov import krylov_shape, solve_topk
+from .krylov import krylov_shape, solve_topk, topk_spectrum
 from .layer_operator import CachedLayerOperator, cached_layer_reason
 from .operator import KernelOperator
 from .plan import plan_matrix_free, work_budget
@@ -541,18 +541,12 @@ def distributed_topk(
         )
     finally:
         products.close()
-    return NTKSpectrum(
-        eigenvalues=values.astype(problem.numpy_dtype),
-        eigenvectors=vectors.astype(problem.numpy_dtype),
-        method="matrix_free",
-        n_samples=problem.n_samples,
-        n_outputs=problem.n_outputs,
-        reduction=problem.reduction.name,
-        n_parameters=problem.numel(problem.selected),
-        output_metric=problem.metric,
-        info={
+    return topk_spectrum(
+        problem,
+        values,
+        vectors,
+        {
             **info,
-            "solver": "eigh_topk_operator",
             "products": "cached_layer" if cached else "autograd",
             "cached_layer_reason": cached_reason,
             "block": width,

@@ -35,7 +35,7 @@ from .checks import StructuredFallback
 from .estimate import METHODS, check_method, choose_method, estimate_methods
 from .factored import FactoredOperator, factor_bytes
 from .kernel import check_model, compute_kernel
-from .krylov import krylov_shape, solve_topk
+from .krylov import krylov_shape, solve_topk, topk_spectrum
 from .layer_operator import CachedLayerOperator, cached_layer_reason
 from .layers import StructuredLayer
 from .operator import KernelOperator
@@ -225,20 +225,14 @@ def _matrix_free(
         seed=seed,
         progress=progress,
     )
-    return NTKSpectrum(
-        eigenvalues=values.astype(problem.numpy_dtype),
-        eigenvectors=vectors.astype(problem.numpy_dtype),
-        method="matrix_free",
-        n_samples=problem.n_samples,
-        n_outputs=problem.n_outputs,
-        reduction=problem.reduction.name,
-        n_parameters=problem.numel(problem.selected),
-        output_metric=problem.metric,
-        info={
+    return topk_spectrum(
+        problem,
+        values,
+        vectors,
+        {
             **info,
             "chunk": cached.chunk if cached else chunk,
             "columns": cached.columns if cached else columns,
-            "solver": "eigh_topk_operator",
             "factored_layers": [] if factored is None else [f.path for f in factored.layers],
             "factored_bytes": 0 if factored is None else factored.nbytes,
             "products": "cached_layer" if cached is not None else "autograd",
