@@ -54,6 +54,7 @@ __all__ = [
     "check_client",
     "distributed_reason",
     "distributed_topk",
+    "live_workers",
 ]
 
 #: Times a product is run again after its tasks failed for good (a lost worker's data).
@@ -76,9 +77,15 @@ def check_client(client: Any) -> Any:
         )
     if client.status in ("closing", "closed", "failed"):
         raise InvalidArgumentError(f"client is {client.status}: open a new one")
-    if not client.scheduler_info().get("workers"):
+    if not live_workers(client):
         raise InvalidArgumentError("client has no workers: start or scale its cluster first")
     return client
+
+
+def live_workers(client: Any) -> list[str]:
+    """The addresses of ``client``'s workers now, asked of the scheduler (the client's own
+    ``scheduler_info()`` is a snapshot that can lag behind, even list none)."""
+    return sorted(client.nthreads())
 
 
 def distributed_reason(problem: Problem, cached_layer: bool) -> str | None:
@@ -285,7 +292,7 @@ class DistributedProducts:
         self.client = client
         self.problem = problem
         n = problem.n_samples
-        workers = sorted(client.scheduler_info()["workers"])
+        workers = live_workers(client)
         n_shards = min(len(workers), n)
         edges = np.linspace(0, n, n_shards + 1).round().astype(int)
         self.bounds = [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
@@ -355,7 +362,7 @@ class DistributedProducts:
 
     def _reassign(self) -> None:
         """Shards of workers that left go to the live workers holding the fewest shards."""
-        live = sorted(self.client.scheduler_info()["workers"])
+        live = live_workers(self.client)
         if not live:
             raise EntkError("the cluster has no workers left")
         for i, worker in enumerate(self.assigned):
@@ -451,7 +458,7 @@ class DistributedProducts:
         computes = np.array(self.computes) if self.computes else np.zeros(1)
         computes = np.where(np.isfinite(computes), computes, walls)
         return {
-            "workers": len(self.client.scheduler_info()["workers"]),
+            "workers": len(live_workers(self.client)),
             "shards": len(self.bounds),
             "bounds": self.bounds,
             "products": self.n_products,
