@@ -186,24 +186,24 @@ def _build(spec: dict[str, Any], token: str, index: int) -> _Shard:
     return _Shard(operator)
 
 
-def _shard(spec: dict[str, Any], token: str, index: int) -> tuple[_Shard, bool]:
+def _shard(spec: dict[str, Any], token: str, index: int) -> _Shard:
     """The shard held here, built now if this worker has none (first use, or its worker
-    died); and whether it was built."""
+    died; the shard's ``fresh`` flag tells the client)."""
     key = (token, index)
     with _LOCK:
         found = _SHARDS.get(key)
     if found is not None:
-        return found, False
+        return found
     shard = _build(spec, token, index)
     with _LOCK:
         _SHARDS[key] = shard
-    return shard, True
+    return shard
 
 
 def _pull(spec: dict[str, Any], token: str, index: int, rows: np.ndarray) -> list[np.ndarray]:
     """Task: M_sᵀ V_s for the shard's rows V_s (R_s, b) of the block."""
     with _RUN:
-        shard, _ = _shard(spec, token, index)
+        shard = _shard(spec, token, index)
         start = time.perf_counter()
         parts = shard.operator.pull(rows)
         shard.pull_seconds = time.perf_counter() - start
@@ -223,7 +223,7 @@ def _add(*parts: list[np.ndarray]) -> list[np.ndarray]:
 def _push(spec: dict[str, Any], token: str, index: int, total: list[np.ndarray]) -> dict[str, Any]:
     """Task: the shard's rows M_s W of K V for the summed parts W, with its timings."""
     with _RUN:
-        shard, _ = _shard(spec, token, index)
+        shard = _shard(spec, token, index)
         start = time.perf_counter()
         rows = shard.operator.push(total)
         seconds = time.perf_counter() - start
@@ -327,22 +327,28 @@ class DistributedProducts:
         the seconds it took."""
         start = time.perf_counter()
         futures = [
-            self.client.submit(
-                _shard_info,
-                self.spec,
-                self.token,
-                i,
-                workers=[self.assigned[i]],
-                allow_other_workers=True,
-                pure=False,
-                key=f"entk-build-{self.token}-{i}",
-            )
+            self._on_shard(_shard_info, i, key=f"entk-build-{self.token}-{i}")
             for i in range(len(self.bounds))
         ]
         for i, info in enumerate(self.client.gather(futures)):
             self.builds += int(info["built"])
             self.assigned[i] = info["worker"] or self.assigned[i]
         return time.perf_counter() - start
+
+    def _on_shard(self, fn: Any, index: int, *args: Any, key: str) -> Any:
+        """``fn(spec, token, index, *args)`` as a task on the worker holding shard ``index``
+        (elsewhere if that worker is gone: the shard is then rebuilt there)."""
+        return self.client.submit(
+            fn,
+            self.spec,
+            self.token,
+            index,
+            *args,
+            workers=[self.assigned[index]],
+            allow_other_workers=True,
+            pure=False,
+            key=key,
+        )
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
         for attempt in range(RETRIES + 1):
@@ -379,19 +385,7 @@ class DistributedProducts:
             rows: Any = np.ascontiguousarray(block[a * self.rows : b * self.rows])
             if rows.nbytes > EMBED_BYTES:  # not inside the task graph (Dask warns past 10 MB)
                 rows = client.scatter(rows, workers=[self.assigned[i]], hash=False)
-            pulls.append(
-                client.submit(
-                    _pull,
-                    self.spec,
-                    token,
-                    i,
-                    rows,
-                    workers=[self.assigned[i]],
-                    allow_other_workers=True,
-                    pure=False,
-                    key=f"entk-pull-{token}-{n}-{i}",
-                )
-            )
+            pulls.append(self._on_shard(_pull, i, rows, key=f"entk-pull-{token}-{n}-{i}"))
         level = 0
         while len(pulls) > 1:
             pulls = [
@@ -406,17 +400,7 @@ class DistributedProducts:
             level += 1
         total = pulls[0]
         pushes = [
-            client.submit(
-                _push,
-                self.spec,
-                token,
-                i,
-                total,
-                workers=[self.assigned[i]],
-                allow_other_workers=True,
-                pure=False,
-                key=f"entk-push-{token}-{n}-{i}",
-            )
+            self._on_shard(_push, i, total, key=f"entk-push-{token}-{n}-{i}")
             for i in range(len(self.bounds))
         ]
         results = client.gather(pushes)
@@ -479,7 +463,7 @@ def _shard_info(spec: dict[str, Any], token: str, index: int) -> dict[str, Any]:
     from distributed import get_worker
 
     with _RUN:
-        shard, _ = _shard(spec, token, index)
+        shard = _shard(spec, token, index)
         built, shard.fresh = shard.fresh, False
     return {"built": built, "worker": get_worker().address}
 
