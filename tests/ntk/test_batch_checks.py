@@ -123,12 +123,13 @@ class MixedBackward(Flip):
 
 
 @pytest.mark.parametrize("n", [3, 10])
-def test_backward_that_mixes_samples_takes_the_general_path(n: int) -> None:
+def test_backward_that_mixes_samples_is_exact_on_the_structured_path(n: int) -> None:
+    """The structured path runs every sample alone (one vmapped forward), so a batched
+    backward that would mix samples never enters its cotangents."""
     torch.manual_seed(6)
     x = torch.randn(n, 4, dtype=torch.float64)
     paths = _check(MixedBackward(), (x,), reduction="trace")
-    assert paths["a.weight"] == paths["a.bias"] == "general"
-    assert paths["b.weight"] == "structured"
+    assert paths["a.weight"] == paths["a.bias"] == paths["b.weight"] == "structured"
 
 
 @pytest.mark.parametrize("reduction", ["flattened", "mean_pairs"])
@@ -138,7 +139,8 @@ def test_batch_interaction_outside_the_probe_samples(reduction: str) -> None:
     x = torch.ones(n, 4, dtype=torch.float64)
     x[outlier] = -10.0 * n
     paths = _check(BatchSign(), (x,), reduction=reduction)
-    assert set(paths.values()) == {"general"}
+    # The probe cannot see the interaction; the structured path's lone runs make it moot.
+    assert set(paths.values()) == {"structured"}
 
 
 class FlipWhenLarge(Flip):
@@ -154,8 +156,8 @@ def test_rows_permuted_only_on_the_full_batch(max_memory: str | None) -> None:
     torch.manual_seed(7)
     x = torch.randn(12, 4, dtype=torch.float64)
     paths = _check(FlipWhenLarge(), (x,), reduction="trace", max_memory=max_memory)
-    assert paths["a.weight"] == "general"
-    assert paths["b.weight"] == "structured"
+    # Alone, every sample is a batch of one: the rows are the samples'.
+    assert paths["a.weight"] == paths["b.weight"] == "structured"
 
 
 def test_probe_runs_spread_samples_batched_and_alone() -> None:
@@ -195,7 +197,7 @@ class Doubled(MicroBatched):
 
 
 @pytest.mark.parametrize("cls", [MicroBatched, Doubled])
-def test_layer_that_misbehaves_on_the_full_batch_falls_back(cls: type) -> None:
+def test_layer_that_misbehaves_on_larger_batches_is_exact(cls: type) -> None:
     torch.manual_seed(2)
     x = torch.randn(12, 4, dtype=torch.float64)
     if cls is MicroBatched:  # probe batch 8 > 5: `a` runs twice there already
@@ -203,7 +205,9 @@ def test_layer_that_misbehaves_on_the_full_batch_falls_back(cls: type) -> None:
         _check(cls(), (x,))
         x = torch.randn(12, 4, dtype=torch.float64)
     paths = _check(cls(), (x,), layerwise=True)
-    assert paths["a.weight"] == "general"
+    # MicroBatched runs ``a`` twice on the probe's batch of 8; Doubled misbehaves only on
+    # batches the structured path never runs (it runs each sample alone).
+    assert paths["a.weight"] == ("general" if cls is MicroBatched else "structured")
     assert paths["b.weight"] == "structured"
 
 
@@ -344,13 +348,8 @@ def test_forward_that_needs_a_batch_is_explained() -> None:
 
 
 def _vmap_free(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make every vmapped lone run fail, so the sample-by-sample runs take over."""
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("vmap refused for this test")
-
+    """Make the probe's vmapped lone runs fail, so its sample-by-sample runs take over."""
     monkeypatch.setattr(probe_module, "_vmapped_lone_runs", lambda *a, **k: None)
-    monkeypatch.setattr(cotangents_module, "_vmapped_lone_cotangents", refuse)
 
 
 class _Sequence(nn.Module):
@@ -378,8 +377,8 @@ class _Sequence(nn.Module):
 def test_vmapped_lone_runs_equal_the_sample_by_sample_runs(
     n: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The probe's lone runs and the lone cotangents of the structured check, vmapped, find
-    what the sample-by-sample runs find; the kernel is the reference either way."""
+    """The probe's lone runs and the structured path's lone cotangents, vmapped, find what
+    sample-by-sample runs find; the kernel is the reference either way."""
     torch.manual_seed(n)
     model = _Sequence().double().eval()
     tokens = torch.randint(0, 9, (n, 4), generator=torch.Generator().manual_seed(n))
@@ -389,12 +388,18 @@ def test_vmapped_lone_runs_equal_the_sample_by_sample_runs(
     assert "flipped" not in vmapped.probe.per_sample_layers
     head = (tokens[list(vmapped.probe.indices)],)
     weights = torch.randn(len(head[0]), 5, dtype=torch.float64)
-    fast = cotangents_module._vmapped_lone_cotangents(vmapped, layers, head, weights)
-    slow = cotangents_module._looped_lone_cotangents(vmapped, layers, head, weights)
-    assert fast.keys() == slow.keys() == {layer.path for layer in layers}
-    for path, cot in slow.items():
-        assert cot.abs().max() > 0, path
-        torch.testing.assert_close(fast[path], cot, rtol=1e-12, atol=1e-12)
+    y, probes, _ = cotangents_module.lone_forward(vmapped, layers, head, vmapped.params)
+    fast = torch.autograd.grad((y * weights).sum(), probes)
+    for k, layer in enumerate(layers):
+        slow = []
+        for i in range(len(head[0])):  # a plain batch of one, no vmap
+            y1, probes1, _ = layer_search.forward_with_probes(
+                vmapped, layers, (head[0][i : i + 1],), vmapped.params
+            )
+            slow.append(torch.autograd.grad((y1 * weights[i]).sum(), probes1[k])[0])
+        cot = torch.cat(slow)
+        assert cot.abs().max() > 0, layer.path
+        torch.testing.assert_close(fast[k].reshape(cot.shape), cot, rtol=1e-12, atol=1e-12)
     kernel = empirical_ntk(model, tokens, reduction="mean_pairs", progress=False)
     _vmap_free(monkeypatch)
     looped = prepare(model, tokens, reduction="mean_pairs")

@@ -1,8 +1,9 @@
-"""The structured layers' output cotangents, and the checks that make them exact: each found
+"""The structured layers' output cotangents, and the check that makes them exact: each found
 layer verified on the probe samples (`verify_layers`: its gradient is the one its rule
-predicts, its cotangents are the lone samples'), then one batched forward with a zero "probe"
-added to each layer's output and one batched backward per sweep (`gather`), each chunk's
-samples checked against the same samples run alone (`check_alone`, one vmapped call)."""
+predicts), then per chunk of samples one forward vmapped over the samples, each run alone,
+with a zero "probe" added to each layer's output (`lone_forward`), and one backward per row
+group (`gather`). The cotangents are each sample's own by construction: no batched run is
+compared with lone runs."""
 
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ from ..vmapping import (
     quiet_batching_fallback,
     vmappable_forward,
 )
-from .layer_search import forward_with_probes, hook_layers
+from .layer_search import forward_with_probes
 
-__all__ = ["check_alone", "gather", "verify_layers"]
+__all__ = ["gather", "lone_forward", "verify_layers"]
 
 
 def _predicted_grads(
@@ -44,12 +45,12 @@ def _predicted_grads(
 
 
 def verify_layers(problem: Problem, layers: Sequence[StructuredLayer]) -> list[StructuredLayer]:
-    """Keep the layers whose true parameter gradient on the probe samples matches the formula,
-    and whose batched output cotangents are those of each probe sample run alone.
+    """Keep the layers whose true parameter gradient on the probe samples, each run alone,
+    matches the formula Σ_{n,t} g_nt a_ntᵀ of their rule.
 
     A safety net behind the usage count: a parameter touched outside its layer in a way the
-    probe could not see would make the two differ; a backward that mixes samples (the
-    general path differentiates each sample alone) makes the cotangents differ.
+    probe could not see would make the two differ. One vmapped forward (`lone_forward`) and
+    one backward; a layer that misbehaves there is left out, the rest checked again.
     """
     if not layers:
         return []
@@ -62,7 +63,7 @@ def verify_layers(problem: Problem, layers: Sequence[StructuredLayer]) -> list[S
             params[name] = problem.params[name].clone().requires_grad_()
             leaves.append(name)
     try:
-        y, probes, acts = forward_with_probes(problem, layers, head, params, check_attention=True)
+        y, probes, acts = lone_forward(problem, layers, head, params, check_attention=True)
     except StructuredFallback as exc:
         rest = [layer for layer in layers if layer.path not in exc.paths]
         return verify_layers(problem, rest) if len(rest) < len(layers) else []
@@ -72,12 +73,11 @@ def verify_layers(problem: Problem, layers: Sequence[StructuredLayer]) -> list[S
     probe_grads = grads[: len(probes)]
     actual = dict(zip(leaves, grads[len(probes) :], strict=True))
     rtol = 1e-3 if problem.dtype == torch.float32 else 1e-8
-    alone = _lone_cotangents(problem, layers, head, weights)
     kept = []
     for layer, probe, cot in zip(layers, probes, probe_grads, strict=True):
         cot = torch.zeros_like(probe) if cot is None else cot
-        lone = alone.get(layer.path)
-        ok = lone is not None and close(lone, cot, rtol=rtol)
+        cot = cot.reshape(-1, *layer.sample_shape)
+        ok = True
         shape = params[layer.weight].shape if layer.weight is not None else None
         for name, pred in _predicted_grads(layer, acts[layer.path], cot, shape).items():
             true = actual[name]
@@ -88,38 +88,28 @@ def verify_layers(problem: Problem, layers: Sequence[StructuredLayer]) -> list[S
     return kept
 
 
-def _lone_cotangents(
+def lone_forward(
     problem: Problem,
     layers: Sequence[StructuredLayer],
-    head: tuple[Tensor, ...],
-    weights: Tensor,
-) -> dict[str, Tensor]:
-    """Each layer's output cotangents of ⟨weights_i, R f(x_i)⟩ with every sample run alone,
-    stacked over the probe samples (a layer that misbehaves alone is left out).
+    inputs: tuple[Tensor, ...],
+    params: Mapping[str, Tensor],
+    *,
+    check_attention: bool = False,
+) -> tuple[Tensor, list[Tensor], dict[str, Tensor]]:
+    """(R f (n, C_r), zero probes (n, 1, *sample shape) added to each layer's output, each
+    layer's input (n, ...)), every sample run alone: one forward vmapped over the samples,
+    each a batch of one, as the general path runs them.
 
-    One vmapped gradient over the samples; where that fails (a forward vmap cannot run, a
-    layer that misbehaves on a lone sample), sample by sample, which finds the layers to
-    leave out.
+    The samples do not meet under vmap, so a plain backward of R f gives each sample's own
+    output cotangents (its lone ones), whatever the batched forward would do: a forward or
+    backward that mixes samples cannot make the kernel inexact. ``check_attention``: compare
+    each recomputed attention output with the module's own (after the vmap) and raise
+    `StructuredFallback` for its projections where they differ. A forward vmap cannot run
+    (``.item()``, data-dependent control flow) sends the layers to the general path; one that
+    draws random numbers raises `NotVmappable`.
     """
-    try:
-        return _vmapped_lone_cotangents(problem, layers, head, weights)
-    except torch.OutOfMemoryError:
-        raise
-    except Exception:  # noqa: BLE001 - the per-sample loop below decides what went wrong
-        return _looped_lone_cotangents(problem, layers, head, weights)
-
-
-def _vmapped_lone_cotangents(
-    problem: Problem,
-    layers: Sequence[StructuredLayer],
-    head: tuple[Tensor, ...],
-    weights: Tensor,
-) -> dict[str, Tensor]:
-    """`_lone_cotangents` as one vmapped forward over the samples, each a batch of one,
-    and one plain backward: the samples do not meet under vmap, so the gradient with respect
-    to sample i's probe is its lone cotangent. (Plain autograd, not ``torch.func.grad``, whose
-    first call imports ``torch._dynamo``: 1.5 s.)"""
-    n = head[0].shape[0]
+    n = inputs[0].shape[0]
+    paths = [layer.path for layer in layers]
     probes = [
         torch.zeros(
             (n, 1, *layer.sample_shape), dtype=problem.dtype, device=problem.device
@@ -127,44 +117,47 @@ def _vmapped_lone_cotangents(
         for layer in layers
     ]
 
-    def lone(probe: list[Tensor], *x: Tensor) -> Tensor:
+    def lone(
+        probe: list[Tensor], *x: Tensor
+    ) -> tuple[Tensor, tuple[Tensor, ...], dict[str, tuple[Tensor, Tensor]]]:
         alone = tuple(t.unsqueeze(0) for t in x)
-        return forward_with_probes(problem, layers, alone, problem.params, probe)[0][0]
+        outputs: dict[str, tuple[Tensor, Tensor]] = {}
+        y, _, acts = forward_with_probes(
+            problem,
+            layers,
+            alone,
+            params,
+            probe,
+            attention_outputs=outputs if check_attention else None,
+            wrap_errors=False,
+        )
+        return y[0], tuple(acts[path][0] for path in paths), outputs
 
-    with torch.enable_grad(), quiet_batching_fallback(), vmappable_forward():
-        with per_sample_attention():
-            y = vmap(lone)(probes, *head)  # (n, C_r)
-        grads = _probe_grads(y, probes, weights)
-    return {
-        layer.path: (torch.zeros_like(probe) if g is None else g).reshape(-1, *layer.sample_shape)
-        for layer, probe, g in zip(layers, probes, grads, strict=True)
-    }
-
-
-def _looped_lone_cotangents(
-    problem: Problem,
-    layers: Sequence[StructuredLayer],
-    head: tuple[Tensor, ...],
-    weights: Tensor,
-) -> dict[str, Tensor]:
-    """`_lone_cotangents` one sample at a time (plain autograd)."""
-    parts: dict[str, list[Tensor]] = {layer.path: [] for layer in layers}
-    for i in range(head[0].shape[0]):
-        try:
-            y, probes, _ = forward_with_probes(
-                problem, layers, tuple(x[i : i + 1] for x in head), problem.params
-            )
-        except StructuredFallback as exc:
-            for path in exc.paths:
-                parts.pop(path, None)
-            rest = [layer for layer in layers if layer.path in parts]
-            if len(rest) == len(layers) or not rest:
-                return {}
-            return _looped_lone_cotangents(problem, rest, head, weights)
-        grads = _probe_grads(y, probes, weights[i : i + 1])
-        for layer, probe, grad in zip(layers, probes, grads, strict=True):
-            parts[layer.path].append(torch.zeros_like(probe) if grad is None else grad)
-    return {path: torch.cat(chunks) for path, chunks in parts.items()}
+    try:
+        with (
+            torch.enable_grad(),
+            quiet_batching_fallback(),
+            vmappable_forward(),
+            per_sample_attention(),
+        ):
+            y, acts, attention = vmap(lone)(probes, *inputs)
+    except (StructuredFallback, torch.OutOfMemoryError):
+        raise
+    except NotVmappable as exc:
+        if exc.random:
+            raise
+        # the general path's per-sample autograd fallback computes these layers exactly
+        raise StructuredFallback(paths, "the forward cannot run under vmap") from exc
+    except Exception as exc:  # noqa: BLE001 - the general path reports the model's own error
+        raise StructuredFallback(paths, f"the forward failed on lone samples: {exc}") from exc
+    differ = [
+        layer.path
+        for layer in layers
+        if layer.owner in attention and not close(*attention[layer.owner])
+    ]
+    if differ:
+        raise StructuredFallback(differ, "its recomputed attention differs")
+    return y, probes, dict(zip(paths, acts, strict=True))
 
 
 def gather(
@@ -182,11 +175,11 @@ def gather(
     layers (T: each layer's positions).
 
     For the samples ``start:stop`` and the output rows ``r0:r1`` of R f, ``sweep.chunk``
-    samples per forward and batched backward; ``tick(1)`` after each chunk. ``storage`` (flat
-    tensors per layer path, large enough) receives the cotangents: one buffer reused across
-    calls spares the allocator a large short-lived block per call. ``check`` (default:
-    ``want_acts``; once per sample is enough) compares each chunk's batched forward with the
-    samples run alone (`_check_alone`).
+    samples per lone forward (`lone_forward`) and batched backward; ``tick(1)`` after each
+    chunk. ``storage`` (flat tensors per layer path, large enough) receives the cotangents:
+    one buffer reused across calls spares the allocator a large short-lived block per call.
+    ``check`` (default: ``want_acts``; once per sample is enough) compares each recomputed
+    attention output with the module's own.
     """
     check = want_acts if check is None else check
     start, stop = samples
@@ -211,15 +204,13 @@ def gather(
         e = min(s + sweep.chunk, stop)
         n = e - s
         inputs = tuple(x[s:e] for x in problem.inputs)
-        y, probes, seen = forward_with_probes(
+        y, probes, seen = lone_forward(
             problem, layers, inputs, problem.params, check_attention=check
         )
         names = problem.samples_from(s)
         require_finite(y, "output", names)
         for layer in layers:
             require_finite(seen[layer.path], "input", names, layer=layer.path)
-        if check:
-            check_alone(problem, layers, inputs, y, seen)
         eye = torch.eye(n_rows, dtype=y.dtype, device=y.device)[r0:r1]
         basis = eye.unsqueeze(1).expand(group, n, n_rows)
         try:
@@ -263,61 +254,3 @@ def _probe_grads(
                 y, inputs, grad_outputs=weights, is_grads_batched=True, allow_unused=True
             )
         return torch.autograd.grad((y * weights).sum(), inputs, allow_unused=True)
-
-
-def check_alone(
-    problem: Problem,
-    layers: Sequence[StructuredLayer],
-    inputs: tuple[Tensor, ...],
-    y: Tensor,
-    seen: Mapping[str, Tensor],
-) -> None:
-    """The batched chunk against its samples run alone (one vmapped forward, as the general
-    path runs them): R f and each layer's input rows must agree, else the layers (all of them
-    when the outputs differ: the samples interact) go to the general path."""
-    paths = [layer.path for layer in layers]
-
-    def lone(*x: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
-        found: dict[str, Tensor] = {}
-
-        def on_call(layer: StructuredLayer, first: Tensor, output: Tensor) -> Tensor:
-            if layer.path in found:
-                raise StructuredFallback([layer.path], "runs differently on a lone sample")
-            found[layer.path] = first
-            return output
-
-        handles = hook_layers(problem, layers, on_call)
-        try:
-            out = problem.forward(tuple(t.unsqueeze(0) for t in x))
-        finally:
-            for handle in handles:
-                handle.remove()
-        missing = [path for path in paths if path not in found]
-        if missing:
-            raise StructuredFallback(missing, "does not run on a lone sample")
-        return problem.out_map.apply(out)[0], tuple(found[path] for path in paths)
-
-    try:
-        with (
-            torch.no_grad(),
-            quiet_batching_fallback(),
-            vmappable_forward(),
-            per_sample_attention(),
-        ):
-            out, acts = vmap(lone)(*inputs)
-    except NotVmappable as exc:
-        if exc.random:
-            raise
-        # the general path's per-sample autograd fallback computes these layers exactly
-        raise StructuredFallback(paths, "the forward cannot run under vmap") from exc
-    batched = y.detach()
-    if not close(out, batched):
-        raise StructuredFallback(paths, "the samples interact in the batched forward")
-    bad = [
-        path
-        for path, act in zip(paths, acts, strict=True)
-        if act.numel() != seen[path].numel()
-        or not close(act.reshape(seen[path].shape).to(seen[path].dtype), seen[path])
-    ]
-    if bad:
-        raise StructuredFallback(bad, "its input rows are not the samples run alone")

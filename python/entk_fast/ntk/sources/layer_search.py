@@ -106,12 +106,15 @@ def hook_layers(
     on_call: Callable[[StructuredLayer, Tensor, Tensor], Tensor],
     *,
     check_attention: bool = False,
+    attention_outputs: dict[str, tuple[Tensor, Tensor]] | None = None,
 ) -> list[Any]:
     """Hooks that pass each layer's (input (n, ...), output (n, ...)) through ``on_call``, whose
     result replaces the output; attention projections are reached by recomputing their
     module's output (its rule in ``layers.MODULE_RULES``). ``check_attention``: compare the
     recomputed output with the one the module's own forward just gave (values, not under
     vmap) and raise `StructuredFallback` for its projections where they differ.
+    ``attention_outputs``: instead (under vmap, where values cannot be compared), record
+    owner path -> (the module's own output, the recomputed one) for the caller to compare.
     Returns the hook handles."""
     handles = []
     plain = [layer for layer in layers if layer.owner is None]
@@ -147,6 +150,8 @@ def hook_layers(
 
             out = MODULE_RULES[type(module)].forward(module, args, kwargs, on_site, owner)
             own = _output[0] if isinstance(_output, tuple) else _output
+            if attention_outputs is not None and isinstance(own, Tensor):
+                attention_outputs[owner] = (own.detach(), out[0].detach())
             if check_attention and not (
                 isinstance(own, Tensor) and close(own.detach(), out[0].detach())
             ):
@@ -166,12 +171,16 @@ def forward_with_probes(
     probes: Sequence[Tensor] | None = None,
     *,
     check_attention: bool = False,
+    attention_outputs: dict[str, tuple[Tensor, Tensor]] | None = None,
+    wrap_errors: bool = True,
 ) -> tuple[Tensor, list[Tensor], dict[str, Tensor]]:
     """(R f (n, C_r), zero probes added to each layer's output, each layer's input).
 
     ``probes``: the zero probes (n, *sample shape) to add (one sample's slice of batched
     probes under vmap); by default fresh leaves that require grad.
-    ``check_attention``: as `hook_layers`.
+    ``check_attention``, ``attention_outputs``: as `hook_layers`.
+    ``wrap_errors``: turn the forward's own errors into `StructuredFallback` (else they
+    propagate, for a caller under vmap that tells them apart).
     """
     n = inputs[0].shape[0]
     probes = (
@@ -200,7 +209,13 @@ def forward_with_probes(
         acts[path] = first.detach()
         return output + probe
 
-    handles = hook_layers(problem, layers, on_call, check_attention=check_attention)
+    handles = hook_layers(
+        problem,
+        layers,
+        on_call,
+        check_attention=check_attention,
+        attention_outputs=attention_outputs,
+    )
     try:
         with torch.enable_grad():
             y = problem.out_map.apply(problem.forward(inputs, params))
@@ -209,6 +224,8 @@ def forward_with_probes(
     except torch.OutOfMemoryError:
         raise
     except Exception as exc:  # the batched forward fails where per-sample runs may not
+        if not wrap_errors:
+            raise
         raise StructuredFallback(
             [layer.path for layer in layers], f"batched forward failed: {exc}"
         ) from exc
