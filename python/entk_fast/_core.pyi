@@ -12,6 +12,7 @@ __version__: str
 __all__ = [
     "__version__",
     "_after_fork_in_child",
+    "column_pivots",
     "eigh",
     "eigh_topk",
     "eigh_topk_operator",
@@ -24,6 +25,7 @@ __all__ = [
     "hadamard_gram_factored_accumulate",
     "hadamard_gram_factored_accumulate_many",
     "principal_angles",
+    "rank_one_residual",
     "set_num_threads",
     "subspace_overlap",
 ]
@@ -31,6 +33,10 @@ __all__ = [
 def gram(j: _F) -> _F: ...
 def gram_accumulate(k: _F, j: _F, alpha: float = 1.0) -> None: ...
 def gram_cross(a: _F, b: _F) -> _F: ...
+def rank_one_residual(
+    g: _F, s: _F, w: _F, positions: int
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]: ...
+def column_pivots(g: _F) -> tuple[NDArray[np.int64], _F]: ...
 def hadamard_gram_accumulate(
     k: _F, g: _F, s: _F, block: int = 1, alpha: float = 1.0, positions: int = 1
 ) -> None: ...

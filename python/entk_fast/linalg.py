@@ -220,6 +220,43 @@ def gram_accumulate(K: Any, J: Any, *, alpha: float = 1.0) -> None:
     _updated_in_place(K)
 
 
+def rank_one_residual(
+    G: Any, S: Any, W: Any, *, positions: int = 1
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Per column k of G: how far it is from rank one, ``(Σ (G − S ⊗ W)², Σ G²)``.
+
+    Column k holds one output unit's cotangents g[(n, r, t), k] over samples n, output rows r
+    and positions t (row (n·rows + r)·T + t); it is rank one when g = s[(n, t), k] · w[r, k].
+    One pass over G (in parallel over the samples); the sums are float64.
+
+    Args:
+        G: (n·rows·T, K) float32/float64.
+        S: (n·T, K), G's dtype.
+        W: (rows, K), G's dtype.
+        positions: T ≥ 1.
+
+    Returns:
+        ``(lost, energy)``: two (K,) float64 arrays.
+
+    Raises:
+        InvalidArgumentError: the shapes do not match, or ``positions`` < 1.
+        LinAlgError: G, S or W holds NaN or inf.
+    """
+    return _core.rank_one_residual(
+        as_float_matrix(G, "G"), as_float_matrix(S, "S"), as_float_matrix(W, "W"), positions
+    )
+
+
+def column_pivots(G: Any) -> tuple[NDArray[np.int64], FloatArray]:
+    """Per column of G (M, K): the row of its largest absolute value (the first of equal ones) and
+    that value, ``(rows (K,) int64, values (K,))``.
+
+    Raises:
+        InvalidArgumentError: G is empty or holds NaN or inf.
+    """
+    return _core.column_pivots(as_float_matrix(G, "G"))
+
+
 def gram_cross(A: Any, B: Any) -> FloatArray:
     """Cross Gram tile ``A Bᵀ``: A (R, P), B (S, P) → (R, S), for off-diagonal sample blocks.
 

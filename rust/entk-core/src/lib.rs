@@ -6,6 +6,7 @@
 //! - [`eigen`] and [`topk`]: symmetric eigendecomposition, full and top-k (dense or through a
 //!   [`SymmetricOperator`], matrix-free), descending.
 //! - [`angles`]: principal angles and subspace overlap.
+//! - [`rank_one`]: per-column rank-one checks of a traced kernel's cotangents.
 //! - [`policy`]: the numeric policy (tolerances, rescaling and overflow thresholds).
 //!
 //! Every routine validates its input and returns a [`CoreError`] instead of panicking.
@@ -20,6 +21,7 @@ pub mod error;
 pub mod gram;
 pub mod hadamard;
 pub mod policy;
+pub mod rank_one;
 mod rng;
 pub mod scalar;
 mod symmetric;
@@ -30,6 +32,7 @@ pub use angles::{orthonormal_basis, principal_angles, subspace_overlap};
 pub use eigen::{eigh, eigh_into, EigenPairs};
 pub use error::{CoreError, CoreResult};
 pub use gram::{gram, gram_accumulate, gram_cross, gram_cross_into, gram_into};
+pub use rank_one::{column_pivots, rank_one_residual};
 pub use hadamard::{hadamard_gram_accumulate, hadamard_gram_cross_into};
 pub use scalar::Scalar;
 pub use topk::{

@@ -22,6 +22,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         linalg::hadamard_gram_factored_accumulate_many,
         m
     )?)?;
+    m.add_function(wrap_pyfunction!(linalg::rank_one_residual, m)?)?;
+    m.add_function(wrap_pyfunction!(linalg::column_pivots, m)?)?;
     m.add_function(wrap_pyfunction!(linalg::eigh, m)?)?;
     m.add_function(wrap_pyfunction!(linalg::eigh_topk, m)?)?;
     m.add_function(wrap_pyfunction!(linalg::eigh_topk_operator, m)?)?;

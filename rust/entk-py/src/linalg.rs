@@ -15,7 +15,7 @@ use entk_core::{
     threads, CoreError, CoreResult, EigenPairs, Scalar, SymmetricOperator, TopkInfo, TopkParams,
 };
 use faer::{Mat, MatMut, MatRef, Par};
-use numpy::{Element, PyArray2, PyArrayMethods, PyReadonlyArray2, PyReadwriteArray2};
+use numpy::{Element, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray2, PyReadwriteArray2};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -768,4 +768,39 @@ pub fn get_num_threads() -> usize {
 #[pyfunction]
 pub fn _after_fork_in_child() {
     threads::after_fork_in_child();
+}
+
+/// rank_one_residual(G, S, W, positions) -> (lost, energy): per column k of G ((n·rows·T), K),
+/// Σ (G − S ⊗ W)² and Σ G² in float64, with S (n·T, K) and W (rows, K).
+#[pyfunction]
+pub fn rank_one_residual<'py>(
+    py: Python<'py>,
+    g: &Bound<'py, PyAny>,
+    s: &Bound<'py, PyAny>,
+    w: &Bound<'py, PyAny>,
+    positions: i128,
+) -> PyResult<(Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>)> {
+    let positions = count(py, "positions", positions)?;
+    let (g, s, w) = (matrix("G", g)?, matrix("S", s)?, matrix("W", w)?);
+    let (lost, energy) = dispatch!(py, "rank_one_residual(G, S, W)", [g, s, w] => |T| {
+        let (gv, sv, wv) = (view(py, "G", &g)?, view(py, "S", &s)?, view(py, "W", &w)?);
+        detach(py, move |par| entk_core::rank_one_residual::<T>(gv, sv, wv, positions, par))
+    })?;
+    Ok((vector(py, lost), vector(py, energy)))
+}
+
+/// column_pivots(G) -> (rows, values): per column of G (M, K), the row of its largest |value|
+/// (int64) and that value.
+#[pyfunction]
+pub fn column_pivots<'py>(
+    py: Python<'py>,
+    g: &Bound<'py, PyAny>,
+) -> PyResult<(Bound<'py, PyArray1<i64>>, Bound<'py, PyAny>)> {
+    let g = matrix("G", g)?;
+    dispatch!(py, "column_pivots(G)", [g] => |T| {
+        let gv = view(py, "G", &g)?;
+        let (rows, values) = detach(py, move |_| entk_core::column_pivots::<T>(gv))?;
+        let rows: Vec<i64> = rows.into_iter().map(|r| r as i64).collect();
+        Ok((vector(py, rows), vector(py, values).into_any()))
+    })
 }

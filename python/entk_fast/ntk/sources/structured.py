@@ -49,6 +49,7 @@ from ..layers import StructuredLayer
 from ..plan import StructuredPass
 from ..problem import Problem
 from .cotangents import gather
+from .unit_trace import UnitTrace
 
 __all__ = ["StructuredSource"]
 
@@ -300,6 +301,13 @@ class StructuredSource:
         _add_row_groups(problem, sweep, self.where, tick)
 
 
+def _add_grams(into: dict[tuple[int, int], np.ndarray], unit: UnitTrace) -> None:
+    """Add the Grams of the row groups ``unit`` compressed to the position pairs' sums."""
+    if unit.accepted:
+        for pair, m in unit.grams().items():
+            into[pair] += m
+
+
 @dataclass
 class _Tile:
     """One sample tile of a sweep: each layer's inputs and its cotangent rows."""
@@ -341,6 +349,13 @@ def _add_row_groups(
         }
         for layer in sweep.layers
     }
+    # Each layer first tries the per-unit rank-one compression (`unit_trace`): one Gram of
+    # width d_out at the end instead of one of width rows·d_out per group.
+    units = {
+        layer.path: UnitTrace(n, layer.positions, layer.out_features, problem.numpy_dtype)
+        for layer in sweep.layers
+        if layer.out_features > 1
+    }
     acts: dict[str, Tensor] = {}
     for r0 in range(0, rows, sweep.group):
         r1 = min(r0 + sweep.group, rows)
@@ -349,7 +364,14 @@ def _add_row_groups(
         )
         acts.update(seen)
         for layer in sweep.layers:
-            g = _position_rows(problem, cots.pop(layer.path), total=False)
+            cot = cots.pop(layer.path)
+            unit = units.get(layer.path)
+            if unit is not None:
+                if unit.add(cot):
+                    continue
+                del units[layer.path]  # not rank one: its accepted groups, then row Grams
+                _add_grams(grams[layer.path], unit)
+            g = _position_rows(problem, cot, total=False)
             for (t, u), m in grams[layer.path].items():
                 if t == u:
                     linalg.gram_accumulate(m, g.at[t])
@@ -358,6 +380,8 @@ def _add_row_groups(
             del g
         del seen, cots
     del storage
+    for path, unit in units.items():
+        _add_grams(grams[path], unit)
     for layer in sweep.layers:  # the bias: the Gram of Σ_t g_t, every pair in both orders
         into = where[layer.path]
         if into.bias is not None:
