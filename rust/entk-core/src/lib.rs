@@ -32,8 +32,8 @@ pub use angles::{orthonormal_basis, principal_angles, subspace_overlap};
 pub use eigen::{eigh, eigh_into, EigenPairs};
 pub use error::{CoreError, CoreResult};
 pub use gram::{gram, gram_accumulate, gram_cross, gram_cross_into, gram_into};
-pub use rank_one::{column_pivots, rank_one_residual};
 pub use hadamard::{hadamard_gram_accumulate, hadamard_gram_cross_into};
+pub use rank_one::{column_pivots, rank_one_residual};
 pub use scalar::Scalar;
 pub use topk::{
     eigh_topk, eigh_topk_operator, eigh_topk_with, DenseOperator, SymmetricOperator, TopkInfo,

@@ -45,7 +45,12 @@ pub fn rank_one_residual<T: Scalar>(
     let n = s.nrows() / positions;
     check::cols("S", s, units, "the columns of G")?;
     check::cols("W", w, units, "the columns of G")?;
-    check::rows("G", g, n * rows * positions, "samples × rows of W × positions")?;
+    check::rows(
+        "G",
+        g,
+        n * rows * positions,
+        "samples × rows of W × positions",
+    )?;
     // Rows as slices when the columns are contiguous (C-ordered numpy); else a copy that is.
     let (g, s, w) = (contiguous(g), contiguous(s), contiguous(w));
     let partial = |sample: usize, lost: &mut [f64], energy: &mut [f64]| {
@@ -167,13 +172,21 @@ mod tests {
         (lost, energy)
     }
 
-    fn case(n: usize, rows: usize, positions: usize, units: usize) -> (Mat<f64>, Mat<f64>, Mat<f64>) {
-        let s = Mat::from_fn(n * positions, units, |i, k| ((i * 7 + k * 3) % 11) as f64 - 5.0);
+    fn case(
+        n: usize,
+        rows: usize,
+        positions: usize,
+        units: usize,
+    ) -> (Mat<f64>, Mat<f64>, Mat<f64>) {
+        let s = Mat::from_fn(n * positions, units, |i, k| {
+            ((i * 7 + k * 3) % 11) as f64 - 5.0
+        });
         let w = Mat::from_fn(rows, units, |r, k| ((r * 5 + k) % 7) as f64 * 0.5 - 1.0);
         let g = Mat::from_fn(n * rows * positions, units, |i, k| {
             let (sample, rest) = (i / (rows * positions), i % (rows * positions));
             let (r, t) = (rest / positions, rest % positions);
-            s[(sample * positions + t, k)] * w[(r, k)] + if k == 1 { 0.25 * (i % 3) as f64 } else { 0.0 }
+            s[(sample * positions + t, k)] * w[(r, k)]
+                + if k == 1 { 0.25 * (i % 3) as f64 } else { 0.0 }
         });
         (g, s, w)
     }
@@ -211,7 +224,15 @@ mod tests {
 
     #[test]
     fn pivots_are_the_largest_magnitudes() {
-        let g = Mat::from_fn(5, 3, |i, k| [[1.0, -4.0, 0.0], [3.0, 2.0, 0.0], [-3.5, 4.0, 0.0], [0.5, 1.0, 0.0], [2.0, -1.0, 0.0]][i][k]);
+        let g = Mat::from_fn(5, 3, |i, k| {
+            [
+                [1.0, -4.0, 0.0],
+                [3.0, 2.0, 0.0],
+                [-3.5, 4.0, 0.0],
+                [0.5, 1.0, 0.0],
+                [2.0, -1.0, 0.0],
+            ][i][k]
+        });
         let (rows, values) = column_pivots(g.as_ref()).unwrap();
         assert_eq!(rows, vec![2, 0, 0]);
         assert_eq!(values, vec![-3.5, -4.0, 0.0]);

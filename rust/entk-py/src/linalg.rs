@@ -770,6 +770,9 @@ pub fn _after_fork_in_child() {
     threads::after_fork_in_child();
 }
 
+/// Two float64 vectors returned to Python.
+type F64Pair<'py> = (Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>);
+
 /// rank_one_residual(G, S, W, positions) -> (lost, energy): per column k of G ((n·rows·T), K),
 /// Σ (G − S ⊗ W)² and Σ G² in float64, with S (n·T, K) and W (rows, K).
 #[pyfunction]
@@ -779,7 +782,7 @@ pub fn rank_one_residual<'py>(
     s: &Bound<'py, PyAny>,
     w: &Bound<'py, PyAny>,
     positions: i128,
-) -> PyResult<(Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>)> {
+) -> PyResult<F64Pair<'py>> {
     let positions = count(py, "positions", positions)?;
     let (g, s, w) = (matrix("G", g)?, matrix("S", s)?, matrix("W", w)?);
     let (lost, energy) = dispatch!(py, "rank_one_residual(G, S, W)", [g, s, w] => |T| {
