@@ -19,11 +19,12 @@ from entk_fast.ntk.sources.unit_trace import UnitTrace
 
 def _rank_one(n: int, rows: int, positions: int, units: int, seed: int) -> np.ndarray:
     """Cotangents (n, rows, T, units) with g[n, r, t, k] = s[n, t, k] · w[r, k]; unit 1 is zero
-    in the first two rows and unit 3 everywhere."""
+    in the first two rows, unit 2 in the first row only, and unit 3 everywhere."""
     gen = np.random.default_rng(seed)
     s = gen.standard_normal((n, positions, units))
     w = gen.standard_normal((rows, units))
     w[:2, 1] = 0.0
+    w[0, 2] = 0.0
     w[:, 3] = 0.0
     return np.einsum("ntk,rk->nrtk", s, w)
 

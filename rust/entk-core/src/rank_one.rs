@@ -61,12 +61,14 @@ pub fn rank_one_residual<T: Scalar>(
                 let score = sample * positions + t;
                 let g_row = &g[row * units..(row + 1) * units];
                 let s_row = &s[score * units..(score + 1) * units];
-                for k in 0..units {
-                    let value = g_row[k];
-                    let d = (value - s_row[k] * w_r[k]).to_f64();
+                // zipped slices: no bounds checks, so the loop vectorises
+                let sums = lost.iter_mut().zip(energy.iter_mut());
+                let terms = g_row.iter().zip(s_row).zip(w_r);
+                for ((l, e), ((&value, &score), &weight)) in sums.zip(terms) {
+                    let d = (value - score * weight).to_f64();
                     let v = value.to_f64();
-                    lost[k] += d * d;
-                    energy[k] += v * v;
+                    *l += d * d;
+                    *e += v * v;
                 }
             }
         }
@@ -124,32 +126,56 @@ fn contiguous<'a, T: Scalar>(m: MatRef<'a, T>) -> std::borrow::Cow<'a, [T]> {
 pub fn column_pivots<T: Scalar>(g: MatRef<'_, T>) -> CoreResult<(Vec<usize>, Vec<T>)> {
     check::non_empty("G", g)?;
     let units = g.ncols();
-    let mut best = vec![0usize; units];
-    let mut size = vec![T::ZERO; units];
-    for i in 0..g.nrows() {
-        for k in 0..units {
-            let value = g[(i, k)];
-            if !value.is_finite_val() {
-                return Err(CoreError::NonFinite {
-                    arg: "G",
-                    row: i,
-                    col: k,
-                });
+    let flat = contiguous(g);
+    // Per block of rows, each column's largest |value| and its first row; blocks in parallel,
+    // merged in row order (so ties keep the first row).
+    let block = PIVOT_ROWS.max(1);
+    let scan = |b: usize| -> CoreResult<(Vec<usize>, Vec<T>)> {
+        let mut best = vec![b * block; units];
+        let mut size = vec![T::ZERO; units];
+        for i in b * block..((b + 1) * block).min(g.nrows()) {
+            let row = &flat[i * units..(i + 1) * units];
+            for (k, ((&value, s), r)) in row.iter().zip(&mut size).zip(&mut best).enumerate() {
+                if !value.is_finite_val() {
+                    return Err(CoreError::NonFinite {
+                        arg: "G",
+                        row: i,
+                        col: k,
+                    });
+                }
+                let a = value.abs_val();
+                if a > *s {
+                    *s = a;
+                    *r = i;
+                }
             }
-            let a = value.abs_val();
-            if a > size[k] {
-                size[k] = a;
-                best[k] = i;
+        }
+        Ok((best, size))
+    };
+    let parts: Vec<(Vec<usize>, Vec<T>)> = (0..g.nrows().div_ceil(block))
+        .into_par_iter()
+        .map(scan)
+        .collect::<CoreResult<_>>()?;
+    let (mut best, mut size) = (vec![0usize; units], vec![T::ZERO; units]);
+    for (rows, sizes) in parts {
+        for k in 0..units {
+            if sizes[k] > size[k] {
+                size[k] = sizes[k];
+                best[k] = rows[k];
             }
         }
     }
-    let values = (0..units).map(|k| g[(best[k], k)]).collect();
+    let values = (0..units).map(|k| flat[best[k] * units + k]).collect();
     Ok((best, values))
 }
+
+/// Rows per parallel task of [`column_pivots`].
+const PIVOT_ROWS: usize = 512;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::threads;
     use faer::Mat;
 
     fn brute(g: &Mat<f64>, s: &Mat<f64>, w: &Mat<f64>, positions: usize) -> (Vec<f64>, Vec<f64>) {
@@ -239,5 +265,31 @@ mod tests {
         let mut bad = g.clone();
         bad[(1, 1)] = f64::INFINITY;
         assert!(column_pivots(bad.as_ref()).is_err());
+    }
+
+    #[test]
+    fn pivots_across_parallel_blocks_keep_the_first_of_equal_magnitudes() {
+        let m = 3 * PIVOT_ROWS + 7;
+        let g = Mat::from_fn(m, 3, |i, k| match k {
+            0 => ((i * 37) % 101) as f64 - 50.0, // ±50 first at row 0 (−50), later +50 too
+            1 => {
+                if i == m - 1 {
+                    -9.0
+                } else {
+                    1.0
+                }
+            }
+            _ => {
+                if i == PIVOT_ROWS + 3 || i == 2 * PIVOT_ROWS + 1 {
+                    2.0
+                } else {
+                    0.0
+                }
+            }
+        });
+        let (rows, values) = threads::install(|_| column_pivots(g.as_ref())).unwrap();
+        let expected0 = (0..m).find(|&i| g[(i, 0)].abs() == 50.0).unwrap();
+        assert_eq!(rows, vec![expected0, m - 1, PIVOT_ROWS + 3]);
+        assert_eq!(values, vec![g[(expected0, 0)], -9.0, 2.0]);
     }
 }

@@ -8,9 +8,10 @@ read-out (the paper's modular-addition MLP, any last hidden layer), each output 
 cotangents factor as g_nrtk = s_ntk · w_rk (J. Lin, arXiv 2510.00468, the cheap exact paths),
 so the sum is Σ_k s_ntk s_n'uk Σ_r w_rk²: one Gram of width d_out, R times narrower.
 
-`UnitTrace` finds s and w as the row groups stream by and checks every group against them:
-unit k's pivot is its largest cotangent in the first group where it is non-zero (sample-position
-(n*, t*), row r*); s_ntk = g_nr*tk / g_n*r*t*k (|s| ≤ 1) and w_rk = g_n*rt*k. A group whose
+`UnitTrace` finds s and w as the row groups stream by and checks every group against them.
+Unit k's pivot (sample-position (n*, t*), row r*) is taken in the first group where the unit
+is non-zero: its largest cotangent in the group's first row, or in the whole group where that
+row is zero. Then s_ntk = g_nr*tk / g_n*r*t*k (|s| ≤ 1) and w_rk = g_n*rt*k. A group whose
 residual ‖g − s ⊗ w‖² exceeds 1e4·eps² of its energy, unit by unit (the tolerance of
 `factored.compress_trace`; exact rank one leaves a few eps²), ends the compression: the groups
 before it are handed over as their Grams and the rest take the row-group Grams.
@@ -60,7 +61,14 @@ class UnitTrace:
         scores, ready = self.scores, self.ready
         sample, position = self.pivot_sample, self.pivot_position
         if not ready.all():
-            where, value = linalg.column_pivots(flat)
+            # Pivots from the group's first row (a 1/rows of the work), then, for units that
+            # are silent there, from the whole group.
+            where, value = linalg.column_pivots(np.ascontiguousarray(g[:, 0].reshape(-1, units)))
+            where = (where // positions) * rows * positions + where % positions
+            silent = ~ready & (value == 0)
+            if rows > 1 and silent.any():
+                anywhere, largest = linalg.column_pivots(flat)
+                where[silent], value[silent] = anywhere[silent], largest[silent]
             fresh = ~ready & (value != 0)
             if fresh.any():
                 scores, ready = scores.copy(), ready | fresh
