@@ -222,7 +222,7 @@ def gather(
             if per_row:  # one plain backward per row, written straight into its column
                 for j in range(group):
                     grads = torch.autograd.grad(
-                        y, probes, basis[j], retain_graph=j < group - 1, allow_unused=True
+                        y[:, r0 + j].sum(), probes, retain_graph=j < group - 1, allow_unused=True
                     )
                     _store(layers, grads, cots, (at, j), names)
             else:
@@ -289,7 +289,9 @@ def _probe_grads(
         return (None,) * len(inputs)
     with torch.enable_grad(), quiet_batching_fallback():
         if batched and weights.shape[0] == 1:  # one group: a plain backward, no vmap over it
-            grads = torch.autograd.grad(y, inputs, grad_outputs=weights[0], allow_unused=True)
+            # ⟨w, y⟩ rather than grad_outputs=w: torch's first call with explicit output
+            # gradients imports sympy (0.45 s of a fresh process's first eNTK).
+            grads = torch.autograd.grad((y * weights[0]).sum(), inputs, allow_unused=True)
             return tuple(None if g is None else g.unsqueeze(0) for g in grads)
         if batched:
             return torch.autograd.grad(
