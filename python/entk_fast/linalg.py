@@ -38,6 +38,7 @@ from .errors import InvalidArgumentError, InvalidTypeError
 
 __all__ = [
     "as_float_matrix",
+    "column_pivots",
     "eigh",
     "eigh_topk",
     "eigh_topk_operator",
@@ -50,6 +51,7 @@ __all__ = [
     "hadamard_gram_factored_accumulate",
     "hadamard_gram_factored_accumulate_many",
     "principal_angles",
+    "rank_one_residual",
     "set_num_threads",
     "subspace_overlap",
 ]
@@ -241,6 +243,18 @@ def rank_one_residual(
     Raises:
         InvalidArgumentError: the shapes do not match, or ``positions`` < 1.
         LinAlgError: G, S or W holds NaN or inf.
+
+    Examples:
+        >>> import numpy as np
+        >>> from entk_fast import linalg
+        >>> s = np.array([[1.0, 2.0], [3.0, -1.0]])  # (n·T, K): 2 samples, T = 1
+        >>> w = np.array([[2.0, 1.0], [0.5, 4.0], [1.0, 1.0]])  # (rows, K)
+        >>> G = np.einsum("nk,rk->nrk", s, w).reshape(-1, 2)  # each column rank one
+        >>> linalg.rank_one_residual(G, s, w)[0]
+        array([0., 0.])
+        >>> G[0, 1] += 1.0
+        >>> linalg.rank_one_residual(G, s, w)[0]
+        array([0., 1.])
     """
     return _core.rank_one_residual(
         as_float_matrix(G, "G"), as_float_matrix(S, "S"), as_float_matrix(W, "W"), positions
@@ -253,6 +267,13 @@ def column_pivots(G: Any) -> tuple[NDArray[np.int64], FloatArray]:
 
     Raises:
         InvalidArgumentError: G is empty or holds NaN or inf.
+
+    Examples:
+        >>> import numpy as np
+        >>> from entk_fast import linalg
+        >>> rows, values = linalg.column_pivots(np.array([[1.0, -4.0], [-3.0, 2.0]]))
+        >>> rows, values
+        (array([1, 0]), array([-3., -4.]))
     """
     return _core.column_pivots(as_float_matrix(G, "G"))
 

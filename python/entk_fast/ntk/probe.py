@@ -578,12 +578,12 @@ def check_derivative(
     for u, grads in zip(cotangents, pulled, strict=True):
         g = _flat(
             [
-                torch.zeros_like(w) if d is None else d
-                for w, d in zip(directions[0].values(), grads, strict=True)
+                torch.zeros_like(param) if d is None else d
+                for param, d in zip(directions[0].values(), grads, strict=True)
             ]
         )
-        for w, (tangent, error) in zip(flat_w, pushed, strict=True):
-            mismatch = _adjoint_mismatch(tangent, u, w, g, error)
+        for along, (tangent, error) in zip(flat_w, pushed, strict=True):
+            mismatch = _adjoint_mismatch(tangent, u, along, g, error)
             if mismatch is not None:
                 raise InvalidArgumentError(_NOT_DERIVATIVE.format(detail=mismatch, other=other))
 

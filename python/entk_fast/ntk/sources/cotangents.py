@@ -218,6 +218,7 @@ def gather(
         per_row = group > 1 and group * n * problem.probe.activation_numel * problem.itemsize > (
             _BATCHED_BACKWARD_BYTES
         )
+        grads: Sequence[Tensor | None]
         try:
             if per_row:  # one plain backward per row, written straight into its column
                 for j in range(group):
