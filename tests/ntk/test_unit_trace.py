@@ -178,3 +178,26 @@ def test_traced_kernel_with_row_groups_equals_the_reference(
         assert all(outcomes)
     if "8" in accepted:  # l1's units meet the second tanh: refused at once
         assert accepted["8"] == [False]
+
+
+def test_traced_kernel_with_an_output_metric_and_row_groups(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Output weights S (R = S^½ on the outputs) keep the read-out linear: still rank one."""
+    torch.manual_seed(12)
+    model = ReadOut().double().eval()
+    x = torch.randn(30, 5, dtype=torch.float64)
+    weights = np.linspace(0.5, 2.0, 12)
+    monkeypatch.setattr(plan_module, "_STRUCTURED_FLOOR", 60_000)
+    outcomes: list[bool] = []
+    original_add = UnitTrace.add
+
+    def spy_add(self: UnitTrace, cot: torch.Tensor) -> bool:
+        outcomes.append(original_add(self, cot))
+        return outcomes[-1]
+
+    monkeypatch.setattr(UnitTrace, "add", spy_add)
+    result = empirical_ntk(model, x, reduction="trace", output_metric=weights, progress=False)
+    expected = reference_kernel(reference_jacobian(model, (x,)), "trace", weights)
+    assert relative_error(result.kernel, expected) < 1e-10
+    assert any(outcomes)
