@@ -1,8 +1,8 @@
 """Running the model one sample at a time under ``torch.func.vmap``: the settings and errors.
 
 The eNTK is that of the per-sample function, so every lone run (the general path's Jacobians,
-the probe's and the structured path's checks against the batched forward, the matrix-free
-products) is one vmapped call. Here: attention in forms vmap batches, the quieted notice of
+the probe's lone runs, the structured path's gathering forward, the matrix-free products) is
+one vmapped call. Here: attention in forms vmap batches, the quieted notice of
 ops without a batching rule, and the one clear error for a forward that cannot be vmapped.
 """
 

@@ -11,28 +11,27 @@ an embedding is the one-hot case, ⟨a_nt, a_n't'⟩ = [i_nt = i_n't'] (0 on the
 The two small Gram matrices of each position pair meet in the Rust ``hadamard_gram_accumulate``
 (t = t') / ``hadamard_gram_cross`` (t ≠ t', added with its transpose); a pair whose input Gram
 is zero (embedding indices that never meet, such as two fixed positions) is skipped.
-Cotangents come from one batched forward with a zero "probe" added to each layer's output and
-one batched backward per sweep.
+Cotangents come from one forward vmapped over a chunk's samples, each run alone, with a zero
+"probe" added to each layer's output, and one backward per row group (`cotangents.gather`).
 
 A layer qualifies only if it is an exact ``nn.Linear`` / ``nn.Embedding`` that ran once in the
 probe pass, on T vectors (indices) per sample, whose parameters no other operation touched, in
-a model whose samples do not interact; the probe also runs each of its samples alone and
-requires row i of the layer's batched input to be that layer's input for sample i alone
-(a Linear applied to learned prototypes, or to permuted / sorted rows, fails this); a numeric
-check on the probe samples confirms it, including that each sample's output cotangents are
-those of the sample run alone. Everything else takes the general path. On the full batch,
-every chunk's batched forward is compared once with its samples run alone (one vmapped
-forward, as the general path runs them); when a qualified layer misbehaves there (it does not
-run, runs twice or on another number of rows, its input rows or the outputs differ from the
-lone runs, an attention recomputation differs from the module's own output, or the batched
-forward / backward fails), `StructuredFallback` names it and the caller redoes the
-work with it on the general path. The lone runs (the probe's, the cotangent check's and each
-chunk's) are single vmapped calls, sample by sample only where vmap cannot run the forward;
-a position whose cotangents are zero for every sample (a causal model read at its last
-position) adds nothing, and the core's kernels skip it. Each chunk's outputs, layer inputs
-and output cotangents go through the one NaN / inf check (``checks.require_finite``), so a
-non-finite Jacobian is reported by sample, as on the general path. An output that depends on
-no parameter (a ``.detach()`` in forward) has zero cotangents: its eNTK is exactly zero.
+a model whose samples do not interact in the probe; the probe also runs each of its samples
+alone and requires row i of the layer's batched input to be that layer's input for sample i
+alone (a Linear applied to learned prototypes, or to permuted / sorted rows, fails this); a
+numeric check on the probe samples confirms that each parameter's gradient is the one its rule
+predicts. Everything else takes the general path. Since every sample runs alone, its
+cotangents are its own whatever the batched forward or backward would do; when a qualified
+layer misbehaves on a lone sample (it does not run, runs twice or on another number of rows,
+an attention recomputation differs from the module's own output, or the forward fails or
+cannot run under vmap), `StructuredFallback` names it and the caller redoes the work with it
+on the general path. A traced kernel whose rows are taken a few at a time compresses each
+layer whose output units are rank one (`unit_trace`). A position whose cotangents are zero for
+every sample (a causal model read at its last position) adds nothing, and the core's kernels
+skip it. Each chunk's outputs, layer inputs and output cotangents go through the one NaN / inf
+check (``checks.require_finite``), so a non-finite Jacobian is reported by sample, as on the
+general path. An output that depends on no parameter (a ``.detach()`` in forward) has zero
+cotangents: its eNTK is exactly zero.
 """
 
 from __future__ import annotations
