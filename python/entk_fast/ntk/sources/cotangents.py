@@ -130,7 +130,6 @@ def lone_forward(
             params,
             probe,
             attention_outputs=outputs if check_attention else None,
-            wrap_errors=False,
         )
         return y[0], tuple(acts[path][0] for path in paths), outputs
 
@@ -151,11 +150,8 @@ def lone_forward(
         raise StructuredFallback(paths, "the forward cannot run under vmap") from exc
     except Exception as exc:  # noqa: BLE001 - the general path reports the model's own error
         raise StructuredFallback(paths, f"the forward failed on lone samples: {exc}") from exc
-    differ = [
-        layer.path
-        for layer in layers
-        if layer.owner in attention and not close(*attention[layer.owner])
-    ]
+    wrong = {owner for owner, (own, recomputed) in attention.items() if not close(own, recomputed)}
+    differ = [layer.path for layer in layers if layer.owner in wrong]
     if differ:
         raise StructuredFallback(differ, "its recomputed attention differs")
     return y, probes, dict(zip(paths, acts, strict=True))
@@ -212,8 +208,6 @@ def gather(
         require_finite(y, "output", names)
         for layer in layers:
             require_finite(seen[layer.path], "input", names, layer=layer.path)
-        eye = torch.eye(n_rows, dtype=y.dtype, device=y.device)[r0:r1]
-        basis = eye.unsqueeze(1).expand(group, n, n_rows)
         at = slice(s - start, e - start)
         per_row = group > 1 and group * n * problem.probe.activation_numel * problem.itemsize > (
             _BATCHED_BACKWARD_BYTES
@@ -227,6 +221,8 @@ def gather(
                     )
                     _store(layers, grads, cots, (at, j), names)
             else:
+                eye = torch.eye(n_rows, dtype=y.dtype, device=y.device)[r0:r1]
+                basis = eye.unsqueeze(1).expand(group, n, n_rows)
                 grads = _probe_grads(y, probes, basis, batched=True)
         except torch.OutOfMemoryError:
             raise
@@ -240,7 +236,7 @@ def gather(
         if want_acts:
             for layer in layers:
                 acts[layer.path][at] = seen[layer.path].reshape(acts[layer.path][at].shape)
-        del y, probes, seen, basis
+        del y, probes, seen
         if tick is not None:
             tick(1)
     return acts, cots

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..checks import StructuredFallback, close
+from ..checks import StructuredFallback
 from ..layers import LAYER_RULES, MODULE_RULES, ModuleRule, StructuredLayer
 from ..problem import Problem
 
@@ -105,17 +105,13 @@ def hook_layers(
     layers: Sequence[StructuredLayer],
     on_call: Callable[[StructuredLayer, Tensor, Tensor], Tensor],
     *,
-    check_attention: bool = False,
     attention_outputs: dict[str, tuple[Tensor, Tensor]] | None = None,
 ) -> list[Any]:
     """Hooks that pass each layer's (input (n, ...), output (n, ...)) through ``on_call``, whose
     result replaces the output; attention projections are reached by recomputing their
-    module's output (its rule in ``layers.MODULE_RULES``). ``check_attention``: compare the
-    recomputed output with the one the module's own forward just gave (values, not under
-    vmap) and raise `StructuredFallback` for its projections where they differ.
-    ``attention_outputs``: instead (under vmap, where values cannot be compared), record
-    owner path -> (the module's own output, the recomputed one) for the caller to compare.
-    Returns the hook handles."""
+    module's output (its rule in ``layers.MODULE_RULES``). ``attention_outputs``: record owner
+    path -> (the module's own output, the recomputed one) for the caller to compare (after a
+    vmap, where values cannot be compared). Returns the hook handles."""
     handles = []
     plain = [layer for layer in layers if layer.owner is None]
     for layer in plain:
@@ -152,11 +148,6 @@ def hook_layers(
             own = _output[0] if isinstance(_output, tuple) else _output
             if attention_outputs is not None and isinstance(own, Tensor):
                 attention_outputs[owner] = (own.detach(), out[0].detach())
-            if check_attention and not (
-                isinstance(own, Tensor) and close(own.detach(), out[0].detach())
-            ):
-                paths = [layer.path for layer in sites.values()]
-                raise StructuredFallback(paths, "its recomputed attention differs")
             return out
 
         handles.append(module.register_forward_hook(attention_hook, with_kwargs=True))
@@ -170,17 +161,14 @@ def forward_with_probes(
     params: Mapping[str, Tensor],
     probes: Sequence[Tensor] | None = None,
     *,
-    check_attention: bool = False,
     attention_outputs: dict[str, tuple[Tensor, Tensor]] | None = None,
-    wrap_errors: bool = True,
 ) -> tuple[Tensor, list[Tensor], dict[str, Tensor]]:
     """(R f (n, C_r), zero probes added to each layer's output, each layer's input).
 
     ``probes``: the zero probes (n, *sample shape) to add (one sample's slice of batched
     probes under vmap); by default fresh leaves that require grad.
-    ``check_attention``, ``attention_outputs``: as `hook_layers`.
-    ``wrap_errors``: turn the forward's own errors into `StructuredFallback` (else they
-    propagate, for a caller under vmap that tells them apart).
+    ``attention_outputs``: as `hook_layers`. The forward's own errors propagate (the caller,
+    `cotangents.lone_forward`, tells them apart).
     """
     n = inputs[0].shape[0]
     probes = (
@@ -209,26 +197,10 @@ def forward_with_probes(
         acts[path] = first.detach()
         return output + probe
 
-    handles = hook_layers(
-        problem,
-        layers,
-        on_call,
-        check_attention=check_attention,
-        attention_outputs=attention_outputs,
-    )
+    handles = hook_layers(problem, layers, on_call, attention_outputs=attention_outputs)
     try:
         with torch.enable_grad():
             y = problem.out_map.apply(problem.forward(inputs, params))
-    except StructuredFallback:
-        raise
-    except torch.OutOfMemoryError:
-        raise
-    except Exception as exc:  # the batched forward fails where per-sample runs may not
-        if not wrap_errors:
-            raise
-        raise StructuredFallback(
-            [layer.path for layer in layers], f"batched forward failed: {exc}"
-        ) from exc
     finally:
         for handle in handles:
             handle.remove()
