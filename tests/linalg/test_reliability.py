@@ -26,7 +26,7 @@ from entk_fast import linalg
 @pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS semantics")
 def test_allocation_failure_is_a_memory_error_not_a_panic():
     # The issue's reproducer: a broadcast K takes no memory, its eigenvectors 1.5 GB, the
-    # solver's copy another 1.5 GB: over a 3 GB address-space limit.
+    # solver's working copy another 1.5 GB: over a 3 GB address-space limit.
     code = textwrap.dedent(
         """
         import resource, numpy as np
@@ -44,7 +44,7 @@ def test_allocation_failure_is_a_memory_error_not_a_panic():
     )
     assert run.returncode == 0, run.stderr
     assert "PanicException" not in run.stderr and "panicked" not in run.stderr
-    assert "MemoryError: eigh: eigenvectors: could not allocate 1568.0 MB" in run.stdout
+    assert "MemoryError: eigh: working copy of K: could not allocate 1568.0 MB" in run.stdout
 
 
 def test_result_too_large_for_memory_is_a_memory_error():

@@ -19,37 +19,70 @@ pub struct EigenPairs<T> {
     pub vectors: Mat<T>,
 }
 
+/// From this order on, the blocked tridiagonal reduction ([`crate::tridiag`]) replaces faer's
+/// one-column-at-a-time reduction (equal below it; faster above, most beyond the cache).
+const BLOCKED_REDUCTION_FROM: usize = 768;
+
 /// Eigendecomposition of the lower triangle of `k`, returned ascending as faer gives it.
+pub(crate) fn self_adjoint_ascending<T: Scalar>(
+    k: MatRef<'_, T>,
+    par: Par,
+) -> CoreResult<(Diag<T>, Mat<T>)> {
+    let n = k.nrows();
+    let mut u = alloc::zeros::<T>("eigh: eigenvectors", n, n)?;
+    let values = self_adjoint_ascending_into(k, u.as_mut(), par)?;
+    Ok((diag_of(&values), u))
+}
+
+fn diag_of<T: Scalar>(values: &[T]) -> Diag<T> {
+    let mut d = Diag::<T>::zeros(values.len());
+    let mut col = d.column_vector_mut();
+    for (i, v) in values.iter().enumerate() {
+        col[i] = *v;
+    }
+    d
+}
+
+/// The eigenvalues of the lower triangle of `k`, ascending, with the eigenvectors written to
+/// the columns of `u` (n × n).
 ///
 /// Single precision is computed in double precision and rounded back: faer 0.24's `f32`
 /// eigensolver left eigenvector residuals near 2e-3·‖K‖ and eigenvalue errors near 6e-5·‖K‖
 /// at n ≈ 1000 (LAPACK's `ssyevd`: 5e-8), i.e. a few per cent on an eNTK's smaller
 /// eigenvalues. The `f64` solve costs about twice the `f32` one.
-pub(crate) fn self_adjoint_ascending<T: Scalar>(
+fn self_adjoint_ascending_into<T: Scalar>(
     k: MatRef<'_, T>,
+    mut u: MatMut<'_, T>,
     par: Par,
-) -> CoreResult<(Diag<T>, Mat<T>)> {
+) -> CoreResult<Vec<T>> {
     if T::EPSILON.to_f64() <= f64::EPSILON {
-        return evd_ascending(k, par);
+        return evd_ascending_into(k, u, par);
     }
     let n = k.nrows();
     let wide = alloc::from_fn("eigh: float64 copy of K", n, n, |i, j| k[(i, j)].to_f64())?;
-    let (s, u) = evd_ascending(wide.as_ref(), par)?;
-    let s = s.column_vector();
-    let mut values = Diag::<T>::zeros(n);
-    let mut col = values.column_vector_mut();
-    for i in 0..n {
-        col[i] = T::from_f64(s[i]);
+    let mut wide_u = alloc::zeros::<f64>("eigh: float64 eigenvectors", n, n)?;
+    let values = evd_ascending_into(wide.as_ref(), wide_u.as_mut(), par)?;
+    drop(wide);
+    for j in 0..n {
+        for i in 0..n {
+            u[(i, j)] = T::from_f64(wide_u[(i, j)]);
+        }
     }
-    let vectors = alloc::from_fn("eigh: eigenvectors", n, n, |i, j| T::from_f64(u[(i, j)]))?;
-    Ok((values, vectors))
+    Ok(values.into_iter().map(T::from_f64).collect())
 }
 
-/// faer's symmetric eigendecomposition in `T` itself.
-fn evd_ascending<T: Scalar>(k: MatRef<'_, T>, par: Par) -> CoreResult<(Diag<T>, Mat<T>)> {
+/// The symmetric eigendecomposition in `T` itself: the blocked reduction from
+/// [`BLOCKED_REDUCTION_FROM`] on, faer's own below.
+fn evd_ascending_into<T: Scalar>(
+    k: MatRef<'_, T>,
+    mut u: MatMut<'_, T>,
+    par: Par,
+) -> CoreResult<Vec<T>> {
     let n = k.nrows();
+    if n >= BLOCKED_REDUCTION_FROM {
+        return crate::tridiag::self_adjoint_evd(k, u, par);
+    }
     let mut s = Diag::<T>::zeros(n);
-    let mut u = alloc::zeros::<T>("eigh: eigenvectors", n, n)?;
     let scratch =
         evd::self_adjoint_evd_scratch::<T>(n, ComputeEigenvectors::Yes, par, Default::default());
     let mut buf = MemBuffer::try_new(scratch)
@@ -57,13 +90,14 @@ fn evd_ascending<T: Scalar>(k: MatRef<'_, T>, par: Par) -> CoreResult<(Diag<T>, 
     evd::self_adjoint_evd(
         k,
         s.as_mut(),
-        Some(u.as_mut()),
+        Some(u.rb_mut()),
         par,
         MemStack::new(&mut buf),
         Default::default(),
     )
     .map_err(|_| CoreError::Solver("the symmetric eigensolver did not converge".into()))?;
-    Ok((s, u))
+    let s = s.column_vector();
+    Ok((0..n).map(|i| s[i]).collect())
 }
 
 /// Fails if any eigenvalue or eigenvector entry is not finite (never return silent NaNs).
@@ -92,17 +126,28 @@ pub(crate) fn self_adjoint_ascending_scaled<T: Scalar>(
     k: MatRef<'_, T>,
     par: Par,
 ) -> CoreResult<(Diag<T>, Mat<T>)> {
+    let n = k.nrows();
+    let mut u = alloc::zeros::<T>("eigh: eigenvectors", n, n)?;
+    let values = self_adjoint_ascending_scaled_into(k, u.as_mut(), par)?;
+    Ok((diag_of(&values), u))
+}
+
+/// [`self_adjoint_ascending_scaled`] writing the eigenvectors into `u` (n × n).
+fn self_adjoint_ascending_scaled_into<T: Scalar>(
+    k: MatRef<'_, T>,
+    u: MatMut<'_, T>,
+    par: Par,
+) -> CoreResult<Vec<T>> {
     match policy::rescale_exponent::<T>(check::max_abs(k).to_f64()) {
-        None => self_adjoint_ascending(k, par),
+        None => self_adjoint_ascending_into(k, u, par),
         Some(e) => {
             let scaled = scaled_copy("eigh: rescaled copy of K", k, e)?;
-            let (mut s, u) = self_adjoint_ascending(scaled.as_ref(), par)?;
+            let mut values = self_adjoint_ascending_into(scaled.as_ref(), u, par)?;
             let back = policy::pow2_steps::<T>(-e);
-            let mut col = s.column_vector_mut();
-            for i in 0..k.nrows() {
-                col[i] = policy::scale_pow2(col[i], &back);
+            for v in values.iter_mut() {
+                *v = policy::scale_pow2(*v, &back);
             }
-            Ok((s, u))
+            Ok(values)
         }
     }
 }
@@ -128,11 +173,11 @@ pub fn eigh_into<T: Scalar>(
     let n = k.nrows();
     check::rows("vectors", vectors.rb(), n, "the order of K")?;
     check::cols("vectors", vectors.rb(), n, "the order of K")?;
-    let (s, u) = self_adjoint_ascending_scaled(k, par)?;
-    let s = s.column_vector();
-    let values: Vec<T> = (0..n).map(|i| s[n - 1 - i]).collect();
-    for j in 0..n {
-        vectors.rb_mut().col_mut(j).copy_from(u.col(n - 1 - j));
+    let mut values = self_adjoint_ascending_scaled_into(k, vectors.rb_mut(), par)?;
+    // Descending: reverse the order of the values and, in place, of the vector columns.
+    values.reverse();
+    for j in 0..n / 2 {
+        faer::perm::swap_cols_idx(vectors.rb_mut(), j, n - 1 - j);
     }
     if !values.iter().all(|v| v.is_finite_val())
         || check::finite("eigenvectors", vectors.rb()).is_err()

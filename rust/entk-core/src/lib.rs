@@ -25,8 +25,10 @@ pub mod rank_one;
 mod rng;
 pub mod scalar;
 mod symmetric;
+mod symv;
 pub mod threads;
 pub mod topk;
+mod tridiag;
 
 pub use angles::{orthonormal_basis, principal_angles, subspace_overlap};
 pub use eigen::{eigh, eigh_into, EigenPairs};

@@ -95,3 +95,55 @@ fn subnormal_and_huge_scales_are_solved() {
     let pairs = eigh(k32.as_ref(), PAR).unwrap();
     assert!(pairs.values.iter().all(|&v| (v - 1e-40).abs() < 1e-44));
 }
+
+/// Q diag(λ) Qᵀ with Q = I − 2 v vᵀ / ‖v‖² (a reflector, so the eigenpairs are closed form).
+fn reflected_spectrum(n: usize, lambda: &[f64]) -> (Mat<f64>, Mat<f64>) {
+    let v: Vec<f64> = (0..n).map(|i| ((i * 37 + 11) % 23) as f64 - 11.0).collect();
+    let norm2: f64 = v.iter().map(|x| x * x).sum();
+    let q = Mat::from_fn(n, n, |i, j| {
+        f64::from(u8::from(i == j)) - 2.0 * v[i] * v[j] / norm2
+    });
+    let k = Mat::from_fn(n, n, |i, j| {
+        (0..n).map(|c| q[(i, c)] * lambda[c] * q[(j, c)]).sum()
+    });
+    (k, q)
+}
+
+#[test]
+fn eigh_large_orders_take_the_blocked_reduction_and_match_the_closed_form() {
+    // From order 768 on the reduction is the blocked one: eigenvalues and eigenvectors against
+    // the closed form, float64 and float32 (the latter solved in float64 and rounded).
+    let n = 800;
+    // Distinct, both signs, gaps of at least 1.
+    let lambda: Vec<f64> = (0..n)
+        .map(|i| (i as f64 + 1.0) * if i % 3 == 0 { -1.0 } else { 1.0 })
+        .collect();
+    let (k, q) = reflected_spectrum(n, &lambda);
+    let mut sorted = lambda.clone();
+    sorted.sort_by(|a, b| b.partial_cmp(a).unwrap());
+    let pairs = eigh(k.as_ref(), PAR).unwrap();
+    let top = sorted.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    for (got, want) in pairs.values.iter().zip(&sorted) {
+        assert!((got - want).abs() <= 1e-12 * top, "{got} vs {want}");
+    }
+    assert!(residual_bound(k.as_ref(), &pairs.values, pairs.vectors.as_ref()) < 1e-12);
+    // The eigenvalues are distinct: each eigenvector is ± the matching column of Q.
+    let order: Vec<usize> = {
+        let mut idx: Vec<usize> = (0..n).collect();
+        idx.sort_by(|&a, &b| lambda[b].partial_cmp(&lambda[a]).unwrap());
+        idx
+    };
+    for (c, &src) in order.iter().enumerate() {
+        let dot: f64 = (0..n).map(|i| pairs.vectors[(i, c)] * q[(i, src)]).sum();
+        assert!(
+            (dot.abs() - 1.0).abs() < 1e-10,
+            "column {c}: |⟨u, q⟩| = {}",
+            dot.abs()
+        );
+    }
+    let k32 = Mat::from_fn(n, n, |i, j| k[(i, j)] as f32);
+    let pairs32 = eigh(k32.as_ref(), PAR).unwrap();
+    for (got, want) in pairs32.values.iter().zip(&sorted) {
+        assert!((*got as f64 - want).abs() <= 1e-6 * top, "{got} vs {want}");
+    }
+}
