@@ -1,12 +1,13 @@
 """The Rust Gram and full eigh against numpy / scipy (OpenBLAS) at the sizes users time them.
 
-    python benches/bench_gram_eigh.py [--repeats 7] [--eigh 1024 2048 4096]
+    python benches/bench_gram_eigh.py [--repeats 7] [--eigh 1024 2048 4096] [--skip-gram]
 
 * Gram J Jᵀ: ``entk_fast.linalg.gram`` and ``gram_accumulate`` (into a zeroed K) against
   numpy's ``J @ J.T`` (OpenBLAS's syrk-backed product) on J of 2000 × 4000, 512 × 4096 and
   841 × 7168 (the paper's mod-add trace kernel's widest Gram), float64 and float32.
-* Full eigh (float64) of a dense symmetric n × n matrix: ``entk_fast.linalg.eigh`` against
-  ``numpy.linalg.eigh`` and ``scipy.linalg.eigh(driver="evd")`` (LAPACK's dsyevd).
+* Full eigh (float64 and float32) of a dense symmetric n × n matrix: ``entk_fast.linalg.eigh``
+  against ``numpy.linalg.eigh`` and ``scipy.linalg.eigh(driver="evd")`` (LAPACK's dsyevd /
+  ssyevd).
 
 One process, both sides on every core; OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are removed
 (the script re-executes itself without them) and the BLAS kernel threadpoolctl reports is
@@ -57,6 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--eigh", type=int, nargs="*", default=[1024, 2048, 4096])
+    parser.add_argument("--skip-gram", action="store_true", help="time eigh only")
     args = parser.parse_args()
     import numpy as np
     import scipy.linalg
@@ -71,7 +73,7 @@ def main() -> None:
     print(f"BLAS (threadpoolctl): {blas}; entk-fast threads {linalg.get_num_threads()}")
     rng = np.random.default_rng(0)
     rows: list[dict[str, Any]] = []
-    for n, p in GRAM_SHAPES:
+    for n, p in () if args.skip_gram else GRAM_SHAPES:
         for dtype in (np.float64, np.float32):
             j = rng.standard_normal((n, p)).astype(dtype)
             k = np.zeros((n, n), dtype=dtype)
@@ -100,26 +102,27 @@ def main() -> None:
             )
     for n in args.eigh:
         a = rng.standard_normal((n, n))
-        m = a @ a.T / n
-        reps = args.repeats if n < 4096 else min(3, args.repeats)
-        ours = timed(lambda m=m: linalg.eigh(m), reps)
-        numpy = timed(lambda m=m: np.linalg.eigh(m), reps)
-        evd = timed(lambda m=m: scipy.linalg.eigh(m, driver="evd"), reps)
-        row = {
-            "op": "eigh",
-            "n": n,
-            "dtype": "float64",
-            "ours": ours,
-            "numpy": numpy,
-            "scipy_evd": evd,
-            "ratio_numpy": numpy["median"] / ours["median"],
-            "ratio_scipy_evd": evd["median"] / ours["median"],
-        }
-        rows.append(row)
-        print(
-            f"eigh {n}: ours {show(ours)}  numpy {show(numpy)}  scipy evd {show(evd)}  "
-            f"×{row['ratio_numpy']:.2f} / ×{row['ratio_scipy_evd']:.2f}"
-        )
+        for dtype in (np.float64, np.float32):
+            m = (a @ a.T / n).astype(dtype)
+            reps = args.repeats if n < 4096 else min(3, args.repeats)
+            ours = timed(lambda m=m: linalg.eigh(m), reps)
+            numpy = timed(lambda m=m: np.linalg.eigh(m), reps)
+            evd = timed(lambda m=m: scipy.linalg.eigh(m, driver="evd"), reps)
+            row = {
+                "op": "eigh",
+                "n": n,
+                "dtype": np.dtype(dtype).name,
+                "ours": ours,
+                "numpy": numpy,
+                "scipy_evd": evd,
+                "ratio_numpy": numpy["median"] / ours["median"],
+                "ratio_scipy_evd": evd["median"] / ours["median"],
+            }
+            rows.append(row)
+            print(
+                f"eigh {n} {row['dtype']:7}: ours {show(ours)}  numpy {show(numpy)}  "
+                f"scipy evd {show(evd)}  ×{row['ratio_numpy']:.2f} / ×{row['ratio_scipy_evd']:.2f}"
+            )
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = RESULTS / f"bench_gram_eigh_{stamp}.json"

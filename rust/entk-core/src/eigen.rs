@@ -46,19 +46,21 @@ fn diag_of<T: Scalar>(values: &[T]) -> Diag<T> {
 /// The eigenvalues of the lower triangle of `k`, ascending, with the eigenvectors written to
 /// the columns of `u` (n × n).
 ///
-/// Single precision is computed in double precision and rounded back: faer 0.24's `f32`
-/// eigensolver left eigenvector residuals near 2e-3·‖K‖ and eigenvalue errors near 6e-5·‖K‖
-/// at n ≈ 1000 (LAPACK's `ssyevd`: 5e-8), i.e. a few per cent on an eNTK's smaller
-/// eigenvalues. The `f64` solve costs about twice the `f32` one.
+/// Single precision: faer 0.24's `f32` eigensolver left eigenvector residuals near 2e-3·‖K‖
+/// and eigenvalue errors near 6e-5·‖K‖ at n ≈ 1000 (LAPACK's `ssyevd`: 5e-8), i.e. a few per
+/// cent on an eNTK's smaller eigenvalues; the loss is in its f32 tridiagonal solver. From
+/// [`BLOCKED_REDUCTION_FROM`] on, the blocked path reduces and back-transforms in f32 and
+/// solves the tridiagonal problem in f64 (accurate, and about twice as fast as an f64 solve);
+/// below it, the whole solve runs in f64 and is rounded back.
 fn self_adjoint_ascending_into<T: Scalar>(
     k: MatRef<'_, T>,
     mut u: MatMut<'_, T>,
     par: Par,
 ) -> CoreResult<Vec<T>> {
-    if T::EPSILON.to_f64() <= f64::EPSILON {
+    let n = k.nrows();
+    if T::EPSILON.to_f64() <= f64::EPSILON || n >= BLOCKED_REDUCTION_FROM {
         return evd_ascending_into(k, u, par);
     }
-    let n = k.nrows();
     let wide = alloc::from_fn("eigh: float64 copy of K", n, n, |i, j| k[(i, j)].to_f64())?;
     let mut wide_u = alloc::zeros::<f64>("eigh: float64 eigenvectors", n, n)?;
     let values = evd_ascending_into(wide.as_ref(), wide_u.as_mut(), par)?;
