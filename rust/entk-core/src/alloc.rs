@@ -38,3 +38,12 @@ pub(crate) fn zeros<T: Scalar>(what: &str, rows: usize, cols: usize) -> CoreResu
 pub(crate) fn copy<T: Scalar>(what: &str, a: faer::MatRef<'_, T>) -> CoreResult<Mat<T>> {
     from_fn(what, a.nrows(), a.ncols(), |i, j| a[(i, j)])
 }
+
+/// A vector of `len` zeros, or an out-of-memory error naming `what`.
+pub(crate) fn vec_zeros<T: Scalar>(what: &str, len: usize) -> CoreResult<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len)
+        .map_err(|_| out_of_memory::<T>(what, len, 1))?;
+    v.resize(len, T::ZERO);
+    Ok(v)
+}

@@ -4,7 +4,9 @@
 //!   Jacobian chunks, and cross tiles A Bᵀ.
 //! - [`hadamard`]: the structured eNTK block of a once-used linear layer.
 //! - [`eigen`] and [`topk`]: symmetric eigendecomposition, full and top-k (dense or through a
-//!   [`SymmetricOperator`], matrix-free), descending.
+//!   [`SymmetricOperator`], matrix-free), descending. Large full solves reduce the matrix to
+//!   tridiagonal form by blocked Householder reflections (`tridiag`, over a one-pass
+//!   lower-triangle matrix–vector kernel, `symv`).
 //! - [`angles`]: principal angles and subspace overlap.
 //! - [`rank_one`]: per-column rank-one checks of a traced kernel's cotangents.
 //! - [`policy`]: the numeric policy (tolerances, rescaling and overflow thresholds).

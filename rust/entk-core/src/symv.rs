@@ -50,11 +50,14 @@ fn columns_portable<T: Scalar>(a: MatRef<'_, T>, x: &[T], y: &mut [T], c0: usize
 }
 
 fn columns<T: Scalar>(a: MatRef<'_, T>, x: &[T], y: &mut [T], c0: usize, c1: usize) {
+    let m = a.nrows();
+    assert!(x.len() >= m && y.len() >= m && c0 <= c1 && c1 <= a.ncols());
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         use std::any::TypeId;
         // SAFETY: the CPU has AVX2 and FMA; T is f64 (resp. f32), checked by its TypeId, so
-        // the slices and views are reinterpreted as what they are.
+        // the slices and views are reinterpreted as what they are; x and y hold at least
+        // a.nrows() entries and c1 ≤ a.ncols() (checked below), the rows the kernel touches.
         unsafe {
             if TypeId::of::<T>() == TypeId::of::<f64>() {
                 return avx2::columns::<f64>(
@@ -255,7 +258,11 @@ pub(crate) fn symv_lower<T: Scalar>(
     par: Par,
 ) {
     let m = a.nrows();
-    debug_assert!(a.ncols() == m && x.len() == m && y.len() == m);
+    // The AVX2 kernel reads x and writes y through raw pointers up to row m: hold it here.
+    assert!(
+        a.ncols() == m && x.len() == m && y.len() == m,
+        "symv: mismatched lengths"
+    );
     y.fill(T::ZERO);
     let parts = match par {
         Par::Seq => 1,
