@@ -75,11 +75,16 @@ pub fn with_spectrum(values: &[f64], seed: u64) -> Mat<f64> {
 
 /// max_j ‖K v_j − λ_j v_j‖ / |λ_1|, computed independently of the solver.
 pub fn residual_bound(k: MatRef<'_, f64>, values: &[f64], vectors: MatRef<'_, f64>) -> f64 {
-    let kv = naive_abt(k, vectors.transpose());
+    residual_from_product(naive_abt(k, vectors.transpose()).as_ref(), values, vectors)
+}
+
+/// max_j ‖(K V)_j − λ_j v_j‖ / |λ_1| from the product `kv` = K V (n, m): for orders where the
+/// naive product of [`residual_bound`] is too slow, pass faer's.
+pub fn residual_from_product(kv: MatRef<'_, f64>, values: &[f64], vectors: MatRef<'_, f64>) -> f64 {
     let top = values[0].abs().max(f64::MIN_POSITIVE);
     (0..values.len())
         .map(|j| {
-            (0..k.nrows())
+            (0..kv.nrows())
                 .map(|i| (kv[(i, j)] - values[j] * vectors[(i, j)]).powi(2))
                 .sum::<f64>()
                 .sqrt()
