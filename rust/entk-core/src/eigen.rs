@@ -68,7 +68,7 @@ fn diag_of<T: Scalar>(values: &[T]) -> Diag<T> {
 /// and eigenvalue errors near 6e-5·‖K‖ at n ≈ 1000 (LAPACK's `ssyevd`: 5e-8), i.e. a few per
 /// cent on an eNTK's smaller eigenvalues; the loss is in its f32 tridiagonal solver. From
 /// [`BLOCKED_REDUCTION_FROM_F32`] on, the blocked path reduces and back-transforms in f32 and
-/// solves the tridiagonal problem in f64 (accurate, and about twice as fast as an f64 solve);
+/// solves the tridiagonal problem in f64 (accurate, in about two thirds of an f64 solve's time);
 /// below it, the whole solve runs in f64 and is rounded back.
 fn self_adjoint_ascending_into<T: Scalar>(
     k: MatRef<'_, T>,
