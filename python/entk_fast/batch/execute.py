@@ -391,6 +391,10 @@ def task_keys(labels: Sequence[str]) -> list[str]:
     ]
 
 
+#: Statuses of a future whose result was lost with its worker and is being recomputed.
+RECOMPUTING = frozenset({"pending", "lost"})
+
+
 def drain(
     client: Client,
     futures: dict[Any, T],
@@ -399,13 +403,20 @@ def drain(
     release: bool = True,
 ) -> None:
     """Call ``on_done(future, item)`` for each future as it finishes (``release``: then let
-    its result go). Any exception (Ctrl-C, one from ``on_done``) cancels the futures not yet
-    seen and propagates."""
+    its result go). A future whose result a dying worker took with it is waited for again
+    (Dask recomputes it). Any exception (Ctrl-C, one from ``on_done``) cancels the futures not
+    yet seen and propagates."""
     from distributed import as_completed
 
     pending = set(futures)
     try:
-        for future in as_completed(list(futures)):
+        finished = as_completed(list(futures))
+        for future in finished:
+            if future.status in RECOMPUTING:
+                # Its worker died after it finished (or while it was being reported): Dask
+                # recomputes it elsewhere, so wait for it again rather than call it failed.
+                finished.add(future)
+                continue
             pending.discard(future)
             on_done(future, futures[future])
             if release:
