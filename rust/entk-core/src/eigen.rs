@@ -72,7 +72,7 @@ fn diag_of<T: Scalar>(values: &[T]) -> Diag<T> {
 /// below it, the whole solve runs in f64 and is rounded back.
 fn self_adjoint_ascending_into<T: Scalar>(
     k: MatRef<'_, T>,
-    mut u: MatMut<'_, T>,
+    u: MatMut<'_, T>,
     par: Par,
 ) -> CoreResult<Vec<T>> {
     let n = k.nrows();
@@ -83,12 +83,17 @@ fn self_adjoint_ascending_into<T: Scalar>(
     let mut wide_u = alloc::zeros::<f64>("eigh: float64 eigenvectors", n, n)?;
     let values = evd_ascending_into(wide.as_ref(), wide_u.as_mut(), par)?;
     drop(wide);
-    for j in 0..n {
-        for i in 0..n {
-            u[(i, j)] = T::from_f64(wide_u[(i, j)]);
+    round_into(u, wide_u.as_ref());
+    Ok(values.into_iter().map(T::from_f64).collect())
+}
+
+/// `u` ← `wide` rounded to `T` (both n × m): eigenvectors solved in float64.
+pub(crate) fn round_into<T: Scalar>(mut u: MatMut<'_, T>, wide: MatRef<'_, f64>) {
+    for j in 0..wide.ncols() {
+        for i in 0..wide.nrows() {
+            u[(i, j)] = T::from_f64(wide[(i, j)]);
         }
     }
-    Ok(values.into_iter().map(T::from_f64).collect())
 }
 
 /// The symmetric eigendecomposition in `T` itself: the blocked reduction from

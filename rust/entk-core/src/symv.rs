@@ -57,7 +57,7 @@ fn columns<T: Scalar>(a: MatRef<'_, T>, x: &[T], y: &mut [T], c0: usize, c1: usi
         use std::any::TypeId;
         // SAFETY: the CPU has AVX2 and FMA; T is f64 (resp. f32), checked by its TypeId, so
         // the slices and views are reinterpreted as what they are; x and y hold at least
-        // a.nrows() entries and c1 ≤ a.ncols() (checked below), the rows the kernel touches.
+        // a.nrows() entries and c1 ≤ a.ncols() (asserted above): the rows the kernel touches.
         unsafe {
             if TypeId::of::<T>() == TypeId::of::<f64>() {
                 return avx2::columns::<f64>(
@@ -234,10 +234,10 @@ mod avx2 {
 
 /// Column `j` of `a` as a slice (`a` has unit row stride).
 #[inline(always)]
-fn column<T: Scalar>(a: MatRef<'_, T>, j: usize) -> &[T] {
+pub(crate) fn column<T: Scalar>(a: MatRef<'_, T>, j: usize) -> &[T] {
     a.col(j)
         .try_as_col_major()
-        .expect("symv: columns are contiguous")
+        .expect("columns are contiguous")
         .as_slice()
 }
 
@@ -258,7 +258,7 @@ pub(crate) fn symv_lower<T: Scalar>(
     par: Par,
 ) {
     let m = a.nrows();
-    // The AVX2 kernel reads x and writes y through raw pointers up to row m: hold it here.
+    // One entry of x and y per row and column of A (`columns` asserts what its kernel needs).
     assert!(
         a.ncols() == m && x.len() == m && y.len() == m,
         "symv: mismatched lengths"

@@ -12,9 +12,10 @@
 //! matrix (in f64) and its blocked back-transformation finish the decomposition.
 
 use crate::alloc;
+use crate::eigen::round_into;
 use crate::error::{CoreError, CoreResult};
 use crate::scalar::Scalar;
-use crate::symv::symv_lower;
+use crate::symv::{column, symv_lower};
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::evd::{self, ComputeEigenvectors};
 use faer::linalg::householder;
@@ -38,14 +39,7 @@ pub(crate) struct Tridiagonal<T> {
     pub tau: Vec<T>,
 }
 
-/// Column `j` of `a` from row `r` on, as a slice (`a` has unit row stride).
-fn column_from<T: Scalar>(a: MatRef<'_, T>, j: usize, r: usize) -> &[T] {
-    &a.col(j)
-        .try_as_col_major()
-        .expect("tridiag: columns are contiguous")
-        .as_slice()[r..]
-}
-
+/// Column `j` of `a` from row `r` on, as a mutable slice (`a` has unit row stride).
 fn column_from_mut<T: Scalar>(a: MatMut<'_, T>, j: usize, r: usize) -> &mut [T] {
     &mut a
         .col_mut(j)
@@ -122,7 +116,7 @@ pub(crate) fn tridiagonalize<T: Scalar>(
             };
             let (w_done, mut w_rest) = w.as_mut().split_at_col_mut(i);
             let wi = column_from_mut(w_rest.rb_mut(), 0, g + 1);
-            let v = column_from(a.rb(), g, g + 1);
+            let v = &column(a.rb(), g)[g + 1..];
             symv_lower(
                 a.rb().submatrix(g + 1, g + 1, rest, rest),
                 v,
@@ -323,12 +317,7 @@ fn tridiagonal_evd<T: Scalar>(
     }
     let mut wide = alloc::zeros::<f64>("eigh: float64 tridiagonal eigenvectors", n, n)?;
     let values = solve(wide.as_mut())?;
-    let mut u = u;
-    for j in 0..n {
-        for i in 0..n {
-            u[(i, j)] = T::from_f64(wide[(i, j)]);
-        }
-    }
+    round_into(u, wide.as_ref());
     Ok(values)
 }
 
