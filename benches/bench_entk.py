@@ -32,6 +32,11 @@ difference). The load average at start and end is recorded.
 Each worker first times one call in its fresh process (imports, lazy initialisation), then
 the warm runs.
 
+The workers inherit the environment, so both sides run under the same OpenMP setting; it is
+recorded. ``GOMP_SPINCOUNT=30000 python benches/bench_entk.py`` times them as the
+``entk-fast`` command runs (it sets that for itself), without it as the Python API runs in a
+user's process by default.
+
 Usage: ``PYTHONPATH=python python benches/bench_entk.py [--cases a b mha ...] [--repeat 3]``
 Writes ``benches/results/bench_entk_<UTC time>.json``.
 """
@@ -287,6 +292,10 @@ def main() -> int:
         "OPENBLAS_CORETYPE_set": coretype is not None,
         "load_average_start": os.getloadavg(),
         "threads_requested": args.threads or "all cores",
+        # how torch's idle OpenMP threads wait (both sides run under the same setting);
+        # the entk-fast command sets GOMP_SPINCOUNT=30000 for itself, the Python API does not
+        "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT"),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
     }
     try:
         import torch

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from .._io import add_json_flag, print_json_error, sigterm_as_interrupt
+from .._openmp import SHORT_SPIN, SPIN_VARIABLE, shorten_openmp_spin
 from ..errors import EntkError, InvalidArgumentError, InvalidTypeError, RunDirectoryError
 from .common import PROG, RUNTIME_ERROR, USAGE_ERROR, interrupt_status
 
@@ -56,7 +57,12 @@ _EXTERNAL_COMMANDS: tuple[tuple[str, str, str], ...] = (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    """Run the CLI with ``argv`` (default: ``sys.argv[1:]``); returns the exit status.
+
+    Before anything imports torch, the process's OpenMP threads are told to spin briefly
+    (`entk_fast._openmp.shorten_openmp_spin`, unless ``GOMP_SPINCOUNT`` or
+    ``OMP_WAIT_POLICY`` is set): the Rust kernels then have the cores after torch's work."""
+    shortened = shorten_openmp_spin()
     parser = build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
     options = words[: words.index("--")] if "--" in words else words
@@ -70,6 +76,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     _configure_logging(args.verbose)
+    if shortened:
+        logging.getLogger("entk_fast").info(
+            "%s=%s for this process (torch's idle OpenMP threads spin briefly); set "
+            "GOMP_SPINCOUNT or OMP_WAIT_POLICY yourself to choose",
+            SPIN_VARIABLE,
+            SHORT_SPIN,
+        )
     as_json = bool(getattr(args, "json", False))
     try:
         with sigterm_as_interrupt():
