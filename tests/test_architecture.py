@@ -20,6 +20,7 @@ STAGES: dict[str, int] = {
     "_progress": 0,
     "_version": 0,
     "_resources": 0,
+    "_openmp": 0,
     "_core": 0,
     "linalg": 0,
     "analysis": 1,  # eigenpairs -> numbers: numpy and linalg only
