@@ -5,9 +5,9 @@ Linux wheels) keep spinning, waiting for the next one, for ``GOMP_SPINCOUNT`` it
 300 000 by default, 3 to 10 ms on the 2-core machine measured (docs/performance.md, "torch's
 OpenMP threads and the Rust kernels"). A Rust kernel called right after torch work (the
 structured path's Hadamard Gram after the gathering backward, a Gram after a Jacobian chunk)
-shares the cores with them for that long: the attention model's Hadamard Gram took 8.6 ms
-right after a torch product against 5.5 ms after a pause, and 5.5 ms with
-``GOMP_SPINCOUNT=30000`` in both cases.
+shares the cores with them for that long: the attention model's Hadamard Gram took 8.6–10.5
+ms right after a torch product against 5.5 ms back to back, and 6.5 ms right after the product
+with ``GOMP_SPINCOUNT=30000``.
 
 libgomp reads the variable once, when torch loads it, so it has to be in the environment
 before ``import torch``. The ``entk-fast`` command sets it for its own process
